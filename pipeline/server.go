@@ -1,0 +1,390 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-hsm/strata/events"
+)
+
+// Server is the daemon's embedded NATS server with JetStream, its streams,
+// and the in-process connection the daemon's own components share.
+//
+// A Server owns DataDir exclusively (flock on DataDir/strata.lock) from
+// Open until Close.
+type Server struct {
+	cfg      Config
+	logger   *slog.Logger
+	ns       *server.Server
+	password string // the daemon user's per-boot password
+	lock     *os.File
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	creds    Credentials
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open starts the embedded server described by cfg and makes sure the
+// streams exist. Errors are clear about the usual causes: a data directory
+// that is not writable, another daemon on the same data directory, a port
+// in use.
+func Open(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err error) {
+	cfg.EnsureDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, logger: logger, password: randomSecret()}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+
+	if err := prepareDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	if s.lock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	if cfg.Port > 0 {
+		if err := checkPort(cfg.ListenHost, cfg.Port); err != nil {
+			return nil, err
+		}
+	}
+	if s.creds, err = loadOrCreateCredentials(cfg.DataDir); err != nil {
+		return nil, err
+	}
+
+	opts := s.serverOptions()
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("start nats server: %w", err)
+	}
+	s.ns = ns
+	nl := &natsLogger{l: logger.With("component", "nats"), fatal: make(chan string, 1)}
+	ns.SetLoggerV2(nl, false, false, false)
+	go ns.Start()
+	if err := waitReady(ctx, ns, nl, cfg.ReadyWait); err != nil {
+		if cfg.Port > 0 && strings.Contains(err.Error(), "address already in use") {
+			return nil, fmt.Errorf("port %d on %s is in use: %w (choose another with --port)", cfg.Port, cfg.ListenHost, err)
+		}
+		return nil, fmt.Errorf("start nats server: %w", err)
+	}
+
+	if s.nc, err = s.Connect("strata-daemon"); err != nil {
+		return nil, err
+	}
+	if s.js, err = jetstream.New(s.nc); err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if err := ensureStreams(ctx, s.js, cfg.DedupWindow); err != nil {
+		return nil, err
+	}
+
+	url := ""
+	if cfg.Port != NoListener {
+		url = ns.ClientURL()
+	}
+	if old, err := LoadCredentials(cfg.DataDir); err != nil || old != (Credentials{URL: url, CLI: s.creds.CLI, Reader: s.creds.Reader}) {
+		s.creds.URL = url
+		if err := writeCredentials(cfg.DataDir, s.creds); err != nil {
+			return nil, err
+		}
+	}
+	s.creds.URL = url
+	logger.Info("event server ready", "data", cfg.DataDir, "url", url, "host", cfg.Host)
+	return s, nil
+}
+
+// serverOptions builds the nats-server options: JetStream under the data
+// directory, three users, no signal handling.
+func (s *Server) serverOptions() *server.Options {
+	cfg := s.cfg
+	opts := &server.Options{
+		ServerName:            "strata-" + cfg.Host,
+		Host:                  cfg.ListenHost,
+		Port:                  cfg.Port,
+		NoSigs:                true,
+		NoLog:                 false,
+		JetStream:             true,
+		StoreDir:              filepath.Join(cfg.DataDir, JetStreamDir),
+		DisableShortFirstPing: true,
+		Users: []*server.User{
+			{
+				Username:               DaemonUser,
+				Password:               s.password,
+				AllowedConnectionTypes: map[string]struct{}{jwt.ConnectionTypeInProcess: {}},
+			},
+			{
+				Username:    CLIUser,
+				Password:    s.creds.CLI.Password,
+				Permissions: cliPermissions(cfg.Durables),
+			},
+			{
+				Username:    ReaderUser,
+				Password:    s.creds.Reader.Password,
+				Permissions: readerPermissions(cfg.Durables),
+			},
+		},
+	}
+	switch cfg.Port {
+	case NoListener:
+		opts.DontListen = true
+		opts.Port = 0
+	case RandomPort:
+		opts.Port = server.RANDOM_PORT
+	}
+	return opts
+}
+
+// readAPI returns the JetStream API subjects a read-only client publishes
+// to for reading stream: stream info and ephemeral (ordered) consumers.
+func readAPI(stream string) []string {
+	return []string{
+		"$JS.API.STREAM.INFO." + stream,
+		"$JS.API.CONSUMER.CREATE." + stream + ".>",
+		"$JS.API.CONSUMER.MSG.NEXT." + stream + ".>",
+	}
+}
+
+// durableDeny returns the API subjects that would create, update or pull
+// from the daemon's durables: CREATE is create-or-update, and pulling from a
+// durable steals deliveries.
+func durableDeny(durables []string) []string {
+	deny := []string{"$JS.API.CONSUMER.DURABLE.CREATE.>"}
+	for _, d := range durables {
+		for _, stream := range []string{StreamEvents, StreamDeadLetter} {
+			deny = append(deny,
+				"$JS.API.CONSUMER.CREATE."+stream+"."+d,
+				"$JS.API.CONSUMER.CREATE."+stream+"."+d+".>",
+				"$JS.API.CONSUMER.MSG.NEXT."+stream+"."+d,
+			)
+		}
+	}
+	return deny
+}
+
+// readerPermissions: subscribe to events and its own inbox, read the event
+// stream through ordered consumers, nothing else (FIELDNOTES "NATS
+// security").
+func readerPermissions(durables []string) *server.Permissions {
+	pub := append([]string{"$JS.API.INFO", "$JS.API.STREAM.NAMES"}, readAPI(StreamEvents)...)
+	return &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: pub, Deny: durableDeny(durables)},
+		Subscribe: &server.SubjectPermission{Allow: []string{events.AllEvents, ReaderInboxPrefix + ".>"}},
+	}
+}
+
+// cliPermissions: what the reader may do, plus requests to the daemon's
+// control subjects and reading the dead-letter stream.
+func cliPermissions(durables []string) *server.Permissions {
+	pub := []string{"$JS.API.INFO", "$JS.API.STREAM.NAMES", events.AllControl}
+	pub = append(pub, readAPI(StreamEvents)...)
+	pub = append(pub, readAPI(StreamDeadLetter)...)
+	pub = append(pub, "$JS.API.CONSUMER.INFO."+StreamEvents+".*", "$JS.API.CONSUMER.LIST."+StreamEvents)
+	return &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: pub, Deny: durableDeny(durables)},
+		Subscribe: &server.SubjectPermission{Allow: []string{events.AllEvents, CLIInboxPrefix + ".>"}},
+	}
+}
+
+// prepareDataDir creates dir if needed and checks that it is writable.
+func prepareDataDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data directory %s is not writable: %w", dir, err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("data directory %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("data directory %s is not a directory", dir)
+	}
+	f, err := os.CreateTemp(dir, ".write-probe-*")
+	if err != nil {
+		return fmt.Errorf("data directory %s is not writable: %w", dir, err)
+	}
+	name := f.Name()
+	f.Close()
+	if err := os.Remove(name); err != nil {
+		return fmt.Errorf("data directory %s is not writable: %w", dir, err)
+	}
+	return nil
+}
+
+// lockDataDir takes an exclusive flock on dir/strata.lock and writes our
+// pid into it. The lock lives as long as the returned file stays open (and
+// dies with the process, however it ends).
+func lockDataDir(dir string) (*os.File, error) {
+	p := filepath.Join(dir, LockFile)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("data directory %s is not writable: %w", dir, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			b, _ := os.ReadFile(p)
+			pid := strings.TrimSpace(string(b))
+			if pid == "" {
+				pid = "unknown"
+			}
+			return nil, fmt.Errorf("another strata daemon (pid %s) is running on data directory %s (lock %s)", pid, dir, p)
+		}
+		return nil, fmt.Errorf("lock data directory %s: %w", dir, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("write %s: %w", p, err)
+		}
+	}
+	return f, nil
+}
+
+// checkPort tells a port in use apart before the server tries it (the
+// server itself would only report it after ReadyWait).
+func checkPort(host string, port int) error {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		return fmt.Errorf("port %d on %s is in use: %w (choose another with --port)", port, host, err)
+	}
+	return l.Close()
+}
+
+// waitReady waits until ns accepts connections, a fatal error is logged by
+// the server, ctx ends or d passes.
+func waitReady(ctx context.Context, ns *server.Server, nl *natsLogger, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		if ns.ReadyForConnections(50 * time.Millisecond) {
+			return nil
+		}
+		select {
+		case msg := <-nl.fatal:
+			return errors.New(msg)
+		default:
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready after %s", d)
+		}
+	}
+}
+
+// Connect opens an in-process connection as the daemon's user, which may
+// do everything. Only the daemon's own components use it.
+func (s *Server) Connect(name string) (*nats.Conn, error) {
+	logger := s.logger.With("conn", name)
+	nc, err := nats.Connect("",
+		nats.InProcessServer(s.ns),
+		nats.UserInfo(DaemonUser, s.password),
+		nats.Name(name),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subj := ""
+			if sub != nil {
+				subj = sub.Subject
+			}
+			logger.Warn("nats async error", "subject", subj, "err", err)
+		}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connect in-process as %s: %w", name, err)
+	}
+	return nc, nil
+}
+
+// JetStream returns the JetStream context of the daemon's shared
+// in-process connection.
+func (s *Server) JetStream() jetstream.JetStream { return s.js }
+
+// Conn returns the daemon's shared in-process connection.
+func (s *Server) Conn() *nats.Conn { return s.nc }
+
+// Host returns the subject token of this host.
+func (s *Server) Host() string { return s.cfg.Host }
+
+// DataDir returns the data directory.
+func (s *Server) DataDir() string { return s.cfg.DataDir }
+
+// ClientURL returns the TCP URL clients connect to ("" without listener).
+func (s *Server) ClientURL() string { return s.creds.URL }
+
+// Credentials returns the cli and reader credentials (as written to
+// credentials.json).
+func (s *Server) Credentials() Credentials { return s.creds }
+
+// Close shuts the server down and releases the data directory. It is
+// idempotent and safe on a nil Server. Stages should be drained first.
+func (s *Server) Close() error {
+	if s == nil {
+		return nil
+	}
+	s.closeOnce.Do(func() {
+		if s.nc != nil {
+			s.nc.Close()
+		}
+		if s.ns != nil {
+			s.ns.Shutdown()
+			s.ns.WaitForShutdown()
+		}
+		if s.lock != nil {
+			if err := s.lock.Close(); err != nil { // closing drops the flock
+				s.closeErr = fmt.Errorf("unlock data directory: %w", err)
+			}
+		}
+	})
+	return s.closeErr
+}
+
+// natsLogger routes the server's log to slog, one level quieter than the
+// server would print: notices are Debug. Fatal messages (which in a
+// standalone server would exit) are also handed to Open.
+type natsLogger struct {
+	l     *slog.Logger
+	fatal chan string
+}
+
+func (n *natsLogger) Noticef(format string, v ...any) { n.l.Debug(fmt.Sprintf(format, v...)) }
+func (n *natsLogger) Warnf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	if strings.HasPrefix(msg, "Plaintext passwords") { // by design: random in-memory passwords
+		n.l.Debug(msg)
+		return
+	}
+	n.l.Warn(msg)
+}
+func (n *natsLogger) Errorf(format string, v ...any) { n.l.Error(fmt.Sprintf(format, v...)) }
+func (n *natsLogger) Fatalf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	n.l.Error(msg)
+	select {
+	case n.fatal <- msg:
+	default:
+	}
+}
+func (n *natsLogger) Debugf(string, ...any) {}
+func (n *natsLogger) Tracef(string, ...any) {}
