@@ -11,7 +11,6 @@
 package events
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -131,8 +130,11 @@ func Encode(env Envelope) ([]byte, error) {
 // belongs in a dead-letter subject, never in a retry loop.
 func Decode(b []byte) (Envelope, Event, error) {
 	var env Envelope
-	if err := json.Unmarshal(b, &env); err != nil {
-		return Envelope{}, nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	if !decodeEnvelopeFast(b, &env) {
+		env = Envelope{}
+		if err := json.Unmarshal(b, &env); err != nil {
+			return Envelope{}, nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+		}
 	}
 	if err := env.validate(); err != nil {
 		return Envelope{}, nil, err
@@ -151,12 +153,8 @@ func DecodeData(typ string, data []byte) (Event, error) {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownType, typ)
 	}
 	ev := newEvent()
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(ev); err != nil {
+	if err := json.Unmarshal(data, ev); err != nil {
 		return nil, fmt.Errorf("%w: %s data: %w", ErrMalformed, typ, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: %s data: trailing content", ErrMalformed, typ)
 	}
 	if err := ev.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrInvalid, typ, err)

@@ -1,6 +1,7 @@
 package events_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"reflect"
@@ -268,4 +269,49 @@ func sortCopy(s []string) []string {
 	c := slices.Clone(s)
 	slices.Sort(c)
 	return c
+}
+
+// FuzzDecodeFast: the reflection-free envelope parser agrees with
+// encoding/json on everything it accepts.
+func FuzzDecodeFast(f *testing.F) {
+	for i, k := range events.Kinds() {
+		raw, err := events.Encode(eventstest.Envelope(eventstest.Sample(k), i))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(raw)
+	}
+	f.Add([]byte(`{"id":"a","id":"b"}`))
+	f.Add([]byte(`{"time":"2024-01-01T00:00:00.5+01:00","data":{"a":["}",{"b":"\""}]}}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var fast events.Envelope
+		if !events.DecodeEnvelopeFast(raw, &fast) {
+			return
+		}
+		var std events.Envelope
+		if err := json.Unmarshal(raw, &std); err != nil {
+			if json.Valid(fast.Data) {
+				t.Fatalf("fast path accepted what encoding/json rejects (%v): %q", err, raw)
+			}
+			return // invalid data object: DecodeData rejects it
+		}
+		if !reflect.DeepEqual(fast, std) && !(fast.Time.Equal(std.Time) && fast.ID == std.ID && fast.Type == std.Type &&
+			fast.Source == std.Source && fast.Subject == std.Subject && fast.SpecVersion == std.SpecVersion &&
+			fast.DataContentType == std.DataContentType && bytes.Equal(fast.Data, std.Data)) {
+			t.Fatalf("fast %+v\n std %+v", fast, std)
+		}
+	})
+}
+
+func BenchmarkDecode(b *testing.B) {
+	raw, err := events.Encode(eventstest.Envelope(eventstest.Sample(events.KindObjectPacked), 1))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(raw)))
+	for b.Loop() {
+		if _, _, err := events.Decode(raw); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
