@@ -1,0 +1,469 @@
+// Package dir is the directory tier: a replicator.Target that keeps objects
+// as plain files under a root directory (another disk, a NAS mount), laid
+// out as described in package replicator:
+//
+//	<root>/objects/<aa>/<id>.zst, <id>.json, <id>.b3
+//
+// Every file is written to a temporary name in the same directory, fsynced
+// and renamed; the packed bytes are read back from disk (after dropping them
+// from the page cache) and checked against their BLAKE3 before the rename,
+// and the directory is fsynced after it. So a name ending in .zst always
+// holds complete, verified bytes, and a crash or a full disk leaves at most
+// a temporary file, never a visible partial object.
+//
+// The tier is unavailable (replicator.ErrUnavailable) while <root>/objects
+// is missing, e.g. when the disk holding it is not mounted; Open creates it.
+package dir
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/workers/replicator"
+)
+
+var _ replicator.Target = (*Target)(nil)
+
+// Config configures a directory tier.
+type Config struct {
+	Name string // tier name, a NATS subject token (e.g. "hdd")
+	Root string // absolute path of the tier's root directory; must exist
+}
+
+// ConfigValidationError names the bad field of a Config.
+type ConfigValidationError struct {
+	Field string
+	Value any
+	Err   error
+}
+
+func (e *ConfigValidationError) Error() string {
+	return fmt.Sprintf("directory tier config: %s %v: %v", e.Field, e.Value, e.Err)
+}
+
+func (e *ConfigValidationError) Unwrap() error { return e.Err }
+
+// EnsureDefaults fills in defaults (there are none besides cleaning Root).
+func (c *Config) EnsureDefaults() {
+	if c.Root != "" {
+		c.Root = filepath.Clean(c.Root)
+	}
+}
+
+// Validate checks the config.
+func (c *Config) Validate() error {
+	if c.Name == "" || strings.ContainsAny(c.Name, ". *>\t\n") {
+		return &ConfigValidationError{"name", c.Name, errors.New("want a non-empty name without dots, spaces or wildcards")}
+	}
+	if !filepath.IsAbs(c.Root) {
+		return &ConfigValidationError{"root", c.Root, errors.New("want an absolute path")}
+	}
+	return nil
+}
+
+// Target is a directory tier.
+type Target struct {
+	cfg     Config
+	objects string // <root>/objects
+	log     *slog.Logger
+}
+
+// Open checks cfg, creates <root>/objects if needed (the root itself must
+// exist) and returns the tier.
+func Open(cfg Config, logger *slog.Logger) (*Target, error) {
+	cfg.EnsureDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(cfg.Root)
+	if err != nil {
+		return nil, fmt.Errorf("directory tier %s: root: %w", cfg.Name, err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("directory tier %s: root %s is not a directory", cfg.Name, cfg.Root)
+	}
+	t := &Target{cfg: cfg, objects: filepath.Join(cfg.Root, "objects"), log: logger.With("tier", cfg.Name)}
+	if err := os.Mkdir(t.objects, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("directory tier %s: %w", cfg.Name, err)
+	}
+	if err := syncDir(cfg.Root); err != nil {
+		return nil, fmt.Errorf("directory tier %s: %w", cfg.Name, err)
+	}
+	return t, nil
+}
+
+// Name implements replicator.Target.
+func (t *Target) Name() string { return t.cfg.Name }
+
+// Kind implements replicator.Target.
+func (t *Target) Kind() string { return events.TierDirectory }
+
+// Root returns the tier's root directory.
+func (t *Target) Root() string { return t.cfg.Root }
+
+func (t *Target) path(key string) string { return filepath.Join(t.cfg.Root, filepath.FromSlash(key)) }
+
+// available returns an error wrapping ErrUnavailable if <root>/objects is gone.
+func (t *Target) available() error {
+	st, err := os.Stat(t.objects)
+	if err != nil {
+		return fmt.Errorf("directory tier %s: %w: %w", t.cfg.Name, replicator.ErrUnavailable, err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("directory tier %s: %w: %s is not a directory", t.cfg.Name, replicator.ErrUnavailable, t.objects)
+	}
+	return nil
+}
+
+// missing maps a "file not found" for object id to ErrNotFound, or to
+// ErrUnavailable when the whole tier is gone.
+func (t *Target) missing(id string, err error) error {
+	if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("directory tier %s: object %s: %w", t.cfg.Name, id, err)
+	}
+	if aerr := t.available(); aerr != nil {
+		return aerr
+	}
+	return fmt.Errorf("directory tier %s: object %s: %w", t.cfg.Name, id, replicator.ErrNotFound)
+}
+
+// Put implements replicator.Target.
+func (t *Target) Put(ctx context.Context, o replicator.Object) (string, error) {
+	if err := o.Validate(); err != nil {
+		return "", fmt.Errorf("directory tier %s: put: %w", t.cfg.Name, err)
+	}
+	if err := t.available(); err != nil {
+		return "", err
+	}
+	final := t.path(replicator.ObjectKey(o.ID))
+	dir := filepath.Dir(final)
+	info, err := t.Verify(ctx, o.ID)
+	switch {
+	case err == nil && info.PackedSum == o.PackedSum:
+		if err := t.ensureManifest(o); err != nil {
+			return "", err
+		}
+		return final, nil
+	case err == nil, errors.Is(err, replicator.ErrNotFound), errors.Is(err, replicator.ErrCorrupt):
+		if err != nil && errors.Is(err, replicator.ErrCorrupt) {
+			t.log.Warn("replacing corrupt copy", "object", o.ID, "err", err)
+		}
+	default:
+		return "", err
+	}
+	if err := t.mkdir(dir); err != nil {
+		return "", err
+	}
+	// Order: the packed bytes to a verified temporary file; then the
+	// manifest and the sum; then the rename that makes the object visible.
+	// A failure before the last step leaves any previous copy as it was
+	// (only a crash between the sum and the rename can pair an old copy
+	// with a new sum, which Verify reports and the next Put repairs).
+	tmp, err := t.writeTemp(ctx, o, dir)
+	if err != nil {
+		return "", fmt.Errorf("directory tier %s: put %s: %w", t.cfg.Name, o.ID, err)
+	}
+	err = writeAtomic(filepath.Join(dir, o.ID+".json"), o.Manifest)
+	if err == nil {
+		err = writeAtomic(filepath.Join(dir, o.ID+".b3"), replicator.SumFile(o.ID, o.PackedSum))
+	}
+	if err == nil {
+		err = os.Rename(tmp, final)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("directory tier %s: put %s: %w", t.cfg.Name, o.ID, err)
+	}
+	if err := syncDir(dir); err != nil {
+		return "", fmt.Errorf("directory tier %s: put %s: %w", t.cfg.Name, o.ID, err)
+	}
+	return final, nil
+}
+
+// writeTemp copies o's bytes to a temporary file in dir, fsyncs it, reads
+// it back from disk and checks it, and returns its path.
+func (t *Target) writeTemp(ctx context.Context, o replicator.Object, dir string) (tmp string, err error) {
+	src, err := o.Open()
+	if err != nil {
+		return "", fmt.Errorf("open source: %w", err)
+	}
+	defer src.Close()
+	f, err := os.CreateTemp(dir, "."+o.ID+".zst.tmp-*")
+	if err != nil {
+		return "", err
+	}
+	name := f.Name() // not tmp: the error returns below set tmp to ""
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(name)
+		}
+	}()
+	tmp = name
+	// Reserve the space first where the filesystem can: a full disk then
+	// fails at once instead of after writing most of the object.
+	if ferr := unix.Fallocate(int(f.Fd()), 0, 0, o.PackedSize); ferr != nil && !errors.Is(ferr, unix.EOPNOTSUPP) {
+		return "", fmt.Errorf("allocate %d bytes for %s: %w", o.PackedSize, tmp, ferr)
+	}
+	if _, err := io.CopyBuffer(f, ctxReader{ctx, replicator.NewVerifyingReader(src, o.PackedSize, o.PackedSum)}, make([]byte, 1<<20)); err != nil {
+		return "", fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := f.Sync(); err != nil {
+		return "", fmt.Errorf("fsync %s: %w", tmp, err)
+	}
+	// Read back from the disk, not from the page cache.
+	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+	if err := replicator.Check(ctx, io.NewSectionReader(f, 0, 1<<62), o.PackedSize, o.PackedSum); err != nil {
+		return "", fmt.Errorf("verify %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return "", fmt.Errorf("close %s: %w", tmp, err)
+	}
+	return tmp, nil
+}
+
+// ensureManifest rewrites the manifest of a valid object if it differs.
+func (t *Target) ensureManifest(o replicator.Object) error {
+	p := t.path(replicator.ManifestKey(o.ID))
+	if b, err := os.ReadFile(p); err == nil && string(b) == string(o.Manifest) {
+		return nil
+	}
+	if err := writeAtomic(p, o.Manifest); err != nil {
+		return fmt.Errorf("directory tier %s: put %s: %w", t.cfg.Name, o.ID, err)
+	}
+	if err := syncDir(filepath.Dir(p)); err != nil {
+		return fmt.Errorf("directory tier %s: put %s: %w", t.cfg.Name, o.ID, err)
+	}
+	return nil
+}
+
+func (t *Target) mkdir(dir string) error {
+	err := os.Mkdir(dir, 0o755)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("directory tier %s: %w", t.cfg.Name, err)
+	}
+	if err := syncDir(t.objects); err != nil {
+		return fmt.Errorf("directory tier %s: %w", t.cfg.Name, err)
+	}
+	return nil
+}
+
+// GetRange implements replicator.Target.
+func (t *Target) GetRange(ctx context.Context, id string, off, n int64) (io.ReadCloser, error) {
+	if err := replicator.ValidateID(id); err != nil {
+		return nil, fmt.Errorf("directory tier %s: get: %w", t.cfg.Name, err)
+	}
+	if off < 0 || n < 0 {
+		return nil, fmt.Errorf("directory tier %s: object %s: bad range off %d n %d", t.cfg.Name, id, off, n)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(t.path(replicator.ObjectKey(id)))
+	if err != nil {
+		return nil, t.missing(id, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("directory tier %s: object %s: %w", t.cfg.Name, id, err)
+	}
+	if off+n > st.Size() {
+		f.Close()
+		return nil, fmt.Errorf("directory tier %s: object %s: bytes %d+%d of %d: %w", t.cfg.Name, id, off, n, st.Size(), replicator.ErrRange)
+	}
+	return replicator.ExactReader(struct {
+		io.Reader
+		io.Closer
+	}{ctxReader{ctx, io.NewSectionReader(f, off, n)}, f}, n), nil
+}
+
+// Manifest implements replicator.Target.
+func (t *Target) Manifest(ctx context.Context, id string) ([]byte, error) {
+	if err := replicator.ValidateID(id); err != nil {
+		return nil, fmt.Errorf("directory tier %s: manifest: %w", t.cfg.Name, err)
+	}
+	if _, err := os.Stat(t.path(replicator.ObjectKey(id))); err != nil {
+		return nil, t.missing(id, err)
+	}
+	b, err := os.ReadFile(t.path(replicator.ManifestKey(id)))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("directory tier %s: object %s: manifest missing: %w", t.cfg.Name, id, replicator.ErrCorrupt)
+		}
+		return nil, fmt.Errorf("directory tier %s: object %s: %w", t.cfg.Name, id, err)
+	}
+	return b, nil
+}
+
+// Stat implements replicator.Target.
+func (t *Target) Stat(ctx context.Context, id string) (replicator.Info, error) {
+	if err := replicator.ValidateID(id); err != nil {
+		return replicator.Info{}, fmt.Errorf("directory tier %s: stat: %w", t.cfg.Name, err)
+	}
+	st, err := os.Stat(t.path(replicator.ObjectKey(id)))
+	if err != nil {
+		return replicator.Info{}, t.missing(id, err)
+	}
+	sum, err := t.readSum(id)
+	if err != nil {
+		return replicator.Info{}, err
+	}
+	return replicator.Info{ID: id, PackedSize: st.Size(), PackedSum: sum}, nil
+}
+
+func (t *Target) readSum(id string) (string, error) {
+	b, err := os.ReadFile(t.path(replicator.SumKey(id)))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("directory tier %s: object %s: sum file missing: %w", t.cfg.Name, id, replicator.ErrCorrupt)
+		}
+		return "", fmt.Errorf("directory tier %s: object %s: %w", t.cfg.Name, id, err)
+	}
+	sum, err := replicator.ParseSum(id, b)
+	if err != nil {
+		return "", fmt.Errorf("directory tier %s: %w: %w", t.cfg.Name, replicator.ErrCorrupt, err)
+	}
+	return sum, nil
+}
+
+// Verify implements replicator.Target.
+func (t *Target) Verify(ctx context.Context, id string) (replicator.Info, error) {
+	info, err := t.Stat(ctx, id)
+	if err != nil {
+		return info, err
+	}
+	f, err := os.Open(t.path(replicator.ObjectKey(id)))
+	if err != nil {
+		return info, t.missing(id, err)
+	}
+	defer f.Close()
+	if err := replicator.Check(ctx, f, info.PackedSize, info.PackedSum); err != nil {
+		return info, fmt.Errorf("directory tier %s: verify %s: %w", t.cfg.Name, id, err)
+	}
+	return info, nil
+}
+
+// List implements replicator.Target.
+func (t *Target) List(ctx context.Context, fn func(replicator.Info) error) error {
+	if err := t.available(); err != nil {
+		return err
+	}
+	subs, err := os.ReadDir(t.objects)
+	if err != nil {
+		return fmt.Errorf("directory tier %s: list: %w", t.cfg.Name, err)
+	}
+	for _, sub := range subs {
+		if !sub.IsDir() || len(sub.Name()) != 2 {
+			continue
+		}
+		ents, err := os.ReadDir(filepath.Join(t.objects, sub.Name()))
+		if err != nil {
+			return fmt.Errorf("directory tier %s: list: %w", t.cfg.Name, err)
+		}
+		for _, e := range ents {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			id, ok := strings.CutSuffix(e.Name(), ".zst")
+			if !ok || replicator.ValidateID(id) != nil || id[:2] != sub.Name() || !e.Type().IsRegular() {
+				continue
+			}
+			fi, err := e.Info()
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // deleted meanwhile
+			}
+			if err != nil {
+				return fmt.Errorf("directory tier %s: list: %w", t.cfg.Name, err)
+			}
+			sum, _ := t.readSum(id) // empty when missing: Verify reports it
+			if err := fn(replicator.Info{ID: id, PackedSize: fi.Size(), PackedSum: sum}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Delete implements replicator.Target.
+func (t *Target) Delete(ctx context.Context, id string) error {
+	if err := replicator.ValidateID(id); err != nil {
+		return fmt.Errorf("directory tier %s: delete: %w", t.cfg.Name, err)
+	}
+	if err := t.available(); err != nil {
+		return err
+	}
+	// The .zst first: the object stops being visible before its manifest goes.
+	for _, key := range []string{replicator.ObjectKey(id), replicator.ManifestKey(id), replicator.SumKey(id)} {
+		if err := os.Remove(t.path(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("directory tier %s: delete %s: %w", t.cfg.Name, id, err)
+		}
+	}
+	if err := syncDir(filepath.Dir(t.path(replicator.ObjectKey(id)))); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("directory tier %s: delete %s: %w", t.cfg.Name, id, err)
+	}
+	return nil
+}
+
+// writeAtomic writes b to path via a temporary file, fsync and rename. The
+// caller fsyncs the directory.
+func writeAtomic(path string, b []byte) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err := f.Write(b); err != nil {
+		return fmt.Errorf("write %s: %w", f.Name(), err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", f.Name(), err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", f.Name(), err)
+	}
+	return os.Rename(f.Name(), path)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// ctxReader stops a copy when ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
