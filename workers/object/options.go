@@ -1,0 +1,66 @@
+package object
+
+import (
+	"fmt"
+	"runtime"
+)
+
+// Limits and defaults of Options.
+const (
+	DefaultFrameSize = 4 << 20   // 4 MiB
+	MinFrameSize     = 1 << 10   // 1 KiB
+	MaxFrameSize     = 256 << 20 // 256 MiB: seek table fields are u32
+	DefaultLevel     = 3         // zstd's default level
+	MinLevel         = 1
+	MaxLevel         = 22
+)
+
+// Options tune Pack. The zero value means defaults.
+type Options struct {
+	// FrameSize is the uncompressed size of each frame (default 4 MiB). A
+	// recall decompresses whole frames, so it is also the read granularity.
+	FrameSize int `json:"frame_size" toml:"frame_size"`
+	// Level is the zstd level, 1..22 (default 3). klauspost/compress maps it
+	// to its nearest speed: 1 fastest, 2-5 default, 6-9 better, 10+ best.
+	Level int `json:"level" toml:"level"`
+	// Concurrency is the number of frames compressed at once (default
+	// GOMAXPROCS). At most Concurrency+2 frames are in memory.
+	Concurrency int `json:"concurrency" toml:"concurrency"`
+}
+
+// EnsureDefaults fills zero fields with their defaults.
+func (o *Options) EnsureDefaults() {
+	if o.FrameSize == 0 {
+		o.FrameSize = DefaultFrameSize
+	}
+	if o.Level == 0 {
+		o.Level = DefaultLevel
+	}
+	if o.Concurrency == 0 {
+		o.Concurrency = runtime.GOMAXPROCS(0)
+	}
+}
+
+// OptionsError names the field of Options that is invalid and why.
+type OptionsError struct {
+	Field string
+	Value int
+	Err   string
+}
+
+func (e *OptionsError) Error() string {
+	return fmt.Sprintf("object options: %s = %d: %s", e.Field, e.Value, e.Err)
+}
+
+// Validate checks o after EnsureDefaults.
+func (o Options) Validate() error {
+	switch {
+	case o.FrameSize < MinFrameSize || o.FrameSize > MaxFrameSize:
+		return &OptionsError{"frame_size", o.FrameSize, fmt.Sprintf("must be in [%d, %d]", MinFrameSize, MaxFrameSize)}
+	case o.Level < MinLevel || o.Level > MaxLevel:
+		return &OptionsError{"level", o.Level, fmt.Sprintf("must be in [%d, %d]", MinLevel, MaxLevel)}
+	case o.Concurrency < 1 || o.Concurrency > 1024:
+		return &OptionsError{"concurrency", o.Concurrency, "must be in [1, 1024]"}
+	}
+	return nil
+}
