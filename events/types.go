@@ -221,19 +221,23 @@ func (e *FileReleased) Validate() error {
 }
 
 // FileReleaseSkipped: a file was not released; it stays hot and may be
-// selected again later.
+// selected again later. ObjectID is empty when the file could not even be
+// packed (it changed while being read, vanished, is unreadable).
 type FileReleaseSkipped struct {
 	FileID   string `json:"file_id"`
 	Path     string `json:"path"`
-	ObjectID string `json:"object_id"`
+	ObjectID string `json:"object_id,omitempty"`
 	Reason   string `json:"reason"`
 }
 
 func (*FileReleaseSkipped) Kind() Kind       { return KindFileReleaseSkipped }
 func (e *FileReleaseSkipped) Entity() string { return e.FileID }
 func (e *FileReleaseSkipped) Validate() error {
-	return all(fileID(e.FileID), absPath("path", e.Path), hash("object_id", e.ObjectID),
-		nonEmpty("reason", e.Reason))
+	var oid error
+	if e.ObjectID != "" {
+		oid = hash("object_id", e.ObjectID)
+	}
+	return all(fileID(e.FileID), absPath("path", e.Path), oid, nonEmpty("reason", e.Reason))
 }
 
 // FileModified: an archived file's content changed; its cold copies no

@@ -1,0 +1,113 @@
+//go:build linux
+
+package interceptor
+
+import (
+	"fmt"
+	"time"
+)
+
+// Mode selects how stubs are guarded.
+type Mode string
+
+// Modes.
+const (
+	ModeAuto      Mode = "auto"       // pre-access when the kernel has it, else open-perm
+	ModePreAccess Mode = "pre-access" // FAN_PRE_ACCESS inode marks, range-first recall (Linux ≥ 6.14)
+	ModeOpenPerm  Mode = "open-perm"  // FAN_OPEN_PERM inode marks, whole-file recall at open
+)
+
+// Default values of Config.
+const (
+	DefaultChunkSize       = 4 << 20
+	DefaultBackgroundFills = 2
+	DefaultStopTimeout     = 10 * time.Second
+	DefaultWholeFileBelow  = 64 << 20
+)
+
+// Config of an Interceptor.
+type Config struct {
+	// Mode: auto (default), pre-access or open-perm.
+	Mode Mode
+	// ChunkSize is the unit of a fill, in bytes: a positive multiple of
+	// 4096. Fills are aligned to it. Default 4 MiB (one object frame).
+	ChunkSize int64
+	// BackgroundFills bounds the chunk fills running in the background
+	// across all stubs. Fills that hold a program are not bounded.
+	BackgroundFills int
+	// StopTimeout is how long Close lets fills that hold a program finish
+	// before their programs get EIO.
+	StopTimeout time.Duration
+	// WholeFileBelow: in mode pre-access, stubs smaller than this many
+	// bytes are also marked FAN_OPEN_PERM and recalled whole at open. This
+	// guards them against programs that look for data with
+	// SEEK_DATA/SEEK_HOLE, which raises no event and sees a stub as one
+	// hole (cp does this for files with few blocks, and would copy
+	// zeros). Larger stubs keep range-first recall and stay exposed to
+	// such programs: see README.md. Default 64 MiB; negative disables.
+	WholeFileBelow int64
+	// OnComplete is called once per stub whose whole content is back. It
+	// runs on an interceptor goroutine: it must not block for long.
+	OnComplete func(Completion)
+	// OnFail is called for each access that was denied and for each
+	// background fill that failed. Same rules as OnComplete.
+	OnFail func(Failure)
+}
+
+// NewConfig returns a Config with every default set.
+func NewConfig() Config {
+	var c Config
+	c.EnsureDefaults()
+	return c
+}
+
+// EnsureDefaults sets every zero field to its default.
+func (c *Config) EnsureDefaults() {
+	if c.Mode == "" {
+		c.Mode = ModeAuto
+	}
+	if c.ChunkSize == 0 {
+		c.ChunkSize = DefaultChunkSize
+	}
+	if c.BackgroundFills == 0 {
+		c.BackgroundFills = DefaultBackgroundFills
+	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = DefaultStopTimeout
+	}
+	if c.WholeFileBelow == 0 {
+		c.WholeFileBelow = DefaultWholeFileBelow
+	}
+}
+
+// ConfigValidationError names the field of Config that is wrong.
+type ConfigValidationError struct {
+	Field string
+	Value any
+	Err   error
+}
+
+func (e *ConfigValidationError) Error() string {
+	return fmt.Sprintf("interceptor config: %s = %v: %v", e.Field, e.Value, e.Err)
+}
+
+func (e *ConfigValidationError) Unwrap() error { return e.Err }
+
+// Validate reports the first invalid field.
+func (c *Config) Validate() error {
+	switch c.Mode {
+	case ModeAuto, ModePreAccess, ModeOpenPerm:
+	default:
+		return &ConfigValidationError{"Mode", c.Mode, fmt.Errorf("want %q, %q or %q", ModeAuto, ModePreAccess, ModeOpenPerm)}
+	}
+	if c.ChunkSize <= 0 || c.ChunkSize%4096 != 0 || c.ChunkSize > 1<<30 {
+		return &ConfigValidationError{"ChunkSize", c.ChunkSize, fmt.Errorf("want a positive multiple of 4096 up to 1 GiB")}
+	}
+	if c.BackgroundFills < 1 {
+		return &ConfigValidationError{"BackgroundFills", c.BackgroundFills, fmt.Errorf("want at least 1")}
+	}
+	if c.StopTimeout < 0 {
+		return &ConfigValidationError{"StopTimeout", c.StopTimeout, fmt.Errorf("want a non-negative duration")}
+	}
+	return nil
+}

@@ -1,0 +1,57 @@
+// Package interceptor holds programs that touch a stub until the stub's bytes
+// are back, through a fanotify group of class FAN_CLASS_PRE_CONTENT.
+//
+// # Marks
+//
+// Only stubs carry a mark: an inode mark (never a mount or filesystem mark),
+// so resident files stay off the kernel's hooked path and pay nothing. In
+// mode pre-access (Linux ≥ 6.14, ext4/XFS/btrfs) the mark is FAN_PRE_ACCESS:
+// the kernel reports the byte range of every read, write, truncate, splice
+// and mmap before it happens. In mode open-perm (older kernels, or forced) the
+// mark is FAN_OPEN_PERM and the whole file is recalled at open. A fully
+// recalled file gets state archived and loses its mark, so it raises no more
+// events.
+//
+// # Range-first recall
+//
+// A stub is cut into fill chunks (ChunkSize, 4 MiB by default, aligned). An
+// event for bytes [off, off+n) claims every chunk the range touches, asks the
+// Source for their verified bytes, writes them with pwrite through the
+// event's fd (which raises no event) and only then answers FAN_ALLOW. A
+// background filler then fetches the remaining chunks, starting right after
+// the last access (the read-ahead). Per stub (keyed by device and inode) the
+// interceptor keeps each chunk's state — empty, filling, filled — so a
+// repeated event for filled bytes is answered at once, and concurrent events
+// on one chunk wait for the one fill in flight: one recall per stub.
+//
+// Safety rules, each enforced here:
+//
+//   - Bytes written are only those the Source returned without error; the
+//     Source promises they are verified against the object's hashes.
+//   - A failed fill answers FAN_DENY with EIO (ENOSPC/EDQUOT when the local
+//     write failed for lack of space): the program gets an error, never
+//     zeros. The next access retries.
+//   - Fills never go past the archived size, nor past a size the file was
+//     truncated to, and only write into holes (SEEK_DATA/SEEK_HOLE): a range
+//     that holds data — filled by an earlier daemon, or written by the user
+//     after it was filled — is never overwritten.
+//   - A truncate (an event with count 0 at the new size) lowers the fill
+//     limit and waits for fills in flight before it is allowed, so no fill
+//     can extend the file after it shrank. A truncate to 0 therefore needs
+//     no recall at all. The bytes below a non-zero new size are filled in
+//     the background like any others: nothing is lost, since they can only
+//     be read or written through events that wait for them.
+//   - mmap and exec raise one event for the whole mapped range: it is filled
+//     before ALLOW, like any range. Writes raise the same event as reads.
+//
+// When every chunk below the limit is filled, the stub's state becomes
+// archived, its mark is removed and Config.OnComplete is called.
+//
+// # When the daemon is gone
+//
+// Marks live only as long as the group's last fd. If the process holding it
+// dies, the kernel allows every pending event and drops every mark: blocked
+// readers are released and stubs read as holes — zeros, with no error. See
+// README.md in this directory for what is built to narrow that window and
+// what remains.
+package interceptor

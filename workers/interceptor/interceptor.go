@@ -1,0 +1,552 @@
+//go:build linux
+
+package interceptor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-hsm/strata/workers/stub"
+)
+
+// Source produces the verified bytes of archived content. The interceptor
+// is its only caller.
+type Source interface {
+	// ReadVerified fills all of p with the bytes [off, off+len(p)) of the
+	// archived content described by st (st.ObjectID, st.Size), each one
+	// verified against the object's hashes, and names the tier that served
+	// them. If it cannot, it returns an error and p is ignored: a partial or
+	// unverified read must be an error. 0 <= off and off+len(p) <= st.Size
+	// always hold. It is called concurrently, for the same and for different
+	// objects; ctx is cancelled when the interceptor stops.
+	ReadVerified(ctx context.Context, st stub.Info, p []byte, off int64) (tier string, err error)
+}
+
+// Completion describes a stub whose whole content is back.
+type Completion struct {
+	FileID, ObjectID string
+	Path             string        // path of the file when its recall began
+	Bytes            int64         // bytes written by fills
+	Size             int64         // bytes of archived content now resident
+	Truncated        bool          // the file was truncated below its archived size: its content is no longer the object
+	Duration         time.Duration // from the first event to completion
+	Tier             string        // tier of the last fill ("" if nothing had to be filled)
+	PID              int32         // pid of the first program that touched the stub
+	Process          string        // its /proc/<pid>/comm, read at that event
+}
+
+// Failure describes an access that was denied, or a background fill that
+// failed.
+type Failure struct {
+	FileID, ObjectID string
+	Path             string
+	Offset, Length   int64 // bytes that could not be filled
+	PID              int32 // 0 for a background fill
+	Process          string
+	Background       bool
+	Err              error
+}
+
+// Stats are counters since Open.
+type Stats struct {
+	Events      uint64 // events read, including overflows
+	Allowed     uint64
+	Denied      uint64
+	Overflows   uint64
+	Fills       uint64 // calls to Source.ReadVerified that succeeded
+	FilledBytes uint64 // bytes written into stubs
+	Completed   uint64
+}
+
+type inodeKey struct{ dev, ino uint64 }
+
+// Interceptor owns one fanotify group and recalls the stubs it marks.
+//
+// Lock order: Interceptor.mu, then recall.mu. Neither is held across a
+// system call that can block on a program or on the Source.
+type Interceptor struct {
+	cfg  Config
+	mode Mode
+	src  Source
+	log  *slog.Logger
+	g    *group
+	pid  int32
+
+	bgSem      chan struct{}
+	bgCtx      context.Context // cancelled at the start of Close
+	bgCancel   context.CancelFunc
+	fgCtx      context.Context // cancelled StopTimeout after Close starts
+	fgCancel   context.CancelFunc
+	work       sync.WaitGroup // event handlers, background fillers, finishers
+	readerDone chan struct{}
+	bufs       sync.Pool
+
+	mu struct {
+		sync.Mutex
+		recalls   map[inodeKey]*recall
+		releasing map[inodeKey]chan struct{} // closed when the punch of Release is done
+		closed    bool
+	}
+
+	stats struct {
+		events, allowed, denied, overflows, fills, filledBytes, completed atomic.Uint64
+	}
+}
+
+// Open creates the fanotify group and starts reading its events. It needs
+// CAP_SYS_ADMIN. logger must not be nil.
+func Open(cfg Config, src Source, logger *slog.Logger) (*Interceptor, error) {
+	cfg.EnsureDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if src == nil {
+		return nil, errors.New("interceptor: nil source")
+	}
+	if logger == nil {
+		return nil, errors.New("interceptor: nil logger")
+	}
+	mode := cfg.Mode
+	if mode == ModeAuto {
+		if ok, _ := KernelHasPreAccess(); ok {
+			mode = ModePreAccess
+		} else {
+			mode = ModeOpenPerm
+		}
+	}
+	var mask uint64 = unix.FAN_PRE_ACCESS
+	if cfg.WholeFileBelow > 0 {
+		mask |= unix.FAN_OPEN_PERM
+	}
+	if mode == ModeOpenPerm {
+		mask = unix.FAN_OPEN_PERM
+	}
+	g, err := openGroup(mask)
+	if err != nil {
+		return nil, err
+	}
+	i := &Interceptor{
+		cfg: cfg, mode: mode, src: src, log: logger, g: g, pid: int32(os.Getpid()),
+		bgSem:      make(chan struct{}, cfg.BackgroundFills),
+		readerDone: make(chan struct{}),
+	}
+	i.bufs.New = func() any { b := make([]byte, cfg.ChunkSize); return &b }
+	i.mu.recalls = map[inodeKey]*recall{}
+	i.mu.releasing = map[inodeKey]chan struct{}{}
+	i.bgCtx, i.bgCancel = context.WithCancel(context.Background())
+	i.fgCtx, i.fgCancel = context.WithCancel(context.Background())
+	go i.readLoop()
+	logger.Info("interceptor open", "mode", string(mode), "chunk_size", cfg.ChunkSize)
+	return i, nil
+}
+
+// Mode returns the mode in use (never ModeAuto).
+func (i *Interceptor) Mode() Mode { return i.mode }
+
+// Stats returns the counters.
+func (i *Interceptor) Stats() Stats {
+	return Stats{
+		Events: i.stats.events.Load(), Allowed: i.stats.allowed.Load(), Denied: i.stats.denied.Load(),
+		Overflows: i.stats.overflows.Load(), Fills: i.stats.fills.Load(),
+		FilledBytes: i.stats.filledBytes.Load(), Completed: i.stats.completed.Load(),
+	}
+}
+
+// Mark puts an inode mark on the stub at path (a regular file; symlinks
+// are not followed). Marking an already marked file is a no-op. Mark
+// opens nothing, so it raises no event.
+func (i *Interceptor) Mark(path string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return fmt.Errorf("mark %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("mark %s: not a regular file", path)
+	}
+	i.dropStale(inodeKey{st.Dev, st.Ino})
+	if err := i.g.mark(path); err != nil {
+		return fmt.Errorf("mark %s: %w", path, explainMarkErr(err))
+	}
+	return nil
+}
+
+// Unmark removes the mark of path. A file without a mark is not an error.
+func (i *Interceptor) Unmark(path string) error {
+	if err := i.g.unmark(path); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmark %s: %w", path, err)
+	}
+	return nil
+}
+
+// Release makes the file at path a guarded stub: its xattrs must already
+// say released (stub.Write, fsynced); Release marks it and then frees its
+// blocks with fallocate(PUNCH_HOLE|KEEP_SIZE). The mark comes first, so no
+// program can ever read the holes; the punch itself raises an event (from
+// this process) that is allowed without a recall, and events of other
+// programs on the file wait until the punch is done, then recall.
+func (i *Interceptor) Release(path string) (retErr error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return fmt.Errorf("release %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("release %s: not a regular file", path)
+	}
+	key := inodeKey{st.Dev, st.Ino}
+	i.dropStale(key)
+	i.mu.Lock()
+	if r := i.mu.recalls[key]; r != nil {
+		i.mu.Unlock()
+		return fmt.Errorf("release %s: a recall of this file is in progress", path)
+	}
+	if _, ok := i.mu.releasing[key]; ok {
+		i.mu.Unlock()
+		return fmt.Errorf("release %s: already being released", path)
+	}
+	done := make(chan struct{})
+	i.mu.releasing[key] = done
+	i.mu.Unlock()
+	defer func() {
+		i.mu.Lock()
+		delete(i.mu.releasing, key)
+		i.mu.Unlock()
+		close(done)
+	}()
+
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_LARGEFILE, 0)
+	if err != nil {
+		return fmt.Errorf("release %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	var fst unix.Stat_t
+	if err := unix.Fstat(fd, &fst); err != nil {
+		return fmt.Errorf("release %s: %w", path, err)
+	}
+	if fst.Dev != st.Dev || fst.Ino != st.Ino {
+		return fmt.Errorf("release %s: file replaced while being released", path)
+	}
+	info, err := stub.Read(fd)
+	if err != nil {
+		return fmt.Errorf("release %s: %w", path, err)
+	}
+	if info.State != stub.Released {
+		return fmt.Errorf("release %s: stub state is %q, want %q before the hole is punched", path, info.State, stub.Released)
+	}
+	if info.Size != fst.Size {
+		return fmt.Errorf("release %s: archived size %d differs from file size %d", path, info.Size, fst.Size)
+	}
+	if err := unix.FanotifyMark(i.g.fd, unix.FAN_MARK_ADD, i.g.mask, fd, ""); err != nil {
+		return fmt.Errorf("release %s: mark: %w", path, explainMarkErr(err))
+	}
+	defer func() {
+		// A stub must hold no data at all (see fillRange): check it.
+		if d, err := unix.Seek(fd, 0, unix.SEEK_DATA); err == nil && d < fst.Size && retErr == nil {
+			retErr = fmt.Errorf("release %s: data left at offset %d after punching the hole", path, d)
+		}
+	}()
+	if fst.Size > 0 {
+		// Punch whole blocks up to past EOF: a punch that ends inside the
+		// last block only zeroes its tail and keeps the block as data, and
+		// data is what fills never overwrite.
+		blk := max(int64(fst.Blksize), 4096)
+		end := (fst.Size + blk - 1) / blk * blk
+		if err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, end); err != nil {
+			// The file is intact and marked; its first access recalls
+			// nothing (every chunk holds data) and clears the state.
+			return fmt.Errorf("release %s: punch hole: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// dropStale forgets the recall of key if it is finished or belongs to a
+// deleted file (its inode number may now name a new file). A recall in
+// progress on a live file is kept: dropping it could let its fills race
+// with a new recall of the same file.
+func (i *Interceptor) dropStale(key inodeKey) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	r := i.mu.recalls[key]
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	done := r.mu.done
+	r.mu.Unlock()
+	var st unix.Stat_t
+	if done || (unix.Fstat(r.fd, &st) == nil && st.Nlink == 0) {
+		delete(i.mu.recalls, key)
+	}
+}
+
+func explainMarkErr(err error) error {
+	if errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("%w (pre-content marks need Linux >= 6.14 and ext4, XFS or btrfs)", err)
+	}
+	return err
+}
+
+// Close stops the interceptor: it stops fetching in the background, lets
+// fills that hold a program finish for up to StopTimeout (after which
+// those programs get EIO), removes every mark, answers every event still
+// queued, and closes the group. After Close, stubs are unguarded (see the
+// package doc). Close is idempotent.
+func (i *Interceptor) Close() error {
+	if i == nil {
+		return nil
+	}
+	i.mu.Lock()
+	if i.mu.closed {
+		i.mu.Unlock()
+		return nil
+	}
+	i.mu.closed = true
+	i.mu.Unlock()
+
+	i.bgCancel()
+	timer := time.AfterFunc(i.cfg.StopTimeout, i.fgCancel)
+	defer timer.Stop()
+	if err := i.g.stopRead(); err != nil {
+		i.log.Error("stop fanotify reader", "err", err)
+	}
+	<-i.readerDone
+	// No new mark; the events already queued are still answered, with
+	// recalls, as long as fgCtx lives.
+	if err := i.g.flush(); err != nil {
+		i.log.Error("flush fanotify marks", "err", err)
+	}
+	buf := make([]byte, readBufSize)
+	for {
+		n, err := i.g.readNow(buf)
+		if err != nil {
+			i.log.Error("drain fanotify queue", "err", err)
+			break
+		}
+		if n == 0 {
+			break
+		}
+		i.dispatch(buf[:n])
+	}
+	i.work.Wait()
+	i.fgCancel()
+	i.mu.Lock()
+	for k, r := range i.mu.recalls {
+		unix.Close(r.fd)
+		delete(i.mu.recalls, k)
+	}
+	i.mu.Unlock()
+	if err := i.g.close(); err != nil {
+		return fmt.Errorf("close fanotify group: %w", err)
+	}
+	i.log.Info("interceptor closed")
+	return nil
+}
+
+func (i *Interceptor) readLoop() {
+	defer close(i.readerDone)
+	buf := make([]byte, readBufSize)
+	for {
+		n, err := i.g.read(buf)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return
+			}
+			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
+				continue
+			}
+			i.log.Error("read fanotify events; events are no longer answered", "err", err)
+			return
+		}
+		i.dispatch(buf[:n])
+	}
+}
+
+// dispatch starts one handler per event. It does no file I/O.
+func (i *Interceptor) dispatch(b []byte) {
+	err := parseEvents(b, func(ev event, bad error) {
+		i.stats.events.Add(1)
+		if ev.mask&unix.FAN_Q_OVERFLOW != 0 || ev.fd < 0 {
+			// With FAN_UNLIMITED_QUEUE this should not happen; permission
+			// events are never dropped silently by the kernel.
+			i.stats.overflows.Add(1)
+			i.log.Error("fanotify queue overflow")
+			return
+		}
+		if bad != nil {
+			i.log.Error("malformed fanotify event; denying", "err", bad)
+			i.answer(ev.fd, unix.EIO)
+			return
+		}
+		i.work.Add(1)
+		go func() {
+			defer i.work.Done()
+			i.answer(ev.fd, i.decide(ev))
+		}()
+	})
+	if err != nil {
+		i.log.Error("malformed fanotify buffer", "err", err)
+	}
+}
+
+// answer writes the response for the event fd and closes it.
+func (i *Interceptor) answer(fd int, errno unix.Errno) {
+	if errno == 0 {
+		i.stats.allowed.Add(1)
+	} else {
+		i.stats.denied.Add(1)
+	}
+	if err := i.g.closeAndRespond(fd, errno); err != nil {
+		i.log.Error("answer fanotify event", "err", err)
+	}
+}
+
+// decide handles one permission event and returns 0 to allow or the errno
+// to deny with.
+func (i *Interceptor) decide(ev event) unix.Errno {
+	i.log.Debug("event", "mask", ev.mask, "pid", ev.pid, "has_range", ev.hasRange, "off", ev.off, "count", ev.count)
+	var st unix.Stat_t
+	if err := unix.Fstat(ev.fd, &st); err != nil {
+		i.log.Error("fstat event fd", "err", err)
+		return unix.EIO
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		_ = i.g.unmarkFD(ev.fd)
+		return 0
+	}
+	key := inodeKey{st.Dev, st.Ino}
+
+	i.mu.Lock()
+	r := i.mu.recalls[key]
+	releasing := i.mu.releasing[key]
+	i.mu.Unlock()
+	if releasing != nil {
+		if ev.pid == i.pid {
+			return 0 // the punch of Release, or this process reading data that is still there
+		}
+		<-releasing
+		i.mu.Lock()
+		r = i.mu.recalls[key]
+		i.mu.Unlock()
+	}
+	if r == nil {
+		info, err := stub.Read(ev.fd)
+		switch {
+		case errors.Is(err, stub.ErrNotManaged):
+			i.log.Warn("marked file has no stub xattrs; unmarking", "path", fdPath(ev.fd))
+			_ = i.g.unmarkFD(ev.fd)
+			return 0
+		case err != nil:
+			i.fail(Failure{Path: fdPath(ev.fd), PID: ev.pid, Process: comm(ev.pid), Err: fmt.Errorf("read stub xattrs: %w", err)})
+			return unix.EIO
+		case info.State != stub.Released:
+			_ = i.g.unmarkFD(ev.fd) // resident and archived: nothing to guard
+			return 0
+		}
+		nr, err := newRecall(i, ev, key, &st, info)
+		if err != nil {
+			i.fail(Failure{FileID: info.FileID, ObjectID: info.ObjectID, Path: fdPath(ev.fd), PID: ev.pid, Process: comm(ev.pid), Err: err})
+			return unix.EIO
+		}
+		i.mu.Lock()
+		if r = i.mu.recalls[key]; r == nil {
+			r = nr
+			i.mu.recalls[key] = r
+		}
+		i.mu.Unlock()
+		if r != nr {
+			unix.Close(nr.fd)
+		} else if r.checkComplete() {
+			i.work.Add(1)
+			go r.finish()
+		}
+	}
+
+	r.sawSize(st.Size)
+	var lo, hi int64
+	whole := false
+	switch {
+	case ev.mask&unix.FAN_OPEN_PERM != 0:
+		if i.mode == ModePreAccess && r.info.Size >= i.cfg.WholeFileBelow {
+			return 0 // large: recalled range by range as it is accessed
+		}
+		lo, hi, whole = 0, r.info.Size, true
+	case !ev.hasRange:
+		lo, hi = 0, r.info.Size
+	case ev.count == 0:
+		r.truncate(ev.off)
+		return 0
+	default:
+		lo, hi = ev.off, ev.off+ev.count
+	}
+	err := r.ensure(i.fgCtx, lo, hi)
+	if tlo, thi := r.tail(max(int64(st.Blksize), 4096)); err == nil && thi > 0 {
+		err = r.ensure(i.fgCtx, tlo, thi)
+	}
+	if err != nil {
+		var fe *fillError
+		off, n := lo, hi-lo
+		if errors.As(err, &fe) {
+			off, n = fe.off, fe.n
+		}
+		i.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path,
+			Offset: off, Length: n, PID: ev.pid, Process: comm(ev.pid), Err: err})
+		return errnoFor(err)
+	}
+	if whole {
+		// Recalled at open: let the stub lose its mark and close every
+		// writable fd before the program goes on (an exec must not find a
+		// writer).
+		<-r.finished
+		return 0
+	}
+	r.kick(hi)
+	return 0
+}
+
+func (i *Interceptor) fail(f Failure) {
+	i.log.Warn("recall failed", "path", f.Path, "file_id", f.FileID, "offset", f.Offset,
+		"length", f.Length, "background", f.Background, "err", f.Err)
+	if i.cfg.OnFail != nil {
+		i.cfg.OnFail(f)
+	}
+}
+
+// errnoFor picks the errno a denied program sees: ENOSPC or EDQUOT when
+// the local write failed for lack of space, else EIO.
+func errnoFor(err error) unix.Errno {
+	switch {
+	case errors.Is(err, unix.ENOSPC):
+		return unix.ENOSPC
+	case errors.Is(err, unix.EDQUOT):
+		return unix.EDQUOT
+	}
+	return unix.EIO
+}
+
+func fdPath(fd int) string {
+	p, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return ""
+	}
+	return p
+}
+
+func comm(pid int32) string {
+	if pid <= 0 {
+		return ""
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}

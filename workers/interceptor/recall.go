@@ -1,0 +1,520 @@
+//go:build linux
+
+package interceptor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-hsm/strata/workers/stub"
+)
+
+type chunkState uint8
+
+const (
+	chunkEmpty chunkState = iota
+	chunkFilling
+	chunkFilled
+)
+
+// fillOp is one chunk fill in flight; done is closed when it ends.
+type fillOp struct {
+	done chan struct{}
+	err  error
+}
+
+// fillError says which bytes a failed fill was for.
+type fillError struct {
+	off, n int64
+	err    error
+}
+
+func (e *fillError) Error() string {
+	return fmt.Sprintf("fill bytes %d-%d: %v", e.off, e.off+e.n, e.err)
+}
+func (e *fillError) Unwrap() error { return e.err }
+
+// recall is the state of one stub being recalled.
+type recall struct {
+	in      *Interceptor
+	key     inodeKey
+	info    stub.Info
+	fd      int // dup of the first event's fd: O_RDWR, raises no event; closed by finish or Close
+	path    string
+	pid     int32
+	process string
+	start   time.Time
+	chunk   int64
+	// finished is closed when finish has run (whether it succeeded or not).
+	finished chan struct{}
+
+	mu struct {
+		sync.Mutex
+		// INVARIANT: limit <= info.Size and never grows. No fill writes at
+		// or past limit once a truncate lowered it and was allowed.
+		limit int64
+		state []chunkState // one per chunk of info.Size
+		ops   map[int64]*fillOp
+		// INVARIANT: nfilled counts chunks below nchunks(limit) in state
+		// chunkFilled.
+		nfilled   int64
+		cursor    int64 // next chunk the background filler looks at
+		bgRunning bool
+		done      bool
+		bytes     int64
+		tier      string
+		truncated bool
+	}
+}
+
+func newRecall(in *Interceptor, ev event, key inodeKey, st *unix.Stat_t, info stub.Info) (*recall, error) {
+	fd, err := unix.FcntlInt(uintptr(ev.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup event fd: %w", err)
+	}
+	r := &recall{
+		in: in, key: key, info: info, fd: fd, path: fdPath(fd), pid: ev.pid, process: comm(ev.pid),
+		start: time.Now(), chunk: in.cfg.ChunkSize, finished: make(chan struct{}),
+	}
+	r.mu.limit = min(info.Size, st.Size)
+	r.mu.truncated = r.mu.limit < info.Size
+	r.mu.state = make([]chunkState, r.nchunks(info.Size))
+	r.mu.ops = map[int64]*fillOp{}
+	// Chunks that hold only data are filled already: by a daemon before a
+	// crash, or by the user after that. They are never written again.
+	err = dataSegments(fd, 0, r.mu.limit, func(s, e int64) {
+		for k := (s + r.chunk - 1) / r.chunk; k*r.chunk < e; k++ {
+			if min((k+1)*r.chunk, r.mu.limit) <= e {
+				r.mu.state[k] = chunkFilled
+				r.mu.nfilled++
+			}
+		}
+	})
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("scan data of stub: %w", err)
+	}
+	return r, nil
+}
+
+func (r *recall) nchunks(size int64) int64 { return (size + r.chunk - 1) / r.chunk }
+
+// checkComplete marks the recall done if every chunk below the limit is
+// filled, and reports whether this call did so (the caller then runs
+// finish).
+func (r *recall) checkComplete() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.completeLocked()
+}
+
+func (r *recall) completeLocked() bool {
+	if r.mu.done || r.mu.nfilled != r.nchunks(r.mu.limit) {
+		return false
+	}
+	r.mu.done = true
+	return true
+}
+
+// ensure returns once every byte of [lo, hi) below the limit is filled, or
+// with the error of a fill it needed.
+func (r *recall) ensure(ctx context.Context, lo, hi int64) error {
+	r.mu.Lock()
+	hi = min(hi, r.mu.limit)
+	if r.mu.done || lo >= hi || lo < 0 {
+		r.mu.Unlock()
+		return nil
+	}
+	var mine []int64
+	var mineOps, waits []*fillOp
+	for k := lo / r.chunk; k <= (hi-1)/r.chunk; k++ {
+		switch r.mu.state[k] {
+		case chunkFilling:
+			waits = append(waits, r.mu.ops[k])
+		case chunkEmpty:
+			op := r.claimLocked(k)
+			mine, mineOps = append(mine, k), append(mineOps, op)
+		}
+	}
+	r.mu.Unlock()
+
+	var firstErr error
+	for j, k := range mine {
+		if firstErr != nil {
+			r.release(k, mineOps[j], firstErr)
+			continue
+		}
+		firstErr = r.fillChunk(ctx, k, mineOps[j])
+	}
+	for _, op := range waits {
+		<-op.done
+		if op.err != nil && firstErr == nil {
+			firstErr = op.err
+		}
+	}
+	return firstErr
+}
+
+func (r *recall) claimLocked(k int64) *fillOp {
+	op := &fillOp{done: make(chan struct{})}
+	r.mu.state[k] = chunkFilling
+	r.mu.ops[k] = op
+	return op
+}
+
+// release gives back a claimed chunk without filling it.
+func (r *recall) release(k int64, op *fillOp, err error) {
+	r.mu.Lock()
+	r.mu.state[k] = chunkEmpty
+	delete(r.mu.ops, k)
+	r.mu.Unlock()
+	op.err = err
+	close(op.done)
+}
+
+// fillChunk fills the holes of chunk k, which the caller claimed, and
+// completes op.
+func (r *recall) fillChunk(ctx context.Context, k int64, op *fillOp) error {
+	var tier string
+	var wrote int64
+	var err error
+	s := k * r.chunk
+	for {
+		r.mu.Lock()
+		e := min(s+r.chunk, r.mu.limit)
+		r.mu.Unlock()
+		if e <= s {
+			break
+		}
+		var w int64
+		tier, w, err = r.fillRange(ctx, s, e)
+		wrote += w
+		if !errors.Is(err, errTruncated) {
+			break
+		}
+		var st unix.Stat_t
+		if err = unix.Fstat(r.fd, &st); err != nil {
+			break
+		}
+		if st.Size >= e {
+			err = fmt.Errorf("fault writing stub bytes %d-%d below its size %d", s, e, st.Size)
+			break
+		}
+		r.sawSize(st.Size)
+	}
+	if err != nil {
+		e := s + r.chunk
+		err = &fillError{off: s, n: e - s, err: err}
+		r.release(k, op, err)
+		return err
+	}
+	r.mu.Lock()
+	r.mu.state[k] = chunkFilled
+	delete(r.mu.ops, k)
+	if k < r.nchunks(r.mu.limit) {
+		r.mu.nfilled++
+	}
+	r.mu.bytes += wrote
+	if tier != "" {
+		r.mu.tier = tier
+	}
+	complete := r.completeLocked()
+	r.mu.Unlock()
+	close(op.done)
+	if complete {
+		r.in.work.Add(1)
+		go r.finish()
+	}
+	return nil
+}
+
+// fillRange writes the verified content into the holes of [s, e).
+//
+// The bytes are stored through a shared mapping of the file, not with
+// pwrite: a store past EOF faults instead of extending the file, so a fill
+// racing with a truncate the kernel has already allowed can never bring
+// truncated bytes back (a truncate to a size that is not page-aligned
+// reaches the interceptor as an ordinary 4 KiB access, indistinguishable
+// from a write). A fault lowers the limit to the file's size and reports
+// errTruncated; the caller retries with the new limit.
+func (r *recall) fillRange(ctx context.Context, s, e int64) (tier string, wrote int64, err error) {
+	holes, err := holeSegments(r.fd, s, e)
+	if err != nil {
+		return "", 0, fmt.Errorf("find holes: %w", err)
+	}
+	if len(holes) == 0 {
+		return "", 0, nil
+	}
+	bp := r.in.bufs.Get().(*[]byte)
+	defer r.in.bufs.Put(bp)
+	buf := (*bp)[:e-s]
+	tier, err = r.in.src.ReadVerified(ctx, r.info, buf, s)
+	if err != nil {
+		return "", 0, fmt.Errorf("source: %w", err)
+	}
+	r.in.stats.fills.Add(1)
+	m, err := unix.Mmap(r.fd, s, int(e-s), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return "", 0, fmt.Errorf("map stub at %d: %w", s, err)
+	}
+	defer unix.Munmap(m)
+	_ = unix.Madvise(m, unix.MADV_POPULATE_WRITE) // fewer faults; errors (e.g. past EOF) show up in copyFaulting
+	for _, h := range holes {
+		if !copyFaulting(m[h[0]-s:h[1]-s], buf[h[0]-s:h[1]-s]) {
+			return "", wrote, errTruncated
+		}
+		wrote += h[1] - h[0]
+	}
+	r.in.stats.filledBytes.Add(uint64(wrote))
+	return tier, wrote, nil
+}
+
+var errTruncated = errors.New("stub truncated during fill")
+
+// copyFaulting copies src into the mapped dst and reports false if a store
+// faulted (SIGBUS: the page lies past EOF).
+func copyFaulting(dst, src []byte) (ok bool) {
+	old := debug.SetPanicOnFault(true)
+	defer debug.SetPanicOnFault(old)
+	defer func() {
+		if recover() != nil {
+			ok = false
+		}
+	}()
+	copy(dst, src)
+	return true
+}
+
+// lowerLimit makes x the limit if it is lower, and recounts the chunks.
+func (r *recall) lowerLimitLocked(x int64) {
+	if x >= r.mu.limit {
+		return
+	}
+	r.mu.limit = max(x, 0)
+	r.mu.truncated = true
+	r.mu.nfilled = 0
+	for k := range r.nchunks(r.mu.limit) {
+		if r.mu.state[k] == chunkFilled {
+			r.mu.nfilled++
+		}
+	}
+}
+
+// sawSize lowers the limit to the file's size as seen at an event: a file
+// truncated (and perhaps extended again) since must not get the truncated
+// bytes back.
+func (r *recall) sawSize(size int64) {
+	r.mu.Lock()
+	r.lowerLimitLocked(size)
+	complete := r.completeLocked()
+	r.mu.Unlock()
+	if complete {
+		r.in.work.Add(1)
+		go r.finish()
+	}
+}
+
+// tail returns the range of the chunk that holds the last byte below the
+// limit when the limit does not end on a block boundary, else an empty
+// range. An append (reported at the fd's position, not at EOF) or a write
+// past EOF writes into, or zeroes the rest of, that last block: it must be
+// filled before such a write is allowed, or the fill would later skip the
+// block as data and lose its bytes.
+func (r *recall) tail(blk int64) (lo, hi int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.mu.limit == 0 || r.mu.limit%blk == 0 {
+		return 0, 0
+	}
+	return (r.mu.limit - 1) / r.chunk * r.chunk, r.mu.limit
+}
+
+// truncate handles a truncate to size x: once it returns, no fill writes at
+// or past x, so the truncate can be allowed.
+func (r *recall) truncate(x int64) {
+	r.mu.Lock()
+	r.lowerLimitLocked(x)
+	var ops []*fillOp
+	for _, op := range r.mu.ops {
+		ops = append(ops, op)
+	}
+	r.mu.Unlock()
+	for _, op := range ops {
+		<-op.done
+	}
+	if r.checkComplete() {
+		r.in.work.Add(1)
+		go r.finish()
+	}
+}
+
+// kick makes sure the background filler runs, starting at the chunk of
+// byte from (the read-ahead of the access that ended there).
+func (r *recall) kick(from int64) {
+	r.mu.Lock()
+	if r.mu.done {
+		r.mu.Unlock()
+		return
+	}
+	r.mu.cursor = from / r.chunk
+	if r.mu.bgRunning {
+		r.mu.Unlock()
+		return
+	}
+	r.mu.bgRunning = true
+	r.mu.Unlock()
+	r.in.work.Add(1)
+	go r.background()
+}
+
+// background fills the remaining chunks, one at a time, from the cursor
+// on, wrapping around. It stops at the first error (the next access
+// retries) and when the interceptor closes.
+func (r *recall) background() {
+	defer r.in.work.Done()
+	ctx := r.in.bgCtx
+	for {
+		select {
+		case r.in.bgSem <- struct{}{}:
+		case <-ctx.Done():
+			r.stopBackground()
+			return
+		}
+		r.mu.Lock()
+		k, op := int64(-1), (*fillOp)(nil)
+		n := r.nchunks(r.mu.limit)
+		if !r.mu.done {
+			for j := range n {
+				c := (r.mu.cursor + j) % n
+				if r.mu.state[c] == chunkEmpty {
+					k, op = c, r.claimLocked(c)
+					r.mu.cursor = c + 1
+					break
+				}
+			}
+		}
+		if k < 0 {
+			r.mu.bgRunning = false
+			r.mu.Unlock()
+			<-r.in.bgSem
+			return
+		}
+		r.mu.Unlock()
+		err := r.fillChunk(ctx, k, op)
+		<-r.in.bgSem
+		if err != nil {
+			r.stopBackground()
+			if ctx.Err() == nil {
+				var fe *fillError
+				f := Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path, Background: true, Err: err}
+				if errors.As(err, &fe) {
+					f.Offset, f.Length = fe.off, fe.n
+				}
+				r.in.fail(f)
+			}
+			return
+		}
+	}
+}
+
+func (r *recall) stopBackground() {
+	r.mu.Lock()
+	r.mu.bgRunning = false
+	r.mu.Unlock()
+}
+
+// finish runs once, when every chunk is filled: the stub becomes archived,
+// loses its mark, and the completion is reported. It waits for fills still
+// in flight (beyond a truncated limit) before closing the fd.
+func (r *recall) finish() {
+	defer r.in.work.Done()
+	defer close(r.finished)
+	r.mu.Lock()
+	var ops []*fillOp
+	for _, op := range r.mu.ops {
+		ops = append(ops, op)
+	}
+	r.mu.Unlock()
+	for _, op := range ops {
+		<-op.done
+	}
+	if err := stub.SetState(r.fd, stub.Archived); err != nil {
+		// Keep the mark and the recall (every event is allowed at once):
+		// a restarted daemon sees state released, finds every chunk full
+		// of data and finishes then.
+		r.in.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path, Background: true,
+			Err: fmt.Errorf("set stub state archived: %w", err)})
+		return
+	}
+	if err := r.in.g.unmarkFD(r.fd); err != nil && !errors.Is(err, unix.ENOENT) {
+		r.in.log.Warn("unmark recalled file", "path", r.path, "err", err)
+	}
+	r.in.mu.Lock()
+	if r.in.mu.recalls[r.key] == r {
+		delete(r.in.mu.recalls, r.key)
+	}
+	r.in.mu.Unlock()
+	unix.Close(r.fd)
+	r.mu.Lock()
+	c := Completion{
+		FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path,
+		Bytes: r.mu.bytes, Size: r.mu.limit, Truncated: r.mu.truncated,
+		Duration: time.Since(r.start), Tier: r.mu.tier, PID: r.pid, Process: r.process,
+	}
+	r.mu.Unlock()
+	r.in.stats.completed.Add(1)
+	r.in.log.Info("recall completed", "path", c.Path, "file_id", c.FileID, "bytes", c.Bytes,
+		"duration", c.Duration, "tier", c.Tier, "process", c.Process)
+	if r.in.cfg.OnComplete != nil {
+		r.in.cfg.OnComplete(c)
+	}
+}
+
+// dataSegments calls fn for each data segment of the file within [s, e).
+func dataSegments(fd int, s, e int64, fn func(s, e int64)) error {
+	pos := s
+	for pos < e {
+		d, err := unix.Seek(fd, pos, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if d >= e {
+			return nil
+		}
+		h, err := unix.Seek(fd, d, unix.SEEK_HOLE)
+		if err != nil {
+			return err
+		}
+		fn(d, min(h, e))
+		pos = h
+	}
+	return nil
+}
+
+// holeSegments returns the holes of the file within [s, e).
+func holeSegments(fd int, s, e int64) ([][2]int64, error) {
+	var holes [][2]int64
+	pos := s
+	err := dataSegments(fd, s, e, func(ds, de int64) {
+		if ds > pos {
+			holes = append(holes, [2]int64{pos, ds})
+		}
+		pos = de
+	})
+	if err != nil {
+		return nil, err
+	}
+	if pos < e {
+		holes = append(holes, [2]int64{pos, e})
+	}
+	return holes, nil
+}
