@@ -1,0 +1,382 @@
+package catalog
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// File returns the record of a file id, or ErrNotFound.
+func (c *Catalog) File(fileID string) (File, error) {
+	db, err := c.rlock()
+	if err != nil {
+		return File{}, err
+	}
+	defer c.mu.RUnlock()
+	f, err := readFile(db, fileID)
+	if err != nil {
+		return File{}, err
+	}
+	return *f, nil
+}
+
+func readFile(db pebble.Reader, fileID string) (*File, error) {
+	v, err := get(db, []byte(pfxFile+fileID))
+	if err != nil {
+		return nil, fmt.Errorf("file %s: %w", fileID, err)
+	}
+	return decodeFile(fileID, v)
+}
+
+// FileByPath returns the file at path p (deleted files are not found by
+// path), or ErrNotFound.
+func (c *Catalog) FileByPath(p string) (File, error) {
+	db, err := c.rlock()
+	if err != nil {
+		return File{}, err
+	}
+	defer c.mu.RUnlock()
+	id, err := get(db, []byte(pfxPath+p))
+	if err != nil {
+		return File{}, fmt.Errorf("path %s: %w", p, err)
+	}
+	f, err := readFile(db, string(id))
+	if err != nil {
+		return File{}, err
+	}
+	return *f, nil
+}
+
+// Versions returns the versions of a file, oldest first, or ErrNotFound if
+// the file is unknown.
+func (c *Catalog) Versions(fileID string) ([]Version, error) {
+	db, err := c.rlock()
+	if err != nil {
+		return nil, err
+	}
+	defer c.mu.RUnlock()
+	if _, err := get(db, []byte(pfxFile+fileID)); err != nil {
+		return nil, fmt.Errorf("file %s: %w", fileID, err)
+	}
+	var out []Version
+	err = scan(db, pfxVersion+fileID+"/", func(k, v []byte) error {
+		ver, err := parseVersion(k, v)
+		if err == nil {
+			out = append(out, ver)
+		}
+		return err
+	})
+	return out, err
+}
+
+// parseVersion decodes a version/<file id>/<number> key and its value.
+func parseVersion(k, v []byte) (Version, error) {
+	rest := string(k[len(pfxVersion):])
+	id, num, ok := strings.Cut(rest, "/")
+	n, err := strconv.ParseUint(num, 10, 32)
+	if !ok || err != nil {
+		return Version{}, fmt.Errorf("%w: key %q", errCorrupt, k)
+	}
+	return decodeVersion(id, uint32(n), v)
+}
+
+// FilesByObject returns the files that have a version with objectID, in
+// file id order (an object is shared by files with identical content).
+func (c *Catalog) FilesByObject(objectID string) ([]File, error) {
+	db, err := c.rlock()
+	if err != nil {
+		return nil, err
+	}
+	defer c.mu.RUnlock()
+	snap := db.NewSnapshot() // one consistent view for the walk and the lookups
+	defer snap.Close()
+	var out []File
+	pfx := pfxObjFile + objectID + "/"
+	err = scan(snap, pfx, func(k, _ []byte) error {
+		f, err := readFile(snap, string(k[len(pfx):]))
+		if err == nil {
+			out = append(out, *f)
+		}
+		return err
+	})
+	return out, err
+}
+
+// Object returns an object, or ErrNotFound.
+func (c *Catalog) Object(objectID string) (Object, error) {
+	db, err := c.rlock()
+	if err != nil {
+		return Object{}, err
+	}
+	defer c.mu.RUnlock()
+	v, err := get(db, []byte(pfxObject+objectID))
+	if err != nil {
+		return Object{}, fmt.Errorf("object %s: %w", objectID, err)
+	}
+	o, err := decodeObject(objectID, v)
+	if err != nil {
+		return Object{}, err
+	}
+	return *o, nil
+}
+
+// Copies returns every copy of an object (good and corrupt), in tier name
+// order. An object without copies gives an empty slice, not an error.
+func (c *Catalog) Copies(objectID string) ([]Copy, error) {
+	db, err := c.rlock()
+	if err != nil {
+		return nil, err
+	}
+	defer c.mu.RUnlock()
+	var out []Copy
+	pfx := pfxCopy + objectID + "/"
+	err = scan(db, pfx, func(k, v []byte) error {
+		cp, err := decodeCopy(objectID, string(k[len(pfx):]), v)
+		if err == nil {
+			out = append(out, *cp)
+		}
+		return err
+	})
+	return out, err
+}
+
+// Files calls fn for every file (not deleted) at or under the directory
+// prefix (e.g. "/data" matches /data and /data/x but not /data2), in path
+// order. "/" or "" means every file. An error from fn stops the walk and is
+// returned.
+func (c *Catalog) Files(prefix string, fn func(File) error) error {
+	db, err := c.rlock()
+	if err != nil {
+		return err
+	}
+	defer c.mu.RUnlock()
+	snap := db.NewSnapshot() // one consistent view for the walk and the lookups
+	defer snap.Close()
+	visit := func(k, v []byte) error {
+		f, err := readFile(snap, string(v))
+		if err != nil {
+			return err
+		}
+		return fn(*f)
+	}
+	prefix = strings.TrimSuffix(prefix, "/")
+	if prefix == "" {
+		return scan(snap, pfxPath, visit)
+	}
+	// The file at prefix itself, then everything under prefix/ (paths
+	// like "prefix.txt" sort between them and are not wanted).
+	if id, err := get(snap, []byte(pfxPath+prefix)); err == nil {
+		if err := visit(nil, id); err != nil {
+			return err
+		}
+	} else if !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	return scan(snap, pfxPath+prefix+"/", visit)
+}
+
+// Stubs calls fn for every released file, in file id order (the daemon
+// re-marks them at start).
+func (c *Catalog) Stubs(fn func(File) error) error {
+	db, err := c.rlock()
+	if err != nil {
+		return err
+	}
+	defer c.mu.RUnlock()
+	snap := db.NewSnapshot() // one consistent view for the walk and the lookups
+	defer snap.Close()
+	return scan(snap, pfxStub, func(k, _ []byte) error {
+		f, err := readFile(snap, string(k[len(pfxStub):]))
+		if err != nil {
+			return err
+		}
+		return fn(*f)
+	})
+}
+
+// Pinned reports whether p or one of its ancestors is pinned.
+func (c *Catalog) Pinned(p string) (bool, error) {
+	db, err := c.rlock()
+	if err != nil {
+		return false, err
+	}
+	defer c.mu.RUnlock()
+	for p = path.Clean(p); ; p = path.Dir(p) {
+		_, err := get(db, []byte(pfxPin+p))
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return false, err
+		}
+		if p == "/" || p == "." {
+			return false, nil
+		}
+	}
+}
+
+// Pins calls fn for every pinned path, in order.
+func (c *Catalog) Pins(fn func(path string) error) error {
+	db, err := c.rlock()
+	if err != nil {
+		return err
+	}
+	defer c.mu.RUnlock()
+	return scan(db, pfxPin, func(k, _ []byte) error { return fn(string(k[len(pfxPin):])) })
+}
+
+// Stats returns the counters as of the last applied batch.
+func (c *Catalog) Stats() (Stats, error) {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	if _, err := c.rlock(); err != nil {
+		return Stats{}, err
+	}
+	defer c.mu.RUnlock()
+	return c.st.public(c.seq.Load()), nil
+}
+
+// ScanFuncs are the callbacks of Scan; either may be nil.
+type ScanFuncs struct {
+	// File is called for every file record, in file id order, with its
+	// versions (oldest first). f and versions are reused between calls:
+	// copy what you keep.
+	File func(f *File, versions []Version) error
+	// Copy is called for every copy of every object, in object id and tier
+	// order. cp is reused between calls.
+	Copy func(cp *Copy) error
+}
+
+// Scan walks files (with their versions) and copies, concurrently (File and
+// Copy are called from two goroutines, each sequentially), from one
+// consistent snapshot, and returns the last applied sequence of that
+// snapshot. An error from a callback stops the walk and is returned. Used by
+// the export.
+func (c *Catalog) Scan(fns ScanFuncs) (seq uint64, err error) {
+	db, err := c.rlock()
+	if err != nil {
+		return 0, err
+	}
+	defer c.mu.RUnlock()
+	snap := db.NewSnapshot()
+	defer snap.Close()
+	switch v, err := get(snap, keySeq); {
+	case err == nil && len(v) == 8:
+		seq = binary.BigEndian.Uint64(v)
+	case errors.Is(err, ErrNotFound):
+	case err != nil:
+		return 0, err
+	default:
+		return 0, fmt.Errorf("%w: meta/seq is %d bytes", errCorrupt, len(v))
+	}
+	// The two walks run concurrently: the export spends most of its time
+	// in the callbacks, and they feed two independent tables.
+	var wg sync.WaitGroup
+	var ferr, cerr error
+	if fns.File != nil {
+		wg.Go(func() { ferr = scanFiles(snap, fns.File) })
+	}
+	if fns.Copy != nil {
+		wg.Go(func() {
+			cerr = scan(snap, pfxCopy, func(k, v []byte) error {
+				obj, tier, ok := strings.Cut(string(k[len(pfxCopy):]), "/")
+				if !ok {
+					return fmt.Errorf("%w: key %q", errCorrupt, k)
+				}
+				cp, err := decodeCopy(obj, tier, v)
+				if err != nil {
+					return err
+				}
+				return fns.Copy(cp)
+			})
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(ferr, cerr); err != nil {
+		return 0, err
+	}
+	return seq, nil
+}
+
+// scanFiles merges the file and version key ranges.
+func scanFiles(snap *pebble.Snapshot, fn func(f *File, versions []Version) error) error {
+	fit, err := snap.NewIter(prefixBounds(pfxFile))
+	if err != nil {
+		return fmt.Errorf("catalog: %w", err)
+	}
+	defer fit.Close()
+	vit, err := snap.NewIter(prefixBounds(pfxVersion))
+	if err != nil {
+		return fmt.Errorf("catalog: %w", err)
+	}
+	defer vit.Close()
+	var versions []Version
+	vpfx := []byte(pfxVersion)
+	vok := vit.First()
+	for ok := fit.First(); ok; ok = fit.Next() {
+		id := string(fit.Key()[len(pfxFile):])
+		f, err := decodeFile(id, fit.Value())
+		if err != nil {
+			return err
+		}
+		vpfx = append(append(vpfx[:len(pfxVersion)], id...), '/')
+		// Versions sorting before this file have no file record (only in
+		// a corrupt database): skip them.
+		for vok && bytes.Compare(vit.Key(), vpfx) < 0 {
+			vok = vit.Next()
+		}
+		versions = versions[:0]
+		for vok && bytes.HasPrefix(vit.Key(), vpfx) {
+			v, err := parseVersion(vit.Key(), vit.Value())
+			if err != nil {
+				return err
+			}
+			versions = append(versions, v)
+			vok = vit.Next()
+		}
+		if err := fn(f, versions); err != nil {
+			return err
+		}
+	}
+	if err := errors.Join(fit.Error(), vit.Error()); err != nil {
+		return fmt.Errorf("catalog: %w", err)
+	}
+	return nil
+}
+
+// prefixBounds returns iterator bounds covering every key with prefix pfx.
+func prefixBounds(pfx string) *pebble.IterOptions {
+	upper := []byte(pfx)
+	upper[len(upper)-1]++ // prefixes end in '/', never 0xff
+	return &pebble.IterOptions{LowerBound: []byte(pfx), UpperBound: upper}
+}
+
+// scan calls fn for every key with prefix pfx, in order. k and v are valid
+// only during the call.
+func scan(db pebble.Reader, pfx string, fn func(k, v []byte) error) error {
+	it, err := db.NewIter(prefixBounds(pfx))
+	if err != nil {
+		return fmt.Errorf("catalog: %w", err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		if err := fn(it.Key(), it.Value()); err != nil {
+			it.Close()
+			return err
+		}
+	}
+	if err := it.Error(); err != nil {
+		it.Close()
+		return fmt.Errorf("catalog: %w", err)
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("catalog: %w", err)
+	}
+	return nil
+}
