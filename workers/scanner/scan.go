@@ -566,32 +566,44 @@ func (w *walker) xattrs(path string) (stub.Info, bool, bool) {
 // to read its inode generation, and builds the candidate from a fresh
 // fstat. ok is false if the file vanished or was replaced.
 func (w *walker) finish(dirfd int, name, path string, root *rootState, pre *unix.Stat_t, info stub.Info, managed bool, reason string) (Candidate, bool) {
-	fd, err := openNoatime(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC)
+	c, err := candidateAt(dirfd, name, path, root.path, root.fs.fsid, pre, info, managed, reason)
 	if err != nil {
-		if !errors.Is(err, unix.ENOENT) {
-			w.soft(fmt.Errorf("open %s: %w", path, err))
+		if !errors.Is(err, unix.ENOENT) && !errors.Is(err, errReplaced) {
+			w.soft(err)
 		}
 		return Candidate{}, false
+	}
+	return c, true
+}
+
+// errReplaced: the file changed identity between two looks at it.
+var errReplaced = errors.New("scanner: file was replaced while being inspected")
+
+// candidateAt builds the candidate for the file name in dirfd, which was
+// pre before: it opens the file (never a stub) for its inode generation
+// and takes a fresh fstat.
+func candidateAt(dirfd int, name, path, root string, fsid [8]byte, pre *unix.Stat_t, info stub.Info, managed bool, reason string) (Candidate, error) {
+	fd, err := openNoatime(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC)
+	if err != nil {
+		return Candidate{}, fmt.Errorf("open %s: %w", path, err)
 	}
 	defer unix.Close(fd)
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		w.soft(fmt.Errorf("stat %s: %w", path, err))
-		return Candidate{}, false
+		return Candidate{}, fmt.Errorf("stat %s: %w", path, err)
 	}
 	if st.Dev != pre.Dev || st.Ino != pre.Ino || st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return Candidate{}, false // replaced: the next scan sees the new file
+		return Candidate{}, errReplaced // the next scan sees the new file
 	}
 	gen, err := unix.IoctlGetUint32(fd, fsIOCGetVersion)
 	if err != nil {
 		if !errors.Is(err, unix.ENOTTY) && !errors.Is(err, unix.EOPNOTSUPP) {
-			w.soft(fmt.Errorf("inode generation of %s: %w", path, err))
-			return Candidate{}, false
+			return Candidate{}, fmt.Errorf("inode generation of %s: %w", path, err)
 		}
 		gen = 0 // no generations on this filesystem
 	}
 	c := Candidate{
-		Path: path, Root: root.path, Reason: reason, Freed: st.Blocks * 512,
+		Path: path, Root: root, Reason: reason, Freed: st.Blocks * 512,
 		Stat: events.FileStat{
 			Size: st.Size, Mode: st.Mode, UID: st.Uid, GID: st.Gid,
 			AtimeNS: st.Atim.Nano(), MtimeNS: st.Mtim.Nano(), CtimeNS: st.Ctim.Nano(),
@@ -606,9 +618,9 @@ func (w *walker) finish(dirfd int, name, path string, root *rootState, pre *unix
 			c.State = StateArchivedClean
 		}
 	} else {
-		c.FileID = DeriveFileID(root.fs.fsid, st.Ino, uint64(gen))
+		c.FileID = DeriveFileID(fsid, st.Ino, uint64(gen))
 	}
-	return c, true
+	return c, nil
 }
 
 func (w *walker) emit(c Candidate) {

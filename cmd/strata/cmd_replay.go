@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/projections/catalog"
+)
+
+func cmdReplay(ctx context.Context, e *env, args []string) error {
+	fs := newFlags("replay", "strata replay [--verify] [--json] [--data DIR]",
+		"strata replay --verify   # rebuild beside the live catalog and compare")
+	data := dataDirFlag(fs)
+	verify := fs.Bool("verify", false, "rebuild beside the live catalog and exit 3 naming the first difference, if any")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parse(fs, args, e); err != nil {
+		return err
+	}
+	dataDir, err := filepath.Abs(*data)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.DiscardHandler)
+	var rep verifyReply
+	switch running := daemonRunning(ctx, dataDir); {
+	case *verify && running:
+		// The daemon has the catalog open: it pauses its projection and
+		// rebuilds beside it.
+		if err := request(ctx, dataDir, "verify", struct{}{}, &rep, time.Hour); err != nil {
+			return err
+		}
+	case running:
+		return fmt.Errorf("%w: stop it first (replay replaces the catalog it has open), or use strata replay --verify", errDaemonRunning)
+	default:
+		srv, err := openOffline(ctx, dataDir, logger)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		last, err := pipeline.LastSeq(ctx, srv.JetStream())
+		if err != nil {
+			return err
+		}
+		prog := newProgress(e.stderr, "replay", "events", int64(last))
+		if *verify {
+			live, err := catalog.Open(catalogDir(dataDir), catalog.Options{Logger: logger})
+			if err != nil {
+				return err
+			}
+			defer live.Close()
+			rep.Diff, err = verifyCatalog(ctx, srv.JetStream(), dataDir, live, logger, prog)
+			if err != nil {
+				return err
+			}
+			rep.Seq = live.LastSeq()
+		} else {
+			if err := replaceCatalog(ctx, srv, dataDir, last, logger, prog); err != nil {
+				return err
+			}
+			rep.Seq = last
+		}
+	}
+	if *asJSON {
+		if err := printJSON(e, rep); err != nil {
+			return err
+		}
+	} else if rep.Diff == "" {
+		what := "rebuilt"
+		if *verify {
+			what = "verified: the catalog equals a replay of the log"
+		}
+		fmt.Fprintf(e.stdout, "catalog %s up to seq %d\n", what, rep.Seq)
+	}
+	if rep.Diff != "" {
+		return &exitError{3, fmt.Errorf("catalog differs from a replay of the log at seq %d: %s", rep.Seq, rep.Diff)}
+	}
+	return nil
+}
+
+// replaceCatalog rebuilds the catalog from the log into a new directory and
+// swaps it for the old one. A crash at any point leaves either the old or
+// the new catalog in place (and a leftover directory that the next replay
+// removes).
+func replaceCatalog(ctx context.Context, srv *pipeline.Server, dataDir string, upTo uint64, logger *slog.Logger, prog *progress) error {
+	next := catalogDir(dataDir) + ".replay"
+	old := catalogDir(dataDir) + ".old"
+	for _, p := range []string{next, old} {
+		if err := os.RemoveAll(p); err != nil {
+			return err
+		}
+	}
+	cat, err := rebuildCatalog(ctx, srv.JetStream(), next, upTo, logger, prog)
+	if err != nil {
+		os.RemoveAll(next)
+		return err
+	}
+	if err := cat.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(catalogDir(dataDir), old); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.Rename(next, catalogDir(dataDir)); err != nil {
+		return err
+	}
+	if err := syncDir(dataDir); err != nil {
+		return err
+	}
+	return os.RemoveAll(old)
+}
+
+// daemonRunning reports whether a daemon answers on dataDir.
+func daemonRunning(ctx context.Context, dataDir string) bool {
+	nc, err := pipeline.Dial(ctx, dataDir)
+	if err != nil {
+		return false
+	}
+	nc.Close()
+	return true
+}
+
+// openOffline starts the embedded server on dataDir without any listener,
+// for commands that work on the log while no daemon runs.
+func openOffline(ctx context.Context, dataDir string, logger *slog.Logger) (*pipeline.Server, error) {
+	return pipeline.Open(ctx, pipeline.Config{DataDir: dataDir, Host: "offline", Port: pipeline.NoListener}, logger)
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}

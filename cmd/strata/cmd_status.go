@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/projections/catalog"
+)
+
+// statusReply is the daemon's answer to `strata status`.
+type statusReply struct {
+	Host          string          `json:"host"`
+	Version       string          `json:"version"`
+	PID           int             `json:"pid"`
+	Started       time.Time       `json:"started"`
+	UptimeSeconds float64         `json:"uptime_seconds"`
+	NATS          string          `json:"nats_url"`
+	Stream        pipeline.Status `json:"stream"`
+	CatalogSeq    uint64          `json:"catalog_seq"`
+	CatalogLag    uint64          `json:"catalog_lag"`
+	Catalog       catalog.Stats   `json:"catalog"`
+	HotTrees      []string        `json:"hot_trees"`
+	Tiers         []string        `json:"tiers"`
+}
+
+func (d *daemon) ctlStatus(ctx context.Context, _ []byte) (any, error) {
+	st, err := pipeline.StreamStatus(ctx, d.js)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := d.cat.Stats()
+	if err != nil {
+		return nil, err
+	}
+	r := statusReply{
+		Host: d.cfg.Host, Version: version, PID: os.Getpid(), Started: d.started,
+		UptimeSeconds: time.Since(d.started).Seconds(), NATS: d.srv.ClientURL(),
+		Stream: st, CatalogSeq: d.cat.LastSeq(), Catalog: cs, Tiers: d.cfg.tierNames(),
+	}
+	if st.LastSeq > r.CatalogSeq {
+		r.CatalogLag = st.LastSeq - r.CatalogSeq
+	}
+	for _, h := range d.cfg.Hot {
+		r.HotTrees = append(r.HotTrees, h.Path)
+	}
+	return r, nil
+}
+
+func cmdStatus(ctx context.Context, e *env, args []string) error {
+	fs := newFlags("status", "strata status [--json] [--data DIR]", "strata status --json")
+	data := dataDirFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parse(fs, args, e); err != nil {
+		return err
+	}
+	var r statusReply
+	if err := request(ctx, *data, "status", struct{}{}, &r, 10*time.Second); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(e, r)
+	}
+	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "host\t%s (pid %d, strata %s)\n", r.Host, r.PID, r.Version)
+	fmt.Fprintf(w, "uptime\t%s (since %s)\n", time.Duration(r.UptimeSeconds*float64(time.Second)).Round(time.Second), r.Started.Format(time.RFC3339))
+	fmt.Fprintf(w, "nats\t%s\n", r.NATS)
+	fmt.Fprintf(w, "event log\tseq %d, %d events, %s\n", r.Stream.LastSeq, r.Stream.Events, humanBytes(int64(r.Stream.Bytes)))
+	fmt.Fprintf(w, "catalog\tseq %d (lag %d)\n", r.CatalogSeq, r.CatalogLag)
+	fmt.Fprintf(w, "dead letters\t%d\n", r.Stream.DeadLetters)
+	for _, c := range r.Stream.Consumers {
+		fmt.Fprintf(w, "stage %s\tlag %d (pending %d, in progress %d, redelivered %d)\n", c.Name, c.Lag, c.Pending, c.AckPending, c.Redelivered)
+	}
+	states := make([]string, 0, len(r.Catalog.ByState))
+	for s := range r.Catalog.ByState {
+		states = append(states, s)
+	}
+	sort.Strings(states)
+	for _, s := range states {
+		c := r.Catalog.ByState[s]
+		if c.Files > 0 {
+			fmt.Fprintf(w, "files %s\t%d (%s)\n", s, c.Files, humanBytes(int64(c.Bytes)))
+		}
+	}
+	fmt.Fprintf(w, "objects\t%d (%d copies, %d corrupt)\n", r.Catalog.Objects, r.Catalog.Copies, r.Catalog.CorruptCopies)
+	for _, h := range r.HotTrees {
+		fmt.Fprintf(w, "hot tree\t%s\n", h)
+	}
+	for _, t := range r.Tiers {
+		fmt.Fprintf(w, "tier\t%s\n", t)
+	}
+	return w.Flush()
+}
+
+func printJSON(e *env, v any) error {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// humanBytes formats n with a binary unit.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

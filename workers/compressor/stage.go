@@ -1,0 +1,102 @@
+package compressor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"strconv"
+
+	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/workers/failpoint"
+)
+
+// StageName is the durable consumer of the compressor stage.
+const StageName = "compressor"
+
+// Failpoints of the compressor stage.
+const (
+	FailAfterPack    = "compress.after-pack"    // object staged, object.packed not yet published
+	FailAfterPublish = "compress.after-publish" // object.packed published, message not yet acked
+)
+
+// StageConfig wires the compressor to the event log.
+type StageConfig struct {
+	Compressor *Compressor
+	Emitter    *pipeline.Emitter
+	// InHotTree reports whether path lies inside a configured hot tree of
+	// this host; a selection of any other path is refused (dead-lettered).
+	InHotTree  func(path string) bool
+	Failpoints failpoint.Set
+	Logger     *slog.Logger
+}
+
+// Stage returns the compressor stage: it consumes this host's
+// file.selected, packs each file into staging and publishes object.packed
+// — or file.release_skipped when the file changed, vanished or cannot be
+// read (it stays hot and may be selected again).
+func Stage(cfg StageConfig) pipeline.Stage {
+	h := &stageHandler{cfg: cfg}
+	return pipeline.Stage{
+		Name:   StageName,
+		Filter: []string{events.Subject(cfg.Emitter.Host(), events.KindFileSelected)},
+		// One file at a time: a large file already uses every core (its
+		// frames are compressed in parallel).
+		Concurrency: 1,
+		Handle:      h.handle,
+	}
+}
+
+type stageHandler struct {
+	cfg StageConfig
+}
+
+func (h *stageHandler) handle(ctx context.Context, env events.Envelope, ev events.Event) error {
+	sel, ok := ev.(*events.FileSelected)
+	if !ok {
+		return pipeline.Permanent(fmt.Errorf("compressor: unexpected event %s", env.Type))
+	}
+	if !h.cfg.InHotTree(sel.Path) {
+		return pipeline.Permanent(fmt.Errorf("compressor: %s is outside every configured hot tree; refusing to read it", sel.Path))
+	}
+	res, err := h.cfg.Compressor.Pack(ctx, sel.Path)
+	if err != nil {
+		reason := skipReason(err)
+		if reason == "" {
+			return fmt.Errorf("pack %s: %w", sel.Path, err) // retried with backoff (e.g. staging full)
+		}
+		h.cfg.Logger.Info("not archiving file", "path", sel.Path, "reason", reason)
+		_, perr := h.cfg.Emitter.Emit(ctx, &events.FileReleaseSkipped{FileID: sel.FileID, Path: sel.Path, Reason: reason},
+			sel.FileID, env.ID)
+		return perr
+	}
+	h.cfg.Failpoints.Hit(FailAfterPack)
+	packed := res.ObjectPacked(sel.FileID)
+	packed.Path = sel.Path
+	if _, err := h.cfg.Emitter.Emit(ctx, packed, sel.FileID, res.ObjectID,
+		strconv.FormatInt(res.Stat.MtimeNS, 10), strconv.FormatInt(res.Stat.CtimeNS, 10)); err != nil {
+		return err
+	}
+	h.cfg.Failpoints.Hit(FailAfterPublish)
+	h.cfg.Logger.Debug("packed", "path", sel.Path, "object", res.ObjectID, "size", res.Manifest.Size,
+		"packed", res.Manifest.PackedSize, "dedup", res.Deduped)
+	return nil
+}
+
+// skipReason names why a file cannot be archived now, or "" when the error
+// is not about the file (retry).
+func skipReason(err error) string {
+	switch {
+	case errors.Is(err, ErrChanged):
+		return "changed while it was being read; it will be selected again"
+	case errors.Is(err, ErrNotRegular):
+		return "not a regular file"
+	case errors.Is(err, fs.ErrNotExist):
+		return "vanished before it could be read"
+	case errors.Is(err, fs.ErrPermission):
+		return "unreadable: " + err.Error()
+	}
+	return ""
+}

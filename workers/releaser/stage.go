@@ -1,0 +1,214 @@
+package releaser
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/failpoint"
+)
+
+// StageName is the durable consumer of the releaser stage.
+const StageName = "releaser"
+
+// catalogView is what the releaser reads from the catalog.
+type catalogView interface {
+	WaitSeq(ctx context.Context, seq uint64) error
+	FilesByObject(objectID string) ([]catalog.File, error)
+	Copies(objectID string) ([]catalog.Copy, error)
+	Versions(fileID string) ([]catalog.Version, error)
+}
+
+// StageConfig wires the releaser to the event log and the catalog.
+type StageConfig struct {
+	Catalog catalogView
+	Emitter *pipeline.Emitter
+	// Roots are this host's hot trees.
+	Roots []string
+	// Copies is how many good copies, on tiers in CountingTiers, must exist
+	// before a file is released.
+	Copies        int
+	CountingTiers []string
+	// AllTiers are every configured tier: once each has a good copy, the
+	// staged object is removed.
+	AllTiers []string
+	// StagingDir holds staged objects (<id>.zst and <id>.json).
+	StagingDir string
+	// Mark puts the interceptor's mark on a file before its hole is
+	// punched.
+	Mark       func(path string) error
+	Failpoints failpoint.Set
+	Logger     *slog.Logger
+}
+
+// Stage returns the releaser stage. It wakes on every object.stored (from
+// any host: a tape box may hold a copy) and on this host's object.packed
+// (an object already stored everywhere), and releases each file of that
+// object that is being archived once enough verified copies exist. It reads
+// the catalog only after the catalog has applied the event it handles.
+func Stage(cfg StageConfig) pipeline.Stage {
+	h := &releaseHandler{cfg: cfg}
+	return pipeline.Stage{
+		Name: StageName,
+		Filter: []string{
+			events.Subject(events.AnyHost, events.KindObjectStored),
+			events.Subject(cfg.Emitter.Host(), events.KindObjectPacked),
+		},
+		Concurrency: 1, // one release at a time: releases of one file never race
+		Handle:      h.handle,
+	}
+}
+
+type releaseHandler struct {
+	cfg StageConfig
+}
+
+func (h *releaseHandler) handle(ctx context.Context, env events.Envelope, ev events.Event) error {
+	var oid string
+	switch e := ev.(type) {
+	case *events.ObjectStored:
+		oid = e.ObjectID
+	case *events.ObjectPacked:
+		oid = e.ObjectID
+	default:
+		return pipeline.Permanent(fmt.Errorf("releaser: unexpected event %s", env.Type))
+	}
+	if err := h.cfg.Catalog.WaitSeq(ctx, env.Seq); err != nil {
+		return err
+	}
+	copies, err := h.cfg.Catalog.Copies(oid)
+	if err != nil && !errors.Is(err, catalog.ErrNotFound) {
+		return err
+	}
+	good, everywhere := h.count(copies)
+	if good >= h.cfg.Copies {
+		files, err := h.cfg.Catalog.FilesByObject(oid)
+		if err != nil && !errors.Is(err, catalog.ErrNotFound) {
+			return err
+		}
+		for _, f := range files {
+			if f.State != catalog.StateArchiving || f.ObjectID != oid || !h.inRoots(f.Path) {
+				continue
+			}
+			if err := h.release(ctx, env, f, good); err != nil {
+				return err
+			}
+		}
+	}
+	if everywhere {
+		h.removeStaged(oid)
+	}
+	return nil
+}
+
+// count returns the good copies on counting tiers, and whether every
+// configured tier has a good copy.
+func (h *releaseHandler) count(copies []catalog.Copy) (int, bool) {
+	good := map[string]bool{}
+	for _, c := range copies {
+		if c.State == catalog.CopyGood {
+			good[c.Tier] = true
+		}
+	}
+	n := 0
+	for t := range good {
+		if len(h.cfg.CountingTiers) == 0 || contains(h.cfg.CountingTiers, t) {
+			n++
+		}
+	}
+	all := len(h.cfg.AllTiers) > 0
+	for _, t := range h.cfg.AllTiers {
+		all = all && good[t]
+	}
+	return n, all
+}
+
+func (h *releaseHandler) release(ctx context.Context, env events.Envelope, f catalog.File, copies int) error {
+	expect, err := h.packedStat(f)
+	if err != nil {
+		return err
+	}
+	res, err := Release(ctx, Request{
+		Path: f.Path, FileID: f.ID, ObjectID: f.ObjectID, Expect: expect,
+		Roots: h.cfg.Roots, Mark: h.cfg.Mark, Failpoints: h.cfg.Failpoints,
+	})
+	if err != nil {
+		if reason := skipReason(err); reason != "" {
+			h.cfg.Logger.Info("release skipped", "path", f.Path, "reason", reason)
+			_, perr := h.cfg.Emitter.Emit(ctx, &events.FileReleaseSkipped{FileID: f.ID, Path: f.Path, ObjectID: f.ObjectID, Reason: reason},
+				f.ID, f.ObjectID, env.ID)
+			return perr
+		}
+		return fmt.Errorf("release %s: %w", f.Path, err)
+	}
+	h.cfg.Logger.Info("released", "path", f.Path, "object", f.ObjectID, "freed", res.Freed(), "copies", copies)
+	_, err = h.cfg.Emitter.Emit(ctx, &events.FileReleased{FileID: f.ID, Path: f.Path, ObjectID: f.ObjectID, Stat: res.Stat, Copies: copies},
+		f.ID, f.ObjectID, env.ID)
+	return err
+}
+
+// packedStat is the file as the compressor read it for this object: what
+// the file must still be for its release to be safe.
+func (h *releaseHandler) packedStat(f catalog.File) (events.FileStat, error) {
+	vs, err := h.cfg.Catalog.Versions(f.ID)
+	if err != nil {
+		return events.FileStat{}, err
+	}
+	for i := len(vs) - 1; i >= 0; i-- {
+		if vs[i].ObjectID == f.ObjectID {
+			return vs[i].Stat, nil
+		}
+	}
+	return events.FileStat{}, fmt.Errorf("release %s: catalog has no version with object %s", f.Path, f.ObjectID)
+}
+
+// skipReason names why a file is not released now, or "" to retry.
+func skipReason(err error) string {
+	switch {
+	case errors.Is(err, ErrChanged):
+		return "changed since it was read: " + err.Error()
+	case errors.Is(err, ErrBusy):
+		return "open by another process; will retry on a later scan"
+	case errors.Is(err, ErrOutsideRoot), errors.Is(err, ErrNotRegular), errors.Is(err, ErrUnsupportedFS):
+		return err.Error()
+	}
+	return ""
+}
+
+func (h *releaseHandler) inRoots(p string) bool {
+	for _, r := range h.cfg.Roots {
+		if p == r || strings.HasPrefix(p, r+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// removeStaged deletes a staged object that every tier now holds.
+func (h *releaseHandler) removeStaged(oid string) {
+	if h.cfg.StagingDir == "" {
+		return
+	}
+	for _, ext := range []string{".zst", ".json"} {
+		p := filepath.Join(h.cfg.StagingDir, oid+ext)
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			h.cfg.Logger.Warn("remove staged object", "path", p, "err", err)
+		}
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,111 @@
+package replicator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/workers/failpoint"
+)
+
+// FailAfterPut is the failpoint between a verified Put and the publication
+// of object.stored.
+const FailAfterPut = "store.after-put"
+
+// StageConfig wires one target to the event log.
+type StageConfig struct {
+	Target     Target
+	Emitter    *pipeline.Emitter
+	Failpoints failpoint.Set
+	Logger     *slog.Logger
+	// Wants reports whether this target should hold a copy of the object
+	// (replication policy); nil: every object.
+	Wants func(p *events.ObjectPacked) bool
+}
+
+// StageName is the durable consumer name of the store stage of a tier.
+func StageName(tier string) string { return "store-" + tier }
+
+// Stage returns the store stage of one target: it consumes this host's
+// object.packed, copies the staged object to the target (durable and read
+// back before Put returns) and publishes object.stored. Each target has its
+// own durable consumer, so a slow or failing target never holds up another.
+func Stage(cfg StageConfig) pipeline.Stage {
+	h := &storeHandler{cfg: cfg}
+	return pipeline.Stage{
+		Name:        StageName(cfg.Target.Name()),
+		Filter:      []string{events.Subject(cfg.Emitter.Host(), events.KindObjectPacked)},
+		Concurrency: 2,
+		Handle:      h.handle,
+	}
+}
+
+type storeHandler struct {
+	cfg StageConfig
+}
+
+func (h *storeHandler) handle(ctx context.Context, env events.Envelope, ev events.Event) error {
+	p, ok := ev.(*events.ObjectPacked)
+	if !ok {
+		return pipeline.Permanent(fmt.Errorf("store: unexpected event %s", env.Type))
+	}
+	if h.cfg.Wants != nil && !h.cfg.Wants(p) {
+		return nil
+	}
+	t := h.cfg.Target
+	manifestPath := strings.TrimSuffix(p.Staging, ".zst") + ".json"
+	manifest, err := os.ReadFile(manifestPath)
+	if err == nil {
+		_, err = os.Stat(p.Staging)
+	}
+	var loc string
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		// Staging was cleaned up after every tier had its copy: this is a
+		// redelivery. The copy must already be on the target.
+		info, verr := t.Verify(ctx, p.ObjectID)
+		if verr != nil {
+			if errors.Is(verr, ErrUnavailable) {
+				return verr
+			}
+			return pipeline.Permanent(fmt.Errorf("store %s on %s: staged object is gone and the target has no good copy: %w", p.ObjectID, t.Name(), verr))
+		}
+		if info.PackedSum != p.PackedSum {
+			return pipeline.Permanent(fmt.Errorf("store %s on %s: staged object is gone and the target holds another packing", p.ObjectID, t.Name()))
+		}
+		loc = "" // fall through to publish with the target's location below
+	case err != nil:
+		return fmt.Errorf("store %s: read staged manifest: %w", p.ObjectID, err)
+	default:
+		loc, err = t.Put(ctx, Object{
+			ID: p.ObjectID, PackedSize: p.PackedSize, PackedSum: p.PackedSum, Manifest: manifest,
+			Open: func() (io.ReadCloser, error) { return os.Open(p.Staging) },
+		})
+		if err != nil {
+			if errors.Is(err, ErrCorrupt) {
+				// The staged bytes do not match their sum: never store them.
+				return pipeline.Permanent(fmt.Errorf("store %s on %s: %w", p.ObjectID, t.Name(), err))
+			}
+			return fmt.Errorf("store %s on %s: %w", p.ObjectID, t.Name(), err)
+		}
+	}
+	h.cfg.Failpoints.Hit(FailAfterPut)
+	if loc == "" {
+		loc = t.Name() + ":" + ObjectKey(p.ObjectID)
+	}
+	_, err = h.cfg.Emitter.Emit(ctx, &events.ObjectStored{
+		ObjectID: p.ObjectID, Tier: t.Name(), TierKind: t.Kind(), Location: loc,
+		Size: p.Size, PackedSize: p.PackedSize, PackedSum: p.PackedSum,
+	}, p.ObjectID, t.Name(), p.PackedSum)
+	if err == nil {
+		h.cfg.Logger.Debug("stored", "object", p.ObjectID, "tier", t.Name(), "location", loc)
+	}
+	return err
+}
