@@ -89,10 +89,15 @@ func (d *daemon) answer(ctx context.Context, verb string, h ctlHandler, m *nats.
 // controlHandlers maps each verb to its handler.
 func (d *daemon) controlHandlers() map[string]ctlHandler {
 	return map[string]ctlHandler{
-		"status": d.ctlStatus,
-		"ls":     d.ctlLs,
-		"verify": d.ctlVerify,
-		"export": d.ctlExport,
+		"status":  d.ctlStatus,
+		"ls":      d.ctlLs,
+		"verify":  d.ctlVerify,
+		"export":  d.ctlExport,
+		"archive": d.ctlArchive,
+		"pin":     d.ctlPin,
+		"preview": d.ctlPreview,
+		"recall":  d.ctlRecall,
+		"restore": d.ctlRestore,
 	}
 }
 

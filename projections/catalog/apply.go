@@ -295,6 +295,9 @@ func (a *applier) apply(env *events.Envelope, ev events.Event) error {
 		if err := a.packed(env, e); err != nil {
 			return err
 		}
+		if err := a.repacked(env, e); err != nil {
+			return err
+		}
 		return a.updateFile(env, e.FileID, true, func(f *File) {
 			f.Path, f.Stat = e.Path, e.Stat
 			if f.State == 0 {
@@ -308,7 +311,7 @@ func (a *applier) apply(env *events.Envelope, ev events.Event) error {
 			v := &Version{FileID: f.ID, Number: f.Version, ObjectID: e.ObjectID, Path: e.Path, Stat: e.Stat,
 				PackedSize: e.PackedSize, PackedSum: e.PackedSum, FrameSize: e.FrameSize, Frames: e.Frames,
 				ArchivedAt: env.Time, Seq: env.Seq}
-			a.dirty[versionKey(f.ID, v.Number)] = v
+			a.set(versionKey(f.ID, v.Number), v)
 			a.dirty[pfxObjFile+e.ObjectID+"/"+f.ID] = present
 			a.st.versions++
 		})
@@ -420,6 +423,29 @@ func (a *applier) apply(env *events.Envelope, ev events.Event) error {
 }
 
 // packed records the object of an object.packed the first time it is seen.
+// repacked handles an object.packed of the object the file's current
+// version already has (the same content read again, e.g. after a recall):
+// the version keeps its number and takes the new stat and path, which is
+// what the file must still look like for its release to be safe.
+func (a *applier) repacked(env *events.Envelope, e *events.ObjectPacked) error {
+	f, err := a.file(e.FileID)
+	if err != nil || f == nil || f.Version == 0 || f.ObjectID != e.ObjectID {
+		return err
+	}
+	key := versionKey(f.ID, f.Version)
+	v, err := a.lookup(key, func(k string, b []byte) (any, error) {
+		v, err := decodeVersion(f.ID, f.Version, b)
+		return &v, err
+	})
+	if err != nil || v == absent {
+		return err
+	}
+	nv := *v.(*Version)
+	nv.Stat, nv.Path, nv.Seq = e.Stat, e.Path, env.Seq
+	a.set(key, &nv)
+	return nil
+}
+
 func (a *applier) packed(env *events.Envelope, e *events.ObjectPacked) error {
 	o, err := a.object(e.ObjectID)
 	if err != nil || o != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/failpoint"
+	"github.com/strata-hsm/strata/workers/stub"
 )
 
 // StageName is the durable consumer of the compressor stage.
@@ -60,6 +61,12 @@ func (h *stageHandler) handle(ctx context.Context, env events.Envelope, ev event
 	}
 	if !h.cfg.InHotTree(sel.Path) {
 		return pipeline.Permanent(fmt.Errorf("compressor: %s is outside every configured hot tree; refusing to read it", sel.Path))
+	}
+	if info, err := stub.ReadPath(sel.Path); err == nil && info.State == stub.Released {
+		// Selected twice and released in between: reading the stub would
+		// recall it. Nothing to do.
+		h.cfg.Logger.Debug("already a stub; not packing", "path", sel.Path)
+		return nil
 	}
 	res, err := h.cfg.Compressor.Pack(ctx, sel.Path)
 	if err != nil {

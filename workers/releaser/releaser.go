@@ -104,6 +104,12 @@ type Request struct {
 	// Expect is the file as the compressor read it (or, for an
 	// archived-clean file, as the scanner saw it after its xattrs were set).
 	Expect events.FileStat
+	// Reread says Expect comes from a read of the whole content that
+	// hashed to ObjectID (the compressor). Then an archived file whose
+	// xattrs record another mtime (a recall's fills move mtime) is known
+	// to be unchanged, and is released; without Reread it is refused as
+	// modified.
+	Reread bool
 	// Roots are the hot trees; Path must resolve beneath one of them.
 	Roots []string
 	// Mark is called after the xattrs are durable and before the hole is
@@ -274,7 +280,7 @@ func Release(ctx context.Context, req Request) (Result, error) {
 		if why := req.Expect.Diff(cur); why != "" {
 			return Result{}, fmt.Errorf("%w: %s: %s", ErrChanged, req.Path, why)
 		}
-		if managed && info.ObjectID == req.ObjectID && (info.Size != cur.Size || info.MtimeNS != cur.MtimeNS) {
+		if !req.Reread && managed && info.ObjectID == req.ObjectID && (info.Size != cur.Size || info.MtimeNS != cur.MtimeNS) {
 			return Result{}, fmt.Errorf("%w: %s was modified since it was archived as %s", ErrChanged, req.Path, req.ObjectID)
 		}
 		if err := ctx.Err(); err != nil {

@@ -136,7 +136,7 @@ func (h *releaseHandler) release(ctx context.Context, env events.Envelope, f cat
 		return err
 	}
 	res, err := Release(ctx, Request{
-		Path: f.Path, FileID: f.ID, ObjectID: f.ObjectID, Expect: expect,
+		Path: f.Path, FileID: f.ID, ObjectID: f.ObjectID, Expect: expect, Reread: true,
 		Roots: h.cfg.Roots, Mark: h.cfg.Mark, Failpoints: h.cfg.Failpoints,
 	})
 	if err != nil {

@@ -111,12 +111,14 @@ func (l *Loop) ScanOnce(ctx context.Context) (Summary, error) {
 	return sum, err
 }
 
-// Select publishes file.selected for c. The event id depends only on the
-// file and its content's identity (size, mtime, ctime), so selecting the
-// same unchanged file twice — by two scans, or a scan and strata archive —
-// is recorded once.
-func Select(ctx context.Context, em *pipeline.Emitter, c Candidate) error {
-	_, err := em.Emit(ctx, &events.FileSelected{FileID: c.FileID, Path: c.Path, Root: c.Root, Stat: c.Stat, Reason: c.Reason},
-		c.FileID, strconv.FormatInt(c.Stat.Size, 10), strconv.FormatInt(c.Stat.MtimeNS, 10), strconv.FormatInt(c.Stat.CtimeNS, 10))
+// Select publishes file.selected for c. The event id depends on the file,
+// its content's identity (size, mtime, ctime) and extra: with no extra,
+// selecting the same unchanged file twice (two scans) is recorded once; an
+// explicit request (strata archive) passes its own token so that it is
+// always recorded and can be waited for.
+func Select(ctx context.Context, em *pipeline.Emitter, c Candidate, extra ...string) error {
+	parts := append([]string{c.FileID, strconv.FormatInt(c.Stat.Size, 10), strconv.FormatInt(c.Stat.MtimeNS, 10),
+		strconv.FormatInt(c.Stat.CtimeNS, 10)}, extra...)
+	_, err := em.Emit(ctx, &events.FileSelected{FileID: c.FileID, Path: c.Path, Root: c.Root, Stat: c.Stat, Reason: c.Reason}, parts...)
 	return err
 }
