@@ -182,14 +182,19 @@ func (env *Envelope) validate() error {
 	return nil
 }
 
+// kindByType maps a CloudEvents type to its kind.
+var kindByType = func() map[string]Kind {
+	m := map[string]Kind{}
+	for _, k := range Kinds() {
+		m[k.Type()] = k
+	}
+	return m
+}()
+
 // KindOf returns the kind of a CloudEvents type, if Strata knows it.
 func KindOf(typ string) (Kind, bool) {
-	for _, k := range Kinds() {
-		if k.Type() == typ {
-			return k, true
-		}
-	}
-	return Kind{}, false
+	k, ok := kindByType[typ]
+	return k, ok
 }
 
 // SubjectOf returns the subject env travels on when published by host.

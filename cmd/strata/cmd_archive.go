@@ -59,6 +59,10 @@ func (d *daemon) ctlArchive(ctx context.Context, raw []byte) (any, error) {
 	selectOne := func(c scanner.Candidate, root string) error {
 		c.Root, c.Reason = root, events.ReasonManual
 		if err := scanner.Select(ctx, em, c, token); err != nil {
+			if errors.Is(err, scanner.ErrPathNotUTF8) {
+				rep.Skipped = append(rep.Skipped, archiveSkip{c.Path, "name is not valid UTF-8: it cannot be recorded in an event"})
+				return nil
+			}
 			return err
 		}
 		rep.Selected = append(rep.Selected, archiveFile{FileID: c.FileID, Path: c.Path, Size: c.Stat.Size})

@@ -75,7 +75,7 @@ func (c *Catalog) Apply(envs []events.Envelope) error {
 	}
 	if c.filter == nil || c.filter.full() {
 		// (Re)build the key filter from what is committed.
-		f, err := buildFilter(db, 4*len(envs))
+		f, err := buildFilter(db, max(4*len(envs), c.filterMin))
 		if err != nil {
 			return err
 		}

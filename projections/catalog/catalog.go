@@ -90,7 +90,10 @@ type Catalog struct {
 	applyMu sync.Mutex
 	cache   cache
 	filter  *keyFilter // nil until the first Apply
-	st      stats
+	// filterMin is the smallest filter capacity (minFilterKeys; tests
+	// lower it to exercise rebuilds).
+	filterMin int
+	st        stats
 
 	// mu guards db against Close: readers and Apply hold it shared, Close
 	// exclusively.
@@ -129,7 +132,7 @@ func Open(dir string, opts Options) (*Catalog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("catalog: open %s: %w", dir, err)
 	}
-	c := &Catalog{dir: dir, log: opts.Logger, wo: pebble.NoSync, waitCh: make(chan struct{})}
+	c := &Catalog{dir: dir, log: opts.Logger, wo: pebble.NoSync, waitCh: make(chan struct{}), filterMin: minFilterKeys}
 	if opts.Sync {
 		c.wo = pebble.Sync
 	}

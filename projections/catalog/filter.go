@@ -27,8 +27,11 @@ var filteredPrefixes = []string{pfxFile, pfxPath, pfxObject, pfxCopy, pfxPin}
 
 const filterHashes = 7
 
+// minFilterKeys is the smallest capacity (1.25 MB): rebuilding scans the
+// whole database, so start big enough that a small catalog never does.
+const minFilterKeys = 1 << 20
+
 func newKeyFilter(capacity int, seed maphash.Seed) *keyFilter {
-	capacity = max(capacity, 1<<16)
 	m := (uint64(capacity)*10 + 63) &^ 63
 	return &keyFilter{bits: make([]uint64, m/64), m: m, cap: capacity, seed: seed}
 }
@@ -62,6 +65,9 @@ func (f *keyFilter) full() bool { return f.n > f.cap }
 // buildFilter returns a filter of every filtered key in db, sized for at
 // least twice as many (and at least atLeast).
 func buildFilter(db *pebble.DB, atLeast int) (*keyFilter, error) {
+	if atLeast < 1 {
+		atLeast = 1
+	}
 	seed := maphash.MakeSeed()
 	var hashes []uint64
 	for _, pfx := range filteredPrefixes {

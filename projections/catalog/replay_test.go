@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -42,7 +43,14 @@ func TestReplayDeterministic(t *testing.T) {
 
 	for _, size := range []int{1, 7} {
 		c := open(t, "")
+		if size == 7 {
+			// A tiny key filter: rebuilt many times on the way.
+			c.filterMin = 100
+		}
 		applyIn(t, c, envs, size)
+		if size == 7 && c.filter.cap < 2*int(st.Files) {
+			t.Fatalf("key filter of %d keys was never rebuilt", c.filter.cap)
+		}
 		if d, err := Diff(ref, c); err != nil || d != "" {
 			t.Fatalf("batch size %d: %s %v", size, d, err)
 		}
@@ -68,6 +76,20 @@ func TestReplayDeterministic(t *testing.T) {
 		t.Fatalf("after crashes: %s %v", d, err)
 	}
 	checkStats(t, c)
+
+	// A checkpoint opens as an identical catalog at the same sequence.
+	cp := filepath.Join(t.TempDir(), "checkpoint")
+	if err := c.Checkpoint(cp); err != nil {
+		t.Fatal(err)
+	}
+	copyCat := open(t, cp)
+	if copyCat.LastSeq() != uint64(n) {
+		t.Fatalf("checkpoint at seq %d", copyCat.LastSeq())
+	}
+	if d, err := Diff(c, copyCat); err != nil || d != "" {
+		t.Fatalf("checkpoint differs: %s %v", d, err)
+	}
+	copyCat.Close()
 
 	// Diff names an altered, a missing and an extra key.
 	var fileKey []byte

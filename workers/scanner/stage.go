@@ -2,14 +2,21 @@ package scanner
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 )
+
+// ErrPathNotUTF8: a file whose name is not valid UTF-8 cannot be named in
+// an event (JSON strings are UTF-8), so it is never archived.
+var ErrPathNotUTF8 = errors.New("scanner: path is not valid UTF-8")
 
 // LoopConfig configures the scanner stage: a periodic scan that publishes
 // file.selected for every candidate.
@@ -99,7 +106,12 @@ func (l *Loop) ScanOnce(ctx context.Context) (Summary, error) {
 		if l.cfg.Skip != nil && l.cfg.Skip(c) {
 			return nil
 		}
-		return Select(ctx, l.cfg.Emitter, c)
+		err := Select(ctx, l.cfg.Emitter, c)
+		if errors.Is(err, ErrPathNotUTF8) {
+			l.cfg.Logger.Warn("not archiving a file whose name is not valid UTF-8", "path", c.Path)
+			return nil
+		}
+		return err
 	})
 	last := LastScan{Summary: sum, At: time.Now()}
 	if err != nil {
@@ -117,6 +129,11 @@ func (l *Loop) ScanOnce(ctx context.Context) (Summary, error) {
 // explicit request (strata archive) passes its own token so that it is
 // always recorded and can be waited for.
 func Select(ctx context.Context, em *pipeline.Emitter, c Candidate, extra ...string) error {
+	if !utf8.ValidString(c.Path) {
+		// JSON cannot carry the name byte for byte: the event would name
+		// another file. Such files stay hot.
+		return fmt.Errorf("%w: %q", ErrPathNotUTF8, c.Path)
+	}
 	parts := append([]string{c.FileID, strconv.FormatInt(c.Stat.Size, 10), strconv.FormatInt(c.Stat.MtimeNS, 10),
 		strconv.FormatInt(c.Stat.CtimeNS, 10)}, extra...)
 	_, err := em.Emit(ctx, &events.FileSelected{FileID: c.FileID, Path: c.Path, Root: c.Root, Stat: c.Stat, Reason: c.Reason}, parts...)
