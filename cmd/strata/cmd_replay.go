@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/strata-hsm/strata/pipeline"
@@ -38,6 +39,8 @@ func cmdReplay(ctx context.Context, e *env, args []string) error {
 	case running:
 		return fmt.Errorf("%w: stop it first (replay replaces the catalog it has open), or use strata replay --verify", errDaemonRunning)
 	default:
+		// A replay allocates briefly and much: trade memory for less GC.
+		defer debug.SetGCPercent(debug.SetGCPercent(400))
 		srv, err := openOffline(ctx, dataDir, logger)
 		if err != nil {
 			return err

@@ -113,15 +113,7 @@ func (d *daemon) catchUp(ctx context.Context, seq uint64) error {
 		return nil
 	}
 	d.logger.Info("catalog catching up", "from", cat.LastSeq()+1, "to", seq)
-	err := pipeline.Follow(ctx, d.js, cat.LastSeq()+1, func(batch []events.Envelope) error {
-		if err := cat.Apply(batch); err != nil {
-			return err
-		}
-		if cat.LastSeq() >= seq {
-			return pipeline.ErrStop
-		}
-		return nil
-	})
+	err := applyLog(ctx, d.js, cat, seq, nil)
 	if cat.LastSeq() >= seq {
 		return nil
 	}
@@ -135,10 +127,15 @@ func (d *daemon) catchUp(ctx context.Context, seq uint64) error {
 func (d *daemon) project(ctx context.Context) error {
 	for {
 		cat := d.cat
-		err := pipeline.Follow(ctx, d.js, cat.LastSeq()+1, func(batch []events.Envelope) error {
+		err := pipeline.FollowRecords(ctx, d.js, cat.LastSeq()+1, pipeline.FollowOptions{}, func(recs []pipeline.Record) error {
+			envs := make([]events.Envelope, len(recs))
+			evs := make([]events.Event, len(recs))
+			for i, r := range recs {
+				envs[i], evs[i] = r.Envelope, r.Event
+			}
 			d.projMu.Lock()
 			defer d.projMu.Unlock()
-			return cat.Apply(batch)
+			return cat.ApplyDecoded(envs, evs)
 		})
 		if ctx.Err() != nil {
 			return nil

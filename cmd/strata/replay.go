@@ -28,19 +28,7 @@ func rebuildCatalog(ctx context.Context, js jetstream.JetStream, dir string, upT
 	if upTo == 0 {
 		return cat, nil
 	}
-	err = pipeline.Follow(ctx, js, 1, func(batch []events.Envelope) error {
-		for len(batch) > 0 && batch[len(batch)-1].Seq > upTo {
-			batch = batch[:len(batch)-1]
-		}
-		if err := cat.Apply(batch); err != nil {
-			return err
-		}
-		prog.Set(int64(cat.LastSeq()), int64(upTo), "")
-		if cat.LastSeq() >= upTo {
-			return pipeline.ErrStop
-		}
-		return nil
-	})
+	err = applyLog(ctx, js, cat, upTo, prog)
 	prog.Finish()
 	if cat.LastSeq() < upTo {
 		cat.Close()
@@ -50,6 +38,58 @@ func rebuildCatalog(ctx context.Context, js jetstream.JetStream, dir string, upT
 		return nil, fmt.Errorf("rebuild catalog: stopped at seq %d of %d: %w", cat.LastSeq(), upTo, err)
 	}
 	return cat, nil
+}
+
+// applyLog applies the log to cat from its next sequence up to and
+// including upTo. Reading and decoding (in pipeline.FollowRecords) and
+// applying (Pebble) run on different goroutines, so a replay uses both
+// cores.
+func applyLog(ctx context.Context, js jetstream.JetStream, cat *catalog.Catalog, upTo uint64, prog *progress) error {
+	if cat.LastSeq() >= upTo {
+		return nil
+	}
+	type batch struct {
+		envs []events.Envelope
+		evs  []events.Event
+	}
+	ch := make(chan batch, 4)
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		for b := range ch {
+			if err == nil {
+				err = cat.ApplyDecoded(b.envs, b.evs)
+				prog.Set(int64(cat.LastSeq()), int64(upTo), "")
+			}
+		}
+		done <- err
+	}()
+	ferr := pipeline.FollowRecords(ctx, js, cat.LastSeq()+1, pipeline.FollowOptions{Batch: 2000}, func(recs []pipeline.Record) error {
+		b := batch{envs: make([]events.Envelope, 0, len(recs)), evs: make([]events.Event, 0, len(recs))}
+		for _, r := range recs {
+			if r.Seq > upTo {
+				break
+			}
+			b.envs = append(b.envs, r.Envelope)
+			b.evs = append(b.evs, r.Event)
+		}
+		if len(b.envs) > 0 {
+			select {
+			case ch <- b:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if len(b.envs) < len(recs) || b.envs[len(b.envs)-1].Seq >= upTo {
+			return pipeline.ErrStop
+		}
+		return nil
+	})
+	close(ch)
+	if err := <-done; err != nil {
+		return err
+	}
+	return ferr
 }
 
 // verifyCatalog rebuilds the catalog beside live (paused by the caller) and

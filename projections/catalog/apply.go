@@ -46,6 +46,21 @@ var (
 // Unknown or invalid payloads are logged, counted in Stats.Skipped and
 // otherwise ignored. On error nothing of envs is applied.
 func (c *Catalog) Apply(envs []events.Envelope) error {
+	return c.apply(envs, nil)
+}
+
+// ApplyDecoded is Apply for envelopes whose payloads the caller already
+// decoded (pipeline.FollowRecords does): evs[i] is the payload of envs[i],
+// or nil when it could not be decoded (the event is skipped, its sequence
+// still recorded). It saves decoding every payload a second time.
+func (c *Catalog) ApplyDecoded(envs []events.Envelope, evs []events.Event) error {
+	if len(evs) != len(envs) {
+		return fmt.Errorf("catalog: %d envelopes, %d payloads", len(envs), len(evs))
+	}
+	return c.apply(envs, evs)
+}
+
+func (c *Catalog) apply(envs []events.Envelope, evs []events.Event) error {
 	c.applyMu.Lock()
 	defer c.applyMu.Unlock()
 	db, err := c.rlock()
@@ -81,7 +96,12 @@ func (c *Catalog) Apply(envs []events.Envelope) error {
 		}
 		c.filter = f
 	}
-	decoded := decodeAll(envs, todo)
+	var decoded []decoded
+	if evs == nil {
+		decoded = decodeAll(envs, todo)
+	} else {
+		decoded = given(envs, evs, todo)
+	}
 
 	a := applier{c: c, db: db, dirty: make(map[string]any, 2*len(todo)), st: c.st}
 	for j, i := range todo {
@@ -113,6 +133,19 @@ func (c *Catalog) Apply(envs []events.Envelope) error {
 type decoded struct {
 	ev  events.Event
 	err error
+}
+
+// given pairs payloads decoded by the caller with the envelopes to apply.
+func given(envs []events.Envelope, evs []events.Event, todo []int) []decoded {
+	out := make([]decoded, len(todo))
+	for j, i := range todo {
+		if evs[i] == nil {
+			out[j].err = fmt.Errorf("%w: undecodable event (type %q)", events.ErrMalformed, envs[i].Type)
+			continue
+		}
+		out[j].ev = evs[i]
+	}
+	return out
 }
 
 // decodeAll decodes the payloads of envs[todo[…]], in parallel when there
