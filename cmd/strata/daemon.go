@@ -37,6 +37,12 @@ type daemon struct {
 
 	cat    *catalog.Catalog
 	stages *stages
+
+	// reconcile remembers the stubs the last scan missed (reconcile.go).
+	reconcile struct {
+		sync.Mutex
+		missing map[string]bool
+	}
 	// projMu is held by the projector while it applies a batch, and by a
 	// verify that needs the catalog to stand still.
 	projMu sync.Mutex

@@ -3,6 +3,7 @@ package scanner
 import (
 	"errors"
 	"fmt"
+	"github.com/strata-hsm/strata/workers/stub"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -60,6 +61,11 @@ type Policy struct {
 	// at or below LowWatermark. Both zero: off.
 	HighWatermark float64
 	LowWatermark  float64
+	// OnStub, if set, is called for every stub the walk meets (files are
+	// never selected, but the daemon reconciles the catalog with them:
+	// a stub that is no longer anywhere was deleted). It is called from
+	// several goroutines at once.
+	OnStub func(path string, info stub.Info)
 	// Workers is the number of directories read in parallel.
 	Workers int
 }

@@ -500,6 +500,9 @@ func (w *walker) entry(dirfd int, j dirJob, name string) {
 		return
 	}
 	// A file without blocks frees nothing (empty, sparse, inline, or a stub).
+	if st.Blocks == 0 && st.Size > 0 && w.p.OnStub != nil {
+		w.reportStub(join(j.path, name))
+	}
 	if st.Size < w.p.MinSize || st.Blocks == 0 {
 		return
 	}
@@ -541,6 +544,15 @@ func (w *walker) entry(dirfd int, j dirJob, name string) {
 		return
 	}
 	fs.offer(lruItem{key: key, freed: freed, path: path, root: j.root, dev: st.Dev, ino: st.Ino, info: info, managed: managed})
+}
+
+// reportStub tells Policy.OnStub about a stub (a file with no blocks whose
+// xattrs say released).
+func (w *walker) reportStub(path string) {
+	info, err := stub.ReadPath(path)
+	if err == nil && info.State == stub.Released {
+		w.p.OnStub(path, info)
+	}
 }
 
 // xattrs reads the strata xattrs without opening the file; ok is false for
