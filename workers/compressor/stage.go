@@ -43,9 +43,10 @@ func Stage(cfg StageConfig) pipeline.Stage {
 	return pipeline.Stage{
 		Name:   StageName,
 		Filter: []string{events.Subject(cfg.Emitter.Host(), events.KindFileSelected)},
-		// One file at a time: a large file already uses every core (its
-		// frames are compressed in parallel).
-		Concurrency: 1,
+		// A large file already uses every core (its frames are compressed
+		// in parallel); several small files at once keep the cores busy
+		// while others wait on fsync.
+		Concurrency: 4,
 		Handle:      h.handle,
 	}
 }

@@ -15,9 +15,11 @@ import (
 	"github.com/strata-hsm/strata/workers/failpoint"
 )
 
-// FailAfterPut is the failpoint between a verified Put and the publication
-// of object.stored.
-const FailAfterPut = "store.after-put"
+// Failpoints of the store stage.
+const (
+	FailAfterPut     = "store.after-put"     // verified Put done, object.stored not yet published
+	FailAfterPublish = "store.after-publish" // object.stored published, message not yet acked
+)
 
 // StageConfig wires one target to the event log.
 type StageConfig struct {
@@ -42,7 +44,7 @@ func Stage(cfg StageConfig) pipeline.Stage {
 	return pipeline.Stage{
 		Name:        StageName(cfg.Target.Name()),
 		Filter:      []string{events.Subject(cfg.Emitter.Host(), events.KindObjectPacked)},
-		Concurrency: 2,
+		Concurrency: 4,
 		Handle:      h.handle,
 	}
 }
@@ -105,6 +107,7 @@ func (h *storeHandler) handle(ctx context.Context, env events.Envelope, ev event
 		Size: p.Size, PackedSize: p.PackedSize, PackedSum: p.PackedSum,
 	}, p.ObjectID, t.Name(), p.PackedSum)
 	if err == nil {
+		h.cfg.Failpoints.Hit(FailAfterPublish)
 		h.cfg.Logger.Debug("stored", "object", p.ObjectID, "tier", t.Name(), "location", loc)
 	}
 	return err
