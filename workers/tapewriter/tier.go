@@ -1,0 +1,655 @@
+package tapewriter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/workers/replicator"
+	"github.com/strata-hsm/strata/workers/tape"
+	"github.com/strata-hsm/strata/workers/tape/bundle"
+)
+
+// TierConfig configures a tape tier: one drive (a real st device or an
+// emulated library), the pool of volumes it writes, and how objects are
+// aggregated into bundles.
+type TierConfig struct {
+	// Name is the tier name (events.ObjectStored.Tier), a subject token.
+	Name string
+	// Device is "/dev/nstX" (a real drive; operators load cartridges) or
+	// "emulator:/dir" (an emulated library: cartridges are the
+	// subdirectories of dir, made by `strata tape label`).
+	Device string
+	// Pool: only volumes labelled with this pool are written.
+	Pool string
+	// Volumes the writer may write, in order. Empty: every cartridge of
+	// the device whose label names this pool and whose barcode (emulator:
+	// directory name) equals the label's volume id; with a real drive, the
+	// loaded cartridge if its label names this pool.
+	Volumes []string
+	// BlockSize, if set, is the only block size accepted: a volume
+	// labelled with another one is not written. 0: each label decides.
+	BlockSize int
+	// BundleBytes closes a bundle at this size (default 16 GiB);
+	// BundleAge closes it at this age (default 5 min). An object is
+	// reported stored only after its bundle is closed with a flushing
+	// filemark, so BundleAge bounds how long an object waits for tape.
+	BundleBytes int64
+	BundleAge   time.Duration
+	// RingBytes is the writer's RAM ring (default 256 MiB).
+	RingBytes int64
+	// MinRate is the drive's lowest matched speed in bytes/s (default:
+	// LTO-9's); a slower source is spooled to disk first.
+	MinRate float64
+	// StateDir holds the spool and recall spill files (required).
+	StateDir string
+	// Concurrency is how many objects may wait in the writer for their
+	// bundle's flushing filemark (default 256). When that many wait, the
+	// bundle is closed at once.
+	Concurrency int
+	// RecallWindow is how long recall requests are collected before the
+	// batch is read in tape order (default 200 ms).
+	RecallWindow time.Duration
+}
+
+// Tier defaults.
+const (
+	DefaultTierBundleBytes  = 16 << 30
+	DefaultTierBundleAge    = 5 * time.Minute
+	DefaultTierRingBytes    = 256 << 20
+	DefaultTierConcurrency  = 256
+	DefaultTierRecallWindow = 200 * time.Millisecond
+	// spillAbove: recall ranges larger than this are buffered in a file
+	// under StateDir rather than in RAM.
+	spillAbove = 64 << 20
+)
+
+// EnsureDefaults fills unset fields.
+func (c *TierConfig) EnsureDefaults() {
+	if c.BundleBytes == 0 {
+		c.BundleBytes = DefaultTierBundleBytes
+	}
+	if c.BundleAge == 0 {
+		c.BundleAge = DefaultTierBundleAge
+	}
+	if c.RingBytes == 0 {
+		c.RingBytes = DefaultTierRingBytes
+	}
+	if c.MinRate == 0 {
+		c.MinRate = tape.LTO9().MinRate
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultTierConcurrency
+	}
+	if c.RecallWindow == 0 {
+		c.RecallWindow = DefaultTierRecallWindow
+	}
+}
+
+// Validate checks c (after EnsureDefaults).
+func (c *TierConfig) Validate() error {
+	bad := func(f string, v any, format string, args ...any) error {
+		return &ConfigError{f, v, fmt.Errorf(format, args...)}
+	}
+	if !events.ValidToken(c.Name) {
+		return bad("Name", c.Name, "want letters, digits, '-' or '_'")
+	}
+	if _, _, err := tape.ParseDevice(c.Device); err != nil {
+		return bad("Device", c.Device, "%w", err)
+	}
+	if c.Pool == "" || len(c.Pool) > 64 {
+		return bad("Pool", c.Pool, "want 1 to 64 characters")
+	}
+	for _, v := range c.Volumes {
+		if v == "" || strings.ContainsAny(v, "/\x00") || len(v) > 64 {
+			return bad("Volumes", v, "bad volume id")
+		}
+	}
+	switch {
+	case c.BlockSize != 0 && (c.BlockSize < bundle.MinBlockSize || c.BlockSize > bundle.MaxBlockSize || c.BlockSize%512 != 0):
+		return bad("BlockSize", c.BlockSize, "want 0 or a multiple of 512 in [%d, %d]", bundle.MinBlockSize, bundle.MaxBlockSize)
+	case c.BundleBytes < bundle.MaxBlockSize:
+		return bad("BundleBytes", c.BundleBytes, "want at least %d", bundle.MaxBlockSize)
+	case c.BundleAge < 0:
+		return bad("BundleAge", c.BundleAge, "negative")
+	case c.RingBytes < 4*bundle.MaxBlockSize:
+		return bad("RingBytes", c.RingBytes, "want at least 4 MiB")
+	case c.MinRate < 0:
+		return bad("MinRate", c.MinRate, "negative")
+	case !filepath.IsAbs(c.StateDir):
+		return bad("StateDir", c.StateDir, "want an absolute path")
+	case c.Concurrency < 1:
+		return bad("Concurrency", c.Concurrency, "want >= 1")
+	case c.RecallWindow < 0:
+		return bad("RecallWindow", c.RecallWindow, "negative")
+	}
+	return nil
+}
+
+// TapeCopy is what the catalog records about an object's copy on this
+// tier.
+type TapeCopy struct {
+	Pos        events.TapePosition
+	Size       int64 // uncompressed
+	PackedSize int64
+	PackedSum  string
+}
+
+// TierDeps is what a tape tier needs from the daemon.
+type TierDeps struct {
+	// Emitter publishes object.stored (required for Stage).
+	Emitter *pipeline.Emitter
+	// Logger (default: discard).
+	Logger *slog.Logger
+	// Copy returns the catalog's record of this tier's good copy of an
+	// object (ok false: none). Required: recall reads positions from it,
+	// and the stage uses it to recognise a redelivered object that is
+	// already on tape.
+	Copy func(objectID string) (c TapeCopy, ok bool, err error)
+	// Event, optional, receives volume events (full, write protected,
+	// label mismatch, mounted, …) after they are logged.
+	Event func(VolumeEvent)
+}
+
+// VolumeState is the last event of a volume, for status and `strata tape
+// ls`.
+type VolumeState struct {
+	Volume string    `json:"volume"`
+	State  string    `json:"state"` // a VolumeEvent kind
+	Error  string    `json:"error,omitempty"`
+	At     time.Time `json:"at"`
+}
+
+// Errors of a Tier.
+var (
+	// ErrTierClosed: the tier was closed while a request waited.
+	ErrTierClosed = errors.New("tapewriter: tape tier closed")
+	// ErrNotSupported: Put and Delete on tape. Objects reach tape through
+	// the tier's stage (bundled with others); tape space is reclaimed by
+	// recycling whole volumes.
+	ErrNotSupported = errors.New("not supported on tape")
+)
+
+// Tier is a tape tier: the store stage that writes objects to tape
+// (Stage) and the read side that recall uses (Target). One goroutine owns
+// the drive and serialises everything: objects are added to the Writer,
+// recall requests are collected for RecallWindow and read in tape order,
+// and a recall parks the writer (its bundle closed with a flushing
+// filemark, its objects reported) before the tape moves.
+type Tier struct {
+	cfg  TierConfig
+	deps TierDeps
+	log  *slog.Logger
+	dev  *tape.Device
+
+	reqs chan any // *addReq, *readReq, *flushReq, *pendingReq, *listReq
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+
+	vmu  sync.Mutex
+	vols map[string]VolumeState // protected by vmu
+
+	// Owned by the loop goroutine.
+	w       *Writer
+	waiters map[string][]chan addResult
+}
+
+// OpenTier opens the device and starts the tier's drive goroutine.
+func OpenTier(cfg TierConfig, deps TierDeps) (*Tier, error) {
+	cfg.EnsureDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Copy == nil {
+		return nil, &ConfigError{"TierDeps.Copy", nil, errors.New("required")}
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "spool"), filepath.Join(cfg.StateDir, "recall")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("tape tier %s: %w", cfg.Name, err)
+		}
+	}
+	dev, err := tape.OpenDevice(cfg.Device)
+	if err != nil {
+		return nil, fmt.Errorf("tape tier %s: %w", cfg.Name, err)
+	}
+	t := &Tier{cfg: cfg, deps: deps, log: deps.Logger.With("tier", cfg.Name), dev: dev,
+		reqs: make(chan any), stop: make(chan struct{}), done: make(chan struct{}),
+		vols: map[string]VolumeState{}, waiters: map[string][]chan addResult{}}
+	go t.loop()
+	return t, nil
+}
+
+// Name returns the tier name.
+func (t *Tier) Name() string { return t.cfg.Name }
+
+// Volumes returns the last known state of every volume the tier touched.
+func (t *Tier) Volumes() []VolumeState {
+	t.vmu.Lock()
+	defer t.vmu.Unlock()
+	out := make([]VolumeState, 0, len(t.vols))
+	for _, v := range t.vols {
+		out = append(out, v)
+	}
+	slices.SortFunc(out, func(a, b VolumeState) int { return strings.Compare(a.Volume, b.Volume) })
+	return out
+}
+
+// Close flushes what the writer holds (reporting it stored), fails the
+// requests still waiting with ErrTierClosed and releases the drive.
+// Idempotent.
+func (t *Tier) Close() error {
+	t.once.Do(func() { close(t.stop) })
+	<-t.done
+	return t.dev.Close()
+}
+
+// Flush closes the open bundle with a flushing filemark now, so every
+// object waiting in the writer is reported stored (their handlers
+// return). The daemon calls it when it shuts down, before the stage
+// runner's drain timeout.
+func (t *Tier) Flush(ctx context.Context) error {
+	r := &flushReq{res: make(chan error, 1)}
+	if err := t.send(ctx, r); err != nil {
+		return err
+	}
+	select {
+	case err := <-r.res:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.done:
+		return ErrTierClosed
+	}
+}
+
+func (t *Tier) send(ctx context.Context, r any) error {
+	select {
+	case t.reqs <- r:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.done:
+		return ErrTierClosed
+	}
+}
+
+type addReq struct {
+	obj Object
+	res chan addResult
+}
+
+type addResult struct {
+	pos       events.TapePosition
+	err       error
+	permanent bool
+}
+
+type flushReq struct{ res chan error }
+
+// pendingReq asks how many objects wait in the writer (for tests and
+// status).
+type pendingReq struct{ res chan int }
+
+// Pending returns how many objects wait in the writer for a flushing
+// filemark.
+func (t *Tier) Pending(ctx context.Context) (int, error) {
+	r := &pendingReq{res: make(chan int, 1)}
+	if err := t.send(ctx, r); err != nil {
+		return 0, err
+	}
+	select {
+	case n := <-r.res:
+		return n, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-t.done:
+		return 0, ErrTierClosed
+	}
+}
+
+// loop owns the drive and the writer.
+func (t *Tier) loop() {
+	defer close(t.done)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	every := min(max(t.cfg.BundleAge/4, 10*time.Millisecond), time.Second)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	var reads []*readReq
+	var window <-chan time.Time
+	for {
+		select {
+		case <-t.stop:
+			if t.w != nil {
+				if err := t.w.Close(ctx); err != nil {
+					t.log.Warn("close tape writer", "err", err)
+				}
+				t.w = nil
+			}
+			t.failAll(ErrTierClosed)
+			for _, r := range reads {
+				r.res <- readResult{err: ErrTierClosed}
+			}
+			return
+		case x := <-t.reqs:
+			switch r := x.(type) {
+			case *addReq:
+				t.add(ctx, r)
+			case *flushReq:
+				var err error
+				if t.w != nil {
+					if err = t.w.Flush(ctx); err != nil {
+						t.writerFailed(ctx, err)
+					}
+				}
+				r.res <- err
+			case *readReq:
+				reads = append(reads, r)
+				if window == nil {
+					window = time.After(t.cfg.RecallWindow)
+				}
+			case *pendingReq:
+				r.res <- len(t.waiters)
+			case *listReq:
+				t.park(ctx)
+				r.res <- t.list(ctx)
+			}
+		case <-window:
+			t.park(ctx)
+			t.serveReads(ctx, reads)
+			reads, window = nil, nil
+		case <-tick.C:
+			if t.w != nil {
+				if err := t.w.Tick(ctx); err != nil {
+					t.writerFailed(ctx, err)
+				}
+			}
+		}
+	}
+}
+
+// add puts an object into the writer; its waiter is answered when the
+// object is reported stored (or fails).
+func (t *Tier) add(ctx context.Context, r *addReq) {
+	id := r.obj.ID
+	if ws, ok := t.waiters[id]; ok {
+		// Already in the writer (another file with the same content).
+		t.waiters[id] = append(ws, r.res)
+		return
+	}
+	if t.w == nil {
+		w, err := t.newWriter(ctx)
+		if err != nil {
+			r.res <- addResult{err: err}
+			return
+		}
+		t.w = w
+	}
+	openFailed := false
+	obj := r.obj
+	open := obj.Open
+	obj.Open = func() (io.ReadCloser, error) {
+		rc, err := open()
+		openFailed = err != nil
+		return rc, err
+	}
+	t.waiters[id] = []chan addResult{r.res}
+	err := t.w.Add(ctx, obj)
+	switch {
+	case err == nil:
+		if len(t.waiters) >= t.cfg.Concurrency {
+			if err := t.w.Flush(ctx); err != nil {
+				t.writerFailed(ctx, err)
+			}
+		}
+	case openFailed || errors.Is(err, bundle.ErrChecksum) || errors.Is(err, io.ErrUnexpectedEOF):
+		// The object's own fault; the writer goes on.
+		for _, c := range t.waiters[id] {
+			c <- addResult{err: err, permanent: errors.Is(err, bundle.ErrChecksum)}
+		}
+		delete(t.waiters, id)
+	default:
+		t.writerFailed(ctx, err)
+	}
+}
+
+// stored is the writer's Stored callback (on the loop goroutine).
+func (t *Tier) stored(obj Object, pos events.TapePosition) {
+	for _, c := range t.waiters[obj.ID] {
+		c <- addResult{pos: pos}
+	}
+	delete(t.waiters, obj.ID)
+}
+
+// writerFailed drops a writer that cannot go on (no volume left, a spool
+// error): whatever it reports while closing is reported, every other
+// waiting object fails (its message is redelivered), and the next object
+// starts a new writer over the volumes found then.
+func (t *Tier) writerFailed(ctx context.Context, cause error) {
+	t.log.Error("tape writer stopped; objects not yet on tape will be retried", "err", cause)
+	if t.w != nil {
+		if err := t.w.Close(ctx); err != nil && !errors.Is(err, cause) {
+			t.log.Warn("close tape writer", "err", err)
+		}
+		t.w = nil
+	}
+	t.failAll(fmt.Errorf("tape tier %s: %w", t.cfg.Name, cause))
+}
+
+func (t *Tier) failAll(err error) {
+	for id, cs := range t.waiters {
+		for _, c := range cs {
+			c <- addResult{err: err}
+		}
+		delete(t.waiters, id)
+	}
+}
+
+// park makes the drive free for reads: the writer closes its bundle with
+// a flushing filemark (reporting its objects) and forgets its position;
+// the next object mounts the same volume again at its end of data.
+func (t *Tier) park(ctx context.Context) {
+	if t.w == nil || t.w.vol == nil {
+		return
+	}
+	if err := t.w.Flush(ctx); err != nil {
+		t.writerFailed(ctx, err)
+		return
+	}
+	w := t.w
+	if i := slices.Index(w.cfg.Volumes, w.vol.id); i >= 0 {
+		w.volIdx = i
+	}
+	w.vol, w.ew = nil, false
+}
+
+// newWriter starts a writer over the tier's volumes.
+func (t *Tier) newWriter(ctx context.Context) (*Writer, error) {
+	vols := t.cfg.Volumes
+	if len(vols) == 0 {
+		var err error
+		if vols, err = t.discover(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if len(vols) == 0 {
+		return nil, fmt.Errorf("tape tier %s: no volume of pool %q on %s (label one with strata tape label): %w",
+			t.cfg.Name, t.cfg.Pool, t.cfg.Device, ErrNoVolume)
+	}
+	return New(Config{
+		Pool: t.cfg.Pool, Volumes: vols, Changer: t.dev,
+		BundleSize: t.cfg.BundleBytes, BundleAge: t.cfg.BundleAge, FlushEvery: 1,
+		RingSize: t.cfg.RingBytes, MinRate: t.cfg.MinRate, SpoolDir: filepath.Join(t.cfg.StateDir, "spool"),
+		Stored: t.stored, Event: t.volumeEvent, Logger: t.log,
+	})
+}
+
+// discover lists the device's volumes of this pool, reading their labels.
+func (t *Tier) discover(ctx context.Context) ([]string, error) {
+	barcodes, err := t.dev.Barcodes()
+	if err != nil {
+		return nil, err
+	}
+	if !t.dev.Emulated() {
+		barcodes = []string{""} // whatever is loaded
+	}
+	var out []string
+	for _, b := range barcodes {
+		d, err := t.dev.Mount(ctx, b)
+		if err != nil {
+			t.log.Warn("cannot mount volume", "volume", b, "err", err)
+			continue
+		}
+		l, err := bundle.ReadLabel(d)
+		if err != nil {
+			t.log.Info("cartridge without a Strata label: not used", "volume", b, "err", err)
+			continue
+		}
+		switch {
+		case l.Pool != t.cfg.Pool:
+			continue
+		case b != "" && l.Volume != b:
+			t.log.Warn("cartridge label names another volume: never written", "barcode", b, "label", l.Volume)
+			t.volumeEvent(VolumeEvent{Volume: b, Kind: EventLabelMismatch,
+				Err: fmt.Errorf("label says volume %q", l.Volume)})
+			continue
+		case t.cfg.BlockSize != 0 && l.BlockSize != t.cfg.BlockSize:
+			t.log.Warn("volume has another block size: not written", "volume", l.Volume,
+				"block_size", l.BlockSize, "want", t.cfg.BlockSize)
+			continue
+		}
+		out = append(out, l.Volume)
+	}
+	if err := t.dev.Dismount(ctx, ""); err != nil {
+		t.log.Warn("dismount", "err", err)
+	}
+	return out, nil
+}
+
+// volumeEvent logs a volume event and records it.
+func (t *Tier) volumeEvent(ev VolumeEvent) {
+	switch ev.Kind {
+	case EventMounted:
+		t.log.Info("tape volume mounted", "volume", ev.Volume)
+	case EventFull:
+		t.log.Warn("tape volume full: moving on to the next volume", "volume", ev.Volume, "err", ev.Err)
+	case EventWriteProtected:
+		t.log.Warn("tape volume write protected: not written, moving on", "volume", ev.Volume)
+	case EventLabelMismatch:
+		t.log.Error("tape volume label does not match: never written", "volume", ev.Volume, "err", ev.Err)
+	case EventContinued:
+		t.log.Info("bundle continues on the next volume", "volume", ev.Volume)
+	default:
+		t.log.Error("tape volume error: moving on", "volume", ev.Volume, "kind", ev.Kind, "err", ev.Err)
+	}
+	st := VolumeState{Volume: ev.Volume, State: ev.Kind, At: time.Now()}
+	if ev.Err != nil {
+		st.Error = ev.Err.Error()
+	}
+	t.vmu.Lock()
+	if ev.Kind != EventContinued {
+		t.vols[ev.Volume] = st
+	}
+	t.vmu.Unlock()
+	if t.deps.Event != nil {
+		t.deps.Event(ev)
+	}
+}
+
+// Stage returns the tier's store stage: it consumes this host's
+// object.packed and writes the staged object to tape. A handler returns
+// (and its message is acknowledged) only after the object is reported
+// stored, that is after a flushing filemark made its bundle durable, and
+// object.stored with its tape position is published; so many handlers
+// wait at once (Concurrency) while their objects fill a bundle, which is
+// closed at BundleBytes, at BundleAge, when Concurrency objects wait, or
+// when a recall needs the drive.
+func (t *Tier) Stage() pipeline.Stage {
+	return pipeline.Stage{
+		Name:        replicator.StageName(t.cfg.Name),
+		Filter:      []string{events.Subject(t.deps.Emitter.Host(), events.KindObjectPacked)},
+		Concurrency: t.cfg.Concurrency,
+		Handle:      t.handle,
+	}
+}
+
+func (t *Tier) handle(ctx context.Context, env events.Envelope, ev events.Event) error {
+	p, ok := ev.(*events.ObjectPacked)
+	if !ok {
+		return pipeline.Permanent(fmt.Errorf("tape store: unexpected event %s", env.Type))
+	}
+	c, have, err := t.deps.Copy(p.ObjectID)
+	if err != nil {
+		return fmt.Errorf("tape store %s: catalog: %w", p.ObjectID, err)
+	}
+	if have && c.PackedSum == p.PackedSum {
+		// Already on tape (a redelivery, or another file with this
+		// content): publish again (deduplicated by id) and go on.
+		return t.emitStored(ctx, p, c.Pos)
+	}
+	manifest, err := os.ReadFile(strings.TrimSuffix(p.Staging, ".zst") + ".json")
+	if err == nil {
+		_, err = os.Stat(p.Staging)
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return pipeline.Permanent(fmt.Errorf("tape store %s on %s: staged object is gone and the catalog lists no tape copy of it", p.ObjectID, t.cfg.Name))
+	}
+	if err != nil {
+		return fmt.Errorf("tape store %s: read staged object: %w", p.ObjectID, err)
+	}
+	staging := p.Staging
+	r := &addReq{res: make(chan addResult, 1), obj: Object{
+		ID: p.ObjectID, Manifest: manifest, PackedSize: p.PackedSize, PackedSum: p.PackedSum,
+		Open: func() (io.ReadCloser, error) { return os.Open(staging) },
+	}}
+	if err := t.send(ctx, r); err != nil {
+		return err
+	}
+	var res addResult
+	select {
+	case res = <-r.res:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.done:
+		return ErrTierClosed
+	}
+	if res.err != nil {
+		err := fmt.Errorf("tape store %s on %s: %w", p.ObjectID, t.cfg.Name, res.err)
+		if res.permanent {
+			return pipeline.Permanent(err)
+		}
+		return err
+	}
+	return t.emitStored(ctx, p, res.pos)
+}
+
+// Location is the human-readable location of a tape copy: "volume/file".
+func Location(pos events.TapePosition) string {
+	return fmt.Sprintf("%s/%d", pos.Volume, pos.TapeFile)
+}
+
+func (t *Tier) emitStored(ctx context.Context, p *events.ObjectPacked, pos events.TapePosition) error {
+	_, err := t.deps.Emitter.Emit(ctx, &events.ObjectStored{
+		ObjectID: p.ObjectID, Tier: t.cfg.Name, TierKind: events.TierTape, Location: Location(pos),
+		Size: p.Size, PackedSize: p.PackedSize, PackedSum: p.PackedSum, Tape: &pos,
+	}, p.ObjectID, t.cfg.Name, p.PackedSum)
+	if err == nil {
+		t.log.Debug("stored", "object", p.ObjectID, "volume", pos.Volume, "tape_file", pos.TapeFile, "block", pos.Block)
+	}
+	return err
+}
