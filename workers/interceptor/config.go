@@ -4,6 +4,7 @@ package interceptor
 
 import (
 	"fmt"
+	"os"
 	"time"
 )
 
@@ -19,10 +20,12 @@ const (
 
 // Default values of Config.
 const (
-	DefaultChunkSize       = 4 << 20
-	DefaultBackgroundFills = 2
-	DefaultStopTimeout     = 10 * time.Second
-	DefaultWholeFileBelow  = 64 << 20
+	DefaultChunkSize        = 4 << 20
+	DefaultBackgroundFills  = 2
+	DefaultStopTimeout      = 10 * time.Second
+	DefaultWholeFileBelow   = 64 << 20
+	DefaultRecoverTimeout   = 2 * time.Minute
+	DefaultHolderSubcommand = "interceptor-holder"
 )
 
 // Config of an Interceptor.
@@ -52,6 +55,31 @@ type Config struct {
 	// OnFail is called for each access that was denied and for each
 	// background fill that failed. Same rules as OnComplete.
 	OnFail func(Failure)
+	// OnOverflow is called (on its own goroutine) when the kernel reports
+	// FAN_Q_OVERFLOW: events may have been lost, and the caller should
+	// mark every stub again (Mark is idempotent).
+	OnOverflow func()
+
+	// JournalDir holds the journal of events and fills in flight (one
+	// file, "inflight"). With it, a restarted daemon answers the events a
+	// crashed one had read (when the group survived in a holder) and
+	// punches chunks a crashed fill left half written. Must be a
+	// directory that is not a stub tree. Required with HolderSocket.
+	JournalDir string
+	// HolderSocket is the unix socket of a holder process (HolderMain)
+	// that keeps a dup of the fanotify group fd, so that marks and
+	// blocked programs outlive a crash of this process. Open takes the
+	// group from the holder if it has one, else creates the group and
+	// hands the holder a dup. Empty: no holder.
+	HolderSocket string
+	// HolderCommand is the argv that starts a holder when none listens
+	// on HolderSocket. Default: this executable with
+	// "interceptor-holder --socket HolderSocket". The holder is started in
+	// its own session and outlives this process.
+	HolderCommand []string
+	// RecoverTimeout bounds the recovery of one orphaned event at Open;
+	// past it the event is denied with EIO.
+	RecoverTimeout time.Duration
 }
 
 // NewConfig returns a Config with every default set.
@@ -77,6 +105,14 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.WholeFileBelow == 0 {
 		c.WholeFileBelow = DefaultWholeFileBelow
+	}
+	if c.RecoverTimeout == 0 {
+		c.RecoverTimeout = DefaultRecoverTimeout
+	}
+	if c.HolderSocket != "" && len(c.HolderCommand) == 0 {
+		if exe, err := os.Executable(); err == nil {
+			c.HolderCommand = []string{exe, DefaultHolderSubcommand, "--socket", c.HolderSocket}
+		}
 	}
 }
 
@@ -105,6 +141,12 @@ func (c *Config) Validate() error {
 	}
 	if c.BackgroundFills < 1 {
 		return &ConfigValidationError{"BackgroundFills", c.BackgroundFills, fmt.Errorf("want at least 1")}
+	}
+	if c.HolderSocket != "" && c.JournalDir == "" {
+		return &ConfigValidationError{"JournalDir", c.JournalDir, fmt.Errorf("required with HolderSocket: events a crashed daemon read could never be answered")}
+	}
+	if c.RecoverTimeout < 0 {
+		return &ConfigValidationError{"RecoverTimeout", c.RecoverTimeout, fmt.Errorf("want a non-negative duration")}
 	}
 	if c.StopTimeout < 0 {
 		return &ConfigValidationError{"StopTimeout", c.StopTimeout, fmt.Errorf("want a non-negative duration")}

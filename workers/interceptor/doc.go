@@ -51,7 +51,12 @@
 //
 // Marks live only as long as the group's last fd. If the process holding it
 // dies, the kernel allows every pending event and drops every mark: blocked
-// readers are released and stubs read as holes — zeros, with no error. See
-// README.md in this directory for what is built to narrow that window and
-// what remains.
+// readers are released and stubs read as holes — zeros, with no error. With
+// Config.HolderSocket a holder process (HolderMain) keeps a dup of the
+// group fd, so marks and held programs survive a crash of the daemon; with
+// Config.JournalDir every event and every chunk store in flight is
+// journaled, so a restarted daemon answers the events its predecessor had
+// read (after filling their ranges) and re-fills chunks it left half
+// written. See recover.go for what the kernel allows, and README.md for
+// what is covered and what remains (holder and daemon both dead: zeros).
 package interceptor

@@ -120,6 +120,22 @@ func openGroup(mask uint64) (*group, error) {
 	return &group{fd: fd, file: os.NewFile(uintptr(fd), "fanotify"), mask: mask}, nil
 }
 
+// groupFromFD wraps an existing group fd (received from a holder).
+func groupFromFD(fd int, mask uint64) (*group, error) {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return nil, fmt.Errorf("fanotify group from holder: %w", err)
+	}
+	return &group{fd: fd, file: os.NewFile(uintptr(fd), "fanotify"), mask: mask}, nil
+}
+
+// respondOrphan answers an event read by another process, by the number
+// its fd had there. Unknown numbers give ENOENT.
+func (g *group) respondOrphan(fd int, errno unix.Errno) error {
+	g.fdMu.Lock()
+	defer g.fdMu.Unlock()
+	return writeResponse(g.fd, fd, errno)
+}
+
 // mark adds an inode mark on path (symlinks not followed).
 func (g *group) mark(path string) error {
 	return unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_DONT_FOLLOW, g.mask, unix.AT_FDCWD, path)

@@ -37,9 +37,10 @@ type testSource struct {
 	mu      sync.Mutex
 	objects map[string]*object // by object id
 
-	fail  atomic.Bool   // every read fails, like an unreachable tier
-	gate  chan struct{} // when non-nil, reads outside allow wait for it to close
-	allow func(off int64) bool
+	fail   atomic.Bool   // every read fails, like an unreachable tier
+	gate   chan struct{} // when non-nil, reads outside allow wait for it to close
+	allow  func(off int64) bool
+	onGate func() // called when a read starts waiting at the gate
 
 	calls atomic.Int64
 	bytes atomic.Int64
@@ -64,12 +65,15 @@ func (s *testSource) ReadVerified(ctx context.Context, st stub.Info, p []byte, o
 	}
 	s.mu.Lock()
 	o := s.objects[st.ObjectID]
-	gate, allow := s.gate, s.allow
+	gate, allow, onGate := s.gate, s.allow, s.onGate
 	s.mu.Unlock()
 	if o == nil {
 		return "", fmt.Errorf("object %s not found", st.ObjectID)
 	}
 	if gate != nil && (allow == nil || !allow(off)) {
+		if onGate != nil {
+			onGate()
+		}
 		select {
 		case <-gate:
 		case <-ctx.Done():
@@ -329,6 +333,13 @@ func buildHelper(t *testing.T) string {
 }
 
 func TestMain(m *testing.M) {
+	// Roles of this binary when a test re-executes it (crash_test.go).
+	if len(os.Args) > 1 && os.Args[1] == interceptor.DefaultHolderSubcommand {
+		os.Exit(holderRole(os.Args[2:]))
+	}
+	if os.Getenv(roleEnv) == "daemon" {
+		os.Exit(daemonRole())
+	}
 	code := m.Run()
 	if helperPath != "" {
 		os.RemoveAll(filepath.Dir(helperPath))

@@ -65,6 +65,7 @@ type Stats struct {
 	Fills       uint64 // calls to Source.ReadVerified that succeeded
 	FilledBytes uint64 // bytes written into stubs
 	Completed   uint64
+	Orphans     uint64 // events of a crashed predecessor answered at Open
 }
 
 type inodeKey struct{ dev, ino uint64 }
@@ -80,6 +81,15 @@ type Interceptor struct {
 	log  *slog.Logger
 	g    *group
 	pid  int32
+	jr   *journal    // nil without Config.JournalDir
+	hc   *holderConn // nil without Config.HolderSocket
+
+	// orph holds the orphaned events of a crashed predecessor until each is
+	// answered (see recover.go).
+	orph struct {
+		sync.Mutex
+		m map[int]*orphanState // by fd number
+	}
 
 	bgSem      chan struct{}
 	bgCtx      context.Context // cancelled at the start of Close
@@ -98,7 +108,7 @@ type Interceptor struct {
 	}
 
 	stats struct {
-		events, allowed, denied, overflows, fills, filledBytes, completed atomic.Uint64
+		events, allowed, denied, overflows, fills, filledBytes, completed, orphans atomic.Uint64
 	}
 }
 
@@ -130,12 +140,28 @@ func Open(cfg Config, src Source, logger *slog.Logger) (*Interceptor, error) {
 	if mode == ModeOpenPerm {
 		mask = unix.FAN_OPEN_PERM
 	}
-	g, err := openGroup(mask)
+	var jr *journal
+	if cfg.JournalDir != "" {
+		var err error
+		if jr, err = openJournal(cfg.JournalDir); err != nil {
+			return nil, fmt.Errorf("interceptor: %w", err)
+		}
+	}
+	g, hc, recovered, err := obtainGroup(cfg, mask, logger)
 	if err != nil {
-		return nil, err
+		jr.close()
+		return nil, fmt.Errorf("interceptor: %w", err)
+	}
+	var orphans []orphan
+	if jr != nil {
+		if recovered {
+			orphans = jr.orphans()
+		} else {
+			jr.forgetEvents() // their group is gone, and with it their events
+		}
 	}
 	i := &Interceptor{
-		cfg: cfg, mode: mode, src: src, log: logger, g: g, pid: int32(os.Getpid()),
+		cfg: cfg, mode: mode, src: src, log: logger, g: g, pid: int32(os.Getpid()), jr: jr, hc: hc,
 		bgSem:      make(chan struct{}, cfg.BackgroundFills),
 		readerDone: make(chan struct{}),
 	}
@@ -144,9 +170,52 @@ func Open(cfg Config, src Source, logger *slog.Logger) (*Interceptor, error) {
 	i.mu.releasing = map[inodeKey]chan struct{}{}
 	i.bgCtx, i.bgCancel = context.WithCancel(context.Background())
 	i.fgCtx, i.fgCancel = context.WithCancel(context.Background())
+	if recovered {
+		orphans = i.recoverStart(orphans)
+	}
 	go i.readLoop()
-	logger.Info("interceptor open", "mode", string(mode), "chunk_size", cfg.ChunkSize)
+	if recovered {
+		i.recoverOrphans(orphans)
+	}
+	logger.Info("interceptor open", "mode", string(mode), "chunk_size", cfg.ChunkSize,
+		"holder", cfg.HolderSocket != "", "group_from_holder", recovered)
 	return i, nil
+}
+
+// obtainGroup returns the group of the holder if it has one (recovered),
+// else a new group, handed to the holder when there is one.
+func obtainGroup(cfg Config, mask uint64, logger *slog.Logger) (g *group, hc *holderConn, recovered bool, err error) {
+	if cfg.HolderSocket != "" {
+		if hc, err = connectHolder(cfg.HolderSocket, cfg.HolderCommand, logger); err != nil {
+			return nil, nil, false, err
+		}
+		fd, err := hc.get()
+		if err != nil {
+			hc.close()
+			return nil, nil, false, err
+		}
+		if fd >= 0 {
+			if g, err = groupFromFD(fd, mask); err != nil {
+				unix.Close(fd)
+				hc.close()
+				return nil, nil, false, err
+			}
+			logger.Info("took the fanotify group over from the holder: marks and held programs survived")
+			return g, hc, true, nil
+		}
+	}
+	if g, err = openGroup(mask); err != nil {
+		hc.close()
+		return nil, nil, false, err
+	}
+	if hc != nil {
+		if err := hc.put(g.fd); err != nil {
+			g.close()
+			hc.close()
+			return nil, nil, false, err
+		}
+	}
+	return g, hc, false, nil
 }
 
 // Mode returns the mode in use (never ModeAuto).
@@ -158,6 +227,7 @@ func (i *Interceptor) Stats() Stats {
 		Events: i.stats.events.Load(), Allowed: i.stats.allowed.Load(), Denied: i.stats.denied.Load(),
 		Overflows: i.stats.overflows.Load(), Fills: i.stats.fills.Load(),
 		FilledBytes: i.stats.filledBytes.Load(), Completed: i.stats.completed.Load(),
+		Orphans: i.stats.orphans.Load(),
 	}
 }
 
@@ -344,6 +414,15 @@ func (i *Interceptor) Close() error {
 		delete(i.mu.recalls, k)
 	}
 	i.mu.Unlock()
+	if i.hc != nil {
+		// Every mark is gone and every event answered: the holder has
+		// nothing left to keep.
+		if err := i.hc.drop(); err != nil {
+			i.log.Error("release the fanotify group from the holder", "err", err)
+		}
+		i.hc.close()
+	}
+	i.jr.close()
 	if err := i.g.close(); err != nil {
 		return fmt.Errorf("close fanotify group: %w", err)
 	}
@@ -379,6 +458,13 @@ func (i *Interceptor) dispatch(b []byte) {
 			// events are never dropped silently by the kernel.
 			i.stats.overflows.Add(1)
 			i.log.Error("fanotify queue overflow")
+			if i.cfg.OnOverflow != nil {
+				i.work.Add(1)
+				go func() {
+					defer i.work.Done()
+					i.cfg.OnOverflow()
+				}()
+			}
 			return
 		}
 		if bad != nil {
@@ -389,7 +475,12 @@ func (i *Interceptor) dispatch(b []byte) {
 		i.work.Add(1)
 		go func() {
 			defer i.work.Done()
+			if w := i.orphanWait(ev.fd); w != nil {
+				<-w // its number still names an orphan: answering now would release the orphan
+			}
+			seq := i.jr.begin(ev)
 			i.answer(ev.fd, i.decide(ev))
+			i.jr.end(ev.fd, seq)
 		}()
 	})
 	if err != nil {

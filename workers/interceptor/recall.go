@@ -86,6 +86,22 @@ func newRecall(in *Interceptor, ev event, key inodeKey, st *unix.Stat_t, info st
 	r.mu.truncated = r.mu.limit < info.Size
 	r.mu.state = make([]chunkState, r.nchunks(info.Size))
 	r.mu.ops = map[int64]*fillOp{}
+	// Chunks a dead process was writing may hold pages it had faulted in
+	// but not yet copied to (zeros that look like data): punch them back
+	// to holes. Nothing else wrote there: every access to a chunk being
+	// filled waits for the fill.
+	blk := max(int64(st.Blksize), 4096)
+	for _, p := range in.jr.takePartial(key) {
+		if p.fileID == info.FileID[:min(len(info.FileID), 64)] {
+			end := (p.off + p.n + blk - 1) / blk * blk
+			if err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, p.off, end-p.off); err != nil {
+				unix.Close(fd)
+				return nil, fmt.Errorf("punch chunk %d-%d left half written by a crash: %w", p.off, end, err)
+			}
+			in.log.Warn("punched a chunk a crashed fill left half written", "path", r.path, "off", p.off, "len", p.n)
+		}
+		in.jr.endFill(p.slot)
+	}
 	// Chunks that hold only data are filled already: by a daemon before a
 	// crash, or by the user after that. They are never written again.
 	err = dataSegments(fd, 0, r.mu.limit, func(s, e int64) {
@@ -259,6 +275,11 @@ func (r *recall) fillRange(ctx context.Context, s, e int64) (tier string, wrote 
 		return "", 0, fmt.Errorf("source: %w", err)
 	}
 	r.in.stats.fills.Add(1)
+	slot, err := r.in.jr.beginFill(r.key, r.info.FileID, s, e-s)
+	if err != nil {
+		return "", 0, err
+	}
+	defer r.in.jr.endFill(slot)
 	m, err := unix.Mmap(r.fd, s, int(e-s), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return "", 0, fmt.Errorf("map stub at %d: %w", s, err)

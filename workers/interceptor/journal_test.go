@@ -1,0 +1,120 @@
+//go:build linux
+
+package interceptor
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-hsm/strata/workers/stratatest"
+	"github.com/strata-hsm/strata/workers/stub"
+)
+
+// copySource serves a plain copy of the content (the test trusts it).
+type copySource struct{ path string }
+
+func (s copySource) ReadVerified(_ context.Context, _ stub.Info, p []byte, off int64) (string, error) {
+	f, err := os.Open(s.path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if _, err := f.ReadAt(p, off); err != nil {
+		return "", err
+	}
+	return "copy", nil
+}
+
+// TestJournalPunchesHalfWrittenChunk: a fill killed mid-copy leaves pages
+// that are data but hold zeros. The next recall of that stub must punch
+// the chunk the journal names and fill it again, not take it as filled.
+func TestJournalPunchesHalfWrittenChunk(t *testing.T) {
+	stratatest.NeedRoot(t)
+	mnt := stratatest.LoopMount(t, "ext4", 256<<20)
+	data := make([]byte, 8<<20+100)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range data {
+		data[i] = byte(r.Uint32())
+	}
+	path := filepath.Join(mnt, "f")
+	orig := filepath.Join(t.TempDir(), "orig")
+	for _, p := range []string{path, orig} {
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	unix.Fstat(int(f.Fd()), &st)
+	err = stub.Write(int(f.Fd()), stub.Info{FileID: "file-f", ObjectID: "obj-f", State: stub.Released, Size: int64(len(data))})
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg := NewConfig()
+	cfg.Mode = ModePreAccess
+	cfg.WholeFileBelow = -1
+	cfg.JournalDir = t.TempDir()
+	a, err := Open(cfg, copySource{orig}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Release(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil { // no mark left
+		t.Fatal(err)
+	}
+	// What a kill -9 in the middle of copying chunk 1 leaves: its first
+	// pages are data (zeros past where the copy stopped), the rest holes,
+	// and the journal still names the chunk.
+	f, err = os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := append(append([]byte(nil), data[4<<20:4<<20+6000]...), make([]byte, 8192-6000)...)
+	if _, err := f.WriteAt(half, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	j, err := openJournal(cfg.JournalDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.beginFill(inodeKey{st.Dev, st.Ino}, "file-f", 4<<20, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	j.close() // the "crash": the slot stays set
+
+	b, err := Open(cfg, copySource{orig}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.Mark(path); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		i := 0
+		for i < len(got) && got[i] == data[i] {
+			i++
+		}
+		t.Fatalf("recalled %d bytes, first difference at %d (a half-written chunk was taken for filled)", len(got), i)
+	}
+}
