@@ -229,6 +229,12 @@ func waitArchived(ctx context.Context, e *env, js jetstream.JetStream, rep archi
 		return nil
 	})
 	prog.Finish()
+	if err == nil && len(pending) > 0 {
+		// Follow ends quietly when its context does.
+		if err = ctx.Err(); err == nil {
+			err = fmt.Errorf("archive: the event log ended with %d files still pending", len(pending))
+		}
+	}
 	return err
 }
 

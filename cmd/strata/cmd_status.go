@@ -27,6 +27,7 @@ type statusReply struct {
 	Catalog       catalog.Stats   `json:"catalog"`
 	HotTrees      []string        `json:"hot_trees"`
 	Tiers         []string        `json:"tiers"`
+	TierState     []tierStatus    `json:"tier_state"` // per tier: store stage, copies, reachability
 }
 
 func (d *daemon) ctlStatus(ctx context.Context, _ []byte) (any, error) {
@@ -43,6 +44,7 @@ func (d *daemon) ctlStatus(ctx context.Context, _ []byte) (any, error) {
 		UptimeSeconds: time.Since(d.started).Seconds(), NATS: d.srv.ClientURL(),
 		Stream: st, CatalogSeq: d.cat.LastSeq(), Catalog: cs, Tiers: d.cfg.tierNames(),
 	}
+	r.TierState = d.tierStatuses(ctx, st)
 	if st.LastSeq > r.CatalogSeq {
 		r.CatalogLag = st.LastSeq - r.CatalogSeq
 	}
@@ -91,8 +93,16 @@ func cmdStatus(ctx context.Context, e *env, args []string) error {
 	for _, h := range r.HotTrees {
 		fmt.Fprintf(w, "hot tree\t%s\n", h)
 	}
-	for _, t := range r.Tiers {
-		fmt.Fprintf(w, "tier\t%s\n", t)
+	for _, t := range r.TierState {
+		reach := "reachable"
+		if !t.Reachable {
+			reach = "UNREACHABLE: " + t.Probe
+		}
+		fmt.Fprintf(w, "tier %s\t%s, cost %d, %s; %d objects (%d corrupt), lag %d", t.Name, t.Kind, t.Cost, reach, t.Objects, t.Corrupt, t.Lag)
+		if t.LastError != "" && t.LastErrAt.After(t.LastOK) {
+			fmt.Fprintf(w, "; last error %s ago: %s", time.Since(t.LastErrAt).Round(time.Second), t.LastError)
+		}
+		fmt.Fprintln(w)
 	}
 	return w.Flush()
 }

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -29,6 +31,8 @@ type Config struct {
 	Policy      PolicyConfig      `toml:"policy"`
 	Compressor  CompressorConfig  `toml:"compressor"`
 	Interceptor InterceptorConfig `toml:"interceptor"`
+	Scrub       ScrubConfig       `toml:"scrub"`
+	Retention   RetentionConfig   `toml:"retention"`
 }
 
 // NATSConfig: the embedded server's client listener.
@@ -45,12 +49,77 @@ type HotConfig struct {
 	LowWatermark  int    `toml:"low_watermark"`
 }
 
-// TierConfig is one cold tier.
+// TierConfig is one cold tier. Which keys apply depends on Kind; a key of
+// another kind is an error (it is surely a mistake).
 type TierConfig struct {
 	Name string `toml:"name"`
-	Kind string `toml:"kind"` // directory (s3, rclone, tape: later)
-	Path string `toml:"path"` // directory: root of the tier
+	Kind string `toml:"kind"` // directory, s3, rclone or tape
 	Cost int    `toml:"cost"` // recall order: lower first (default by kind)
+
+	// directory
+	Path string `toml:"path"` // root of the tier
+
+	// s3
+	Endpoint  string `toml:"endpoint"` // host[:port]
+	Region    string `toml:"region"`
+	Bucket    string `toml:"bucket"`
+	Prefix    string `toml:"prefix"`
+	AccessKey string `toml:"access_key"` // default $AWS_ACCESS_KEY_ID
+	SecretKey string `toml:"secret_key"` // default $AWS_SECRET_ACCESS_KEY
+	TLS       *bool  `toml:"tls"`        // default true
+
+	// rclone
+	Remote string            `toml:"remote"` // "name:path"
+	Binary string            `toml:"binary"` // default "rclone" on PATH
+	Env    map[string]string `toml:"env"`    // e.g. RCLONE_CONFIG_<NAME>_TYPE
+
+	// tape
+	Device    string `toml:"device"`     // /dev/nstX or emulator:/path/dir
+	Pool      string `toml:"pool"`       // media pool whose volumes this tier writes
+	BlockSize size   `toml:"block_size"` // default 512 KiB
+
+	// Which files this tier takes (replication policy); default: all.
+	Include []string `toml:"include"` // globs relative to the hot tree
+	Exclude []string `toml:"exclude"`
+	MinSize size     `toml:"min_size"` // bytes, inclusive; 0: no minimum
+	MaxSize size     `toml:"max_size"` // bytes, inclusive; 0: no maximum
+}
+
+// filtered reports whether the tier takes only some files.
+func (t *TierConfig) filtered() bool {
+	return len(t.Include) > 0 || len(t.Exclude) > 0 || t.MinSize > 0 || t.MaxSize > 0
+}
+
+// useTLS is the tls key with its default (true).
+func (t *TierConfig) useTLS() bool { return t.TLS == nil || *t.TLS }
+
+// envList returns Env as sorted KEY=VALUE strings.
+func (t *TierConfig) envList() []string {
+	out := make([]string, 0, len(t.Env))
+	for k, v := range t.Env {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ScrubConfig: scheduled re-reading of the copies.
+type ScrubConfig struct {
+	Interval duration `toml:"interval"` // 0 (default): no scheduled scrub
+	Sample   percent  `toml:"sample"`   // percent of the copies re-read per run (default 100)
+	Rate     size     `toml:"rate"`     // bytes per second read at most (default 100 MiB); per run
+}
+
+// RetentionConfig: how long objects that no live file needs are kept
+// before strata prune may remove them.
+type RetentionConfig struct {
+	// KeepDeleted: objects of deleted files, and superseded versions, are
+	// kept at least this long after the deletion or the new version
+	// (default 30d).
+	KeepDeleted duration `toml:"keep_deleted"`
+	// KeepVersions: the newest N versions of every live file are kept
+	// whatever their age (default 1: the current one).
+	KeepVersions int `toml:"keep_versions"`
 }
 
 // ReleaseConfig: when a hot file may become a stub.
@@ -154,9 +223,25 @@ func (c *Config) EnsureDefaults() {
 		c.Tiers = []TierConfig{{Name: "cold", Kind: events.TierDirectory, Path: filepath.Join(c.DataDir, "cold")}}
 	}
 	for i := range c.Tiers {
-		if c.Tiers[i].Cost == 0 {
-			c.Tiers[i].Cost = defaultCost(c.Tiers[i].Kind)
+		t := &c.Tiers[i]
+		if t.Cost == 0 {
+			t.Cost = defaultCost(t.Kind)
 		}
+		if t.Kind == events.TierTape && t.BlockSize == 0 {
+			t.BlockSize = 512 << 10
+		}
+	}
+	if c.Scrub.Sample == 0 {
+		c.Scrub.Sample = 100
+	}
+	if c.Scrub.Rate == 0 {
+		c.Scrub.Rate = 100 << 20
+	}
+	if c.Retention.KeepDeleted == 0 {
+		c.Retention.KeepDeleted = duration(30 * 24 * time.Hour)
+	}
+	if c.Retention.KeepVersions == 0 {
+		c.Retention.KeepVersions = 1
 	}
 	if c.Policy.HighWatermark == 0 && c.Policy.LowWatermark == 0 {
 		c.Policy.HighWatermark, c.Policy.LowWatermark = 90, 80
@@ -244,23 +329,8 @@ func (c *Config) Validate() error {
 			return bad(key+".name", "%q is used twice", t.Name)
 		}
 		names[t.Name] = true
-		switch t.Kind {
-		case events.TierDirectory:
-			if !filepath.IsAbs(t.Path) {
-				return bad(key+".path", "%q: want an absolute path", t.Path)
-			}
-			for _, h := range c.Hot {
-				if within(t.Path, h.Path) || within(h.Path, t.Path) {
-					return bad(key+".path", "%s overlaps hot tree %s: a cold tier must live elsewhere", t.Path, h.Path)
-				}
-			}
-		case events.TierS3, events.TierRclone, events.TierTape:
-			return bad(key+".kind", "%q tiers are not available in this version yet", t.Kind)
-		default:
-			return bad(key+".kind", "%q: want directory", t.Kind)
-		}
-		if t.Cost < 0 {
-			return bad(key+".cost", "%d: want >= 0", t.Cost)
+		if err := c.validateTier(key, &t); err != nil {
+			return err
 		}
 	}
 	for i, f := range c.Release.From {
@@ -268,12 +338,38 @@ func (c *Config) Validate() error {
 			return bad(fmt.Sprintf("release.from[%d]", i), "%q is not a configured tier", f)
 		}
 	}
-	counting := len(c.Release.From)
-	if counting == 0 {
-		counting = len(c.Tiers)
+	counting, takeAll := 0, 0
+	for _, t := range c.Tiers {
+		if len(c.Release.From) == 0 || slices.Contains(c.Release.From, t.Name) {
+			counting++
+			if !t.filtered() {
+				takeAll++
+			}
+		}
 	}
 	if c.Release.Copies < 1 || c.Release.Copies > counting {
 		return bad("release.copies", "%d: want 1 to %d (the tiers that count)", c.Release.Copies, counting)
+	}
+	if c.Release.Copies > takeAll {
+		// A tier with include/exclude/min_size/max_size may refuse a file:
+		// only tiers that take every file guarantee that each file can
+		// reach the required copies (else it would never be released).
+		return bad("release.copies", "%d: only %d of the tiers that count take every file (tiers with include, exclude, min_size or max_size may refuse one, which could then never be released)", c.Release.Copies, takeAll)
+	}
+	if c.Scrub.Interval < 0 || c.Scrub.Interval > 0 && c.Scrub.Interval < duration(time.Minute) {
+		return bad("scrub.interval", "%s: want 0 (off) or at least 1m", time.Duration(c.Scrub.Interval))
+	}
+	if c.Scrub.Sample <= 0 || c.Scrub.Sample > 100 {
+		return bad("scrub.sample", "%v: want a percentage in (0, 100]", float64(c.Scrub.Sample))
+	}
+	if c.Scrub.Rate < 1<<20 {
+		return bad("scrub.rate", "%d: want at least 1 MiB (bytes per second)", c.Scrub.Rate)
+	}
+	if c.Retention.KeepDeleted < 0 {
+		return bad("retention.keep_deleted", "negative")
+	}
+	if c.Retention.KeepVersions < 1 {
+		return bad("retention.keep_versions", "%d: want at least 1 (the current version is always kept)", c.Retention.KeepVersions)
 	}
 	if c.Policy.ScanInterval < duration(time.Second) {
 		return bad("policy.scan_interval", "%s: want at least 1s", time.Duration(c.Policy.ScanInterval))
@@ -322,6 +418,101 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// validateTier checks one [[tier]] table; key is "tier[i]".
+func (c *Config) validateTier(key string, t *TierConfig) error {
+	bad := func(k string, format string, args ...any) error {
+		return &ConfigError{key + "." + k, fmt.Errorf(format, args...)}
+	}
+	// Keys of other kinds: a typo or a copy-paste error, never ignored.
+	set := map[string]bool{
+		"path": t.Path != "", "endpoint": t.Endpoint != "", "region": t.Region != "", "bucket": t.Bucket != "",
+		"prefix": t.Prefix != "", "access_key": t.AccessKey != "", "secret_key": t.SecretKey != "", "tls": t.TLS != nil,
+		"remote": t.Remote != "", "binary": t.Binary != "", "env": len(t.Env) > 0,
+		"device": t.Device != "", "pool": t.Pool != "", "block_size": t.BlockSize != 0 && t.Kind != events.TierTape,
+	}
+	allowed := map[string][]string{
+		events.TierDirectory: {"path"},
+		events.TierS3:        {"endpoint", "region", "bucket", "prefix", "access_key", "secret_key", "tls"},
+		events.TierRclone:    {"remote", "binary", "env"},
+		events.TierTape:      {"device", "pool", "block_size"},
+	}
+	own, ok := allowed[t.Kind]
+	if !ok {
+		return bad("kind", "%q: want directory, s3, rclone or tape", t.Kind)
+	}
+	for _, k := range []string{"path", "endpoint", "region", "bucket", "prefix", "access_key", "secret_key", "tls",
+		"remote", "binary", "env", "device", "pool", "block_size"} {
+		if set[k] && !slices.Contains(own, k) {
+			return bad(k, "not a key of %s tiers", t.Kind)
+		}
+	}
+	switch t.Kind {
+	case events.TierDirectory:
+		if !filepath.IsAbs(t.Path) {
+			return bad("path", "%q: want an absolute path", t.Path)
+		}
+		for _, h := range c.Hot {
+			if within(t.Path, h.Path) || within(h.Path, t.Path) {
+				return bad("path", "%s overlaps hot tree %s: a cold tier must live elsewhere", t.Path, h.Path)
+			}
+		}
+	case events.TierS3:
+		if t.Endpoint == "" || strings.Contains(t.Endpoint, "/") {
+			return bad("endpoint", "%q: want host[:port], no scheme or path (tls = false for plain HTTP)", t.Endpoint)
+		}
+		if t.Bucket == "" {
+			return bad("bucket", "required")
+		}
+		if strings.HasPrefix(t.Prefix, "/") {
+			return bad("prefix", "%q must not start with /", t.Prefix)
+		}
+		if (t.AccessKey == "") != (t.SecretKey == "") {
+			return bad("secret_key", "access_key and secret_key go together")
+		}
+		if t.AccessKey == "" && (os.Getenv("AWS_ACCESS_KEY_ID") == "" || os.Getenv("AWS_SECRET_ACCESS_KEY") == "") {
+			return bad("access_key", "no credentials: set access_key and secret_key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+		}
+	case events.TierRclone:
+		name, _, ok := strings.Cut(t.Remote, ":")
+		if !ok || name == "" {
+			return bad("remote", "%q: want \"name:path\" (a configured rclone remote)", t.Remote)
+		}
+		for k := range t.Env {
+			if k == "" || strings.ContainsAny(k, "= \t\n\x00") {
+				return bad("env", "%q: not an environment variable name", k)
+			}
+		}
+	case events.TierTape:
+		dev, emu := strings.CutPrefix(t.Device, "emulator:")
+		if !filepath.IsAbs(dev) || !emu && !strings.HasPrefix(filepath.Base(dev), "nst") {
+			return bad("device", "%q: want a non-rewinding drive /dev/nstX or emulator:/abs/dir", t.Device)
+		}
+		if !events.ValidToken(t.Pool) {
+			return bad("pool", "%q: want letters, digits, '-' or '_'", t.Pool)
+		}
+		if t.BlockSize < 16<<10 || t.BlockSize > 8<<20 || t.BlockSize%512 != 0 {
+			return bad("block_size", "%d: want a multiple of 512 from 16 KiB to 8 MiB", t.BlockSize)
+		}
+	}
+	if t.Cost < 0 {
+		return bad("cost", "%d: want >= 0", t.Cost)
+	}
+	for i, g := range t.Include {
+		if err := checkGlob(g); err != nil {
+			return bad(fmt.Sprintf("include[%d]", i), "%v", err)
+		}
+	}
+	for i, g := range t.Exclude {
+		if err := checkGlob(g); err != nil {
+			return bad(fmt.Sprintf("exclude[%d]", i), "%v", err)
+		}
+	}
+	if t.MaxSize > 0 && t.MaxSize < t.MinSize {
+		return bad("max_size", "%d is below min_size %d", t.MaxSize, t.MinSize)
+	}
+	return nil
+}
+
 // within reports whether p is dir or inside it.
 func within(p, dir string) bool {
 	rel, err := filepath.Rel(dir, p)
@@ -360,6 +551,139 @@ func (d *duration) UnmarshalText(b []byte) error {
 }
 
 func (d duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// tierFilter is a tier's replication policy: which files it takes.
+type tierFilter struct {
+	include, exclude []tierGlob
+	min, max         int64
+}
+
+// tierGlob is a compiled include/exclude pattern: without "/" it matches
+// the base name; with "/" the path relative to the hot tree, where "**"
+// spans any number of directories (the policy's globs work the same way).
+type tierGlob struct {
+	base bool
+	segs []string
+}
+
+func checkGlob(p string) error {
+	if p == "" || strings.ContainsRune(p, 0) {
+		return fmt.Errorf("empty or invalid pattern %q", p)
+	}
+	for _, s := range strings.Split(strings.Trim(p, "/"), "/") {
+		if s == "**" {
+			continue
+		}
+		if _, err := path.Match(s, ""); err != nil {
+			return fmt.Errorf("pattern %q: %w", p, err)
+		}
+	}
+	return nil
+}
+
+func compileTierGlobs(ps []string) []tierGlob {
+	out := make([]tierGlob, 0, len(ps))
+	for _, p := range ps {
+		if !strings.Contains(p, "/") {
+			out = append(out, tierGlob{base: true, segs: []string{p}})
+		} else {
+			out = append(out, tierGlob{segs: strings.Split(strings.Trim(p, "/"), "/")})
+		}
+	}
+	return out
+}
+
+func newTierFilter(t TierConfig) *tierFilter {
+	if !t.filtered() {
+		return nil
+	}
+	return &tierFilter{include: compileTierGlobs(t.Include), exclude: compileTierGlobs(t.Exclude),
+		min: int64(t.MinSize), max: int64(t.MaxSize)}
+}
+
+// wants reports whether the tier takes a file of size bytes at rel (its
+// path relative to its hot tree, "/"-separated). A nil filter takes all.
+func (f *tierFilter) wants(rel string, size int64) bool {
+	if f == nil {
+		return true
+	}
+	if size < f.min || f.max > 0 && size > f.max {
+		return false
+	}
+	if len(f.include) > 0 && !matchTierGlobs(f.include, rel) {
+		return false
+	}
+	return !matchTierGlobs(f.exclude, rel)
+}
+
+func matchTierGlobs(gs []tierGlob, rel string) bool {
+	for _, g := range gs {
+		if g.base {
+			if ok, _ := path.Match(g.segs[0], path.Base(rel)); ok {
+				return true
+			}
+		} else if matchSegs(g.segs, strings.Split(rel, "/")) {
+			return true
+		}
+	}
+	return false
+}
+
+func matchSegs(pat, segs []string) bool {
+	for len(pat) > 0 {
+		if pat[0] == "**" {
+			for len(pat) > 0 && pat[0] == "**" {
+				pat = pat[1:]
+			}
+			if len(pat) == 0 {
+				return true
+			}
+			for i := range len(segs) + 1 {
+				if matchSegs(pat, segs[i:]) {
+					return true
+				}
+			}
+			return false
+		}
+		if len(segs) == 0 {
+			return false
+		}
+		if ok, _ := path.Match(pat[0], segs[0]); !ok {
+			return false
+		}
+		pat, segs = pat[1:], segs[1:]
+	}
+	return len(segs) == 0
+}
+
+// percent is a percentage written as 10, 2.5 or "10%" in TOML.
+type percent float64
+
+// UnmarshalTOML accepts a number or a string ending in "%".
+func (p *percent) UnmarshalTOML(v any) error {
+	switch x := v.(type) {
+	case int64:
+		*p = percent(x)
+		return nil
+	case float64:
+		*p = percent(x)
+		return nil
+	case string:
+		f, err := parsePercent(x)
+		*p = percent(f)
+		return err
+	}
+	return fmt.Errorf("percentage %v: want e.g. 10 or \"10%%\"", v)
+}
+
+// parsePercent parses "10", "2.5" or "10%".
+func parsePercent(s string) (float64, error) {
+	f, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(s), "%")), 64)
+	if err != nil || f <= 0 || f > 100 {
+		return 0, fmt.Errorf("percentage %q: want more than 0 and at most 100, e.g. 10%%", s)
+	}
+	return f, nil
+}
 
 // size is a byte count written as 4096, "64KiB", "4MiB" or "1GiB" in TOML.
 type size int64

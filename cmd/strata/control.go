@@ -98,6 +98,8 @@ func (d *daemon) controlHandlers() map[string]ctlHandler {
 		"preview": d.ctlPreview,
 		"recall":  d.ctlRecall,
 		"restore": d.ctlRestore,
+
+		"tape-rebuild": d.ctlTapeRebuild,
 	}
 }
 

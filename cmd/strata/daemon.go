@@ -92,7 +92,7 @@ func (d *daemon) run(ctx context.Context) error {
 	if err := d.catchUp(ctx, last); err != nil {
 		return err
 	}
-	if err := d.markStubs(d.stages); err != nil {
+	if err := d.markStubs(ctx, d.stages); err != nil {
 		return err
 	}
 	g, gctx := errgroup.WithContext(ctx)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
@@ -161,6 +162,16 @@ func TestArchiveAndRecall(t *testing.T) {
 					t.Fatalf("cat %s: %d bytes, differ from the original %d bytes", p, len(got), len(want))
 				}
 			}
+			// A recall is not a modification: mtime is what it was.
+			for p := range files {
+				var st unix.Stat_t
+				if err := unix.Stat(p, &st); err != nil {
+					t.Fatal(err)
+				}
+				if st.Mtim != before[p].Mtim || st.Size != before[p].Size {
+					t.Errorf("%s: mtime/size after recall %v/%d, before %v/%d", p, st.Mtim, st.Size, before[p].Mtim, before[p].Size)
+				}
+			}
 			big := filepath.Join(hot, "random.bin")
 			out, err := exec.Command("sha256sum", big).Output()
 			if err != nil || !strings.HasPrefix(string(out), fmt.Sprintf("%x", sha256.Sum256(files[big]))) {
@@ -222,4 +233,74 @@ func countObjects(t *testing.T, root string) int {
 		t.Fatal(err)
 	}
 	return len(m)
+}
+
+// TestDeletedStub: removing a stub is noticed by the scanner (two scans in
+// a row must miss it), recorded as file.deleted, and its object stays in the
+// tier; a renamed stub is not taken for a deleted one.
+func TestDeletedStub(t *testing.T) {
+	hot := stratatest.LoopMount(t, "ext4", 128<<20)
+	data, cold := t.TempDir(), t.TempDir()
+	gone, moved := filepath.Join(hot, "gone.bin"), filepath.Join(hot, "moved.bin")
+	downMoved := filepath.Join(hot, "down.bin")
+	os.WriteFile(gone, bytes.Repeat([]byte("gone "), 50000), 0o644)
+	os.WriteFile(moved, bytes.Repeat([]byte("moved "), 50000), 0o644)
+	os.WriteFile(downMoved, bytes.Repeat([]byte("renamed while down "), 50000), 0o644)
+	cfg := Config{DataDir: data, Hot: []HotConfig{{Path: hot}},
+		Tiers: []TierConfig{{Name: "hdd", Kind: "directory", Path: cold}}}
+	d, stop := testDaemon(t, cfg)
+	var sum archiveSummary
+	cliJSON(t, &sum, "archive", "--wait", "--timeout", "1m", "--json", "--data", data, hot)
+	if sum.Released != 3 {
+		t.Fatalf("archive: %+v", sum)
+	}
+	gf, err := d.cat.FileByPath(gone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(gone)
+	os.Mkdir(filepath.Join(hot, "elsewhere"), 0o755)
+	if err := os.Rename(moved, filepath.Join(hot, "elsewhere", "moved.bin")); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := 0; i < 2; i++ {
+		if _, err := d.stages.scanner.ScanOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 30*time.Second, func() error {
+		f, err := d.cat.File(gf.ID)
+		if err != nil {
+			return err
+		}
+		if f.State != catalog.StateDeleted {
+			return fmt.Errorf("state %s", f.State)
+		}
+		return nil
+	})
+	mf, err := d.cat.FileByPath(moved)
+	if err != nil || mf.State != catalog.StateReleased {
+		t.Fatalf("renamed stub: %+v %v", mf, err)
+	}
+	if countObjects(t, cold) != 3 {
+		t.Fatalf("objects of a deleted file must stay for retention")
+	}
+	got, err := exec.Command("cat", filepath.Join(hot, "elsewhere", "moved.bin")).Output()
+	if err != nil || !bytes.Equal(got, bytes.Repeat([]byte("moved "), 50000)) {
+		t.Fatalf("renamed stub reads wrong: %v", err)
+	}
+
+	// A stub renamed while the daemon is down is found and guarded at
+	// start, before the daemon answers.
+	stop()
+	renamed := filepath.Join(hot, "elsewhere", "down-renamed.bin")
+	if err := os.Rename(downMoved, renamed); err != nil {
+		t.Fatal(err)
+	}
+	testDaemon(t, cfg)
+	got, err = exec.Command("cat", renamed).Output()
+	if err != nil || !bytes.Equal(got, bytes.Repeat([]byte("renamed while down "), 50000)) {
+		t.Fatalf("stub renamed while the daemon was down reads wrong (zeros?): %v", err)
+	}
 }

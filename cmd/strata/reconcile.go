@@ -3,31 +3,100 @@ package main
 import (
 	"context"
 	"fmt"
+	"math"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/scanner"
 	"github.com/strata-hsm/strata/workers/stub"
 )
 
-// reconcileStubs runs after every complete scan with the stubs the walk met
-// (file id → path). A stub the catalog knows that is nowhere in the hot
-// trees was deleted: file.deleted is published (its objects stay, for
-// retention to decide). Renames must never be taken for deletions — a
-// deleted file's objects can be pruned — so a stub counts as gone only
-// when two scans in a row missed it and its last known path holds no stub
-// with its file id.
-func (d *daemon) reconcileStubs(ctx context.Context, seen map[string]string) {
+// walkStubs walks every hot tree — ignoring the policy's includes,
+// excludes and pins, which say what to archive, not where stubs may be —
+// and returns every stub it meets (file id → path). complete is false when
+// some directory could not be read: then the absence of a stub proves
+// nothing.
+func (d *daemon) walkStubs(ctx context.Context) (stubs map[string]string, complete bool, err error) {
+	roots := d.hotRoots()
+	if len(roots) == 0 {
+		return map[string]string{}, true, nil
+	}
+	p := scanner.Policy{Roots: roots, DataDir: d.cfg.DataDir, MinSize: math.MaxInt64}
+	for _, h := range d.cfg.Hot {
+		p.CrossFilesystems = p.CrossFilesystems || h.CrossMounts
+	}
+	var mu sync.Mutex
+	stubs = map[string]string{}
+	p.OnStub = func(path string, info stub.Info) {
+		mu.Lock()
+		stubs[info.FileID] = path
+		mu.Unlock()
+	}
+	p.EnsureDefaults()
+	sum, err := scanner.Scan(ctx, p, time.Now(), func(scanner.Candidate) error { return nil })
+	if err != nil {
+		return nil, false, err
+	}
+	return stubs, sum.Errors == 0, nil
+}
+
+// markFoundStubs marks every stub on disk, wherever it is now: a stub
+// renamed while the daemon was down is not where the catalog says, and
+// must be guarded all the same.
+func (d *daemon) markFoundStubs(ctx context.Context, s *stages) (map[string]string, bool, error) {
+	found, complete, err := d.walkStubs(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	for id, path := range found {
+		// Only a file with holes needs the guard. One whose xattrs say
+		// released but that still holds its data is a release cut short:
+		// its bytes are all there, and the redelivered release will mark
+		// it (marking it here would make the release's verification reads
+		// look like a recall).
+		var st unix.Stat_t
+		if err := unix.Lstat(path, &st); err != nil || st.Blocks*512 >= st.Size {
+			continue
+		}
+		if err := s.interceptor.Mark(path); err != nil {
+			return nil, false, fmt.Errorf("mark stub %s (file %s): %w", path, id, err)
+		}
+	}
+	return found, complete, nil
+}
+
+// reconcileStubs runs after every scan. It marks every stub on disk (a
+// renamed stub keeps its guard) and publishes file.deleted for stubs the
+// catalog knows that are nowhere in the hot trees any more (their objects
+// stay, for retention to decide). A deletion must never be recorded for a
+// stub that still exists — a deleted file's objects can be pruned — so a
+// stub counts as gone only when two complete walks in a row missed it and
+// its last known path holds no stub with its id.
+func (d *daemon) reconcileStubs(ctx context.Context) {
+	found, complete, err := d.markFoundStubs(ctx, d.stages)
+	if err != nil {
+		d.logger.Error("reconcile stubs: walk the hot trees", "err", err)
+		return
+	}
+	if !complete {
+		d.logger.Warn("reconcile stubs: some directories could not be read; not looking for deleted stubs this time")
+		return
+	}
 	d.reconcile.Lock()
 	defer d.reconcile.Unlock()
 	prev := d.reconcile.missing
 	next := map[string]bool{}
 	em := pipeline.NewEmitter(d.js, d.cfg.Host, "scanner")
-	err := d.cat.Stubs(func(f catalog.File) error {
+	err = d.cat.Stubs(func(f catalog.File) error {
 		if !d.inHotTree(f.Path) {
 			return nil
 		}
-		if _, ok := seen[f.ID]; ok {
+		if _, ok := found[f.ID]; ok {
 			return nil
 		}
 		if info, err := stub.ReadPath(f.Path); err == nil && info.FileID == f.ID {

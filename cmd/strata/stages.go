@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -20,11 +21,16 @@ import (
 	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/interceptor"
 	"github.com/strata-hsm/strata/workers/object"
+	"github.com/strata-hsm/strata/workers/pruner"
 	"github.com/strata-hsm/strata/workers/recall"
 	"github.com/strata-hsm/strata/workers/releaser"
 	"github.com/strata-hsm/strata/workers/replicator"
 	"github.com/strata-hsm/strata/workers/replicator/dir"
+	"github.com/strata-hsm/strata/workers/replicator/rclone"
+	"github.com/strata-hsm/strata/workers/replicator/s3"
 	"github.com/strata-hsm/strata/workers/scanner"
+	"github.com/strata-hsm/strata/workers/scrubber"
+	"github.com/strata-hsm/strata/workers/tapewriter"
 )
 
 // stages holds the daemon's workers, built explicitly from the config (no
@@ -32,8 +38,13 @@ import (
 type stages struct {
 	failpoints  failpoint.Set
 	stagingDir  string
-	targets     map[string]replicator.Target
+	targets     map[string]replicator.Target // guarded by guard (Put vs prune)
 	costs       map[string]int
+	filters     map[string]*tierFilter // nil: the tier takes every file
+	tiers       map[string]*tierState
+	guard       *pruner.Guard
+	scrubs      *scrubber.Jobs
+	tapeTiers   map[string]*tapewriter.Tier // tape tiers bring their own store stage
 	reader      *recall.Reader
 	interceptor *interceptor.Interceptor
 	scanner     *scanner.Loop
@@ -48,6 +59,9 @@ func stageNamesFor(cfg Config) []string {
 	for _, t := range cfg.Tiers {
 		names = append(names, replicator.StageName(t.Name))
 	}
+	if anyFiltered(cfg) {
+		names = append(names, unstageName)
+	}
 	return names
 }
 
@@ -60,6 +74,11 @@ func (d *daemon) buildStages() (*stages, error) {
 		stagingDir: filepath.Join(cfg.DataDir, "staging"),
 		targets:    map[string]replicator.Target{},
 		costs:      map[string]int{},
+		filters:    map[string]*tierFilter{},
+		tiers:      map[string]*tierState{},
+		guard:      pruner.NewGuard(),
+		tapeTiers:  map[string]*tapewriter.Tier{},
+		scrubs:     scrubber.NewJobs(),
 		recallEv:   make(chan any, 4096),
 	}
 	var err error
@@ -73,20 +92,22 @@ func (d *daemon) buildStages() (*stages, error) {
 		return nil, err
 	}
 	for _, t := range cfg.Tiers {
-		switch t.Kind {
-		case events.TierDirectory:
-			if err := os.MkdirAll(t.Path, 0o700); err != nil {
-				return nil, fmt.Errorf("tier %s: %w", t.Name, err)
+		var tg replicator.Target
+		var err error
+		if t.Kind == events.TierTape {
+			tt, terr := d.openTapeTier(t)
+			if terr != nil {
+				return nil, fmt.Errorf("tier %s: %w", t.Name, terr)
 			}
-			tg, err := dir.Open(dir.Config{Name: t.Name, Root: t.Path}, d.logger.With("tier", t.Name))
-			if err != nil {
-				return nil, fmt.Errorf("tier %s: %w", t.Name, err)
-			}
-			s.targets[t.Name] = tg
-		default:
-			return nil, fmt.Errorf("tier %s: kind %q is not available yet", t.Name, t.Kind)
+			s.tapeTiers[t.Name] = tt
+			tg = tt.Target()
+		} else if tg, err = d.openTier(t); err != nil {
+			return nil, err
 		}
+		s.targets[t.Name] = s.guard.Wrap(tg)
 		s.costs[t.Name] = t.Cost
+		s.filters[t.Name] = newTierFilter(t)
+		s.tiers[t.Name] = &tierState{kind: t.Kind}
 	}
 	s.reader, err = recall.New(recall.Config{
 		Targets: s.targets,
@@ -123,21 +144,58 @@ func (d *daemon) buildStages() (*stages, error) {
 	}))
 	for _, t := range cfg.Tiers {
 		name := replicator.StageName(t.Name)
-		s.pipeline = append(s.pipeline, replicator.Stage(replicator.StageConfig{
-			Target: s.targets[t.Name], Emitter: pipeline.NewEmitter(d.js, host, name),
-			Failpoints: s.failpoints, Logger: d.logger.With("stage", name),
-		}))
+		var wants func(p *events.ObjectPacked) bool
+		if f := s.filters[t.Name]; f != nil {
+			wants = func(p *events.ObjectPacked) bool { return f.wants(d.relPath(p.Path), p.Size) }
+		}
+		var st pipeline.Stage
+		if tt := s.tapeTiers[t.Name]; tt != nil {
+			// The tape writer's own stage (bundles, ring, filemarks) and
+			// retry policy; the tier's filters apply before it.
+			st = tt.Stage()
+			if st.Name != name {
+				return nil, fmt.Errorf("tier %s: tape stage is named %q, want %q", t.Name, st.Name, name)
+			}
+			if wants != nil {
+				h := st.Handle
+				st.Handle = func(ctx context.Context, env events.Envelope, ev events.Event) error {
+					if p, ok := ev.(*events.ObjectPacked); ok && !wants(p) {
+						return nil
+					}
+					return h(ctx, env, ev)
+				}
+			}
+		} else {
+			st = replicator.Stage(replicator.StageConfig{
+				Target: s.targets[t.Name], Emitter: pipeline.NewEmitter(d.js, host, name),
+				Failpoints: s.failpoints, Logger: d.logger.With("stage", name), Wants: wants,
+			})
+			// A tier may be down for days: keep retrying (every 5 minutes
+			// at the end) instead of dead-lettering its copies after a few
+			// tries. Permanent errors are still dead-lettered at once.
+			st.MaxDeliver, st.Backoff = storeMaxDeliver, storeBackoff
+		}
+		st.Handle = s.tiers[t.Name].track(st.Handle)
+		s.pipeline = append(s.pipeline, st)
+	}
+	// The releaser removes a staged object once every tier has a copy; with
+	// tiers that take only some files, the unstage stage does it instead
+	// (once every tier that wants the object has its copy).
+	allTiers := cfg.tierNames()
+	if anyFiltered(cfg) {
+		allTiers = nil
+		s.pipeline = append(s.pipeline, d.unstageStage(s))
 	}
 	s.pipeline = append(s.pipeline, releaser.Stage(releaser.StageConfig{
 		Catalog: d.cat, Emitter: pipeline.NewEmitter(d.js, host, releaser.StageName),
-		Roots: d.hotRoots(), Copies: cfg.Release.Copies, CountingTiers: cfg.Release.From, AllTiers: cfg.tierNames(),
-		StagingDir: s.stagingDir, Mark: s.interceptor.Mark, Failpoints: s.failpoints,
+		Roots: d.hotRoots(), Copies: cfg.Release.Copies, CountingTiers: cfg.Release.From, AllTiers: allTiers,
+		StagingDir: s.stagingDir, Mark: s.interceptor.Hold, Unhold: s.interceptor.Unhold, Failpoints: s.failpoints,
 		Logger: d.logger.With("stage", releaser.StageName),
 	}))
 	if roots := d.hotRoots(); len(roots) > 0 {
 		s.scanner = scanner.NewLoop(scanner.LoopConfig{
 			Policy: d.scanPolicy(roots), Interval: time.Duration(cfg.Policy.ScanInterval),
-			Emitter: pipeline.NewEmitter(d.js, host, "scanner"), Skip: d.beingArchived,
+			Emitter: pipeline.NewEmitter(d.js, host, "scanner"), Skip: d.beingArchived, Reconcile: d.reconcileStubs,
 			Logger: d.logger.With("stage", "scanner"),
 		})
 	}
@@ -154,6 +212,262 @@ func (d *daemon) runStages(ctx context.Context, s *stages, g interface{ Go(func(
 		g.Go(func() error { return s.scanner.Run(ctx) })
 	}
 	g.Go(func() error { return d.publishRecalls(ctx, s) })
+	g.Go(func() error { return d.serveTierControl(ctx, s) })
+	if d.cfg.Scrub.Interval > 0 {
+		g.Go(func() error { return d.scheduleScrubs(ctx, s) })
+	}
+	for name, tt := range s.tapeTiers {
+		// On stop, write what the ring holds and a flushing filemark, so
+		// the handlers waiting for it ack instead of timing out.
+		g.Go(func() error {
+			<-ctx.Done()
+			if err := tt.Flush(context.WithoutCancel(ctx)); err != nil {
+				d.logger.Error("flush tape tier at stop", "tier", name, "err", err)
+			}
+			return nil
+		})
+	}
+}
+
+// openTier opens the target of one configured tier.
+func (d *daemon) openTier(t TierConfig) (replicator.Target, error) {
+	logger := d.logger.With("tier", t.Name)
+	var tg replicator.Target
+	var err error
+	switch t.Kind {
+	case events.TierDirectory:
+		if err := os.MkdirAll(t.Path, 0o700); err != nil {
+			return nil, fmt.Errorf("tier %s: %w", t.Name, err)
+		}
+		tg, err = dir.Open(dir.Config{Name: t.Name, Root: t.Path}, logger)
+	case events.TierS3:
+		tg, err = s3.Open(s3.Config{Name: t.Name, Endpoint: t.Endpoint, Region: t.Region, Bucket: t.Bucket,
+			Prefix: t.Prefix, AccessKey: t.AccessKey, SecretKey: t.SecretKey, NoTLS: !t.useTLS()}, logger)
+	case events.TierRclone:
+		tg, err = rclone.Open(rclone.Config{Name: t.Name, Remote: t.Remote, Binary: t.Binary, Env: t.envList()}, logger)
+	default: // tape tiers are opened by openTapeTier, in buildStages
+		return nil, fmt.Errorf("tier %s: unknown kind %q", t.Name, t.Kind)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tier %s: %w", t.Name, err)
+	}
+	return tg, nil
+}
+
+// The store stages' retry policy: about two weeks of retries.
+var storeBackoff = []time.Duration{time.Second, 5 * time.Second, 30 * time.Second, time.Minute, 5 * time.Minute}
+
+const storeMaxDeliver = 4000
+
+// anyFiltered reports whether some tier takes only some files.
+func anyFiltered(cfg Config) bool {
+	for _, t := range cfg.Tiers {
+		if t.filtered() {
+			return true
+		}
+	}
+	return false
+}
+
+// relPath is p relative to its hot tree ("/"-separated), as tier globs
+// see it; a path outside every hot tree is taken without its leading "/".
+func (d *daemon) relPath(p string) string {
+	if r := d.hotRootOf(p); r != "" {
+		return strings.TrimPrefix(strings.TrimPrefix(p, r), "/")
+	}
+	return strings.TrimPrefix(p, "/")
+}
+
+// tierState is what `strata status` shows of a tier's store stage.
+type tierState struct {
+	kind string
+	mu   struct {
+		sync.Mutex
+		stored    uint64    // copies stored by this daemon since start
+		lastOK    time.Time // last copy stored
+		lastErr   string
+		lastErrAt time.Time
+	}
+}
+
+// track wraps a store stage's handler to record its outcomes.
+func (ts *tierState) track(h func(context.Context, events.Envelope, events.Event) error) func(context.Context, events.Envelope, events.Event) error {
+	return func(ctx context.Context, env events.Envelope, ev events.Event) error {
+		err := h(ctx, env, ev)
+		if ctx.Err() != nil && err != nil {
+			return err
+		}
+		ts.mu.Lock()
+		defer ts.mu.Unlock()
+		if err != nil {
+			ts.mu.lastErr, ts.mu.lastErrAt = err.Error(), time.Now()
+		} else {
+			ts.mu.stored++
+			ts.mu.lastOK = time.Now()
+		}
+		return err
+	}
+}
+
+// tierStatus is one tier in `strata status`.
+type tierStatus struct {
+	Name      string    `json:"name"`
+	Kind      string    `json:"kind"`
+	Cost      int       `json:"cost"`
+	Reachable bool      `json:"reachable"`
+	Probe     string    `json:"probe,omitempty"` // why it is not reachable
+	Lag       uint64    `json:"lag"`             // object.packed events its store stage has yet to handle
+	Pending   int       `json:"pending"`         // in progress or waiting for a retry
+	Objects   uint64    `json:"objects"`         // good copies in the catalog
+	Corrupt   uint64    `json:"corrupt"`         // copies marked corrupt
+	Stored    uint64    `json:"stored_since_start"`
+	LastOK    time.Time `json:"last_ok,omitzero"`
+	LastError string    `json:"last_error,omitempty"`
+	LastErrAt time.Time `json:"last_error_at,omitzero"`
+}
+
+// probeID is an object id that no object has (the BLAKE3 of nothing is
+// not all zeros): asking a tier for it costs one cheap round trip.
+const probeID = "0000000000000000000000000000000000000000000000000000000000000000"
+
+// tierStatuses reports every tier: its store stage's backlog and last
+// error, its copies in the catalog, and whether it answers now.
+func (d *daemon) tierStatuses(ctx context.Context, st pipeline.Status) []tierStatus {
+	s := d.stages
+	counts := map[string][2]uint64{}
+	_, _ = d.cat.Scan(catalog.ScanFuncs{Copy: func(c *catalog.Copy) error {
+		n := counts[c.Tier]
+		if c.State == catalog.CopyGood {
+			n[0]++
+		} else {
+			n[1]++
+		}
+		counts[c.Tier] = n
+		return nil
+	}})
+	out := make([]tierStatus, len(d.cfg.Tiers))
+	var wg sync.WaitGroup
+	for i, t := range d.cfg.Tiers {
+		ts := tierStatus{Name: t.Name, Kind: t.Kind, Cost: t.Cost, Objects: counts[t.Name][0], Corrupt: counts[t.Name][1]}
+		for _, c := range st.Consumers {
+			if c.Name == replicator.StageName(t.Name) {
+				ts.Lag, ts.Pending = c.Lag, c.AckPending
+			}
+		}
+		if state := s.tiers[t.Name]; state != nil {
+			state.mu.Lock()
+			ts.Stored, ts.LastOK, ts.LastError, ts.LastErrAt = state.mu.stored, state.mu.lastOK, state.mu.lastErr, state.mu.lastErrAt
+			state.mu.Unlock()
+		}
+		out[i] = ts
+		tg := s.targets[t.Name]
+		if tg == nil {
+			out[i].Probe = "not open on this host"
+			continue
+		}
+		wg.Go(func() {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			_, err := tg.Stat(pctx, probeID)
+			if err == nil || errors.Is(err, replicator.ErrNotFound) {
+				out[i].Reachable = true
+			} else {
+				out[i].Probe = err.Error()
+			}
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// unstageName is the durable consumer of the unstage stage.
+const unstageName = "unstage"
+
+// unstageStage removes a staged object once every tier that wants it (by
+// its tier filter, for any file that has the object) holds a good copy.
+func (d *daemon) unstageStage(s *stages) pipeline.Stage {
+	return pipeline.Stage{
+		Name: unstageName,
+		Filter: []string{
+			events.Subject(events.AnyHost, events.KindObjectStored),
+			events.Subject(d.cfg.Host, events.KindObjectPacked),
+		},
+		Concurrency: 1,
+		Handle: func(ctx context.Context, env events.Envelope, ev events.Event) error {
+			var oid string
+			switch e := ev.(type) {
+			case *events.ObjectStored:
+				oid = e.ObjectID
+			case *events.ObjectPacked:
+				oid = e.ObjectID
+			default:
+				return pipeline.Permanent(fmt.Errorf("unstage: unexpected event %s", env.Type))
+			}
+			if err := d.cat.WaitSeq(ctx, env.Seq); err != nil {
+				return err
+			}
+			done, err := d.storedWherever(s, oid)
+			if err != nil || !done {
+				return err
+			}
+			for _, ext := range []string{".zst", ".json"} {
+				p := filepath.Join(s.stagingDir, oid+ext)
+				if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+					d.logger.Warn("remove staged object", "path", p, "err", err)
+				}
+			}
+			return nil
+		},
+	}
+}
+
+// storedWherever reports whether every tier that wants object oid holds a
+// good copy of it.
+func (d *daemon) storedWherever(s *stages, oid string) (bool, error) {
+	cps, err := d.cat.Copies(oid)
+	if err != nil && !errors.Is(err, catalog.ErrNotFound) {
+		return false, err
+	}
+	good := map[string]bool{}
+	for _, c := range cps {
+		good[c.Tier] = good[c.Tier] || c.State == catalog.CopyGood
+	}
+	files, err := d.cat.FilesByObject(oid)
+	if err != nil && !errors.Is(err, catalog.ErrNotFound) {
+		return false, err
+	}
+	// Every path and size the object was packed under: a tier's store
+	// stage decided on one of them.
+	type use struct {
+		rel  string
+		size int64
+	}
+	var uses []use
+	for _, f := range files {
+		uses = append(uses, use{d.relPath(f.Path), f.Stat.Size})
+		vs, err := d.cat.Versions(f.ID)
+		if err != nil && !errors.Is(err, catalog.ErrNotFound) {
+			return false, err
+		}
+		for _, v := range vs {
+			if v.ObjectID == oid {
+				uses = append(uses, use{d.relPath(v.Path), v.Stat.Size})
+			}
+		}
+	}
+	if len(uses) == 0 {
+		return false, nil
+	}
+	for name, f := range s.filters {
+		wanted := false
+		for _, u := range uses {
+			wanted = wanted || f.wants(u.rel, u.size)
+		}
+		if wanted && !good[name] {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // closeStages releases what buildStages opened. The interceptor closes
@@ -167,11 +481,16 @@ func (s *stages) close(logger *slog.Logger) {
 			logger.Error("close interceptor", "err", err)
 		}
 	}
+	for name, tt := range s.tapeTiers {
+		if err := tt.Close(); err != nil {
+			logger.Error("close tape tier", "tier", name, "err", err)
+		}
+	}
 }
 
 // markStubs puts the interceptor's mark on every stub the catalog knows,
 // before the daemon reports ready.
-func (d *daemon) markStubs(s *stages) error {
+func (d *daemon) markStubs(ctx context.Context, s *stages) error {
 	n, missing := 0, 0
 	err := d.cat.Stubs(func(f catalog.File) error {
 		if err := s.interceptor.Mark(f.Path); err != nil {
@@ -185,8 +504,17 @@ func (d *daemon) markStubs(s *stages) error {
 		n++
 		return nil
 	})
-	d.logger.Info("stubs marked", "count", n, "missing", missing, "mode", s.interceptor.Mode())
-	return err
+	if err != nil {
+		return err
+	}
+	// Stubs renamed while the daemon was down are not where the catalog
+	// says: find every stub on disk too.
+	found, _, err := d.markFoundStubs(ctx, s)
+	if err != nil {
+		return err
+	}
+	d.logger.Info("stubs marked", "catalog", n, "missing_from_catalog_path", missing, "found_on_disk", len(found), "mode", s.interceptor.Mode())
+	return nil
 }
 
 // publishRecalls turns interceptor callbacks into events, off the

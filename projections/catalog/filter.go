@@ -23,7 +23,7 @@ type keyFilter struct {
 }
 
 // filteredPrefixes are the key prefixes Apply reads.
-var filteredPrefixes = []string{pfxFile, pfxPath, pfxObject, pfxCopy, pfxPin}
+var filteredPrefixes = []string{pfxFile, pfxPath, pfxObject, pfxCopy, pfxPin, pfxVersion}
 
 const filterHashes = 7
 

@@ -83,8 +83,14 @@ func (h *stageHandler) handle(ctx context.Context, env events.Envelope, ev event
 	h.cfg.Failpoints.Hit(FailAfterPack)
 	packed := res.ObjectPacked(sel.FileID)
 	packed.Path = sel.Path
+	// The id names this selection (env.ID): a redelivery of it is
+	// deduplicated, but a new selection of an unchanged file (after a
+	// release was skipped, e.g. busy) publishes a new object.packed, which
+	// wakes the releaser; without env.ID it would be dropped as a
+	// duplicate for the whole dedup window and the file would stay
+	// "archiving".
 	if _, err := h.cfg.Emitter.Emit(ctx, packed, sel.FileID, res.ObjectID,
-		strconv.FormatInt(res.Stat.MtimeNS, 10), strconv.FormatInt(res.Stat.CtimeNS, 10)); err != nil {
+		strconv.FormatInt(res.Stat.MtimeNS, 10), strconv.FormatInt(res.Stat.CtimeNS, 10), env.ID); err != nil {
 		return err
 	}
 	h.cfg.Failpoints.Hit(FailAfterPublish)

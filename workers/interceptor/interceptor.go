@@ -104,6 +104,7 @@ type Interceptor struct {
 		sync.Mutex
 		recalls   map[inodeKey]*recall
 		releasing map[inodeKey]chan struct{} // closed when the punch of Release is done
+		held      map[string]inodeKey        // paths between Hold and Unhold
 		closed    bool
 	}
 
@@ -168,6 +169,7 @@ func Open(cfg Config, src Source, logger *slog.Logger) (*Interceptor, error) {
 	i.bufs.New = func() any { b := make([]byte, cfg.ChunkSize); return &b }
 	i.mu.recalls = map[inodeKey]*recall{}
 	i.mu.releasing = map[inodeKey]chan struct{}{}
+	i.mu.held = map[string]inodeKey{}
 	i.bgCtx, i.bgCancel = context.WithCancel(context.Background())
 	i.fgCtx, i.fgCancel = context.WithCancel(context.Background())
 	if recovered {
@@ -247,6 +249,53 @@ func (i *Interceptor) Mark(path string) error {
 		return fmt.Errorf("mark %s: %w", path, explainMarkErr(err))
 	}
 	return nil
+}
+
+// Hold marks the file at path for a release that punches its hole itself
+// (workers/releaser): from now until Unhold(path), accesses by other
+// programs wait, so none can read data that is about to be punched and
+// take it for filled. The caller must call Unhold after the punch (or on
+// failure), whatever happens.
+func (i *Interceptor) Hold(path string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return fmt.Errorf("mark %s: %w", path, err)
+	}
+	key := inodeKey{st.Dev, st.Ino}
+	i.dropStale(key)
+	i.mu.Lock()
+	if r := i.mu.recalls[key]; r != nil {
+		i.mu.Unlock()
+		return fmt.Errorf("mark %s: a recall of this file is in progress", path)
+	}
+	if _, ok := i.mu.releasing[key]; ok {
+		i.mu.Unlock()
+		return fmt.Errorf("mark %s: already being released", path)
+	}
+	i.mu.releasing[key] = make(chan struct{})
+	i.mu.held[path] = key
+	i.mu.Unlock()
+	if err := i.Mark(path); err != nil {
+		i.Unhold(path)
+		return err
+	}
+	return nil
+}
+
+// Unhold ends a Hold: waiting accesses proceed (and recall).
+func (i *Interceptor) Unhold(path string) {
+	i.mu.Lock()
+	key, ok := i.mu.held[path]
+	var done chan struct{}
+	if ok {
+		done = i.mu.releasing[key]
+		delete(i.mu.releasing, key)
+		delete(i.mu.held, path)
+	}
+	i.mu.Unlock()
+	if done != nil {
+		close(done)
+	}
 }
 
 // Unmark removes the mark of path. A file without a mark is not an error.
@@ -504,6 +553,13 @@ func (i *Interceptor) answer(fd int, errno unix.Errno) {
 // to deny with.
 func (i *Interceptor) decide(ev event) unix.Errno {
 	i.log.Debug("event", "mask", ev.mask, "pid", ev.pid, "has_range", ev.hasRange, "off", ev.off, "count", ev.count)
+	if i.mode == ModePreAccess && ev.mask&unix.FAN_OPEN_PERM != 0 && ev.pid == i.pid {
+		// The daemon's own opens (the scanner reading an inode generation
+		// just as the file became a stub) recall nothing: in this mode the
+		// open mark only guards small stubs against other programs' hole
+		// probing, and the daemon's own reads raise FAN_PRE_ACCESS.
+		return 0
+	}
 	var st unix.Stat_t
 	if err := unix.Fstat(ev.fd, &st); err != nil {
 		i.log.Error("fstat event fd", "err", err)

@@ -280,6 +280,17 @@ func (r *recall) fillRange(ctx context.Context, s, e int64) (tier string, wrote 
 		return "", 0, err
 	}
 	defer r.in.jr.endFill(slot)
+	// Filling moves mtime (the kernel stamps it when a mapped page is
+	// first written); a recall must not look like a modification to make,
+	// rsync or backup tools, so put back the mtime the file had before.
+	// A user write racing with this fill between the two calls would lose
+	// its mtime stamp (not its bytes); every release re-reads and hashes
+	// the content, so that can never lose data.
+	var before unix.Stat_t
+	if err := unix.Fstat(r.fd, &before); err != nil {
+		return "", 0, fmt.Errorf("stat stub: %w", err)
+	}
+	defer restoreMtime(r.fd, before.Mtim)
 	m, err := unix.Mmap(r.fd, s, int(e-s), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return "", 0, fmt.Errorf("map stub at %d: %w", s, err)
@@ -297,6 +308,12 @@ func (r *recall) fillRange(ctx context.Context, s, e int64) (tier string, wrote 
 }
 
 var errTruncated = errors.New("stub truncated during fill")
+
+// restoreMtime sets the file's mtime back to mtim, leaving atime alone.
+func restoreMtime(fd int, mtim unix.Timespec) {
+	ts := []unix.Timespec{{Sec: 0, Nsec: unix.UTIME_OMIT}, mtim}
+	_ = unix.UtimesNanoAt(fd, "", ts, unix.AT_EMPTY_PATH)
+}
 
 // copyFaulting copies src into the mapped dst and reports false if a store
 // faulted (SIGBUS: the page lies past EOF).

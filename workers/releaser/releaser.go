@@ -123,6 +123,12 @@ type Request struct {
 	// opening of that event's fd would break our write lease and wait
 	// lease-break-time (45 s) for us while we wait for the answer.
 	Mark func(path string) error
+	// Unhold, if set, is called once the release is over (punched and
+	// fsynced, or failed) for every path Mark was called for: the
+	// interceptor holds other programs' accesses to a file from its mark
+	// until then, so none can read it between the mark and the punch and
+	// take data that is about to vanish for filled.
+	Unhold func(path string)
 	// Failpoints armed for crash tests; the zero value arms none.
 	Failpoints failpoint.Set
 }
@@ -235,7 +241,7 @@ func Release(ctx context.Context, req Request) (Result, error) {
 		return Result{}, fmt.Errorf("%w: state of %s changed while being opened", ErrChanged, req.Path)
 	}
 
-	verified := false
+	verified, held := false, false
 	if resume {
 		// A previous attempt set the xattrs (moving ctime) and may have
 		// punched (moving mtime) before it died. The xattrs were written
@@ -255,6 +261,9 @@ func Release(ctx context.Context, req Request) (Result, error) {
 		if !data {
 			// The punch happened: mark again and restore the times.
 			if req.Mark != nil {
+				if req.Unhold != nil {
+					defer req.Unhold(req.Path)
+				}
 				if err := req.Mark(req.Path); err != nil {
 					return Result{}, fmt.Errorf("mark stub %s: %w", req.Path, err)
 				}
@@ -270,9 +279,26 @@ func Release(ctx context.Context, req Request) (Result, error) {
 		}
 		// Data is there, whole or in part: only its hash can prove it is
 		// still the object (a partly recalled stub, or a write while the
-		// daemon was down, must not be punched).
+		// daemon was down, must not be punched). The file may already be
+		// marked (a restarted daemon marks what looks like a stub), so
+		// hold it first: the interceptor then lets these reads through
+		// without starting a recall, whose completion would flip the
+		// state under the punch.
+		if req.Mark != nil {
+			if req.Unhold != nil {
+				defer req.Unhold(req.Path)
+			}
+			if err := req.Mark(req.Path); err != nil {
+				return Result{}, fmt.Errorf("mark %s: %w", req.Path, err)
+			}
+			held = true
+		}
 		if err := verifyContent(ctx, fd, req.ObjectID); err != nil {
 			return Result{}, fmt.Errorf("%w: interrupted release of %s: %w", ErrChanged, req.Path, err)
+		}
+		// Say released again, in case anything moved the state meanwhile.
+		if err := stub.Write(fd, stub.Info{FileID: req.FileID, ObjectID: req.ObjectID, State: stub.Released, Size: cur.Size, MtimeNS: info.MtimeNS}); err != nil {
+			return Result{}, fmt.Errorf("set xattrs of %s: %w", req.Path, err)
 		}
 		cur.MtimeNS = info.MtimeNS
 		verified = true
@@ -301,7 +327,10 @@ func Release(ctx context.Context, req Request) (Result, error) {
 	}
 	req.Failpoints.Hit(FailAfterXattr)
 
-	if req.Mark != nil {
+	if req.Mark != nil && !held {
+		if req.Unhold != nil {
+			defer req.Unhold(req.Path)
+		}
 		if err := req.Mark(req.Path); err != nil {
 			// Nothing is punched: the content is whole and equals the
 			// object, so the file is archived-clean.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,10 +14,15 @@ import (
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/failpoint"
+	"github.com/strata-hsm/strata/workers/stub"
 )
 
 // StageName is the durable consumer of the releaser stage.
 const StageName = "releaser"
+
+// FailBeforePublish is the failpoint between a finished release (hole
+// punched, times restored) and the publication of file.released.
+const FailBeforePublish = "release.before-publish"
 
 // catalogView is what the releaser reads from the catalog.
 type catalogView interface {
@@ -44,6 +50,7 @@ type StageConfig struct {
 	// Mark puts the interceptor's mark on a file before its hole is
 	// punched.
 	Mark       func(path string) error
+	Unhold     func(path string) // see Request.Unhold
 	Failpoints failpoint.Set
 	Logger     *slog.Logger
 }
@@ -137,10 +144,17 @@ func (h *releaseHandler) release(ctx context.Context, env events.Envelope, f cat
 	}
 	res, err := Release(ctx, Request{
 		Path: f.Path, FileID: f.ID, ObjectID: f.ObjectID, Expect: expect, Reread: true,
-		Roots: h.cfg.Roots, Mark: h.cfg.Mark, Failpoints: h.cfg.Failpoints,
+		Roots: h.cfg.Roots, Mark: h.cfg.Mark, Unhold: h.cfg.Unhold, Failpoints: h.cfg.Failpoints,
 	})
 	if err != nil {
-		if reason := skipReason(err); reason != "" {
+		reason := skipReason(err)
+		if reason == "" && errors.Is(err, fs.ErrPermission) && !isStub(f.Path) {
+			// Not ours to write (immutable, append-only, a read-only
+			// mount): a retry will not help, and since the xattrs do not
+			// say released nothing was punched.
+			reason = "not writable (immutable, append-only or read-only?): " + err.Error()
+		}
+		if reason != "" {
 			h.cfg.Logger.Info("release skipped", "path", f.Path, "reason", reason)
 			_, perr := h.cfg.Emitter.Emit(ctx, &events.FileReleaseSkipped{FileID: f.ID, Path: f.Path, ObjectID: f.ObjectID, Reason: reason},
 				f.ID, f.ObjectID, env.ID)
@@ -148,6 +162,7 @@ func (h *releaseHandler) release(ctx context.Context, env events.Envelope, f cat
 		}
 		return fmt.Errorf("release %s: %w", f.Path, err)
 	}
+	h.cfg.Failpoints.Hit(FailBeforePublish)
 	h.cfg.Logger.Info("released", "path", f.Path, "object", f.ObjectID, "freed", res.Freed(), "copies", copies)
 	_, err = h.cfg.Emitter.Emit(ctx, &events.FileReleased{FileID: f.ID, Path: f.Path, ObjectID: f.ObjectID, Stat: res.Stat, Copies: copies},
 		f.ID, f.ObjectID, env.ID)
@@ -180,6 +195,16 @@ func skipReason(err error) string {
 		return err.Error()
 	}
 	return ""
+}
+
+// isStub reports whether the xattrs of path say released (or cannot be
+// read: then assume they might).
+func isStub(path string) bool {
+	info, err := stub.ReadPath(path)
+	if errors.Is(err, stub.ErrNotManaged) || errors.Is(err, stub.ErrNoXattr) {
+		return false
+	}
+	return err != nil || info.State == stub.Released
 }
 
 func (h *releaseHandler) inRoots(p string) bool {

@@ -500,7 +500,11 @@ func (w *walker) entry(dirfd int, j dirJob, name string) {
 		return
 	}
 	// A file without blocks frees nothing (empty, sparse, inline, or a stub).
-	if st.Blocks == 0 && st.Size > 0 && w.p.OnStub != nil {
+	// A stub has (almost) no blocks: none, or the one or two that hold
+	// its xattrs. Ask its xattrs whenever the allocation is that small
+	// or smaller than the size, so that no stub goes unreported (a stub
+	// the walk misses would be taken for deleted).
+	if w.p.OnStub != nil && st.Size > 0 && (st.Blocks*512 < st.Size || st.Blocks*512 <= stubSlack) {
 		w.reportStub(join(j.path, name))
 	}
 	if st.Size < w.p.MinSize || st.Blocks == 0 {
@@ -545,6 +549,10 @@ func (w *walker) entry(dirfd int, j dirJob, name string) {
 	}
 	fs.offer(lruItem{key: key, freed: freed, path: path, root: j.root, dev: st.Dev, ino: st.Ino, info: info, managed: managed})
 }
+
+// stubSlack is the most a stub can have allocated: blocks holding its
+// xattrs (ext4 keeps them in one block, XFS in an attribute fork).
+const stubSlack = 64 << 10
 
 // reportStub tells Policy.OnStub about a stub (a file with no blocks whose
 // xattrs say released).

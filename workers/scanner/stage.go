@@ -12,7 +12,6 @@ import (
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
-	"github.com/strata-hsm/strata/workers/stub"
 )
 
 // ErrPathNotUTF8: a file whose name is not valid UTF-8 cannot be named in
@@ -28,9 +27,9 @@ type LoopConfig struct {
 	// Skip reports whether a candidate is already being archived (the
 	// catalog says so); nil skips nothing.
 	Skip func(c Candidate) bool
-	// Reconcile, if set, is called after every scan that read every
-	// directory without error, with the stubs it met (file id → path).
-	Reconcile func(ctx context.Context, stubs map[string]string)
+	// Reconcile, if set, is called after every scan that ended without
+	// error (the daemon reconciles the catalog's stubs with the disk).
+	Reconcile func(ctx context.Context)
 	Logger    *slog.Logger
 }
 
@@ -106,17 +105,7 @@ func (l *Loop) Last() LastScan {
 
 // ScanOnce scans every hot tree once and publishes the selections.
 func (l *Loop) ScanOnce(ctx context.Context) (Summary, error) {
-	p := l.cfg.Policy
-	var stubsMu sync.Mutex
-	stubs := map[string]string{}
-	if l.cfg.Reconcile != nil {
-		p.OnStub = func(path string, info stub.Info) {
-			stubsMu.Lock()
-			stubs[info.FileID] = path
-			stubsMu.Unlock()
-		}
-	}
-	sum, err := Scan(ctx, p, time.Now(), func(c Candidate) error {
+	sum, err := Scan(ctx, l.cfg.Policy, time.Now(), func(c Candidate) error {
 		if l.cfg.Skip != nil && l.cfg.Skip(c) {
 			return nil
 		}
@@ -127,8 +116,8 @@ func (l *Loop) ScanOnce(ctx context.Context) (Summary, error) {
 		}
 		return err
 	})
-	if err == nil && sum.Errors == 0 && l.cfg.Reconcile != nil {
-		l.cfg.Reconcile(ctx, stubs)
+	if err == nil && l.cfg.Reconcile != nil {
+		l.cfg.Reconcile(ctx)
 	}
 	last := LastScan{Summary: sum, At: time.Now()}
 	if err != nil {

@@ -29,7 +29,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/replicator"
+)
+
+// Failpoints of Put, in the order it reaches them (see package failpoint).
+const (
+	FailAfterTemp   = "store.dir-after-temp"   // packed bytes in a verified temp file; manifest and sum not written
+	FailAfterSum    = "store.dir-after-sum"    // manifest and sum in place; object not yet renamed
+	FailAfterRename = "store.dir-after-rename" // object renamed; directory not yet fsynced
 )
 
 var _ replicator.Target = (*Target)(nil)
@@ -76,6 +84,7 @@ type Target struct {
 	cfg     Config
 	objects string // <root>/objects
 	log     *slog.Logger
+	fp      failpoint.Set
 }
 
 // Open checks cfg, creates <root>/objects if needed (the root itself must
@@ -92,14 +101,47 @@ func Open(cfg Config, logger *slog.Logger) (*Target, error) {
 	if !st.IsDir() {
 		return nil, fmt.Errorf("directory tier %s: root %s is not a directory", cfg.Name, cfg.Root)
 	}
-	t := &Target{cfg: cfg, objects: filepath.Join(cfg.Root, "objects"), log: logger.With("tier", cfg.Name)}
+	t := &Target{cfg: cfg, objects: filepath.Join(cfg.Root, "objects"), log: logger.With("tier", cfg.Name),
+		fp: failpoint.New()} // armed only by STRATA_FAILPOINTS, in crash tests
 	if err := os.Mkdir(t.objects, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("directory tier %s: %w", cfg.Name, err)
 	}
 	if err := syncDir(cfg.Root); err != nil {
 		return nil, fmt.Errorf("directory tier %s: %w", cfg.Name, err)
 	}
+	if err := t.removeTemps(); err != nil {
+		return nil, fmt.Errorf("directory tier %s: %w", cfg.Name, err)
+	}
 	return t, nil
+}
+
+// removeTemps deletes the temporary files (".<name>.tmp-*") a crash left
+// in <root>/objects/<aa>/. They never hold anything an object name refers
+// to. A tier directory is written by one daemon: Open runs before any Put.
+func (t *Target) removeTemps() error {
+	subs, err := os.ReadDir(t.objects)
+	if err != nil {
+		return fmt.Errorf("remove temporary files: %w", err)
+	}
+	for _, sub := range subs {
+		if !sub.IsDir() || len(sub.Name()) != 2 {
+			continue
+		}
+		dir := filepath.Join(t.objects, sub.Name())
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return fmt.Errorf("remove temporary files: %w", err)
+		}
+		for _, e := range ents {
+			if n := e.Name(); strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp-") && e.Type().IsRegular() {
+				if err := os.Remove(filepath.Join(dir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return fmt.Errorf("remove temporary file: %w", err)
+				}
+				t.log.Info("removed a temporary file left by an interrupted write", "path", filepath.Join(dir, n))
+			}
+		}
+	}
+	return nil
 }
 
 // Name implements replicator.Target.
@@ -173,17 +215,20 @@ func (t *Target) Put(ctx context.Context, o replicator.Object) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("directory tier %s: put %s: %w", t.cfg.Name, o.ID, err)
 	}
+	t.fp.Hit(FailAfterTemp)
 	err = writeAtomic(filepath.Join(dir, o.ID+".json"), o.Manifest)
 	if err == nil {
 		err = writeAtomic(filepath.Join(dir, o.ID+".b3"), replicator.SumFile(o.ID, o.PackedSum))
 	}
 	if err == nil {
+		t.fp.Hit(FailAfterSum)
 		err = os.Rename(tmp, final)
 	}
 	if err != nil {
 		os.Remove(tmp)
 		return "", fmt.Errorf("directory tier %s: put %s: %w", t.cfg.Name, o.ID, err)
 	}
+	t.fp.Hit(FailAfterRename)
 	if err := syncDir(dir); err != nil {
 		return "", fmt.Errorf("directory tier %s: put %s: %w", t.cfg.Name, o.ID, err)
 	}
