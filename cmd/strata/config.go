@@ -154,6 +154,12 @@ type CompressorConfig struct {
 // InterceptorConfig: how stubs are guarded.
 type InterceptorConfig struct {
 	Mode string `toml:"mode"` // auto (default), pre-access, open-perm
+	// Holder runs a small holder process that keeps the fanotify group
+	// (the marks, and programs blocked on stubs) alive when the daemon
+	// crashes, and a journal so the restarted daemon answers the events
+	// its predecessor had read. Without it, a stopped or crashed daemon
+	// lets stubs read as zeros until it is back.
+	Holder bool `toml:"holder"`
 }
 
 // Defaults.

@@ -9,9 +9,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/strata-hsm/strata/workers/interceptor"
 )
 
 func main() {
@@ -121,6 +124,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return c.run(ctx, e, args[1:])
 		}
 	}
+	if args[0] == interceptor.DefaultHolderSubcommand {
+		return cmdHolder(ctx, e, args[1:])
+	}
 	usage(stderr)
 	return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
 }
@@ -168,4 +174,25 @@ func dataDirFlag(fs *flag.FlagSet) *string {
 		def = "/var/lib/strata"
 	}
 	return fs.String("data", def, "Strata's data directory: catalog, event log, credentials (env STRATA_DATA)")
+}
+
+// cmdHolder is the hidden subcommand the daemon starts (interceptor.holder
+// = true) to keep its fanotify group alive across a crash. It ends on
+// SIGTERM, or when the daemon stops cleanly and releases it.
+func cmdHolder(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(interceptor.DefaultHolderSubcommand, "strata "+interceptor.DefaultHolderSubcommand+" --socket PATH",
+		"(started by strata run; not for direct use)")
+	socket := fs.String("socket", "", "unix socket the daemon hands the fanotify group over")
+	if err := parse(fs, args, e); err != nil {
+		return err
+	}
+	if *socket == "" {
+		return fmt.Errorf("%w: --socket is required", errUsage)
+	}
+	// Only SIGTERM stops the holder: a Ctrl-C meant for the daemon's
+	// terminal must not take the guard away with it.
+	hctx, stop := signal.NotifyContext(context.WithoutCancel(ctx), syscall.SIGTERM)
+	defer stop()
+	signal.Ignore(os.Interrupt)
+	return interceptor.HolderMain(hctx, *socket, newLogger(false, slog.LevelInfo).With("component", "holder"))
 }

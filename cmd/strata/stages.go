@@ -125,6 +125,13 @@ func (d *daemon) buildStages() (*stages, error) {
 	}
 	icfg := interceptor.NewConfig()
 	icfg.Mode = interceptor.Mode(cfg.Interceptor.Mode)
+	if cfg.Interceptor.Holder {
+		dir := filepath.Join(cfg.DataDir, "interceptor")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("interceptor directory: %w", err)
+		}
+		icfg.JournalDir, icfg.HolderSocket = dir, filepath.Join(dir, "holder.sock")
+	}
 	icfg.OnComplete = func(c interceptor.Completion) { s.recallEv <- c }
 	icfg.OnFail = func(f interceptor.Failure) { s.recallEv <- f }
 	if s.interceptor, err = interceptor.Open(icfg, s.reader, d.logger.With("stage", "interceptor")); err != nil {
