@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 	"sync/atomic"
 
@@ -125,6 +126,24 @@ func (wk *worker) pack(s *slot) {
 	s.raw = true
 }
 
+// byteEntropy is the Shannon entropy of b's byte distribution, in bits
+// per byte (8 for uniformly random bytes).
+func byteEntropy(b []byte) float64 {
+	var hist [256]int
+	for _, c := range b {
+		hist[c]++
+	}
+	n := float64(len(b))
+	h := 0.0
+	for _, k := range hist {
+		if k > 0 {
+			p := float64(k) / n
+			h -= p * math.Log2(p)
+		}
+	}
+	return h
+}
+
 // incompressible reports whether a sample of src compresses by less than 3 %
 // at the fastest level. It returns false for frames too small to sample.
 func (wk *worker) incompressible(src []byte) bool {
@@ -135,6 +154,13 @@ func (wk *worker) incompressible(src []byte) bool {
 	wk.sample = wk.sample[:0]
 	for i := range sampleChunks {
 		wk.sample = append(wk.sample, src[i*step:i*step+sampleChunk]...)
+	}
+	// Bytes that are far from uniform always compress (entropy coding
+	// alone gains), even when the fast encoder finds no match in a small
+	// sample (it stores, say, a column of numbers raw): only a sample whose
+	// byte entropy is near 8 bits is tried with the encoder.
+	if byteEntropy(wk.sample) < 7.5 {
+		return false
 	}
 	wk.out = wk.fast.EncodeAll(wk.sample, wk.out[:0])
 	return len(wk.out)*100 >= len(wk.sample)*97
