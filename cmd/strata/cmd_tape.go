@@ -40,6 +40,7 @@ func (d *daemon) openTapeTier(t TierConfig) (*tapewriter.Tier, error) {
 func tapeTierConfig(cfg Config, t TierConfig) tapewriter.TierConfig {
 	return tapewriter.TierConfig{
 		Name: t.Name, Device: t.Device, Pool: t.Pool, BlockSize: int(t.BlockSize),
+		BundleBytes: int64(t.BundleSize), BundleAge: time.Duration(t.BundleAge),
 		StateDir: filepath.Join(cfg.DataDir, "tape", t.Name),
 	}
 }

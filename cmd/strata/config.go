@@ -77,6 +77,10 @@ type TierConfig struct {
 	Device    string `toml:"device"`     // /dev/nstX or emulator:/path/dir
 	Pool      string `toml:"pool"`       // media pool whose volumes this tier writes
 	BlockSize size   `toml:"block_size"` // default 512 KiB
+	// A bundle (one tape file) is closed and its objects reported stored
+	// when it reaches BundleSize or its first object is BundleAge old.
+	BundleSize size     `toml:"bundle_size"` // default 16 GiB
+	BundleAge  duration `toml:"bundle_age"`  // default 5m
 
 	// Which files this tier takes (replication policy); default: all.
 	Include []string `toml:"include"` // globs relative to the hot tree
@@ -435,19 +439,20 @@ func (c *Config) validateTier(key string, t *TierConfig) error {
 		"prefix": t.Prefix != "", "access_key": t.AccessKey != "", "secret_key": t.SecretKey != "", "tls": t.TLS != nil,
 		"remote": t.Remote != "", "binary": t.Binary != "", "env": len(t.Env) > 0,
 		"device": t.Device != "", "pool": t.Pool != "", "block_size": t.BlockSize != 0 && t.Kind != events.TierTape,
+		"bundle_size": t.BundleSize != 0, "bundle_age": t.BundleAge != 0,
 	}
 	allowed := map[string][]string{
 		events.TierDirectory: {"path"},
 		events.TierS3:        {"endpoint", "region", "bucket", "prefix", "access_key", "secret_key", "tls"},
 		events.TierRclone:    {"remote", "binary", "env"},
-		events.TierTape:      {"device", "pool", "block_size"},
+		events.TierTape:      {"device", "pool", "block_size", "bundle_size", "bundle_age"},
 	}
 	own, ok := allowed[t.Kind]
 	if !ok {
 		return bad("kind", "%q: want directory, s3, rclone or tape", t.Kind)
 	}
 	for _, k := range []string{"path", "endpoint", "region", "bucket", "prefix", "access_key", "secret_key", "tls",
-		"remote", "binary", "env", "device", "pool", "block_size"} {
+		"remote", "binary", "env", "device", "pool", "block_size", "bundle_size", "bundle_age"} {
 		if set[k] && !slices.Contains(own, k) {
 			return bad(k, "not a key of %s tiers", t.Kind)
 		}
@@ -498,6 +503,9 @@ func (c *Config) validateTier(key string, t *TierConfig) error {
 		}
 		if t.BlockSize < 16<<10 || t.BlockSize > 8<<20 || t.BlockSize%512 != 0 {
 			return bad("block_size", "%d: want a multiple of 512 from 16 KiB to 8 MiB", t.BlockSize)
+		}
+		if t.BundleSize < 0 || t.BundleAge < 0 {
+			return bad("bundle_size", "negative")
 		}
 	}
 	if t.Cost < 0 {

@@ -304,3 +304,39 @@ func TestDeletedStub(t *testing.T) {
 		t.Fatalf("stub renamed while the daemon was down reads wrong (zeros?): %v", err)
 	}
 }
+
+// TestTapeTierFromConfig: a daemon whose only cold tier is an emulated tape
+// library, configured like a user would: files are released once their
+// bundle is on tape behind a flushing filemark, and stubs read back from
+// tape with every byte right.
+func TestTapeTierFromConfig(t *testing.T) {
+	hot := stratatest.LoopMount(t, "ext4", 128<<20)
+	data, lib := t.TempDir(), t.TempDir()
+	for _, v := range []string{"T00001", "T00002"} {
+		if out, errs, code := cli(t, "tape", "label", "emulator:"+lib, "--volume", v, "--pool", "main", "--capacity", "1GB"); code != 0 {
+			t.Fatalf("tape label: %s %s", out, errs)
+		}
+	}
+	files := testFiles(t, hot, 3)
+	d, _ := testDaemon(t, Config{DataDir: data, Hot: []HotConfig{{Path: hot}},
+		Tiers: []TierConfig{{Name: "lto", Kind: "tape", Device: "emulator:" + lib, Pool: "main", BundleAge: duration(time.Second)}}})
+	var sum archiveSummary
+	cliJSON(t, &sum, "archive", "--wait", "--timeout", "2m", "--json", "--data", data, hot)
+	if sum.Released != len(files) {
+		t.Fatalf("archive to tape: %+v", sum)
+	}
+	for p, want := range files {
+		f, err := d.cat.FileByPath(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cps, err := d.cat.Copies(f.ObjectID)
+		if err != nil || len(cps) != 1 || cps[0].Tape == nil || cps[0].Tape.Volume == "" {
+			t.Fatalf("%s: copies %+v %v", p, cps, err)
+		}
+		got, err := exec.Command("cat", p).Output()
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("cat %s from tape: %v", p, err)
+		}
+	}
+}
