@@ -214,6 +214,45 @@ func TestArchiveAndRecall(t *testing.T) {
 				t.Fatalf("restore: %+v %v", rr, err)
 			}
 
+			// A write to a recalled (archived-clean) file makes it dirty;
+			// archived again, it is a new version, and the old one is
+			// still there.
+			f, err := os.OpenFile(txt, os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteString("one more line\n")
+			f.Close()
+			newText := append(append([]byte{}, files[txt]...), "one more line\n"...)
+			if _, err := d.stages.scanner.ScanOnce(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 30*time.Second, func() error {
+				f, err := d.cat.FileByPath(txt)
+				if err == nil && f.State != catalog.StateDirty {
+					err = fmt.Errorf("state %s", f.State)
+				}
+				return err
+			})
+			var sum3 archiveSummary
+			cliJSON(t, &sum3, "archive", "--wait", "--timeout", "2m", "--json", "--data", data, txt)
+			if sum3.Released != 1 {
+				t.Fatalf("archive of a dirty file: %+v", sum3)
+			}
+			tf, _ := d.cat.FileByPath(txt)
+			vs, err := d.cat.Versions(tf.ID)
+			if err != nil || len(vs) != 2 || tf.Version != 2 {
+				t.Fatalf("versions after a modification: %+v %v", vs, err)
+			}
+			old := filepath.Join(t.TempDir(), "v1.txt")
+			cliJSON(t, &rr, "restore", "--json", "--version", "1", "--to", old, "--data", data, txt)
+			if b, err := os.ReadFile(old); err != nil || !bytes.Equal(b, files[txt]) {
+				t.Fatalf("restore of version 1 after a modification: %v", err)
+			}
+			if got, err := exec.Command("cat", txt).Output(); err != nil || !bytes.Equal(got, newText) {
+				t.Fatalf("cat of version 2: %v", err)
+			}
+
 			if out, errs, code := cli(t, "replay", "--verify", "--data", data); code != 0 {
 				t.Fatalf("replay --verify: %d %s %s", code, out, errs)
 			}

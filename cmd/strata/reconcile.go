@@ -114,4 +114,34 @@ func (d *daemon) reconcileStubs(ctx context.Context) {
 		d.logger.Error("reconcile stubs with the catalog", "err", err)
 	}
 	d.reconcile.missing = next
+	d.findModified(ctx, em)
+}
+
+// findModified publishes file.modified for archived-clean files whose size
+// or mtime no longer match what their xattrs recorded when they were
+// archived (a recall keeps mtime, so only a write moves it): they are dirty
+// until the policy archives them again, as a new version.
+func (d *daemon) findModified(ctx context.Context, em *pipeline.Emitter) {
+	for _, root := range d.hotRoots() {
+		err := d.cat.Files(root, func(f catalog.File) error {
+			if f.State != catalog.StateArchived {
+				return nil
+			}
+			info, err := stub.ReadPath(f.Path)
+			if err != nil || info.FileID != f.ID || info.State != stub.Archived {
+				return nil
+			}
+			st, err := statOf(f.Path)
+			if err != nil || (st.Size == info.Size && st.MtimeNS == info.MtimeNS) {
+				return nil
+			}
+			d.logger.Info("archived file modified", "path", f.Path, "file_id", f.ID)
+			_, err = em.Emit(ctx, &events.FileModified{FileID: f.ID, Path: f.Path, ObjectID: f.ObjectID, Stat: st},
+				f.ID, fmt.Sprint(st.Size), fmt.Sprint(st.MtimeNS), fmt.Sprint(st.CtimeNS))
+			return err
+		})
+		if err != nil {
+			d.logger.Error("look for modified archived files", "root", root, "err", err)
+		}
+	}
 }
