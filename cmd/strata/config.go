@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -15,6 +14,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/workers/scanner"
 )
 
 // Config is the daemon's configuration file (TOML). Every key is documented
@@ -566,53 +566,34 @@ func (d *duration) UnmarshalText(b []byte) error {
 
 func (d duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
-// tierFilter is a tier's replication policy: which files it takes.
+// tierFilter is a tier's replication policy: which files it takes. Its
+// globs read like the scanner's (without "/": the base name; with "/": the
+// path relative to the hot tree, "**" spanning directories).
 type tierFilter struct {
-	include, exclude []tierGlob
+	include, exclude scanner.Globs
 	min, max         int64
 }
 
-// tierGlob is a compiled include/exclude pattern: without "/" it matches
-// the base name; with "/" the path relative to the hot tree, where "**"
-// spans any number of directories (the policy's globs work the same way).
-type tierGlob struct {
-	base bool
-	segs []string
-}
-
+// checkGlob reports a bad include/exclude pattern.
 func checkGlob(p string) error {
-	if p == "" || strings.ContainsRune(p, 0) {
-		return fmt.Errorf("empty or invalid pattern %q", p)
+	if strings.ContainsRune(p, 0) {
+		return fmt.Errorf("invalid pattern %q", p)
 	}
-	for _, s := range strings.Split(strings.Trim(p, "/"), "/") {
-		if s == "**" {
-			continue
-		}
-		if _, err := path.Match(s, ""); err != nil {
-			return fmt.Errorf("pattern %q: %w", p, err)
-		}
+	if err := scanner.CheckGlob(p); err != nil {
+		return fmt.Errorf("pattern %q: %w", p, err)
 	}
 	return nil
 }
 
-func compileTierGlobs(ps []string) []tierGlob {
-	out := make([]tierGlob, 0, len(ps))
-	for _, p := range ps {
-		if !strings.Contains(p, "/") {
-			out = append(out, tierGlob{base: true, segs: []string{p}})
-		} else {
-			out = append(out, tierGlob{segs: strings.Split(strings.Trim(p, "/"), "/")})
-		}
-	}
-	return out
-}
-
+// newTierFilter compiles t's filter (validated: the globs compile); nil
+// when the tier takes every file.
 func newTierFilter(t TierConfig) *tierFilter {
 	if !t.filtered() {
 		return nil
 	}
-	return &tierFilter{include: compileTierGlobs(t.Include), exclude: compileTierGlobs(t.Exclude),
-		min: int64(t.MinSize), max: int64(t.MaxSize)}
+	inc, _ := scanner.CompileGlobs(t.Include)
+	exc, _ := scanner.CompileGlobs(t.Exclude)
+	return &tierFilter{include: inc, exclude: exc, min: int64(t.MinSize), max: int64(t.MaxSize)}
 }
 
 // wants reports whether the tier takes a file of size bytes at rel (its
@@ -624,50 +605,10 @@ func (f *tierFilter) wants(rel string, size int64) bool {
 	if size < f.min || f.max > 0 && size > f.max {
 		return false
 	}
-	if len(f.include) > 0 && !matchTierGlobs(f.include, rel) {
+	if !f.include.Empty() && !f.include.Match(rel) {
 		return false
 	}
-	return !matchTierGlobs(f.exclude, rel)
-}
-
-func matchTierGlobs(gs []tierGlob, rel string) bool {
-	for _, g := range gs {
-		if g.base {
-			if ok, _ := path.Match(g.segs[0], path.Base(rel)); ok {
-				return true
-			}
-		} else if matchSegs(g.segs, strings.Split(rel, "/")) {
-			return true
-		}
-	}
-	return false
-}
-
-func matchSegs(pat, segs []string) bool {
-	for len(pat) > 0 {
-		if pat[0] == "**" {
-			for len(pat) > 0 && pat[0] == "**" {
-				pat = pat[1:]
-			}
-			if len(pat) == 0 {
-				return true
-			}
-			for i := range len(segs) + 1 {
-				if matchSegs(pat, segs[i:]) {
-					return true
-				}
-			}
-			return false
-		}
-		if len(segs) == 0 {
-			return false
-		}
-		if ok, _ := path.Match(pat[0], segs[0]); !ok {
-			return false
-		}
-		pat, segs = pat[1:], segs[1:]
-	}
-	return len(segs) == 0
+	return !f.exclude.Match(rel)
 }
 
 // percent is a percentage written as 10, 2.5 or "10%" in TOML.

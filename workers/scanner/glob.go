@@ -82,3 +82,28 @@ func matchSegs(pat, segs []string) bool {
 	}
 	return len(segs) == 0
 }
+
+// Globs is a compiled set of include/exclude patterns, as Policy.Include
+// reads them, for other users of the same syntax (a tier's replication
+// filter).
+type Globs struct{ gs []glob }
+
+// CompileGlobs checks and compiles patterns.
+func CompileGlobs(ps []string) (Globs, error) {
+	for _, p := range ps {
+		if err := CheckGlob(p); err != nil {
+			return Globs{}, err
+		}
+	}
+	return Globs{compileGlobs(ps)}, nil
+}
+
+// CheckGlob reports whether p is a valid pattern.
+func CheckGlob(p string) error { return checkGlob(p) }
+
+// Empty reports whether there is no pattern.
+func (g Globs) Empty() bool { return len(g.gs) == 0 }
+
+// Match reports whether rel (a path relative to its hot tree,
+// "/"-separated) matches one of the patterns.
+func (g Globs) Match(rel string) bool { return matchAny(g.gs, rel, path.Base(rel)) }
