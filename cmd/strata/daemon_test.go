@@ -41,7 +41,11 @@ func testDaemon(t *testing.T, cfg Config) (*daemon, context.CancelFunc) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	d, err := startDaemon(ctx, cfg, slog.New(slog.DiscardHandler))
+	logger := slog.New(slog.DiscardHandler)
+	if os.Getenv("STRATA_TEST_LOG") != "" {
+		logger = newLogger(false, slog.LevelDebug).With("test", t.Name())
+	}
+	d, err := startDaemon(ctx, cfg, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

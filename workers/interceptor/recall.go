@@ -141,6 +141,7 @@ func (r *recall) completeLocked() bool {
 // ensure returns once every byte of [lo, hi) below the limit is filled, or
 // with the error of a fill it needed.
 func (r *recall) ensure(ctx context.Context, lo, hi int64) error {
+	r.reopenHoles(lo, hi)
 	r.mu.Lock()
 	hi = min(hi, r.mu.limit)
 	if r.mu.done || lo >= hi || lo < 0 {
@@ -175,6 +176,40 @@ func (r *recall) ensure(ctx context.Context, lo, hi int64) error {
 		}
 	}
 	return firstErr
+}
+
+// reopenHoles makes chunks of [lo, hi) that were counted filled but hold a
+// hole again fillable. A chunk is counted filled when it held data as the
+// recall began; a punch that lands after that (a release racing with the
+// first access) must not leave it counted: its reader would get zeros. One
+// lseek when nothing is wrong.
+func (r *recall) reopenHoles(lo, hi int64) {
+	r.mu.Lock()
+	limit := r.mu.limit
+	r.mu.Unlock()
+	hi = min(hi, limit)
+	if lo >= hi {
+		return
+	}
+	if h, err := unix.Seek(r.fd, lo, unix.SEEK_HOLE); err != nil || h >= hi {
+		return
+	}
+	holes, err := holeSegments(r.fd, lo, hi)
+	if err != nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, h := range holes {
+		for k := h[0] / r.chunk; k*r.chunk < h[1]; k++ {
+			if r.mu.state[k] == chunkFilled {
+				r.in.log.Warn("a chunk counted filled is a hole again; filling it", "path", r.path, "chunk", k)
+				r.mu.state[k] = chunkEmpty
+				r.mu.nfilled--
+				r.mu.done = false
+			}
+		}
+	}
 }
 
 func (r *recall) claimLocked(k int64) *fillOp {
@@ -481,6 +516,33 @@ func (r *recall) finish() {
 	r.mu.Unlock()
 	for _, op := range ops {
 		<-op.done
+	}
+	// Prove the file whole before it loses its guard: a chunk counted
+	// filled may have been punched after the recall began.
+	for attempt := 0; ; attempt++ {
+		r.mu.Lock()
+		limit := r.mu.limit
+		r.mu.Unlock()
+		holes, err := holeSegments(r.fd, 0, limit)
+		if err == nil && len(holes) == 0 {
+			break
+		}
+		if err == nil && attempt < 3 {
+			err = r.ensure(context.Background(), 0, limit)
+			if err == nil {
+				continue
+			}
+		}
+		if err == nil {
+			err = fmt.Errorf("holes remain after %d refills", attempt)
+		}
+		// Keep the mark and the recall: later accesses fill what is missing.
+		r.mu.Lock()
+		r.mu.done = false
+		r.mu.Unlock()
+		r.in.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path, Background: true,
+			Err: fmt.Errorf("recalled file is not whole: %w", err)})
+		return
 	}
 	if err := stub.SetState(r.fd, stub.Archived); err != nil {
 		// Keep the mark and the recall (every event is allowed at once):

@@ -341,6 +341,17 @@ func Release(ctx context.Context, req Request) (Result, error) {
 		}
 	}
 	req.Failpoints.Hit(FailAfterMark)
+	// A descriptor opened before the mark never raises an event: if any
+	// other process opened the file since we took the lease (the lease is
+	// then being broken), it could read the holes we are about to punch as
+	// zeros. Give up; the file stays whole, archived-clean, and is released
+	// on a later try.
+	if t, err := unix.FcntlInt(uintptr(fd), unix.F_GETLEASE, 0); err != nil || t != unix.F_WRLCK {
+		if serr := stub.SetState(fd, stub.Archived); serr != nil {
+			return Result{}, fmt.Errorf("%w: %s was opened during its release; reset state: %w", ErrBusy, req.Path, serr)
+		}
+		return Result{}, fmt.Errorf("%w: %s was opened by another program during its release", ErrBusy, req.Path)
+	}
 	if err := unix.Fstat(fd, &st); err != nil { // blocks with the xattrs
 		return Result{}, fmt.Errorf("stat %s: %w", req.Path, err)
 	}
