@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"text/tabwriter"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -56,16 +59,12 @@ func (d *daemon) ctlArchive(ctx context.Context, raw []byte) (any, error) {
 	em := pipeline.NewEmitter(d.js, d.cfg.Host, "archive")
 	pol := d.scanPolicy(nil)
 	token := fmt.Sprint("manual@", seq, "@", time.Now().UnixNano())
+	// Gather first, then publish the selections many at a time: one
+	// publish waits for its acknowledgement, and a large tree has many.
+	var cands []scanner.Candidate
 	selectOne := func(c scanner.Candidate, root string) error {
 		c.Root, c.Reason = root, events.ReasonManual
-		if err := scanner.Select(ctx, em, c, token); err != nil {
-			if errors.Is(err, scanner.ErrPathNotUTF8) {
-				rep.Skipped = append(rep.Skipped, archiveSkip{c.Path, "name is not valid UTF-8: it cannot be recorded in an event"})
-				return nil
-			}
-			return err
-		}
-		rep.Selected = append(rep.Selected, archiveFile{FileID: c.FileID, Path: c.Path, Size: c.Stat.Size})
+		cands = append(cands, c)
 		return nil
 	}
 	for _, p := range req.Paths {
@@ -103,6 +102,28 @@ func (d *daemon) ctlArchive(ctx context.Context, raw []byte) (any, error) {
 		}); err != nil {
 			return nil, fmt.Errorf("archive %s: %w", p, err)
 		}
+	}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(32)
+	for _, c := range cands {
+		g.Go(func() error {
+			err := scanner.Select(gctx, em, c, token)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case errors.Is(err, scanner.ErrPathNotUTF8):
+				rep.Skipped = append(rep.Skipped, archiveSkip{c.Path, "name is not valid UTF-8: it cannot be recorded in an event"})
+			case err != nil:
+				return err
+			default:
+				rep.Selected = append(rep.Selected, archiveFile{FileID: c.FileID, Path: c.Path, Size: c.Stat.Size})
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
 	}
 	return rep, nil
 }
