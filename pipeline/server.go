@@ -118,6 +118,10 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err 
 
 // serverOptions builds the nats-server options: JetStream under the data
 // directory, three users, no signal handling.
+// MaxPayload is the largest message the server accepts (NATS's default is
+// 1 MiB).
+const MaxPayload = 32 << 20
+
 func (s *Server) serverOptions() *server.Options {
 	cfg := s.cfg
 	opts := &server.Options{
@@ -129,6 +133,9 @@ func (s *Server) serverOptions() *server.Options {
 		JetStream:             true,
 		StoreDir:              filepath.Join(cfg.DataDir, JetStreamDir),
 		DisableShortFirstPing: true,
+		// Events are small; control replies (strata ls, archive of a large
+		// tree) can be megabytes.
+		MaxPayload: MaxPayload,
 		Users: []*server.User{
 			{
 				Username:               DaemonUser,

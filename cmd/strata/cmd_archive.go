@@ -20,6 +20,10 @@ import (
 	"github.com/strata-hsm/strata/workers/scanner"
 )
 
+// maxArchiveFiles bounds one strata archive request: its reply lists every
+// selected file (about 150 bytes each) and must fit in one NATS message.
+const maxArchiveFiles = 150_000
+
 type archiveRequest struct {
 	Paths []string `json:"paths"`
 }
@@ -103,6 +107,9 @@ func (d *daemon) ctlArchive(ctx context.Context, raw []byte) (any, error) {
 			return nil, fmt.Errorf("archive %s: %w", p, err)
 		}
 	}
+	if len(cands) > maxArchiveFiles {
+		return nil, fmt.Errorf("archive: %d files in one request; at most %d (archive subdirectories one at a time)", len(cands), maxArchiveFiles)
+	}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(32)
@@ -169,7 +176,7 @@ func cmdArchive(ctx context.Context, e *env, args []string) error {
 	defer nc.Close()
 	start := time.Now()
 	var rep archiveReply
-	if err := requestOn(ctx, nc, *data, "archive", archiveRequest{Paths: paths}, &rep, 10*time.Minute); err != nil {
+	if err := requestOn(ctx, nc, *data, "archive", archiveRequest{Paths: paths}, &rep, 6*time.Hour); err != nil {
 		return err
 	}
 	sum := archiveSummary{Selected: len(rep.Selected), Skipped: rep.Skipped}

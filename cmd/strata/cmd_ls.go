@@ -35,7 +35,7 @@ type lsReply struct {
 	Truncated bool      `json:"truncated,omitempty"`
 }
 
-const lsDefaultLimit = 100000
+const lsDefaultLimit = 100000 // about 200 bytes each: fits pipeline.MaxPayload
 
 func (d *daemon) ctlLs(ctx context.Context, raw []byte) (any, error) {
 	var req lsRequest
