@@ -82,7 +82,10 @@ func (d *daemon) answer(ctx context.Context, verb string, h ctlHandler, m *nats.
 	}
 	b, _ := json.Marshal(rep)
 	if err := m.Respond(b); err != nil {
-		d.logger.Warn("control reply", "verb", verb, "err", err)
+		d.logger.Warn("control reply", "verb", verb, "bytes", len(b), "err", err)
+		// Tell the caller instead of letting it wait for its timeout.
+		b, _ = json.Marshal(ctlReply{Error: fmt.Sprintf("%s: the reply could not be sent (%d bytes): %v", verb, len(b), err)})
+		_ = m.Respond(b)
 	}
 }
 
