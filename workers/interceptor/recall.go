@@ -53,6 +53,9 @@ type recall struct {
 	chunk   int64
 	// finished is closed when finish has run (whether it succeeded or not).
 	finished chan struct{}
+	// finishing makes finish run once: a refill inside finish can complete
+	// the recall again and start another.
+	finishing sync.Once
 
 	mu struct {
 		sync.Mutex
@@ -507,6 +510,11 @@ func (r *recall) stopBackground() {
 // in flight (beyond a truncated limit) before closing the fd.
 func (r *recall) finish() {
 	defer r.in.work.Done()
+	first := false
+	r.finishing.Do(func() { first = true })
+	if !first {
+		return
+	}
 	defer close(r.finished)
 	r.mu.Lock()
 	var ops []*fillOp
