@@ -363,6 +363,22 @@ func TestBadInputFullTier(t *testing.T) {
 	wait := archiveAsync(t, data, hot)
 	line := logs.waitLog(t, 30*time.Second, "will retry", "stage=store-cold", "no space left on device")
 	t.Logf("store stage on a full tier: %s", line)
+	// Both objects' puts run at once: wait until each has failed (a put
+	// still in flight has a temporary file, invisible but on disk).
+	waitFor(t, 30*time.Second, func() error {
+		failed := map[string]bool{}
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, "stage=store-cold") && strings.Contains(l, "no space left on device") {
+				if i := strings.Index(l, "err=\"store "); i >= 0 && len(l) > i+11+64 {
+					failed[l[i+11:i+11+64]] = true
+				}
+			}
+		}
+		if len(failed) < 2 {
+			return fmt.Errorf("%d of 2 puts failed so far", len(failed))
+		}
+		return nil
+	})
 	for name, want := range orig {
 		assertHot(t, filepath.Join(hot, name), want)
 		f, err := d.cat.FileByPath(filepath.Join(hot, name))
@@ -373,7 +389,7 @@ func TestBadInputFullTier(t *testing.T) {
 	if n := countObjects(t, cold); n != 0 {
 		t.Errorf("a full tier holds %d objects", n)
 	}
-	checkTierClean(t, cold)
+	waitTierClean(t, cold)
 
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)

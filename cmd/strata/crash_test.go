@@ -412,6 +412,27 @@ func checkTierCopy(t *testing.T, cold, path, oid string, want []byte) {
 // .b3 files (a temporary file left by an interrupted write).
 func checkTierClean(t *testing.T, cold string) {
 	t.Helper()
+	if stray := strayFiles(t, cold); len(stray) > 0 {
+		t.Errorf("tier holds stray files: %v", stray)
+	}
+}
+
+// waitTierClean is checkTierClean while puts may still be retried: a put
+// in flight has a temporary file; every failed one must remove its own.
+func waitTierClean(t *testing.T, cold string) {
+	t.Helper()
+	waitFor(t, 10*time.Second, func() error {
+		if stray := strayFiles(t, cold); len(stray) > 0 {
+			return fmt.Errorf("tier holds stray files: %v", stray)
+		}
+		return nil
+	})
+}
+
+// strayFiles lists what under objects/ is not a .zst, .json or .b3 file.
+func strayFiles(t *testing.T, cold string) []string {
+	t.Helper()
+	var stray []string
 	err := filepath.WalkDir(filepath.Join(cold, "objects"), func(p string, de fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -423,11 +444,12 @@ func checkTierClean(t *testing.T, cold string) {
 		ok := !strings.HasPrefix(name, ".") &&
 			(strings.HasSuffix(name, ".zst") || strings.HasSuffix(name, ".json") || strings.HasSuffix(name, ".b3"))
 		if !ok || !de.Type().IsRegular() {
-			t.Errorf("tier holds a stray file: %s", p)
+			stray = append(stray, p)
 		}
 		return nil
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		t.Fatal(err)
 	}
+	return stray
 }
