@@ -103,7 +103,8 @@ func cpuTime() time.Duration {
 // with the reference CLIs doing less: `zstd -3 -T2` then `b3sum` of the
 // input then `sync` of the output. Rounds alternate; medians are reported.
 // Opt-in: STRATA_BENCH_CLI=1 (it writes 2 GiB and takes about a minute).
-func TestBenchArchiveCLI(t *testing.T) {
+func BenchmarkArchiveVsCLI(b *testing.B) {
+	t := b
 	if os.Getenv("STRATA_BENCH_CLI") != "1" {
 		t.Skip("side-by-side archive benchmark: set STRATA_BENCH_CLI=1")
 	}

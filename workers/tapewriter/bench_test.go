@@ -19,7 +19,8 @@ import (
 // writer (objects read from files → pax tar → 512 KiB blocks → emulated
 // cartridge file) with GNU tar writing the same files with -b 1024 to a
 // file. Run with STRATA_BENCH=1 (see docs/BENCHMARKS-tape.md).
-func TestBenchWriterVsTar(t *testing.T) {
+func BenchmarkWriterVsTar(b *testing.B) {
+	t := b
 	if os.Getenv("STRATA_BENCH") != "1" {
 		t.Skip("set STRATA_BENCH=1 to run the tape writer benchmark")
 	}
