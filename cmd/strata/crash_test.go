@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -218,21 +217,7 @@ func crashAndRecover(t *testing.T, bin, fstype, point string, seed uint64) {
 // identical pair) and returns the contents by path.
 func crashFiles(t *testing.T, dir string, seed uint64) map[string][]byte {
 	t.Helper()
-	r := rand.New(rand.NewPCG(seed, 11))
-	random := func(n int) []byte {
-		b := make([]byte, n)
-		for i := range b {
-			b[i] = byte(r.Uint32())
-		}
-		return b
-	}
-	text := func(n int) []byte {
-		var b bytes.Buffer
-		for b.Len() < n {
-			fmt.Fprintf(&b, "%d: all work and no play makes %d a dull boy\n", b.Len(), r.IntN(1000))
-		}
-		return b.Bytes()[:n]
-	}
+	random, text := contentGen(seed, 11)
 	pair := random(64<<10 + 3)
 	contents := map[string][]byte{
 		"a.txt":          text(3<<10 + 17),

@@ -21,25 +21,32 @@ import (
 	"github.com/strata-hsm/strata/workers/stub"
 )
 
-// testFiles writes a mix of files under dir and returns their contents by
-// path.
-func testFiles(t *testing.T, dir string, seed uint64) map[string][]byte {
-	t.Helper()
-	r := rand.New(rand.NewPCG(seed, 7))
-	random := func(n int) []byte {
+// contentGen returns deterministic makers of random (incompressible) and
+// text-like (compressible) content.
+func contentGen(seed, stream uint64) (random, text func(n int) []byte) {
+	r := rand.New(rand.NewPCG(seed, stream))
+	random = func(n int) []byte {
 		b := make([]byte, n)
 		for i := range b {
 			b[i] = byte(r.Uint32())
 		}
 		return b
 	}
-	text := func(n int) []byte {
+	text = func(n int) []byte {
 		var b bytes.Buffer
 		for b.Len() < n {
 			fmt.Fprintf(&b, "line %d: the quick brown fox %d jumps over the lazy dog\n", b.Len(), r.IntN(1000))
 		}
 		return b.Bytes()[:n]
 	}
+	return random, text
+}
+
+// testFiles writes a mix of files under dir and returns their contents by
+// path.
+func testFiles(t *testing.T, dir string, seed uint64) map[string][]byte {
+	t.Helper()
+	random, text := contentGen(seed, 7)
 	files := map[string][]byte{
 		"random.bin":        random(9<<20 + 12345),
 		"text.txt":          text(5 << 20),
