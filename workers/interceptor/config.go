@@ -5,7 +5,10 @@ package interceptor
 import (
 	"fmt"
 	"os"
+	"strings"
 	"time"
+
+	"github.com/strata-hsm/strata/workers/failpoint"
 )
 
 // Mode selects how stubs are guarded.
@@ -47,8 +50,17 @@ type Config struct {
 	// SEEK_DATA/SEEK_HOLE, which raises no event and sees a stub as one
 	// hole (cp does this for files with few blocks, and would copy
 	// zeros). Larger stubs keep range-first recall and stay exposed to
-	// such programs: see README.md. Default 64 MiB; negative disables.
+	// such programs unless they are named in WholeFilePrograms: see
+	// README.md. Default 64 MiB; negative disables.
 	WholeFileBelow int64
+	// WholeFilePrograms: in mode pre-access, a stub of any size opened by
+	// one of these programs is recalled whole before its open returns.
+	// These programs look for data with SEEK_DATA/SEEK_HOLE before they
+	// read; on a stub they would see one hole and copy zeros. A program
+	// matches by the name it was started as (/proc/PID/comm: "cp" for a
+	// busybox applet too) or by the base name of its executable. Nil:
+	// DefaultWholeFilePrograms(); empty: none.
+	WholeFilePrograms []string
 	// OnComplete is called once per stub whose whole content is back. It
 	// runs on an interceptor goroutine: it must not block for long.
 	OnComplete func(Completion)
@@ -80,6 +92,16 @@ type Config struct {
 	// RecoverTimeout bounds the recovery of one orphaned event at Open;
 	// past it the event is denied with EIO.
 	RecoverTimeout time.Duration
+	// Failpoints armed for crash tests (see failpoints.go). Zero: none.
+	Failpoints failpoint.Set
+}
+
+// DefaultWholeFilePrograms returns the programs known to probe for holes
+// before reading (checked with strace: cp and mv of coreutils 9, tar -S)
+// and others documented to (bsdtar, rsync, qemu-img, ddrescue). Each reads
+// a whole file anyway, so recalling it whole at open costs them nothing.
+func DefaultWholeFilePrograms() []string {
+	return []string{"cp", "mv", "install", "tar", "bsdtar", "rsync", "qemu-img", "ddrescue"}
 }
 
 // NewConfig returns a Config with every default set.
@@ -108,6 +130,9 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.RecoverTimeout == 0 {
 		c.RecoverTimeout = DefaultRecoverTimeout
+	}
+	if c.WholeFilePrograms == nil {
+		c.WholeFilePrograms = DefaultWholeFilePrograms()
 	}
 	if c.HolderSocket != "" && len(c.HolderCommand) == 0 {
 		if exe, err := os.Executable(); err == nil {
@@ -141,6 +166,11 @@ func (c *Config) Validate() error {
 	}
 	if c.BackgroundFills < 1 {
 		return &ConfigValidationError{"BackgroundFills", c.BackgroundFills, fmt.Errorf("want at least 1")}
+	}
+	for _, p := range c.WholeFilePrograms {
+		if p == "" || strings.Contains(p, "/") {
+			return &ConfigValidationError{"WholeFilePrograms", c.WholeFilePrograms, fmt.Errorf("%q: want a program's name, without a directory", p)}
+		}
 	}
 	if c.HolderSocket != "" && c.JournalDir == "" {
 		return &ConfigValidationError{"JournalDir", c.JournalDir, fmt.Errorf("required with HolderSocket: events a crashed daemon read could never be answered")}

@@ -35,12 +35,19 @@
 //     truncated to, and only write into holes (SEEK_DATA/SEEK_HOLE): a range
 //     that holds data — filled by an earlier daemon, or written by the user
 //     after it was filled — is never overwritten.
-//   - A truncate (an event with count 0 at the new size) lowers the fill
-//     limit and waits for fills in flight before it is allowed, so no fill
-//     can extend the file after it shrank. A truncate to 0 therefore needs
-//     no recall at all. The bytes below a non-zero new size are filled in
-//     the background like any others: nothing is lost, since they can only
-//     be read or written through events that wait for them.
+//   - An event with count 0 at x is a truncate to x or a clone of the file
+//     from x to its end (FICLONE; cp tries it first on XFS): the kernel
+//     reports both alike. Bytes from x on are filled first (the clone reads
+//     them), then the fill limit is lowered to x and fills in flight are
+//     waited for before the event is allowed, so no fill can extend the
+//     file after it shrank. A truncate by O_TRUNC raises no event and needs
+//     no recall at all. The bytes below x are filled in the background like
+//     any others: nothing is lost, since they can only be read or written
+//     through events that wait for them.
+//   - SEEK_DATA/SEEK_HOLE raise no event: a program that probes for data
+//     before reading (cp, tar -S) sees a stub as one hole. Stubs smaller
+//     than Config.WholeFileBelow, and stubs opened by a program named in
+//     Config.WholeFilePrograms, are recalled whole before open returns.
 //   - mmap and exec raise one event for the whole mapped range: it is filled
 //     before ALLOW, like any range. Writes raise the same event as reads.
 //

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -135,7 +137,7 @@ func Open(cfg Config, src Source, logger *slog.Logger) (*Interceptor, error) {
 		}
 	}
 	var mask uint64 = unix.FAN_PRE_ACCESS
-	if cfg.WholeFileBelow > 0 {
+	if cfg.WholeFileBelow > 0 || len(cfg.WholeFilePrograms) > 0 {
 		mask |= unix.FAN_OPEN_PERM
 	}
 	if mode == ModeOpenPerm {
@@ -622,18 +624,30 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 	whole := false
 	switch {
 	case ev.mask&unix.FAN_OPEN_PERM != 0:
-		if i.mode == ModePreAccess && r.info.Size >= i.cfg.WholeFileBelow {
+		if i.mode == ModePreAccess && r.info.Size >= i.cfg.WholeFileBelow && !i.probesHoles(ev.pid) {
 			return 0 // large: recalled range by range as it is accessed
 		}
 		lo, hi, whole = 0, r.info.Size, true
 	case !ev.hasRange:
 		lo, hi = 0, r.info.Size
 	case ev.count == 0:
+		// A truncate to off, or a clone of the file from off to its end
+		// (FICLONE, FICLONERANGE with length 0): the kernel reports both
+		// as an access of 0 bytes at off, and they cannot be told apart.
+		// Fill everything from off on first (a clone reads it; a truncate
+		// throws it away, a cost only truncate(2) and ftruncate pay:
+		// O_TRUNC raises no event), then no fill may write at or past off.
+		if err := r.ensure(i.fgCtx, ev.off, r.info.Size); err != nil {
+			i.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path,
+				Offset: ev.off, Length: r.info.Size - ev.off, PID: ev.pid, Process: comm(ev.pid), Err: err})
+			return errnoFor(err)
+		}
 		r.truncate(ev.off)
 		return 0
 	default:
 		lo, hi = ev.off, ev.off+ev.count
 	}
+	i.failpoint(FailAfterEvent, ev.pid)
 	err := r.ensure(i.fgCtx, lo, hi)
 	if tlo, thi := r.tail(max(int64(st.Blksize), 4096)); err == nil && thi > 0 {
 		err = r.ensure(i.fgCtx, tlo, thi)
@@ -648,6 +662,7 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 			Offset: off, Length: n, PID: ev.pid, Process: comm(ev.pid), Err: err})
 		return errnoFor(err)
 	}
+	i.failpoint(FailAfterFill, ev.pid)
 	if whole {
 		// Recalled at open: let the stub lose its mark and close every
 		// writable fd before the program goes on (an exec must not find a
@@ -685,6 +700,18 @@ func fdPath(fd int) string {
 		return ""
 	}
 	return p
+}
+
+// probesHoles reports whether the process pid is one of
+// Config.WholeFilePrograms, by its name or its executable's base name.
+func (i *Interceptor) probesHoles(pid int32) bool {
+	if len(i.cfg.WholeFilePrograms) == 0 || pid <= 0 {
+		return false
+	}
+	name := comm(pid)
+	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	exe = filepath.Base(exe)
+	return slices.ContainsFunc(i.cfg.WholeFilePrograms, func(p string) bool { return p == name || p == exe })
 }
 
 func comm(pid int32) string {

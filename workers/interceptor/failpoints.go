@@ -1,0 +1,31 @@
+//go:build linux
+
+package interceptor
+
+// Failpoints of a recall, armed through Config.Failpoints (package
+// workers/failpoint, env STRATA_FAILPOINTS): when the interceptor reaches
+// an armed one, the process kills itself with SIGKILL. Crash tests use them
+// to kill the daemon at each step of a recall while a program is held on a
+// stub (cmd/strata/recall_crash_test.go). Only accesses of other processes
+// reach them, never the daemon's own (its reads of a file it is releasing,
+// for example).
+const (
+	// FailAfterEvent: an access event that needs a fill was read and
+	// journaled; nothing of its range is filled yet and its program is
+	// held.
+	FailAfterEvent = "interceptor.after-event"
+	// FailAfterFill: the range of an event is filled and verified; its
+	// program is still held (not answered yet).
+	FailAfterFill = "interceptor.after-fill"
+	// FailInFinish: the whole file is back and its xattrs say archived
+	// (resident); its mark is still on and its completion not reported.
+	FailInFinish = "interceptor.in-finish"
+)
+
+// failpoint kills the process at name if it is armed and pid, the process
+// whose access is being served, is not this one.
+func (i *Interceptor) failpoint(name string, pid int32) {
+	if pid != i.pid {
+		i.cfg.Failpoints.Hit(name)
+	}
+}
