@@ -5,10 +5,7 @@ package scanner
 import (
 	"cmp"
 	"context"
-	"fmt"
-	"io"
 	"slices"
-	"text/tabwriter"
 	"time"
 )
 
@@ -55,42 +52,4 @@ func Preview(ctx context.Context, p Policy, now time.Time, limit int) (Report, e
 		r.Truncated = true
 	}
 	return r, nil
-}
-
-// WriteText writes r for a terminal: one line per candidate, then totals.
-func (r Report) WriteText(w io.Writer) error {
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "PATH\tSIZE\tFREES\tSTATE\tREASON")
-	for _, c := range r.Candidates {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Path, human(c.Stat.Size), human(c.Freed), c.State, c.Reason)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	if r.Truncated {
-		fmt.Fprintf(w, "... %d more not listed\n", r.Files-int64(len(r.Candidates)))
-	}
-	for _, fs := range r.Summary.Filesystems {
-		fmt.Fprintf(w, "%v: %.1f%% used of %s", fs.Roots, fs.UsedPct, human(fs.SizeBytes))
-		if fs.AboveHigh {
-			fmt.Fprintf(w, " (above high watermark: %s to free)", human(fs.Need))
-		}
-		fmt.Fprintln(w)
-	}
-	_, err := fmt.Fprintf(w, "would archive %d files, %s, freeing %s (scanned %d files in %d directories in %v; %d errors)\n",
-		r.Files, human(r.Bytes), human(r.Freed), r.Summary.Files, r.Summary.Dirs, r.Summary.Duration.Round(time.Millisecond), r.Summary.Errors)
-	return err
-}
-
-func human(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
