@@ -65,15 +65,7 @@ func (c *Catalog) Versions(fileID string) ([]Version, error) {
 	if _, err := get(db, []byte(pfxFile+fileID)); err != nil {
 		return nil, fmt.Errorf("file %s: %w", fileID, err)
 	}
-	var out []Version
-	err = scan(db, pfxVersion+fileID+"/", func(k, v []byte) error {
-		ver, err := parseVersion(k, v)
-		if err == nil {
-			out = append(out, ver)
-		}
-		return err
-	})
-	return out, err
+	return collect(db, pfxVersion+fileID+"/", parseVersion)
 }
 
 // parseVersion decodes a version/<file id>/<number> key and its value.
@@ -97,16 +89,14 @@ func (c *Catalog) FilesByObject(objectID string) ([]File, error) {
 	defer c.mu.RUnlock()
 	snap := db.NewSnapshot() // one consistent view for the walk and the lookups
 	defer snap.Close()
-	var out []File
 	pfx := pfxObjFile + objectID + "/"
-	err = scan(snap, pfx, func(k, _ []byte) error {
+	return collect(snap, pfx, func(k, _ []byte) (File, error) {
 		f, err := readFile(snap, string(k[len(pfx):]))
-		if err == nil {
-			out = append(out, *f)
+		if err != nil {
+			return File{}, err
 		}
-		return err
+		return *f, nil
 	})
-	return out, err
 }
 
 // Object returns an object, or ErrNotFound.
@@ -135,16 +125,14 @@ func (c *Catalog) Copies(objectID string) ([]Copy, error) {
 		return nil, err
 	}
 	defer c.mu.RUnlock()
-	var out []Copy
 	pfx := pfxCopy + objectID + "/"
-	err = scan(db, pfx, func(k, v []byte) error {
+	return collect(db, pfx, func(k, v []byte) (Copy, error) {
 		cp, err := decodeCopy(objectID, string(k[len(pfx):]), v)
-		if err == nil {
-			out = append(out, *cp)
+		if err != nil {
+			return Copy{}, err
 		}
-		return err
+		return *cp, nil
 	})
-	return out, err
 }
 
 // Files calls fn for every file (not deleted) at or under the directory
@@ -356,6 +344,20 @@ func prefixBounds(pfx string) *pebble.IterOptions {
 	upper := []byte(pfx)
 	upper[len(upper)-1]++ // prefixes end in '/', never 0xff
 	return &pebble.IterOptions{LowerBound: []byte(pfx), UpperBound: upper}
+}
+
+// collect returns decode of every key with prefix pfx and its value, in
+// key order; the first error stops it.
+func collect[T any](db pebble.Reader, pfx string, decode func(k, v []byte) (T, error)) ([]T, error) {
+	var out []T
+	err := scan(db, pfx, func(k, v []byte) error {
+		x, err := decode(k, v)
+		if err == nil {
+			out = append(out, x)
+		}
+		return err
+	})
+	return out, err
 }
 
 // scan calls fn for every key with prefix pfx, in order. k and v are valid
