@@ -59,8 +59,7 @@ func (d *daemon) markFoundStubs(ctx context.Context, s *stages) (map[string]stri
 		// its bytes are all there, and the redelivered release will mark
 		// it (marking it here would make the release's verification reads
 		// look like a recall).
-		var st unix.Stat_t
-		if err := unix.Lstat(path, &st); err != nil || st.Blocks*512 >= st.Size {
+		if holes, err := hasHole(path); err != nil || !holes {
 			continue
 		}
 		if err := s.interceptor.Mark(path); err != nil {
@@ -68,6 +67,26 @@ func (d *daemon) markFoundStubs(ctx context.Context, s *stages) (map[string]stri
 		}
 	}
 	return found, complete, nil
+}
+
+// hasHole reports whether the regular file at path has a hole below its
+// size. Not its block count: a stub of a few bytes can own more blocks
+// than its size (those holding its xattrs) and still be all hole.
+func hasHole(path string) (bool, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NOATIME|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return false, err
+	}
+	h, err := unix.Seek(fd, 0, unix.SEEK_HOLE)
+	if err != nil {
+		return false, err
+	}
+	return h < st.Size, nil
 }
 
 // reconcileStubs runs after every scan. It marks every stub on disk (a
