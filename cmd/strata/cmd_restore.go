@@ -47,7 +47,10 @@ func (d *daemon) ctlRestore(ctx context.Context, raw []byte) (any, error) {
 	if req.FileID != "" {
 		f, err = d.cat.File(req.FileID)
 	} else {
-		f, err = d.cat.FileByPath(req.Path)
+		f, err = d.fileAt(req.Path)
+		if errors.Is(err, os.ErrNotExist) {
+			f, err = d.cat.FileByPath(req.Path) // restore a deleted file by its last path
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("restore: %s%s: %w", req.Path, req.FileID, err)

@@ -335,6 +335,14 @@ func TestDeletedStub(t *testing.T) {
 	if countObjects(t, cold) != 4 {
 		t.Fatalf("objects of a deleted file must stay for retention")
 	}
+	// ls knows a file by its id, not its path: the renamed stub is still
+	// released, and a new file at its old path is resident.
+	os.WriteFile(moved, []byte("a new file at an archived file's old path\n"), 0o644)
+	var ls lsReply
+	cliJSON(t, &ls, "ls", "--json", "--data", data, filepath.Join(hot, "elsewhere", "moved.bin"), moved)
+	if len(ls.Files) != 2 || ls.Files[0].State != "released" || ls.Files[0].FileID != mf.ID || ls.Files[1].State != "resident" {
+		t.Fatalf("ls of a renamed stub and of a new file at its old path: %+v", ls.Files)
+	}
 	got, err := exec.Command("cat", filepath.Join(hot, "elsewhere", "moved.bin")).Output()
 	if err != nil || !bytes.Equal(got, bytes.Repeat([]byte("moved "), 50000)) {
 		t.Fatalf("renamed stub reads wrong: %v", err)
