@@ -15,6 +15,7 @@ var (
 	KindFileReleaseSkipped = Kind{"file", "release_skipped", 1}
 	KindFileModified       = Kind{"file", "modified", 1}
 	KindFileDeleted        = Kind{"file", "deleted", 1}
+	KindFileMoved          = Kind{"file", "moved", 1}
 	KindFilePinned         = Kind{"file", "pinned", 1}
 	KindFileUnpinned       = Kind{"file", "unpinned", 1}
 	KindRecallRequested    = Kind{"recall", "requested", 1}
@@ -34,6 +35,7 @@ var registry = map[string]func() Event{
 	KindFileReleaseSkipped.Type(): func() Event { return new(FileReleaseSkipped) },
 	KindFileModified.Type():       func() Event { return new(FileModified) },
 	KindFileDeleted.Type():        func() Event { return new(FileDeleted) },
+	KindFileMoved.Type():          func() Event { return new(FileMoved) },
 	KindFilePinned.Type():         func() Event { return new(FilePinned) },
 	KindFileUnpinned.Type():       func() Event { return new(FileUnpinned) },
 	KindRecallRequested.Type():    func() Event { return new(RecallRequested) },
@@ -48,7 +50,7 @@ var registry = map[string]func() Event{
 func Kinds() []Kind {
 	return []Kind{
 		KindFileSelected, KindObjectPacked, KindObjectStored, KindFileReleased,
-		KindFileReleaseSkipped, KindFileModified, KindFileDeleted, KindFilePinned,
+		KindFileReleaseSkipped, KindFileModified, KindFileDeleted, KindFileMoved, KindFilePinned,
 		KindFileUnpinned, KindRecallRequested, KindRecallCompleted, KindRecallFailed,
 		KindObjectVerified, KindObjectCorrupt, KindObjectDeleted,
 	}
@@ -266,6 +268,22 @@ func (*FileDeleted) Kind() Kind       { return KindFileDeleted }
 func (e *FileDeleted) Entity() string { return e.FileID }
 func (e *FileDeleted) Validate() error {
 	return all(fileID(e.FileID), absPath("path", e.Path))
+}
+
+// FileMoved: a stub was found at another path than the one last recorded
+// (renamed, or its directory was). A file's identity is its id, kept in its
+// xattrs; this keeps the catalog's path, and the exported path-to-object
+// map, true.
+type FileMoved struct {
+	FileID string `json:"file_id"`
+	Path   string `json:"path"` // where it is now
+	From   string `json:"from"` // where it was last recorded
+}
+
+func (*FileMoved) Kind() Kind       { return KindFileMoved }
+func (e *FileMoved) Entity() string { return e.FileID }
+func (e *FileMoved) Validate() error {
+	return all(fileID(e.FileID), absPath("path", e.Path), absPath("from", e.From))
 }
 
 // FilePinned: a path (file or directory tree) is never to be archived.

@@ -85,6 +85,8 @@ func summary(env events.Envelope) string {
 		return fmt.Sprintf("%s [%d+%d] by %s[%d]", x.Path, x.Offset, x.Length, x.Process, x.PID)
 	case *events.RecallCompleted:
 		return fmt.Sprintf("%s %s from %s in %.1f ms", x.Path, humanBytes(x.Bytes), x.SourceTier, float64(x.DurationNS)/1e6)
+	case *events.FileMoved:
+		return fmt.Sprintf("%s → %s", x.From, x.Path)
 	case *events.RecallFailed:
 		return fmt.Sprintf("%s: %s", x.Path, x.Reason)
 	case interface{ Entity() string }:

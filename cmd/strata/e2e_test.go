@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -328,7 +329,15 @@ func TestDeletedStub(t *testing.T) {
 		}
 		return nil
 	})
-	mf, err := d.cat.FileByPath(moved)
+	// The renamed stub is recorded at its new path (file.moved).
+	var mf catalog.File
+	waitFor(t, 30*time.Second, func() error {
+		if _, err := d.cat.FileByPath(moved); !errors.Is(err, catalog.ErrNotFound) {
+			return fmt.Errorf("renamed stub still recorded at its old path: %v", err)
+		}
+		return nil
+	})
+	mf, err = d.cat.FileByPath(filepath.Join(hot, "elsewhere", "moved.bin"))
 	if err != nil || mf.State != catalog.StateReleased {
 		t.Fatalf("renamed stub: %+v %v", mf, err)
 	}

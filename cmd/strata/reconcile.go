@@ -90,7 +90,9 @@ func hasHole(path string) (bool, error) {
 }
 
 // reconcileStubs runs after every scan. It marks every stub on disk (a
-// renamed stub keeps its guard) and publishes file.deleted for stubs the
+// renamed stub keeps its guard), publishes file.moved for stubs found at
+// a new path (the catalog's path, and the exported map, stay true), and
+// publishes file.deleted for stubs the
 // catalog knows that are nowhere in the hot trees any more (their objects
 // stay, for retention to decide). A deletion must never be recorded for a
 // stub that still exists — a deleted file's objects can be pruned — so a
@@ -115,8 +117,16 @@ func (d *daemon) reconcileStubs(ctx context.Context) {
 		if !d.inHotTree(f.Path) {
 			return nil
 		}
-		if _, ok := found[f.ID]; ok {
-			return nil
+		if p, ok := found[f.ID]; ok {
+			if p == f.Path {
+				return nil
+			}
+			if info, err := stub.ReadPath(f.Path); err == nil && info.FileID == f.ID {
+				return nil // a second hard link; the recorded one still holds
+			}
+			d.logger.Info("stub moved", "from", f.Path, "path", p, "file_id", f.ID)
+			_, err := em.Emit(ctx, &events.FileMoved{FileID: f.ID, Path: p, From: f.Path}, f.ID, p, fmt.Sprint(f.Seq))
+			return err
 		}
 		if info, err := stub.ReadPath(f.Path); err == nil && info.FileID == f.ID {
 			return nil // released after the walk passed its directory

@@ -45,6 +45,8 @@ func Sample(k events.Kind) events.Event {
 		return &events.FileModified{FileID: fid, Path: path, ObjectID: oid, Stat: Stat(2 << 20)}
 	case events.KindFileDeleted:
 		return &events.FileDeleted{FileID: fid, Path: path}
+	case events.KindFileMoved:
+		return &events.FileMoved{FileID: fid, Path: path, From: "/hot/a/old.dat"}
 	case events.KindFilePinned:
 		return &events.FilePinned{Path: "/hot/a"}
 	case events.KindFileUnpinned:

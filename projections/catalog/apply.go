@@ -411,6 +411,13 @@ func (a *applier) apply(env *events.Envelope, ev events.Event) error {
 			}
 		})
 
+	case *events.FileMoved:
+		return a.updateFile(env, e.FileID, false, func(f *File) {
+			if f.State != StateDeleted {
+				f.Path = e.Path
+			}
+		})
+
 	case *events.FileDeleted:
 		return a.updateFile(env, e.FileID, false, func(f *File) {
 			f.Path, f.State = e.Path, StateDeleted

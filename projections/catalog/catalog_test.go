@@ -271,16 +271,26 @@ func TestTransitions(t *testing.T) {
 		t.Fatalf("versions after delete: %d", len(vs))
 	}
 	s.apply(&events.FileModified{FileID: fid, Path: "/d/b", ObjectID: obj2, Stat: stat(5)})
+	s.apply(&events.FileMoved{FileID: fid, Path: "/d/b2", From: "/d/b"})
 	wantState(fid, StateDeleted)
 	byPath("/d/b", "")
+	byPath("/d/b2", "")
 	// Selected again (same id): alive at its path.
 	s.apply(&events.FileSelected{FileID: fid, Path: "/d/b", Root: "/d", Stat: stat(5), Reason: events.ReasonManual})
 	wantState(fid, StateArchiving)
 	byPath("/d/b", fid)
 
-	// A released file deleted leaves the stub index.
+	// A released file deleted leaves the stub index; moved first, it is
+	// found at its new path only, and stays a stub.
 	s.apply(&events.FileReleased{FileID: fid2, Path: "/d/c", ObjectID: obj1, Stat: stat(100), Copies: 1})
 	stubs(fid2)
+	s.apply(&events.FileMoved{FileID: fid2, Path: "/d/moved/c", From: "/d/c"})
+	byPath("/d/c", "")
+	byPath("/d/moved/c", fid2)
+	wantState(fid2, StateReleased)
+	stubs(fid2)
+	s.apply(&events.FileMoved{FileID: fid2, Path: "/d/c", From: "/d/moved/c"})
+	byPath("/d/moved/c", "")
 	s.apply(&events.FileDeleted{FileID: fid2, Path: "/d/c"})
 	stubs()
 

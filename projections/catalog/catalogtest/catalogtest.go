@@ -62,7 +62,7 @@ type gen struct {
 
 // Generate returns n envelopes with Seq 1..n: files selected, packed, stored
 // on a directory tier and a tape tier, released, recalled, modified,
-// re-archived as new versions, renamed and deleted; pins and unpins of
+// re-archived as new versions, renamed (as stubs too) and deleted; pins and unpins of
 // directories; objects shared by identical files; copies marked corrupt,
 // verified and deleted; and opts.Invalid of unknown or invalid events. The
 // same n, seed and opts always give the same envelopes.
@@ -180,9 +180,15 @@ func (g *gen) advance(f *gfile) (rest bool) {
 		}
 		return g.rest(f)
 	case stReleased:
-		if r < 90 {
+		if r < 85 {
 			g.emit(&events.RecallRequested{FileID: f.id, Path: f.path, ObjectID: f.obj, Offset: 0, Length: 4096, PID: 42, Process: "cat", Reason: events.RecallAccess})
 			f.stage = stRecalling
+			return false
+		}
+		if r < 90 {
+			from := f.path
+			f.path = fmt.Sprintf("/data/d%03d/moved-%s.dat", g.r.IntN(200), f.id[:8])
+			g.emit(&events.FileMoved{FileID: f.id, Path: f.path, From: from})
 			return false
 		}
 		g.emit(&events.FileDeleted{FileID: f.id, Path: f.path})
