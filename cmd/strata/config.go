@@ -14,6 +14,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/workers/interceptor"
 	"github.com/strata-hsm/strata/workers/scanner"
 )
 
@@ -161,10 +162,23 @@ type InterceptorConfig struct {
 	// Holder runs a small holder process that keeps the fanotify group
 	// (the marks, and programs blocked on stubs) alive when the daemon
 	// crashes, and a journal so the restarted daemon answers the events
-	// its predecessor had read. Without it, a stopped or crashed daemon
-	// lets stubs read as zeros until it is back.
-	Holder bool `toml:"holder"`
+	// its predecessor had read. Without it, a crashed daemon lets stubs
+	// read as zeros until it is back. Unset (nil): true; only an explicit
+	// `holder = false` turns it off. Read it with HolderOn.
+	Holder *bool `toml:"holder"`
+	// WholeFileBelow: stubs smaller than this are recalled whole when
+	// opened, in mode pre-access (guards them against programs that look
+	// for data with SEEK_DATA/SEEK_HOLE). Default 64 MiB; 1 disables.
+	WholeFileBelow size `toml:"whole_file_below"`
+	// WholeFilePrograms: a stub of any size opened by one of these
+	// programs (by name) is recalled whole before its open returns.
+	// Unset: cp, mv, install, tar, bsdtar, rsync, qemu-img, ddrescue;
+	// [] for none.
+	WholeFilePrograms []string `toml:"whole_file_programs"`
 }
+
+// HolderOn reports whether the holder process is used (the default).
+func (c InterceptorConfig) HolderOn() bool { return c.Holder == nil || *c.Holder }
 
 // Defaults.
 const (
@@ -279,6 +293,16 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.Interceptor.Mode == "" {
 		c.Interceptor.Mode = "auto"
+	}
+	if c.Interceptor.Holder == nil {
+		on := true
+		c.Interceptor.Holder = &on
+	}
+	if c.Interceptor.WholeFileBelow == 0 {
+		c.Interceptor.WholeFileBelow = interceptor.DefaultWholeFileBelow
+	}
+	if c.Interceptor.WholeFilePrograms == nil {
+		c.Interceptor.WholeFilePrograms = interceptor.DefaultWholeFilePrograms()
 	}
 }
 
@@ -424,6 +448,14 @@ func (c *Config) Validate() error {
 	case "auto", "pre-access", "open-perm":
 	default:
 		return bad("interceptor.mode", "%q: want auto, pre-access or open-perm", c.Interceptor.Mode)
+	}
+	if c.Interceptor.WholeFileBelow < 0 {
+		return bad("interceptor.whole_file_below", "%d: want a size (1 disables)", c.Interceptor.WholeFileBelow)
+	}
+	for _, p := range c.Interceptor.WholeFilePrograms {
+		if p == "" || strings.Contains(p, "/") {
+			return bad("interceptor.whole_file_programs", "%q: want a program's name, without a directory", p)
+		}
 	}
 	return nil
 }

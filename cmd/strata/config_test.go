@@ -4,9 +4,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/strata-hsm/strata/workers/interceptor"
 )
 
 // TestExampleConfig: the commented example parses with no unknown key and,
@@ -132,6 +135,9 @@ func TestConfigErrors(t *testing.T) {
 		{"[release]\ncopies = 2", "release.copies"},
 		{"[release]\nfrom = [\"nope\"]", "release.from[0]"},
 		{"[interceptor]\nmode = \"fast\"", "interceptor.mode"},
+		{"[interceptor]\nwhole_file_programs = [\"/usr/bin/cp\"]", "interceptor.whole_file_programs"},
+		{"[interceptor]\nwhole_file_programs = [\"\"]", "interceptor.whole_file_programs"},
+		{"[interceptor]\nwhole_file_below = \"big\"", "whole_file_below"},
 		{"[nats]\nport = 70000", "nats.port"},
 		{tier("s3", `endpoint = "http://h:9000"`, `bucket = "b"`, `access_key = "a"`, `secret_key = "s"`), "tier[0].endpoint"},
 		{tier("s3", `endpoint = "h:9000"`, `access_key = "a"`, `secret_key = "s"`), "tier[0].bucket"},
@@ -174,6 +180,34 @@ func TestConfigErrors(t *testing.T) {
 		var ce *ConfigError
 		if err != nil && !errors.As(err, &ce) && !strings.Contains(err.Error(), "line") && !strings.Contains(err.Error(), tc.key) {
 			t.Errorf("%q: %v is not a ConfigError", tc.toml, err)
+		}
+	}
+}
+
+// TestWholeFilePrograms: unset gives the default list, [] gives none (not
+// the default), and a list is taken as written.
+func TestWholeFilePrograms(t *testing.T) {
+	for _, tc := range []struct {
+		toml string
+		want []string
+	}{
+		{"", interceptor.DefaultWholeFilePrograms()},
+		{"[interceptor]\nwhole_file_programs = []", []string{}},
+		{"[interceptor]\nwhole_file_programs = [\"cp\", \"borg\"]", []string{"cp", "borg"}},
+	} {
+		p := filepath.Join(t.TempDir(), "c.toml")
+		os.WriteFile(p, []byte(tc.toml), 0o644)
+		c, err := LoadConfig(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.EnsureDefaults()
+		if err := c.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		got := c.Interceptor.WholeFilePrograms
+		if got == nil || !slices.Equal(got, tc.want) || c.Interceptor.WholeFileBelow != interceptor.DefaultWholeFileBelow {
+			t.Errorf("%q: programs %q (nil: %v), below %d; want %q", tc.toml, got, got == nil, c.Interceptor.WholeFileBelow, tc.want)
 		}
 	}
 }

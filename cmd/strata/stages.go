@@ -30,6 +30,7 @@ import (
 	"github.com/strata-hsm/strata/workers/replicator/s3"
 	"github.com/strata-hsm/strata/workers/scanner"
 	"github.com/strata-hsm/strata/workers/scrubber"
+	"github.com/strata-hsm/strata/workers/stub"
 	"github.com/strata-hsm/strata/workers/tapewriter"
 )
 
@@ -64,6 +65,9 @@ func stageNamesFor(cfg Config) []string {
 	}
 	return names
 }
+
+// maxSocketPath is the longest path of a unix socket (sun_path less its NUL).
+const maxSocketPath = 107
 
 // buildStages opens the tiers, the recall reader and the interceptor, and
 // describes every stage. Nothing runs until runStages.
@@ -125,12 +129,17 @@ func (d *daemon) buildStages() (*stages, error) {
 	}
 	icfg := interceptor.NewConfig()
 	icfg.Mode = interceptor.Mode(cfg.Interceptor.Mode)
-	if cfg.Interceptor.Holder {
+	icfg.WholeFileBelow, icfg.WholeFilePrograms = int64(cfg.Interceptor.WholeFileBelow), cfg.Interceptor.WholeFilePrograms
+	icfg.Failpoints = s.failpoints
+	if cfg.Interceptor.HolderOn() {
 		dir := filepath.Join(cfg.DataDir, "interceptor")
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("interceptor directory: %w", err)
 		}
 		icfg.JournalDir, icfg.HolderSocket = dir, filepath.Join(dir, "holder.sock")
+		if len(icfg.HolderSocket) > maxSocketPath {
+			return nil, fmt.Errorf("interceptor: holder socket %s is longer than %d bytes (a unix socket limit): use a shorter data directory, or interceptor.holder = false", icfg.HolderSocket, maxSocketPath)
+		}
 	}
 	icfg.OnComplete = func(c interceptor.Completion) { s.recallEv <- c }
 	icfg.OnFail = func(f interceptor.Failure) { s.recallEv <- f }
@@ -499,7 +508,19 @@ func (s *stages) close(logger *slog.Logger) {
 // before the daemon reports ready.
 func (d *daemon) markStubs(ctx context.Context, s *stages) error {
 	n, missing := 0, 0
+	em := pipeline.NewEmitter(d.js, d.cfg.Host, "interceptor")
 	err := d.cat.Stubs(func(f catalog.File) error {
+		if info, err := stub.ReadPath(f.Path); err == nil && info.FileID == f.ID && info.ObjectID == f.ObjectID && info.State == stub.Archived {
+			// A recall finished (its xattrs say archived only once the
+			// file is proven whole) but the daemon died before
+			// recall.completed was published: publish it now, so the
+			// catalog converges. The Msg-Id is the catalog's sequence, so
+			// another restart before it is applied publishes nothing new.
+			d.logger.Info("recall finished before a crash; recording it", "path", f.Path, "file_id", f.ID)
+			_, err := em.Emit(ctx, &events.RecallCompleted{FileID: f.ID, Path: f.Path, ObjectID: f.ObjectID, SourceTier: "none"},
+				f.ID, "finished-before-crash", fmt.Sprint(f.Seq))
+			return err
+		}
 		if err := s.interceptor.Mark(f.Path); err != nil {
 			if errors.Is(err, os.ErrNotExist) {
 				missing++

@@ -527,6 +527,9 @@ func (i *Interceptor) dispatch(b []byte) {
 		go func() {
 			defer i.work.Done()
 			if w := i.orphanWait(ev.fd); w != nil {
+				if ev.pid == i.pid && i.serveOverOrphan(ev) {
+					return
+				}
 				<-w // its number still names an orphan: answering now would release the orphan
 			}
 			seq := i.jr.begin(ev)

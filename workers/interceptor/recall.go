@@ -560,6 +560,7 @@ func (r *recall) finish() {
 			Err: fmt.Errorf("set stub state archived: %w", err)})
 		return
 	}
+	r.in.failpoint(FailInFinish, r.pid)
 	if err := r.in.g.unmarkFD(r.fd); err != nil && !errors.Is(err, unix.ENOENT) {
 		r.in.log.Warn("unmark recalled file", "path", r.path, "err", err)
 	}

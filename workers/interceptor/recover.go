@@ -47,8 +47,10 @@ import (
 //     recall exists yet in this process whose fills could extend the file.
 
 type orphanState struct {
-	done     chan struct{}
-	reserved int // the fd number held on /dev/null, or -1
+	o         orphan
+	done      chan struct{}
+	reserved  int  // the fd number held on /dev/null, or -1
+	answering bool // finishOrphan has begun: it answers once (a second reply with its number could release a new event)
 }
 
 // recoverStart runs before the reader starts: sweep, reservation and
@@ -71,7 +73,7 @@ func (i *Interceptor) recoverStart(orphans []orphan) []orphan {
 	i.orph.m = map[int]*orphanState{}
 	var rest []orphan
 	for _, o := range orphans {
-		st := &orphanState{done: make(chan struct{}), reserved: reserveFD(o.fd)}
+		st := &orphanState{o: o, done: make(chan struct{}), reserved: reserveFD(o.fd)}
 		if st.reserved < 0 {
 			i.log.Warn("orphaned fd number is busy in this process; new events that get it wait for the orphan", "fd", o.fd)
 		}
@@ -114,6 +116,14 @@ func (i *Interceptor) recoverOrphans(orphans []orphan) {
 // finishOrphan answers the orphan, clears its journal slot and frees its
 // number.
 func (i *Interceptor) finishOrphan(o orphan, errno unix.Errno) {
+	i.orph.Lock()
+	st := i.orph.m[o.fd]
+	if st == nil || st.answering || st.o.seq != o.seq {
+		i.orph.Unlock()
+		return // answered already (serveOverOrphan)
+	}
+	st.answering = true
+	i.orph.Unlock()
 	err := i.g.respondOrphan(o.fd, errno)
 	switch {
 	case errors.Is(err, unix.ENOENT):
@@ -131,15 +141,12 @@ func (i *Interceptor) finishOrphan(o orphan, errno unix.Errno) {
 	}
 	i.jr.end(o.fd, o.seq)
 	i.orph.Lock()
-	st := i.orph.m[o.fd]
 	delete(i.orph.m, o.fd)
 	i.orph.Unlock()
-	if st != nil {
-		if st.reserved >= 0 {
-			unix.Close(st.reserved)
-		}
-		close(st.done)
+	if st.reserved >= 0 {
+		unix.Close(st.reserved)
 	}
+	close(st.done)
 }
 
 // reserveFD makes fd number n name /dev/null in this process, if it is
@@ -164,6 +171,45 @@ func reserveFD(n int) int {
 		return -1
 	}
 	return n
+}
+
+// serveOverOrphan handles ev, an access of this process (the recovery's
+// own open or mmap of an orphan's file) whose fd number is still an
+// orphan's because that number was busy at reservation and freed since.
+// Waiting for the orphan would deadlock: its recovery waits for ev. The
+// kernel matches a reply to the oldest pending event with a number, so
+// the orphan is answered first — after its range is filled through ev's
+// fd (an event fd raises no event) — then ev. It returns false, and
+// does nothing, when ev is not on the orphan's file: the caller waits.
+func (i *Interceptor) serveOverOrphan(ev event) bool {
+	i.orph.Lock()
+	st := i.orph.m[ev.fd]
+	i.orph.Unlock()
+	if st == nil {
+		return false
+	}
+	o := st.o
+	var fst unix.Stat_t
+	if unix.Fstat(ev.fd, &fst) != nil || fst.Dev != o.dev || fst.Ino != o.ino {
+		return false
+	}
+	fill := ev
+	fill.mask, fill.hasRange = unix.FAN_PRE_ACCESS, true
+	fill.off, fill.count = o.off&^4095, min(o.off+o.count, fst.Size)-o.off&^4095
+	if o.mask&unix.FAN_OPEN_PERM != 0 || !o.hasRange {
+		fill.off, fill.count = 0, fst.Size
+		if o.mask&unix.FAN_OPEN_PERM != 0 && i.mode == ModePreAccess && fst.Size >= i.cfg.WholeFileBelow {
+			fill.count = 0 // as recoverOne: large stubs are recalled range by range
+		}
+	}
+	errno := unix.Errno(0)
+	if fill.count > 0 {
+		errno = i.decide(fill)
+	}
+	i.log.Warn("an event of this process got an orphan's fd number; answered the orphan first", "fd", ev.fd, "ino", o.ino, "errno", int(errno))
+	i.finishOrphan(o, errno)
+	i.answer(ev.fd, i.decide(ev))
+	return true
 }
 
 // orphanWait returns a channel to wait on before handling a new event
