@@ -264,14 +264,17 @@ func strataEnv(failpoints string) []string {
 }
 
 // startStrata starts the daemon on a random port and waits until it
-// answers; t.Cleanup stops it (SIGTERM, then SIGKILL).
-func startStrata(t *testing.T, bin, data, hot, cold, failpoints string) *strataProc {
+// answers, with extra arguments of `strata run` after the usual ones;
+// t.Cleanup stops it (SIGTERM, then SIGKILL) and logs its output if the
+// test failed.
+func startStrata(t *testing.T, bin, data, hot, cold, failpoints string, extra ...string) *strataProc {
 	t.Helper()
 	logf, err := os.CreateTemp(t.TempDir(), "daemon-*.log")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "run", "--data", data, "--hot", hot, "--cold", cold, "--port", "-2", "--host", "crash")
+	args := append([]string{"run", "--data", data, "--hot", hot, "--cold", cold, "--port", "-2", "--host", "crash"}, extra...)
+	cmd := exec.Command(bin, args...)
 	cmd.Env = strataEnv(failpoints)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -280,6 +283,11 @@ func startStrata(t *testing.T, bin, data, hot, cold, failpoints string) *strataP
 	logf.Close()
 	p := &strataProc{cmd: cmd, logPath: logf.Name(), done: make(chan struct{})}
 	go func() { cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("log of daemon %d (failpoints %q):\n%s", cmd.Process.Pid, failpoints, p.logs())
+		}
+	})
 	t.Cleanup(func() {
 		select {
 		case <-p.done:

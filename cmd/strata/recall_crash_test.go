@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -287,52 +286,10 @@ func sha256Hex(b []byte) string {
 // startRecallDaemon is startStrata with an optional config file.
 func startRecallDaemon(t *testing.T, bin, data, hot, cold, failpoints, config string) *strataProc {
 	t.Helper()
-	logf, err := os.CreateTemp(t.TempDir(), "daemon-*.log")
-	if err != nil {
-		t.Fatal(err)
+	if config == "" {
+		return startStrata(t, bin, data, hot, cold, failpoints)
 	}
-	args := []string{"run", "--data", data, "--hot", hot, "--cold", cold, "--port", "-2", "--host", "rcrash"}
-	if config != "" {
-		args = append(args, "--config", config)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = strataEnv(failpoints)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	logf.Close()
-	p := &strataProc{cmd: cmd, logPath: logf.Name(), done: make(chan struct{})}
-	go func() { cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("log of daemon %d (failpoints %q):\n%s", cmd.Process.Pid, failpoints, p.logs())
-		}
-	})
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-			return
-		default:
-		}
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-p.done
-			t.Errorf("daemon did not stop on SIGTERM within 30s\n%s", p.logs())
-		}
-	})
-	waitFor(t, 30*time.Second, func() error {
-		select {
-		case <-p.done:
-			t.Fatalf("daemon exited while starting: %v\n%s", cmd.ProcessState, p.logs())
-		default:
-		}
-		return request(context.Background(), data, "status", struct{}{}, nil, time.Second)
-	})
-	return p
+	return startStrata(t, bin, data, hot, cold, failpoints, "--config", config)
 }
 
 // stopCleanly stops the daemon with SIGTERM and checks that it exits 0 and
