@@ -403,10 +403,15 @@ func (i *Interceptor) dropStale(key inodeKey) {
 	r.mu.Lock()
 	done := r.mu.done
 	r.mu.Unlock()
+	if done || !r.useFD() {
+		delete(i.mu.recalls, key)
+		return
+	}
 	var st unix.Stat_t
-	if done || (unix.Fstat(r.fd, &st) == nil && st.Nlink == 0) {
+	if unix.Fstat(r.fd, &st) == nil && st.Nlink == 0 {
 		delete(i.mu.recalls, key)
 	}
+	r.doneFD()
 }
 
 func explainMarkErr(err error) error {
@@ -461,7 +466,7 @@ func (i *Interceptor) Close() error {
 	i.fgCancel()
 	i.mu.Lock()
 	for k, r := range i.mu.recalls {
-		unix.Close(r.fd)
+		r.closeFD()
 		delete(i.mu.recalls, k)
 	}
 	i.mu.Unlock()

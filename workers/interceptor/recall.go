@@ -42,10 +42,15 @@ func (e *fillError) Unwrap() error { return e.err }
 
 // recall is the state of one stub being recalled.
 type recall struct {
-	in      *Interceptor
-	key     inodeKey
-	info    stub.Info
-	fd      int // dup of the first event's fd: O_RDWR, raises no event; closed by finish or Close
+	in   *Interceptor
+	key  inodeKey
+	info stub.Info
+	// fd is a dup of the first event's fd: O_RDWR, raises no event. Every
+	// use of it after newRecall is bracketed by useFD and doneFD; finish
+	// closes it once the file is whole, after the last use (its number
+	// may name another file the moment it is closed).
+	fd      int
+	fdIdle  *sync.Cond // on mu: fdUsers dropped to 0
 	path    string
 	pid     int32
 	process string
@@ -73,6 +78,8 @@ type recall struct {
 		bytes     int64
 		tier      string
 		truncated bool
+		fdUsers   int
+		fdClosed  bool
 	}
 }
 
@@ -85,6 +92,7 @@ func newRecall(in *Interceptor, ev event, key inodeKey, st *unix.Stat_t, info st
 		in: in, key: key, info: info, fd: fd, path: fdPath(fd), pid: ev.pid, process: comm(ev.pid),
 		start: time.Now(), chunk: in.cfg.ChunkSize, finished: make(chan struct{}),
 	}
+	r.fdIdle = sync.NewCond(&r.mu.Mutex)
 	r.mu.limit = min(info.Size, st.Size)
 	r.mu.truncated = r.mu.limit < info.Size
 	r.mu.state = make([]chunkState, r.nchunks(info.Size))
@@ -124,6 +132,38 @@ func newRecall(in *Interceptor, ev event, key inodeKey, st *unix.Stat_t, info st
 
 func (r *recall) nchunks(size int64) int64 { return (size + r.chunk - 1) / r.chunk }
 
+// useFD starts a use of r.fd. It reports false once finish has closed it:
+// the file was proved whole and is archived, there is nothing to fill.
+func (r *recall) useFD() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.mu.fdClosed {
+		return false
+	}
+	r.mu.fdUsers++
+	return true
+}
+
+// doneFD ends a use of r.fd started by useFD.
+func (r *recall) doneFD() {
+	r.mu.Lock()
+	if r.mu.fdUsers--; r.mu.fdUsers == 0 {
+		r.fdIdle.Broadcast()
+	}
+	r.mu.Unlock()
+}
+
+// closeFD closes r.fd after its last use; no use starts after it.
+func (r *recall) closeFD() {
+	r.mu.Lock()
+	r.mu.fdClosed = true
+	for r.mu.fdUsers > 0 {
+		r.fdIdle.Wait()
+	}
+	r.mu.Unlock()
+	unix.Close(r.fd)
+}
+
 // checkComplete marks the recall done if every chunk below the limit is
 // filled, and reports whether this call did so (the caller then runs
 // finish).
@@ -144,6 +184,10 @@ func (r *recall) completeLocked() bool {
 // ensure returns once every byte of [lo, hi) below the limit is filled, or
 // with the error of a fill it needed.
 func (r *recall) ensure(ctx context.Context, lo, hi int64) error {
+	if !r.useFD() {
+		return nil
+	}
+	defer r.doneFD()
 	r.reopenHoles(lo, hi)
 	r.mu.Lock()
 	hi = min(hi, r.mu.limit)
@@ -465,7 +509,7 @@ func (r *recall) background() {
 		r.mu.Lock()
 		k, op := int64(-1), (*fillOp)(nil)
 		n := r.nchunks(r.mu.limit)
-		if !r.mu.done {
+		if !r.mu.done && !r.mu.fdClosed {
 			for j := range n {
 				c := (r.mu.cursor + j) % n
 				if r.mu.state[c] == chunkEmpty {
@@ -481,8 +525,10 @@ func (r *recall) background() {
 			<-r.in.bgSem
 			return
 		}
+		r.mu.fdUsers++ // useFD: not closed, checked above
 		r.mu.Unlock()
 		err := r.fillChunk(ctx, k, op)
+		r.doneFD()
 		<-r.in.bgSem
 		if err != nil {
 			r.stopBackground()
@@ -569,7 +615,7 @@ func (r *recall) finish() {
 		delete(r.in.mu.recalls, r.key)
 	}
 	r.in.mu.Unlock()
-	unix.Close(r.fd)
+	r.closeFD()
 	r.mu.Lock()
 	c := Completion{
 		FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path,
