@@ -248,7 +248,7 @@ func lockDataDir(dir string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data directory %s is not writable: %w", dir, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	if err := flockRetry(f, unix.LOCK_EX, 2*time.Second); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
 			b, _ := os.ReadFile(p)
@@ -268,6 +268,21 @@ func lockDataDir(dir string) (*os.File, error) {
 		}
 	}
 	return f, nil
+}
+
+// flockRetry takes a flock of kind how on f, retrying for up to d while
+// it is busy: a client that checks whether a daemon runs holds a shared
+// lock for a moment (see daemonRunning), and a daemon starting in that
+// moment must not take it for another daemon.
+func flockRetry(f *os.File, how int, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
+		if !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // checkPort tells a port in use apart before the server tries it (the

@@ -52,6 +52,26 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
+// TestOpenWhileClientChecks: a client checking whether a daemon runs holds
+// a shared lock on strata.lock for a moment; a daemon starting just then
+// waits for it instead of reporting another daemon.
+func TestOpenWhileClientChecks(t *testing.T) {
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, pipeline.LockFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(300*time.Millisecond, func() { unix.Flock(int(f.Fd()), unix.LOCK_UN) })
+	s := pipelinetest.RunServer(t, pipelinetest.WithDataDir(dir))
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestOpenSecondDaemonRefused(t *testing.T) {
 	s := pipelinetest.RunServer(t)
 	_, err := pipeline.Open(testCtx(t), pipeline.Config{DataDir: s.DataDir(), Port: pipeline.NoListener}, testLogger(t))
