@@ -24,9 +24,12 @@
 //  4. fstat + inode generation, compared with Request.Expect
 //     (events.FileStat.Diff): any difference is ErrChanged.
 //  5. stub.Write (state released; fsynced) — failpoint release.after-xattr
-//     — Mark (the interceptor's fanotify mark) — failpoint
-//     release.after-mark — fallocate(PUNCH_HOLE|KEEP_SIZE, 0, size) — fsync
-//     — failpoint release.after-punch — futimens(atime, mtime) — fsync.
+//     — Mark (the interceptor's fanotify mark; it holds every other
+//     program's access until the release ends) — failpoint
+//     release.after-mark — the lease is handed over to the mark (ErrBusy
+//     if anyone opened the file meanwhile; see handOver) —
+//     fallocate(PUNCH_HOLE|KEEP_SIZE, 0, size) — fsync — failpoint
+//     release.after-punch — futimens(atime, mtime) — fsync.
 //
 // If Mark fails the state goes back to archived (the content is intact and
 // equal to the object) and nothing is punched.
@@ -48,8 +51,9 @@
 //     called again, atime/mtime restored, Result.AlreadyReleased set;
 //   - data is left: the daemon died before the punch (our own xattr write
 //     moved ctime, so the stat can no longer prove the content unchanged),
-//     or a recall is filling the stub. Release reads the whole file under
-//     the lease and punches only if its BLAKE3 equals ObjectID
+//     or a recall is filling the stub. Release marks and holds the file,
+//     hands the lease over to the mark, reads the whole file and punches
+//     only if its BLAKE3 equals ObjectID
 //     (Result.Verified); otherwise it changes nothing and returns
 //     ErrChanged.
 //
@@ -241,7 +245,7 @@ func Release(ctx context.Context, req Request) (Result, error) {
 		return Result{}, fmt.Errorf("%w: state of %s changed while being opened", ErrChanged, req.Path)
 	}
 
-	verified, held := false, false
+	verified, held, handed := false, false, false
 	if resume {
 		// A previous attempt set the xattrs (moving ctime) and may have
 		// punched (moving mtime) before it died. The xattrs were written
@@ -292,6 +296,10 @@ func Release(ctx context.Context, req Request) (Result, error) {
 				return Result{}, fmt.Errorf("mark %s: %w", req.Path, err)
 			}
 			held = true
+			if err := handOver(fd, req.Path); err != nil {
+				return Result{}, err
+			}
+			handed = true
 		}
 		if err := verifyContent(ctx, fd, req.ObjectID); err != nil {
 			return Result{}, fmt.Errorf("%w: interrupted release of %s: %w", ErrChanged, req.Path, err)
@@ -341,16 +349,15 @@ func Release(ctx context.Context, req Request) (Result, error) {
 		}
 	}
 	req.Failpoints.Hit(FailAfterMark)
-	// A descriptor opened before the mark never raises an event: if any
-	// other process opened the file since we took the lease (the lease is
-	// then being broken), it could read the holes we are about to punch as
-	// zeros. Give up; the file stays whole, archived-clean, and is released
-	// on a later try.
-	if t, err := unix.FcntlInt(uintptr(fd), unix.F_GETLEASE, 0); err != nil || t != unix.F_WRLCK {
-		if serr := stub.SetState(fd, stub.Archived); serr != nil {
-			return Result{}, fmt.Errorf("%w: %s was opened during its release; reset state: %w", ErrBusy, req.Path, serr)
+	if req.Mark != nil && !handed {
+		if err := handOver(fd, req.Path); err != nil {
+			// The file stays whole, archived-clean, and is released on a
+			// later try.
+			if serr := stub.SetState(fd, stub.Archived); serr != nil {
+				return Result{}, fmt.Errorf("%w; reset state: %w", err, serr)
+			}
+			return Result{}, err
 		}
-		return Result{}, fmt.Errorf("%w: %s was opened by another program during its release", ErrBusy, req.Path)
 	}
 	if err := unix.Fstat(fd, &st); err != nil { // blocks with the xattrs
 		return Result{}, fmt.Errorf("stat %s: %w", req.Path, err)
@@ -379,6 +386,25 @@ func Release(ctx context.Context, req Request) (Result, error) {
 	after := fileStat(&st)
 	after.Generation = gen
 	return Result{Stat: after, BlocksBefore: before, BlocksAfter: st.Blocks, Verified: verified}, nil
+}
+
+// handOver ends the write lease once the file is marked and held (Mark):
+// from then on the interceptor makes every other program's access wait,
+// and the lease must go, because our own reads and punch raise events on a
+// file that was marked when we opened it, and the kernel opens an event fd
+// for each; that open breaks our own lease, so the kernel would stall the
+// event for lease-break-time (45 s) or deny it (EPERM). A descriptor opened
+// before the mark never raises an event: if another program opened the
+// file since we took the lease (the lease is then being broken), it could
+// read the holes about to be punched as zeros, so give up with ErrBusy.
+func handOver(fd int, path string) error {
+	if t, err := unix.FcntlInt(uintptr(fd), unix.F_GETLEASE, 0); err != nil || t != unix.F_WRLCK {
+		return fmt.Errorf("%w: %s was opened by another program during its release", ErrBusy, path)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_UNLCK); err != nil {
+		return fmt.Errorf("end the write lease on %s: %w", path, err)
+	}
+	return nil
 }
 
 // finish restores atime and mtime from cur, fsyncs and returns the final
