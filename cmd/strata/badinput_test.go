@@ -549,3 +549,45 @@ func TestBadInputOutsideHotTree(t *testing.T) {
 		t.Errorf("dead letters: %d, want 1", st.Stream.DeadLetters)
 	}
 }
+
+// TestBadInputOpenFile: a file another program keeps open is not released
+// (its reader could otherwise see the punched holes), and says so; a file
+// that is open only for a moment is released on a second try within the
+// same archive, not left to the next scan.
+func TestBadInputOpenFile(t *testing.T) {
+	stratatest.NeedRoot(t)
+	hot := stratatest.LoopMount(t, "ext4", 64<<20)
+	data, cold := t.TempDir(), t.TempDir()
+	orig := writeFiles(t, hot, map[string][]byte{
+		"kept-open.bin":  bytes.Repeat([]byte("open for the whole archive\n"), 40000),
+		"open-brief.bin": bytes.Repeat([]byte("open for a moment\n"), 40000),
+	})
+	p := func(name string) string { return filepath.Join(hot, name) }
+	kept, err := os.Open(p("kept-open.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kept.Close()
+	brief, err := os.Open(p("open-brief.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer brief.Close()
+	_, logs := loggedDaemon(t, Config{DataDir: data, Hot: []HotConfig{{Path: hot}},
+		Tiers: []TierConfig{{Name: "cold", Kind: "directory", Path: cold}}})
+	wait := archiveAsync(t, data, hot)
+	logs.waitLog(t, 30*time.Second, "trying again", p("open-brief.bin"))
+	brief.Close()
+	sum := wait()
+	if sum.Released != 1 || !strings.Contains(skipReasonOf(sum, p("kept-open.bin")), "open by another process") {
+		t.Fatalf("archive: %+v; want open-brief.bin released and kept-open.bin skipped as open", sum)
+	}
+	assertHot(t, p("kept-open.bin"), orig["kept-open.bin"])
+	info, err := stub.ReadPath(p("open-brief.bin"))
+	if err != nil || info.State != stub.Released {
+		t.Fatalf("open-brief.bin after archive: %+v %v; want released", info, err)
+	}
+	if got, err := os.ReadFile(p("open-brief.bin")); err != nil || !bytes.Equal(got, orig["open-brief.bin"]) {
+		t.Fatalf("open-brief.bin read back: %v (equal %v)", err, bytes.Equal(got, orig["open-brief.bin"]))
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
@@ -142,10 +143,26 @@ func (h *releaseHandler) release(ctx context.Context, env events.Envelope, f cat
 	if err != nil {
 		return err
 	}
-	res, err := Release(ctx, Request{
+	req := Request{
 		Path: f.Path, FileID: f.ID, ObjectID: f.ObjectID, Expect: expect, Reread: true,
 		Roots: h.cfg.Roots, Mark: h.cfg.Mark, Unhold: h.cfg.Unhold, Failpoints: h.cfg.Failpoints,
-	})
+	}
+	res, err := Release(ctx, req)
+	// A file is often open for a moment only (the scanner reading its
+	// inode generation, a backup tool, an editor saving): try a few more
+	// times before leaving it to a later scan.
+	for _, wait := range busyRetries {
+		if !errors.Is(err, ErrBusy) {
+			break
+		}
+		h.cfg.Logger.Info("file open by another process; trying again", "path", f.Path, "in", wait)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		res, err = Release(ctx, req)
+	}
 	if err != nil {
 		reason := skipReason(err)
 		if reason == "" && errors.Is(err, fs.ErrPermission) && !isStub(f.Path) {
@@ -183,6 +200,10 @@ func (h *releaseHandler) packedStat(f catalog.File) (events.FileStat, error) {
 	}
 	return events.FileStat{}, fmt.Errorf("release %s: catalog has no version with object %s", f.Path, f.ObjectID)
 }
+
+// busyRetries are the waits before each new try of a release that found
+// the file open by another process.
+var busyRetries = []time.Duration{250 * time.Millisecond, time.Second}
 
 // skipReason names why a file is not released now, or "" to retry.
 func skipReason(err error) string {
