@@ -16,11 +16,18 @@
 //
 // A stub is cut into fill chunks (ChunkSize, 4 MiB by default, aligned). An
 // event for bytes [off, off+n) claims every chunk the range touches, asks the
-// Source for their verified bytes, writes them with pwrite through the
-// event's fd (which raises no event) and only then answers FAN_ALLOW. A
-// background filler then fetches the remaining chunks, starting right after
-// the last access (the read-ahead). Per stub (keyed by device and inode) the
-// interceptor keeps each chunk's state — empty, filling, filled — so a
+// Source for their verified bytes, stores them through a shared mapping of a
+// dup of the event's fd (which raises no event; see fillRange for why not
+// pwrite) and only then answers FAN_ALLOW. When the range covers only part
+// of a chunk, the whole chunk is verified, the pages the program waits for
+// are stored first and the program is let go; the rest of the chunk is
+// stored right after. Background fills then fetch the remaining chunks,
+// starting right after the last access (the read-ahead), up to
+// BackgroundFills at once across all stubs (one at a time per stub on XFS,
+// where concurrent stores into one file were measured slower). Fills keep
+// the file's mtime: a recall is not a modification. The content is
+// fdatasynced before the state says archived. Per stub (keyed by device and
+// inode) the interceptor keeps each chunk's state — empty, filling, filled — so a
 // repeated event for filled bytes is answered at once, and concurrent events
 // on one chunk wait for the one fill in flight: one recall per stub.
 //

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -61,6 +62,16 @@ type recall struct {
 	// finishing makes finish run once: a refill inside finish can complete
 	// the recall again and start another.
 	finishing sync.Once
+	// storeMu makes the stores into this file one at a time (fills still
+	// read and verify in parallel): concurrent page faults on one inode
+	// contend in the filesystem (XFS: measured slower than one at a time).
+	storeMu sync.Mutex
+	// serialBackground: the background fills of this stub run one at a
+	// time. Measured on XFS (docs/BENCHMARKS-hotpath.md): a sequential
+	// reader of a 1 GiB stub finished in 0.64-0.74 s with one background
+	// fill per stub and in 0.78-0.94 s with two, while on ext4 two were
+	// faster (0.84 s against 0.97-1.12 s).
+	serialBackground bool
 
 	mu struct {
 		sync.Mutex
@@ -93,6 +104,8 @@ func newRecall(in *Interceptor, ev event, key inodeKey, st *unix.Stat_t, info st
 		start: time.Now(), chunk: in.cfg.ChunkSize, finished: make(chan struct{}),
 	}
 	r.fdIdle = sync.NewCond(&r.mu.Mutex)
+	var sfs unix.Statfs_t
+	r.serialBackground = unix.Fstatfs(fd, &sfs) == nil && sfs.Type == unix.XFS_SUPER_MAGIC
 	r.mu.limit = min(info.Size, st.Size)
 	r.mu.truncated = r.mu.limit < info.Size
 	r.mu.state = make([]chunkState, r.nchunks(info.Size))
@@ -110,6 +123,7 @@ func newRecall(in *Interceptor, ev event, key inodeKey, st *unix.Stat_t, info st
 				return nil, fmt.Errorf("punch chunk %d-%d left half written by a crash: %w", p.off, end, err)
 			}
 			in.log.Warn("punched a chunk a crashed fill left half written", "path", r.path, "off", p.off, "len", p.n)
+			restoreMtime(fd, st.Mtim) // a punch moves mtime; a recall must not look like a modification
 		}
 		in.jr.endFill(p.slot)
 	}
@@ -214,7 +228,7 @@ func (r *recall) ensure(ctx context.Context, lo, hi int64) error {
 			r.release(k, mineOps[j], firstErr)
 			continue
 		}
-		firstErr = r.fillChunk(ctx, k, mineOps[j])
+		firstErr = r.fillChunkFirst(ctx, k, mineOps[j], lo, hi)
 	}
 	for _, op := range waits {
 		<-op.done
@@ -276,9 +290,89 @@ func (r *recall) release(k int64, op *fillOp, err error) {
 	close(op.done)
 }
 
+// firstPart is the part of a chunk that a held program waits for: it is
+// stored first, and stored is closed as soon as it is.
+type firstPart struct {
+	lo, hi int64 // page-aligned, within the chunk
+	stored chan struct{}
+	once   sync.Once
+}
+
+// signal says the pages of f are stored. It is called only then.
+func (f *firstPart) signal() {
+	if f != nil {
+		f.once.Do(func() { close(f.stored) })
+	}
+}
+
+func (f *firstPart) isStored() bool {
+	if f == nil {
+		return false
+	}
+	select {
+	case <-f.stored:
+		return true
+	default:
+		return false
+	}
+}
+
+// fillChunkFirst fills chunk k, which the caller claimed, for a program
+// that waits for bytes [lo, hi). When those bytes cover only part of the
+// chunk, the chunk is read and verified whole, the pages of [lo, hi) are
+// stored first and fillChunkFirst returns; the rest of the chunk is stored
+// right after by a goroutine, which completes op (every other access to
+// the chunk waits for op, as for any fill). So a program waits for the
+// verification of the whole chunk (the Source verifies whole frames) but
+// not for the store of pages it does not need. Otherwise it is fillChunk.
+func (r *recall) fillChunkFirst(ctx context.Context, k int64, op *fillOp, lo, hi int64) error {
+	s := k * r.chunk
+	r.mu.Lock()
+	e := min(s+r.chunk, r.mu.limit)
+	r.mu.Unlock()
+	const page = 4096
+	plo, phi := max(lo, s)/page*page, (min(hi, e)+page-1)/page*page
+	if plo <= s && phi >= e || plo >= phi {
+		return r.fillChunk(ctx, k, op, nil)
+	}
+	fp := &firstPart{lo: plo, hi: phi, stored: make(chan struct{})}
+	r.mu.Lock()
+	r.mu.fdUsers++ // useFD: the caller (ensure) holds a use, so it is open
+	r.mu.Unlock()
+	r.in.work.Add(1)
+	go func() {
+		defer r.in.work.Done()
+		err := r.fillChunk(ctx, k, op, fp)
+		r.doneFD()
+		if err != nil && fp.isStored() && ctx.Err() == nil {
+			// The program that waited got its bytes; the rest of the
+			// chunk is filled by the next access (it is empty again).
+			var fe *fillError
+			f := Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path, Background: true, Err: err}
+			if errors.As(err, &fe) {
+				f.Offset, f.Length = fe.off, fe.n
+			}
+			r.in.fail(f)
+		}
+	}()
+	// fp is signalled only once its pages are stored (never on failure);
+	// op completes after that, so once op is done, fp tells whether they
+	// were.
+	select {
+	case <-fp.stored:
+		return nil
+	case <-op.done:
+	}
+	if fp.isStored() {
+		return nil
+	}
+	return op.err // nil when there was nothing to store (data, or truncated away)
+}
+
 // fillChunk fills the holes of chunk k, which the caller claimed, and
-// completes op.
-func (r *recall) fillChunk(ctx context.Context, k int64, op *fillOp) error {
+// completes op. With fp, the pages of fp are stored first (see
+// fillChunkFirst).
+func (r *recall) fillChunk(ctx context.Context, k int64, op *fillOp, fp *firstPart) error {
 	var tier string
 	var wrote int64
 	var err error
@@ -291,7 +385,7 @@ func (r *recall) fillChunk(ctx context.Context, k int64, op *fillOp) error {
 			break
 		}
 		var w int64
-		tier, w, err = r.fillRange(ctx, s, e)
+		tier, w, err = r.fillRange(ctx, s, e, fp)
 		wrote += w
 		if !errors.Is(err, errTruncated) {
 			break
@@ -332,7 +426,10 @@ func (r *recall) fillChunk(ctx context.Context, k int64, op *fillOp) error {
 	return nil
 }
 
-// fillRange writes the verified content into the holes of [s, e).
+// fillRange writes the verified content into the holes of [s, e). With
+// fp, the holes within fp are stored first and fp is signalled, then the
+// others. Nothing is stored before the whole of [s, e) is verified, and
+// one journal entry covers both stores.
 //
 // The bytes are stored through a shared mapping of the file, not with
 // pwrite: a store past EOF faults instead of extending the file, so a fill
@@ -341,7 +438,7 @@ func (r *recall) fillChunk(ctx context.Context, k int64, op *fillOp) error {
 // reaches the interceptor as an ordinary 4 KiB access, indistinguishable
 // from a write). A fault lowers the limit to the file's size and reports
 // errTruncated; the caller retries with the new limit.
-func (r *recall) fillRange(ctx context.Context, s, e int64) (tier string, wrote int64, err error) {
+func (r *recall) fillRange(ctx context.Context, s, e int64, fp *firstPart) (tier string, wrote int64, err error) {
 	holes, err := holeSegments(r.fd, s, e)
 	if err != nil {
 		return "", 0, fmt.Errorf("find holes: %w", err)
@@ -368,6 +465,8 @@ func (r *recall) fillRange(ctx context.Context, s, e int64) (tier string, wrote 
 	// A user write racing with this fill between the two calls would lose
 	// its mtime stamp (not its bytes); every release re-reads and hashes
 	// the content, so that can never lose data.
+	r.storeMu.Lock()
+	defer r.storeMu.Unlock()
 	var before unix.Stat_t
 	if err := unix.Fstat(r.fd, &before); err != nil {
 		return "", 0, fmt.Errorf("stat stub: %w", err)
@@ -378,15 +477,53 @@ func (r *recall) fillRange(ctx context.Context, s, e int64) (tier string, wrote 
 		return "", 0, fmt.Errorf("map stub at %d: %w", s, err)
 	}
 	defer unix.Munmap(m)
-	_ = unix.Madvise(m, unix.MADV_POPULATE_WRITE) // fewer faults; errors (e.g. past EOF) show up in copyFaulting
-	for _, h := range holes {
-		if !copyFaulting(m[h[0]-s:h[1]-s], buf[h[0]-s:h[1]-s]) {
+	store := func(parts [][2]int64) bool {
+		for _, h := range parts {
+			// Fault the pages in writable with one call (fewer faults than
+			// the copy would take, measured); an error (e.g. past EOF)
+			// shows up in copyFaulting.
+			_ = unix.Madvise(m[(h[0]-s)/4096*4096:h[1]-s], unix.MADV_POPULATE_WRITE)
+			if !copyFaulting(m[h[0]-s:h[1]-s], buf[h[0]-s:h[1]-s]) {
+				return false
+			}
+			wrote += h[1] - h[0]
+		}
+		return true
+	}
+	rest := holes
+	if fp != nil {
+		var first [][2]int64
+		first, rest = splitSegments(holes, fp.lo, fp.hi)
+		if !store(first) {
 			return "", wrote, errTruncated
 		}
-		wrote += h[1] - h[0]
+		restoreMtime(r.fd, before.Mtim)
+		fp.signal()
+	}
+	if !store(rest) {
+		return "", wrote, errTruncated
 	}
 	r.in.stats.filledBytes.Add(uint64(wrote))
 	return tier, wrote, nil
+}
+
+// splitSegments splits segs into their parts inside [lo, hi) and outside.
+func splitSegments(segs [][2]int64, lo, hi int64) (in, out [][2]int64) {
+	for _, h := range segs {
+		a, b := max(h[0], lo), min(h[1], hi)
+		if a >= b {
+			out = append(out, h)
+			continue
+		}
+		in = append(in, [2]int64{a, b})
+		if h[0] < a {
+			out = append(out, [2]int64{h[0], a})
+		}
+		if b < h[1] {
+			out = append(out, [2]int64{b, h[1]})
+		}
+	}
+	return in, out
 }
 
 var errTruncated = errors.New("stub truncated during fill")
@@ -493,12 +630,16 @@ func (r *recall) kick(from int64) {
 	go r.background()
 }
 
-// background fills the remaining chunks, one at a time, from the cursor
-// on, wrapping around. It stops at the first error (the next access
-// retries) and when the interceptor closes.
+// background fills the remaining chunks from the cursor on, wrapping
+// around, up to Config.BackgroundFills at once (the bound is shared by all
+// stubs; one at a time with serialBackground): a sequential reader then
+// finds the chunks ahead of it filled or being filled on every core. It
+// stops claiming chunks at the first error (the next access retries) and
+// when the interceptor closes.
 func (r *recall) background() {
 	defer r.in.work.Done()
 	ctx := r.in.bgCtx
+	var stop atomic.Bool
 	for {
 		select {
 		case r.in.bgSem <- struct{}{}:
@@ -509,7 +650,7 @@ func (r *recall) background() {
 		r.mu.Lock()
 		k, op := int64(-1), (*fillOp)(nil)
 		n := r.nchunks(r.mu.limit)
-		if !r.mu.done && !r.mu.fdClosed {
+		if !r.mu.done && !r.mu.fdClosed && !stop.Load() {
 			for j := range n {
 				c := (r.mu.cursor + j) % n
 				if r.mu.state[c] == chunkEmpty {
@@ -527,21 +668,29 @@ func (r *recall) background() {
 		}
 		r.mu.fdUsers++ // useFD: not closed, checked above
 		r.mu.Unlock()
-		err := r.fillChunk(ctx, k, op)
-		r.doneFD()
-		<-r.in.bgSem
-		if err != nil {
-			r.stopBackground()
-			if ctx.Err() == nil {
-				var fe *fillError
-				f := Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path, Background: true, Err: err}
-				if errors.As(err, &fe) {
-					f.Offset, f.Length = fe.off, fe.n
-				}
-				r.in.fail(f)
+		fill := func() {
+			err := r.fillChunk(ctx, k, op, nil)
+			r.doneFD()
+			<-r.in.bgSem
+			if err == nil || !stop.CompareAndSwap(false, true) || ctx.Err() != nil {
+				return
 			}
-			return
+			var fe *fillError
+			f := Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path, Background: true, Err: err}
+			if errors.As(err, &fe) {
+				f.Offset, f.Length = fe.off, fe.n
+			}
+			r.in.fail(f)
 		}
+		if r.serialBackground {
+			fill()
+			continue
+		}
+		r.in.work.Add(1)
+		go func() {
+			defer r.in.work.Done()
+			fill()
+		}()
 	}
 }
 
@@ -596,6 +745,16 @@ func (r *recall) finish() {
 		r.mu.Unlock()
 		r.in.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path, Background: true,
 			Err: fmt.Errorf("recalled file is not whole: %w", err)})
+		return
+	}
+	// The content must be on disk before the state that says so: with
+	// delayed allocation a journal commit could otherwise make the state
+	// durable while the filled bytes are not, and after a power loss the
+	// file would read as holes with no recall to fill them.
+	if err := unix.Fdatasync(r.fd); err != nil {
+		// As below: keep the mark and the recall.
+		r.in.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path, Background: true,
+			Err: fmt.Errorf("sync recalled content: %w", err)})
 		return
 	}
 	if err := stub.SetState(r.fd, stub.Archived); err != nil {
