@@ -75,12 +75,13 @@ type recallCrashCase struct {
 var recallCrashCases = []recallCrashCase{
 	{point: interceptor.FailAfterEvent, read: readWhole},
 	{point: interceptor.FailAfterFill, read: readMiddle},
+	{point: interceptor.FailAfterAnswer, read: readMiddle},
 	{point: interceptor.FailAfterEvent, noHolder: true, read: readWhole},
 	{point: interceptor.FailInFinish, read: readSmall},
 }
 
 func recallCrashes(t *testing.T, bin, fstype string, seed uint64) {
-	// 1 GiB (a sparse image): the four files fill under 30 % of it, far
+	// 1 GiB (a sparse image): the five files fill about a third of it, far
 	// below policy.high_watermark, so no scan archives a file on its own
 	// (which would turn a recalled file back into a stub under the test).
 	hot := stratatest.LoopMount(t, fstype, 1<<30)
@@ -241,6 +242,9 @@ func recallCrashes(t *testing.T, bin, fstype string, seed uint64) {
 			t.Fatalf("%s: reader after restart: %v\n%s", name, err, d2.logs())
 		default:
 			t.Fatalf("%s: reader got sha256 %s, want %s\nbefore the crash:\n%s\nafter:\n%s", name, out, want, d1.logs(), d2.logs())
+		}
+		if c.point == interceptor.FailAfterAnswer && !strings.Contains(d2.logs(), "answers a crashed daemon had decided") {
+			t.Fatalf("%s: the restarted daemon did not write the journaled answer again:\n%s", name, d2.logs())
 		}
 		// 4. The file is whole again and the catalog says so.
 		r2 := startSHAReader(t, f.path, readWhole)

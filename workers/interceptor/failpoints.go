@@ -17,6 +17,9 @@ const (
 	// FailAfterFill: the range of an event is filled and verified; its
 	// program is still held (not answered yet).
 	FailAfterFill = "interceptor.after-fill"
+	// FailAfterAnswer: an event was answered (its program goes on) and its
+	// journal slot still holds the answer.
+	FailAfterAnswer = "interceptor.after-answer"
 	// FailInFinish: the whole file is back and its xattrs say archived
 	// (resident); its mark is still on and its completion not reported.
 	FailInFinish = "interceptor.in-finish"

@@ -538,7 +538,10 @@ func (i *Interceptor) dispatch(b []byte) {
 				<-w // its number still names an orphan: answering now would release the orphan
 			}
 			seq := i.jr.begin(ev)
-			i.answer(ev.fd, i.decide(ev))
+			errno := i.decide(ev)
+			i.jr.answering(ev.fd, seq, errno)
+			i.answer(ev.fd, errno)
+			i.failpoint(FailAfterAnswer, ev.pid)
 			i.jr.end(ev.fd, seq)
 		}()
 	})

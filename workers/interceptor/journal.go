@@ -21,9 +21,13 @@ import (
 // no program is left waiting anyway). It has two tables:
 //
 //   - event slots, indexed by the number of an event's fd: written before
-//     the event is handled, cleared after it is answered. A daemon that
-//     takes over the group from a holder answers every slot still set (an
-//     orphan: its fd number is what the kernel matches replies against).
+//     the event is handled (in flight), turned into the answer just before
+//     it is written (answering), cleared after. A daemon that takes over
+//     the group from a holder handles every slot still in flight (an
+//     orphan: its fd number is what the kernel matches replies against)
+//     and writes every answer still recorded again, before its first read:
+//     the kernel refuses it if the first went through (ENOENT), and no new
+//     event can hold the number yet.
 //   - fill slots: a chunk whose bytes are being stored. A process killed
 //     mid-copy leaves a half-written chunk whose written pages are data
 //     (zeros past the copy point, since pages are faulted in writable
@@ -44,6 +48,7 @@ const (
 	journalSize       = journalHeader + journalEventSlots*eventSlotSize + journalFillSlots*fillSlotSize
 	maxHandleBytes    = 128
 	slotInFlight      = 1
+	slotAnswering     = 2 // event slots only: the answer at b[200:204] is being written
 )
 
 // orphan is an event a previous daemon read but did not answer.
@@ -138,7 +143,7 @@ func openJournal(dir string) (*journal, error) {
 	// past every number in the file.
 	var maxSeq uint64
 	for fd := range journalEventSlots {
-		if b := j.eventSlot(fd); j.state(b) == slotInFlight {
+		if b := j.eventSlot(fd); j.state(b) != 0 {
 			maxSeq = max(maxSeq, binary.NativeEndian.Uint64(b[8:16]))
 		}
 	}
@@ -186,13 +191,38 @@ func (j *journal) orphans() []orphan {
 	return out
 }
 
+// pendingAnswers returns, by fd number, the answers a previous process
+// began to write and may not have written.
+func (j *journal) pendingAnswers() map[int]unix.Errno {
+	out := map[int]unix.Errno{}
+	if j == nil {
+		return out
+	}
+	for fd := range journalEventSlots {
+		if b := j.eventSlot(fd); j.state(b) == slotAnswering {
+			out[fd] = unix.Errno(binary.NativeEndian.Uint32(b[200:204]))
+		}
+	}
+	return out
+}
+
 // forgetEvents clears every event slot: the group they belonged to is gone.
 func (j *journal) forgetEvents() {
 	for fd := range journalEventSlots {
-		if b := j.eventSlot(fd); j.state(b) == slotInFlight {
+		if b := j.eventSlot(fd); j.state(b) != 0 {
 			j.setState(b, 0)
 		}
 	}
+}
+
+// clearEvent clears the slot of fd, whatever it holds.
+func (j *journal) clearEvent(fd int) {
+	if j == nil {
+		return
+	}
+	j.mu.Lock()
+	j.setState(j.eventSlot(fd), 0)
+	j.mu.Unlock()
 }
 
 // begin records ev before it is handled and returns the token for end.
@@ -232,9 +262,25 @@ func (j *journal) begin(ev event) uint64 {
 	return seq
 }
 
+// answering records errno as the answer to the event of token seq, just
+// before it is written. A crash after it leaves a slot that the next daemon
+// answers again before its first read (see recoverStart), never an orphan
+// whose number a new event could hold by then.
+func (j *journal) answering(fd int, seq uint64, errno unix.Errno) {
+	if j == nil || seq == 0 || fd < 0 || fd >= journalEventSlots {
+		return
+	}
+	b := j.eventSlot(fd)
+	j.mu.Lock()
+	if binary.NativeEndian.Uint64(b[8:16]) == seq && j.state(b) == slotInFlight {
+		binary.NativeEndian.PutUint32(b[200:204], uint32(errno))
+		j.setState(b, slotAnswering)
+	}
+	j.mu.Unlock()
+}
+
 // end clears the slot of fd if it still holds the event of token seq.
-// Call it after the answer is written: a crash in between leaves a slot
-// whose reply the kernel will refuse (ENOENT), which is harmless.
+// Call it after the answer is written.
 func (j *journal) end(fd int, seq uint64) {
 	if j == nil || seq == 0 || fd < 0 || fd >= journalEventSlots {
 		return

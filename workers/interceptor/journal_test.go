@@ -118,3 +118,64 @@ func TestJournalPunchesHalfWrittenChunk(t *testing.T) {
 		t.Fatalf("recalled %d bytes, first difference at %d (a half-written chunk was taken for filled)", len(got), i)
 	}
 }
+
+// TestJournalAnswering: an event whose answer was being written when the
+// daemon died is not an orphan (answering it again after new events were
+// read could release one of them unfilled): the next daemon gets it as a
+// pending answer, with the errno that was decided, to write again before
+// its first read.
+func TestJournalAnswering(t *testing.T) {
+	dir := t.TempDir()
+	j, err := openJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// Three events on dups of one file: one answered and ended, one being
+	// answered (EIO) at the crash, one still in flight.
+	var fds []int
+	for range 3 {
+		fd, err := unix.Dup(int(f.Fd()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		fds = append(fds, fd)
+	}
+	ev := func(fd int) event {
+		return event{fd: fd, mask: unix.FAN_PRE_ACCESS, hasRange: true, off: 4096, count: 8192}
+	}
+	s0, s1, s2 := j.begin(ev(fds[0])), j.begin(ev(fds[1])), j.begin(ev(fds[2]))
+	if s0 == 0 || s1 == 0 || s2 == 0 {
+		t.Fatal("begin did not record the events")
+	}
+	j.answering(fds[0], s0, 0)
+	j.end(fds[0], s0)
+	j.answering(fds[1], s1, unix.EIO)
+	j.answering(fds[2], s2-1, 0) // a stale token changes nothing
+	j.close()                    // the crash
+
+	j, err = openJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.close()
+	if got := j.pendingAnswers(); len(got) != 1 || got[fds[1]] != unix.EIO {
+		t.Fatalf("pending answers %v, want only fd %d with EIO", got, fds[1])
+	}
+	orphans := j.orphans()
+	if len(orphans) != 1 || orphans[0].fd != fds[2] || orphans[0].seq != s2 {
+		t.Fatalf("orphans %+v, want only the event in flight on fd %d", orphans, fds[2])
+	}
+	j.clearEvent(fds[1])
+	if got := j.pendingAnswers(); len(got) != 0 {
+		t.Fatalf("pending answers after clearEvent: %v", got)
+	}
+	if s := j.begin(ev(fds[0])); s <= s2 {
+		t.Fatalf("token %d after reopening, want past %d", s, s2)
+	}
+}

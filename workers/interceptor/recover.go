@@ -39,6 +39,9 @@ import (
 //     daemon handles like any other (fill, verify, ALLOW). Then the orphan
 //     is allowed. If any of that fails or takes longer than
 //     RecoverTimeout, the orphan is denied with EIO.
+//   - An answer the dead daemon had decided (journaled as answering) is
+//     written again before the first read: refused (ENOENT) if it went
+//     through, else it releases the one event that can hold its number.
 //   - Events the journal missed (a crash between read and the journal
 //     store) are denied with EIO by a sweep of every fd number of the
 //     journal's table, before the first read: at that point every event
@@ -59,6 +62,25 @@ func (i *Interceptor) recoverStart(orphans []orphan) []orphan {
 	known := map[int]bool{}
 	for _, o := range orphans {
 		known[o.fd] = true
+	}
+	// Answers the dead daemon began to write: write them again. If the
+	// first went through, the kernel refuses this one (ENOENT); no event of
+	// ours can hold the number yet.
+	resent, written := 0, 0
+	for fd, errno := range i.jr.pendingAnswers() {
+		known[fd] = true
+		switch err := i.g.respondOrphan(fd, errno); {
+		case err == nil:
+			resent++
+		case errors.Is(err, unix.ENOENT):
+			written++
+		default:
+			i.log.Error("write an answer a crashed daemon had decided", "fd", fd, "err", err)
+		}
+		i.jr.clearEvent(fd)
+	}
+	if resent+written > 0 {
+		i.log.Warn("answers a crashed daemon had decided: written again", "resent", resent, "already_written", written)
 	}
 	swept := 0
 	for fd := range journalEventSlots {
@@ -124,6 +146,7 @@ func (i *Interceptor) finishOrphan(o orphan, errno unix.Errno) {
 	}
 	st.answering = true
 	i.orph.Unlock()
+	i.jr.answering(o.fd, o.seq, errno)
 	err := i.g.respondOrphan(o.fd, errno)
 	switch {
 	case errors.Is(err, unix.ENOENT):
