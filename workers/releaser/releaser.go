@@ -88,8 +88,13 @@ const (
 // again later" (the caller publishes file.release_skipped); the others are
 // refusals that a retry will not fix.
 var (
-	ErrChanged        = errors.New("releaser: file changed since it was read")
-	ErrBusy           = errors.New("releaser: file is open by another process")
+	ErrChanged = errors.New("releaser: file changed since it was read")
+	ErrBusy    = errors.New("releaser: file is open by another process")
+	// ErrOpenedDuring wraps ErrBusy: another program opened the file after
+	// the checks, when our xattr write had already moved its ctime, so a
+	// new try with the same expectation would only find it changed; a later
+	// scan reads it again.
+	ErrOpenedDuring   = fmt.Errorf("%w (opened during its release)", ErrBusy)
 	ErrOutsideRoot    = errors.New("releaser: path is outside every hot tree")
 	ErrNotRegular     = errors.New("releaser: not a regular file")
 	ErrUnsupportedFS  = errors.New("releaser: filesystem cannot hold stubs (need ext4, xfs or btrfs with trusted xattrs)")
@@ -399,7 +404,7 @@ func Release(ctx context.Context, req Request) (Result, error) {
 // read the holes about to be punched as zeros, so give up with ErrBusy.
 func handOver(fd int, path string) error {
 	if t, err := unix.FcntlInt(uintptr(fd), unix.F_GETLEASE, 0); err != nil || t != unix.F_WRLCK {
-		return fmt.Errorf("%w: %s was opened by another program during its release", ErrBusy, path)
+		return fmt.Errorf("%w: %s", ErrOpenedDuring, path)
 	}
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_UNLCK); err != nil {
 		return fmt.Errorf("end the write lease on %s: %w", path, err)

@@ -152,7 +152,7 @@ func (h *releaseHandler) release(ctx context.Context, env events.Envelope, f cat
 	// inode generation, a backup tool, an editor saving): try a few more
 	// times before leaving it to a later scan.
 	for _, wait := range busyRetries {
-		if !errors.Is(err, ErrBusy) {
+		if !errors.Is(err, ErrBusy) || errors.Is(err, ErrOpenedDuring) {
 			break
 		}
 		h.cfg.Logger.Info("file open by another process; trying again", "path", f.Path, "in", wait)
