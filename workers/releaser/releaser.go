@@ -19,8 +19,11 @@
 //     (F_SETLEASE F_WRLCK). The lease is granted only if no other process
 //     has the file open (else ErrBusy), and any later open or truncate by
 //     another process blocks until we let go: nobody can write between the
-//     check and the punch. An open by another process during the release
-//     waits until Release returns and then sees a marked stub.
+//     check and the mark. From the mark on, the interceptor holds every
+//     access by another program until Release returns (Mark/Unhold), and
+//     the lease is let go (step 5). Only an O_TRUNC open raises no event:
+//     it may empty the file, but what it writes next waits, so no new byte
+//     is ever punched.
 //  4. fstat + inode generation, compared with Request.Expect
 //     (events.FileStat.Diff): any difference is ErrChanged.
 //  5. stub.Write (state released; fsynced) — failpoint release.after-xattr
