@@ -321,6 +321,14 @@ func (a *applier) apply(env *events.Envelope, ev events.Event) error {
 	switch e := ev.(type) {
 	case *events.FileSelected:
 		return a.updateFile(env, e.FileID, true, func(f *File) {
+			if f.State == StateReleased {
+				// A stale selection: the file was released after it was
+				// selected (a release finishing the work of a crashed
+				// daemon while a new archive ran). A stub is never
+				// selected otherwise — a recall or a change comes first —
+				// and the compressor skips it.
+				return
+			}
 			f.Path, f.Root, f.Stat, f.State = e.Path, e.Root, e.Stat, StateArchiving
 		})
 

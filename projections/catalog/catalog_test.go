@@ -180,6 +180,13 @@ func TestTransitions(t *testing.T) {
 	s.apply(&events.FileReleased{FileID: fid, Path: "/d/a", ObjectID: obj1, Stat: stat(100), Copies: 2})
 	wantState(fid, StateReleased)
 	stubs(fid)
+	// A selection published after the release it raced with (a new
+	// archive while a redelivered release finished) leaves the stub as it is.
+	s.apply(&events.FileSelected{FileID: fid, Path: "/d/a", Root: "/d", Stat: stat(101), Reason: events.ReasonManual})
+	if f := wantState(fid, StateReleased); f.Stat != stat(100) {
+		t.Fatalf("stale selection changed the stub's stat: %+v", f.Stat)
+	}
+	stubs(fid)
 
 	s.apply(&events.RecallRequested{FileID: fid, Path: "/d/a", ObjectID: obj1, Length: 10, Reason: events.RecallAccess})
 	if f := wantState(fid, StateReleased); f.Recalls != 1 {

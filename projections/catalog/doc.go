@@ -19,7 +19,8 @@
 //
 // # File states
 //
-//	file.selected          → archiving (creates the record; a new path moves the path index)
+//	file.selected          → archiving (creates the record; a new path moves the path index);
+//	                         a released file stays released (a stale selection that raced its release)
 //	object.packed          → new version when it names an object other than the current one
 //	object.stored          → a good copy of the object on its tier
 //	object.corrupt         → that copy is corrupt (no longer counts)
