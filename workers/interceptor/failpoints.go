@@ -18,7 +18,7 @@ const (
 	// program is still held (not answered yet).
 	FailAfterFill = "interceptor.after-fill"
 	// FailAfterAnswer: an event was answered (its program goes on) and its
-	// journal slot still holds the answer.
+	// journal slot still holds the answer; no later event was read.
 	FailAfterAnswer = "interceptor.after-answer"
 	// FailInFinish: the whole file is back and its xattrs say archived
 	// (resident); its mark is still on and its completion not reported.

@@ -191,13 +191,19 @@ func (g *group) readNow(buf []byte) (int, error) {
 }
 
 // closeAndRespond closes the event fd, then answers its event (errno 0
-// allows). Closing first matters: the event fd is open for writing, and a
-// program held at exec must not find a writer when it resumes (ETXTBSY).
-func (g *group) closeAndRespond(fd int, errno unix.Errno) error {
+// allows), then calls answered (unless the answer failed). Closing first
+// matters: the event fd is open for writing, and a program held at exec
+// must not find a writer when it resumes (ETXTBSY). No read can hand the
+// fd's number to a new event before answered returns.
+func (g *group) closeAndRespond(fd int, errno unix.Errno, answered func()) error {
 	g.fdMu.Lock()
 	defer g.fdMu.Unlock()
 	unix.Close(fd)
-	return writeResponse(g.fd, fd, errno)
+	if err := writeResponse(g.fd, fd, errno); err != nil {
+		return err
+	}
+	answered()
+	return nil
 }
 
 func writeResponse(groupFD, fd int, errno unix.Errno) error {

@@ -525,7 +525,7 @@ func (i *Interceptor) dispatch(b []byte) {
 		}
 		if bad != nil {
 			i.log.Error("malformed fanotify event; denying", "err", bad)
-			i.answer(ev.fd, unix.EIO)
+			i.answer(ev, unix.EIO, 0)
 			return
 		}
 		i.work.Add(1)
@@ -540,9 +540,7 @@ func (i *Interceptor) dispatch(b []byte) {
 			seq := i.jr.begin(ev)
 			errno := i.decide(ev)
 			i.jr.answering(ev.fd, seq, errno)
-			i.answer(ev.fd, errno)
-			i.failpoint(FailAfterAnswer, ev.pid)
-			i.jr.end(ev.fd, seq)
+			i.answer(ev, errno, seq)
 		}()
 	})
 	if err != nil {
@@ -550,14 +548,22 @@ func (i *Interceptor) dispatch(b []byte) {
 	}
 }
 
-// answer writes the response for the event fd and closes it.
-func (i *Interceptor) answer(fd int, errno unix.Errno) {
+// answer closes the event's fd, writes its response and clears its journal
+// slot (token seq; 0 for an event not journaled), before any read can give
+// the fd's number to another event: so a slot never outlives its event
+// while a newer event holds its number (a restarted daemon answering the
+// slot would release that one, unfilled).
+func (i *Interceptor) answer(ev event, errno unix.Errno, seq uint64) {
 	if errno == 0 {
 		i.stats.allowed.Add(1)
 	} else {
 		i.stats.denied.Add(1)
 	}
-	if err := i.g.closeAndRespond(fd, errno); err != nil {
+	err := i.g.closeAndRespond(ev.fd, errno, func() {
+		i.failpoint(FailAfterAnswer, ev.pid)
+		i.jr.end(ev.fd, seq)
+	})
+	if err != nil {
 		i.log.Error("answer fanotify event", "err", err)
 	}
 }

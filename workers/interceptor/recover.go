@@ -231,7 +231,7 @@ func (i *Interceptor) serveOverOrphan(ev event) bool {
 	}
 	i.log.Warn("an event of this process got an orphan's fd number; answered the orphan first", "fd", ev.fd, "ino", o.ino, "errno", int(errno))
 	i.finishOrphan(o, errno)
-	i.answer(ev.fd, i.decide(ev))
+	i.answer(ev, i.decide(ev), 0)
 	return true
 }
 
