@@ -146,7 +146,12 @@ func (i *Interceptor) finishOrphan(o orphan, errno unix.Errno) {
 	}
 	st.answering = true
 	i.orph.Unlock()
-	i.jr.answering(o.fd, o.seq, errno)
+	if st.reserved >= 0 {
+		// Only while the number is reserved can no event of ours hold it,
+		// so only then may a crash leave an answer for the next daemon to
+		// write again; otherwise the slot stays an orphan.
+		i.jr.answering(o.fd, o.seq, errno)
+	}
 	err := i.g.respondOrphan(o.fd, errno)
 	switch {
 	case errors.Is(err, unix.ENOENT):
