@@ -136,6 +136,16 @@ func Permanent(err error) error {
 	return &permanentError{err}
 }
 
+type deliveriesKey struct{}
+
+// Deliveries returns how many times the message being handled has been
+// delivered, this time included (1 the first time), from the context the
+// runner gives Handle; 0 outside a handler.
+func Deliveries(ctx context.Context) int {
+	n, _ := ctx.Value(deliveriesKey{}).(int)
+	return n
+}
+
 // IsPermanent reports whether err, or an error it wraps, was marked by
 // Permanent.
 func IsPermanent(err error) bool {
@@ -325,7 +335,7 @@ func (sr *stageRun) process(hctx context.Context, msg jetstream.Msg) {
 	}
 	env.Seq = meta.Sequence.Stream
 
-	err = sr.handle(hctx, msg, env, ev)
+	err = sr.handle(context.WithValue(hctx, deliveriesKey{}, deliveries), msg, env, ev)
 	switch {
 	case err == nil:
 		actx, cancel := context.WithTimeout(context.WithoutCancel(hctx), 5*time.Second)

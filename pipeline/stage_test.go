@@ -234,12 +234,15 @@ func TestStageRetriesThenDeadLetters(t *testing.T) {
 	var seqs []uint64
 	runStage(t, js, pipeline.Stage{
 		Name: "retry", MaxDeliver: 3, Backoff: []time.Duration{5 * time.Millisecond, 10 * time.Millisecond},
-		Handle: func(_ context.Context, env events.Envelope, ev events.Event) error {
+		Handle: func(ctx context.Context, env events.Envelope, ev events.Event) error {
 			mu.Lock()
 			calls[env.ID]++
 			n := calls[env.ID]
 			seqs = append(seqs, env.Seq)
 			mu.Unlock()
+			if d := pipeline.Deliveries(ctx); d != n {
+				return failPermanent(t, "Deliveries(ctx) = %d on call %d", d, n)
+			}
 			if _, ok := ev.(*events.FileDeleted); !ok {
 				return failPermanent(t, "wrong event type %T", ev)
 			}

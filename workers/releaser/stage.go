@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
@@ -101,13 +100,26 @@ func (h *releaseHandler) handle(ctx context.Context, env events.Envelope, ev eve
 		if err != nil && !errors.Is(err, catalog.ErrNotFound) {
 			return err
 		}
+		busy := 0
 		for _, f := range files {
 			if f.State != catalog.StateArchiving || f.ObjectID != oid || !h.inRoots(f.Path) {
 				continue
 			}
-			if err := h.release(ctx, env, f, good); err != nil {
+			err := h.release(ctx, env, f, good)
+			if errors.Is(err, errTryAgain) {
+				busy++
+				continue
+			}
+			if err != nil {
 				return err
 			}
+		}
+		if busy > 0 {
+			if everywhere {
+				h.removeStaged(oid)
+			}
+			// Retried after the stage's backoff, while other objects go on.
+			return fmt.Errorf("releaser: %d file(s) of object %s open by another process: %w", busy, oid, errTryAgain)
 		}
 	}
 	if everywhere {
@@ -148,20 +160,13 @@ func (h *releaseHandler) release(ctx context.Context, env events.Envelope, f cat
 		Roots: h.cfg.Roots, Mark: h.cfg.Mark, Unhold: h.cfg.Unhold, Failpoints: h.cfg.Failpoints,
 	}
 	res, err := Release(ctx, req)
-	// A file is often open for a moment only (the scanner reading its
-	// inode generation, a backup tool, an editor saving): try a few more
-	// times before leaving it to a later scan.
-	for _, wait := range busyRetries {
-		if !errors.Is(err, ErrBusy) || errors.Is(err, ErrOpenedDuring) {
-			break
-		}
-		h.cfg.Logger.Info("file open by another process; trying again", "path", f.Path, "in", wait)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
-		}
-		res, err = Release(ctx, req)
+	if errors.Is(err, ErrBusy) && !errors.Is(err, ErrOpenedDuring) && pipeline.Deliveries(ctx) < busyTries {
+		// A file is often open for a moment only (the scanner reading its
+		// inode generation, a backup tool, an editor saving): the message
+		// comes back after the stage's backoff (1 s, then 5 s) before the
+		// file is left to a later scan.
+		h.cfg.Logger.Info("file open by another process; trying again", "path", f.Path, "delivery", pipeline.Deliveries(ctx))
+		return errTryAgain
 	}
 	if err != nil {
 		reason := skipReason(err)
@@ -201,9 +206,13 @@ func (h *releaseHandler) packedStat(f catalog.File) (events.FileStat, error) {
 	return events.FileStat{}, fmt.Errorf("release %s: catalog has no version with object %s", f.Path, f.ObjectID)
 }
 
-// busyRetries are the waits before each new try of a release that found
-// the file open by another process.
-var busyRetries = []time.Duration{250 * time.Millisecond, time.Second}
+// busyTries is how many deliveries of a message try to release a file that
+// another process has open before it is skipped.
+const busyTries = 3
+
+// errTryAgain: a file of the object was open by another process; the
+// message is retried.
+var errTryAgain = errors.New("will try again")
 
 // skipReason names why a file is not released now, or "" to retry.
 func skipReason(err error) string {
