@@ -24,8 +24,21 @@ func TestExampleConfig(t *testing.T) {
 	os.Mkdir(hot, 0o755)
 	s := strings.NewReplacer(`"/srv/projects"`, `"`+hot+`"`, `"/mnt/archive"`, `"`+cold+`"`,
 		`"/var/lib/strata"`, `"`+filepath.Join(dir, "data")+`"`).Replace(string(b))
-	p := filepath.Join(dir, "strata.toml")
-	os.WriteFile(p, []byte(s), 0o644)
+	c := loadValid(t, s)
+	if c.Hot[0].Path != hot || c.Tiers[0].Name != "hdd" || c.Compressor.FrameSize != 4<<20 ||
+		time.Duration(c.Policy.MinAge) != 30*24*time.Hour || c.Release.Copies != 1 {
+		t.Fatalf("parsed: %+v", c)
+	}
+}
+
+// loadValid loads the TOML text as strata run would (file, defaults,
+// validation) and fails the test on any error.
+func loadValid(t *testing.T, toml string) Config {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "strata.toml")
+	if err := os.WriteFile(p, []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	c, err := LoadConfig(p)
 	if err != nil {
 		t.Fatal(err)
@@ -34,10 +47,7 @@ func TestExampleConfig(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.Hot[0].Path != hot || c.Tiers[0].Name != "hdd" || c.Compressor.FrameSize != 4<<20 ||
-		time.Duration(c.Policy.MinAge) != 30*24*time.Hour || c.Release.Copies != 1 {
-		t.Fatalf("parsed: %+v", c)
-	}
+	return c
 }
 
 // tier returns a one-tier config of kind with extra keys.
@@ -64,16 +74,7 @@ func TestExampleTiers(t *testing.T) {
 	dir := t.TempDir()
 	conf := "data_dir = \"" + dir + "\"\n" + tier("directory", `path = "`+filepath.Join(dir, "cold")+`"`) +
 		strings.Join(lines, "\n") + "\n[release]\ncopies = 2\nfrom = [\"t\", \"offsite\", \"lto\"]\n"
-	p := filepath.Join(dir, "strata.toml")
-	os.WriteFile(p, []byte(conf), 0o644)
-	c, err := LoadConfig(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.EnsureDefaults()
-	if err := c.Validate(); err != nil {
-		t.Fatal(err)
-	}
+	c := loadValid(t, conf)
 	if len(c.Tiers) != 4 || c.Tiers[1].Kind != "s3" || c.Tiers[1].useTLS() != true || c.Tiers[1].MaxSize != 50<<30 ||
 		c.Tiers[2].envList()[0] != "RCLONE_CONFIG_DAV_TYPE=webdav" || c.Tiers[2].Cost != 20 ||
 		c.Tiers[3].BlockSize != 512<<10 || c.Tiers[3].Cost != 30 || c.Tiers[0].Cost != 10 {
@@ -195,16 +196,7 @@ func TestWholeFilePrograms(t *testing.T) {
 		{"[interceptor]\nwhole_file_programs = []", []string{}},
 		{"[interceptor]\nwhole_file_programs = [\"cp\", \"borg\"]", []string{"cp", "borg"}},
 	} {
-		p := filepath.Join(t.TempDir(), "c.toml")
-		os.WriteFile(p, []byte(tc.toml), 0o644)
-		c, err := LoadConfig(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.EnsureDefaults()
-		if err := c.Validate(); err != nil {
-			t.Fatal(err)
-		}
+		c := loadValid(t, tc.toml)
 		got := c.Interceptor.WholeFilePrograms
 		if got == nil || !slices.Equal(got, tc.want) || c.Interceptor.WholeFileBelow != interceptor.DefaultWholeFileBelow {
 			t.Errorf("%q: programs %q (nil: %v), below %d; want %q", tc.toml, got, got == nil, c.Interceptor.WholeFileBelow, tc.want)
