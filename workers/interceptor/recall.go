@@ -347,12 +347,7 @@ func (r *recall) fillChunkFirst(ctx context.Context, k int64, op *fillOp, lo, hi
 		if err != nil && fp.isStored() && ctx.Err() == nil {
 			// The program that waited got its bytes; the rest of the
 			// chunk is filled by the next access (it is empty again).
-			var fe *fillError
-			f := Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path, Background: true, Err: err}
-			if errors.As(err, &fe) {
-				f.Offset, f.Length = fe.off, fe.n
-			}
-			r.in.fail(f)
+			r.failBackground(err)
 		}
 	}()
 	// fp is signalled only once its pages are stored (never on failure);
@@ -675,12 +670,7 @@ func (r *recall) background() {
 			if err == nil || !stop.CompareAndSwap(false, true) || ctx.Err() != nil {
 				return
 			}
-			var fe *fillError
-			f := Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path, Background: true, Err: err}
-			if errors.As(err, &fe) {
-				f.Offset, f.Length = fe.off, fe.n
-			}
-			r.in.fail(f)
+			r.failBackground(err)
 		}
 		if r.serialBackground {
 			fill()
@@ -692,6 +682,17 @@ func (r *recall) background() {
 			fill()
 		}()
 	}
+}
+
+// failBackground reports a fill that failed with no program waiting for
+// it (the bytes it was for, when err says).
+func (r *recall) failBackground(err error) {
+	f := Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path, Background: true, Err: err}
+	var fe *fillError
+	if errors.As(err, &fe) {
+		f.Offset, f.Length = fe.off, fe.n
+	}
+	r.in.fail(f)
 }
 
 func (r *recall) stopBackground() {

@@ -95,12 +95,12 @@ func (h *releaseHandler) handle(ctx context.Context, env events.Envelope, ev eve
 		return err
 	}
 	good, everywhere := h.count(copies)
+	busy := 0
 	if good >= h.cfg.Copies {
 		files, err := h.cfg.Catalog.FilesByObject(oid)
 		if err != nil && !errors.Is(err, catalog.ErrNotFound) {
 			return err
 		}
-		busy := 0
 		for _, f := range files {
 			if f.State != catalog.StateArchiving || f.ObjectID != oid || !h.inRoots(f.Path) {
 				continue
@@ -114,16 +114,13 @@ func (h *releaseHandler) handle(ctx context.Context, env events.Envelope, ev eve
 				return err
 			}
 		}
-		if busy > 0 {
-			if everywhere {
-				h.removeStaged(oid)
-			}
-			// Retried after the stage's backoff, while other objects go on.
-			return fmt.Errorf("releaser: %d file(s) of object %s open by another process: %w", busy, oid, errTryAgain)
-		}
 	}
 	if everywhere {
 		h.removeStaged(oid)
+	}
+	if busy > 0 {
+		// Retried after the stage's backoff, while other objects go on.
+		return fmt.Errorf("releaser: %d file(s) of object %s open by another process: %w", busy, oid, errTryAgain)
 	}
 	return nil
 }
