@@ -14,8 +14,8 @@ import (
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
-	"github.com/strata-hsm/strata/workers/replicator"
 	"github.com/strata-hsm/strata/workers/scrubber"
+	"github.com/strata-hsm/strata/workers/tier"
 )
 
 // scrubRequest starts a scrub in the daemon (control verb "scrub").
@@ -111,7 +111,7 @@ func (d *daemon) startScrub(ctx context.Context, s *stages, req scrubRequest) (s
 			}})
 			return err
 		},
-		Repair: func(ctx context.Context, id string, to replicator.Target) (string, string, error) {
+		Repair: func(ctx context.Context, id string, to tier.Target) (string, string, error) {
 			return s.reader.Repair(ctx, id, to)
 		},
 		Emit: func(ctx context.Context, ev events.Event, parts ...string) error {

@@ -19,12 +19,12 @@ import (
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/object"
-	"github.com/strata-hsm/strata/workers/replicator"
-	"github.com/strata-hsm/strata/workers/replicator/dir"
 	"github.com/strata-hsm/strata/workers/tape"
 	"github.com/strata-hsm/strata/workers/tape/bundle"
 	"github.com/strata-hsm/strata/workers/tape/volume"
 	"github.com/strata-hsm/strata/workers/tapewriter"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/dir"
 )
 
 // ---- daemon side: opening a tape tier ----
@@ -47,11 +47,11 @@ func tapeTierConfig(cfg Config, t TierConfig) tapewriter.TierConfig {
 
 // tapeTierDeps backs a tape tier with the catalog, the daemon's log and
 // an emitter of the tier's store stage.
-func (d *daemon) tapeTierDeps(tier string) tapewriter.TierDeps {
+func (d *daemon) tapeTierDeps(name string) tapewriter.TierDeps {
 	return tapewriter.TierDeps{
-		Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, replicator.StageName(tier)),
-		Logger:  d.logger.With("stage", replicator.StageName(tier)),
-		Copy:    catalogTapeCopy(d.cat, tier),
+		Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, tier.StageName(name)),
+		Logger:  d.logger.With("stage", tier.StageName(name)),
+		Copy:    catalogTapeCopy(d.cat, name),
 	}
 }
 
@@ -173,7 +173,7 @@ func dirRecords(ctx context.Context, root string, prog *progress) ([]rebuildReco
 		return nil, nil, err
 	}
 	var ids []string
-	if err := tg.List(ctx, func(in replicator.Info) error { ids = append(ids, in.ID); return nil }); err != nil {
+	if err := tg.List(ctx, func(in tier.Info) error { ids = append(ids, in.ID); return nil }); err != nil {
 		return nil, nil, err
 	}
 	var recs []rebuildRecord
@@ -191,7 +191,7 @@ func dirRecords(ctx context.Context, root string, prog *progress) ([]rebuildReco
 			continue
 		}
 		recs = append(recs, rebuildRecord{ObjectID: id, Manifest: m, PackedSize: info.PackedSize, PackedSum: info.PackedSum,
-			Location: filepath.Join(root, filepath.FromSlash(replicator.ObjectKey(id)))})
+			Location: filepath.Join(root, filepath.FromSlash(tier.ObjectKey(id)))})
 	}
 	return recs, bad, nil
 }

@@ -24,14 +24,15 @@ import (
 	"github.com/strata-hsm/strata/workers/pruner"
 	"github.com/strata-hsm/strata/workers/recall"
 	"github.com/strata-hsm/strata/workers/releaser"
-	"github.com/strata-hsm/strata/workers/replicator"
-	"github.com/strata-hsm/strata/workers/replicator/dir"
-	"github.com/strata-hsm/strata/workers/replicator/rclone"
-	"github.com/strata-hsm/strata/workers/replicator/s3"
 	"github.com/strata-hsm/strata/workers/scanner"
 	"github.com/strata-hsm/strata/workers/scrubber"
+	"github.com/strata-hsm/strata/workers/store"
 	"github.com/strata-hsm/strata/workers/stub"
 	"github.com/strata-hsm/strata/workers/tapewriter"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/dir"
+	"github.com/strata-hsm/strata/workers/tier/rclone"
+	"github.com/strata-hsm/strata/workers/tier/s3"
 )
 
 // stages holds the daemon's workers, built explicitly from the config (no
@@ -39,9 +40,9 @@ import (
 type stages struct {
 	failpoints  failpoint.Set
 	stagingDir  string
-	targets     map[string]replicator.Target // guarded by guard (Put vs prune)
+	targets     map[string]tier.Target // guarded by guard (Put vs prune)
 	costs       map[string]int
-	filters     map[string]*tierFilter // nil: the tier takes every file
+	filters     map[string]*tier.Filter // nil: the tier takes every file
 	tiers       map[string]*tierState
 	guard       *pruner.Guard
 	scrubs      *scrubber.Jobs
@@ -58,10 +59,10 @@ type stages struct {
 func stageNamesFor(cfg Config) []string {
 	names := []string{compressor.StageName, releaser.StageName}
 	for _, t := range cfg.Tiers {
-		names = append(names, replicator.StageName(t.Name))
+		names = append(names, tier.StageName(t.Name))
 	}
 	if anyFiltered(cfg) {
-		names = append(names, unstageName)
+		names = append(names, store.UnstageName)
 	}
 	return names
 }
@@ -76,9 +77,9 @@ func (d *daemon) buildStages() (*stages, error) {
 	s := &stages{
 		failpoints: failpoint.New(),
 		stagingDir: filepath.Join(cfg.DataDir, "staging"),
-		targets:    map[string]replicator.Target{},
+		targets:    map[string]tier.Target{},
 		costs:      map[string]int{},
-		filters:    map[string]*tierFilter{},
+		filters:    map[string]*tier.Filter{},
 		tiers:      map[string]*tierState{},
 		guard:      pruner.NewGuard(),
 		tapeTiers:  map[string]*tapewriter.Tier{},
@@ -96,7 +97,7 @@ func (d *daemon) buildStages() (*stages, error) {
 		return nil, err
 	}
 	for _, t := range cfg.Tiers {
-		var tg replicator.Target
+		var tg tier.Target
 		var err error
 		if t.Kind == events.TierTape {
 			tt, terr := d.openTapeTier(t)
@@ -110,16 +111,18 @@ func (d *daemon) buildStages() (*stages, error) {
 		}
 		s.targets[t.Name] = s.guard.Wrap(tg)
 		s.costs[t.Name] = t.Cost
-		s.filters[t.Name] = newTierFilter(t)
+		if s.filters[t.Name], err = tier.NewFilter(t.Include, t.Exclude, int64(t.MinSize), int64(t.MaxSize)); err != nil {
+			return nil, fmt.Errorf("tier %s: %w", t.Name, err)
+		}
 		s.tiers[t.Name] = &tierState{kind: t.Kind}
 	}
 	s.reader, err = recall.New(recall.Config{
 		Targets: s.targets,
 		Copies:  d.goodCopies(s.costs),
-		OnFailure: func(objectID, tier string, err error) {
-			d.logger.Warn("recall from tier failed", "object", objectID, "tier", tier, "err", err)
-			if errors.Is(err, replicator.ErrCorrupt) || errors.Is(err, replicator.ErrNotFound) {
-				s.recallEv <- &events.ObjectCorrupt{ObjectID: objectID, Tier: tier, Reason: err.Error()}
+		OnFailure: func(objectID, tierName string, err error) {
+			d.logger.Warn("recall from tier failed", "object", objectID, "tier", tierName, "err", err)
+			if errors.Is(err, tier.ErrCorrupt) || errors.Is(err, tier.ErrNotFound) {
+				s.recallEv <- &events.ObjectCorrupt{ObjectID: objectID, Tier: tierName, Reason: err.Error()}
 			}
 		},
 		Logger: d.logger.With("component", "recall"),
@@ -159,11 +162,8 @@ func (d *daemon) buildStages() (*stages, error) {
 		InHotTree: d.inHotTree, Failpoints: s.failpoints, Logger: d.logger.With("stage", compressor.StageName),
 	}))
 	for _, t := range cfg.Tiers {
-		name := replicator.StageName(t.Name)
-		var wants func(p *events.ObjectPacked) bool
-		if f := s.filters[t.Name]; f != nil {
-			wants = func(p *events.ObjectPacked) bool { return f.wants(d.relPath(p.Path), p.Size) }
-		}
+		name := tier.StageName(t.Name)
+		filter := s.filters[t.Name]
 		var st pipeline.Stage
 		if tt := s.tapeTiers[t.Name]; tt != nil {
 			// The tape writer's own stage (bundles, ring, filemarks) and
@@ -172,19 +172,19 @@ func (d *daemon) buildStages() (*stages, error) {
 			if st.Name != name {
 				return nil, fmt.Errorf("tier %s: tape stage is named %q, want %q", t.Name, st.Name, name)
 			}
-			if wants != nil {
-				h := st.Handle
+			if filter != nil {
+				h, roots := st.Handle, d.hotRoots()
 				st.Handle = func(ctx context.Context, env events.Envelope, ev events.Event) error {
-					if p, ok := ev.(*events.ObjectPacked); ok && !wants(p) {
+					if p, ok := ev.(*events.ObjectPacked); ok && !filter.Wants(tier.RelPath(roots, p.Path), p.Size) {
 						return nil
 					}
 					return h(ctx, env, ev)
 				}
 			}
 		} else {
-			st = replicator.Stage(replicator.StageConfig{
+			st = store.Stage(store.StageConfig{
 				Target: s.targets[t.Name], Emitter: pipeline.NewEmitter(d.js, host, name),
-				Failpoints: s.failpoints, Logger: d.logger.With("stage", name), Wants: wants,
+				Failpoints: s.failpoints, Logger: d.logger.With("stage", name), Filter: filter, Roots: d.hotRoots(),
 			})
 			// A tier may be down for days: keep retrying (every 5 minutes
 			// at the end) instead of dead-lettering its copies after a few
@@ -200,7 +200,10 @@ func (d *daemon) buildStages() (*stages, error) {
 	allTiers := cfg.tierNames()
 	if anyFiltered(cfg) {
 		allTiers = nil
-		s.pipeline = append(s.pipeline, d.unstageStage(s))
+		s.pipeline = append(s.pipeline, store.Unstage(store.UnstageConfig{
+			Catalog: d.cat, Host: host, StagingDir: s.stagingDir, Filters: s.filters, Roots: d.hotRoots(),
+			Logger: d.logger.With("stage", store.UnstageName),
+		}))
 	}
 	s.pipeline = append(s.pipeline, releaser.Stage(releaser.StageConfig{
 		Catalog: d.cat, Emitter: pipeline.NewEmitter(d.js, host, releaser.StageName),
@@ -246,9 +249,9 @@ func (d *daemon) runStages(ctx context.Context, s *stages, g interface{ Go(func(
 }
 
 // openTier opens the target of one configured tier.
-func (d *daemon) openTier(t TierConfig) (replicator.Target, error) {
+func (d *daemon) openTier(t TierConfig) (tier.Target, error) {
 	logger := d.logger.With("tier", t.Name)
-	var tg replicator.Target
+	var tg tier.Target
 	var err error
 	switch t.Kind {
 	case events.TierDirectory:
@@ -283,15 +286,6 @@ func anyFiltered(cfg Config) bool {
 		}
 	}
 	return false
-}
-
-// relPath is p relative to its hot tree ("/"-separated), as tier globs
-// see it; a path outside every hot tree is taken without its leading "/".
-func (d *daemon) relPath(p string) string {
-	if r := d.hotRootOf(p); r != "" {
-		return strings.TrimPrefix(strings.TrimPrefix(p, r), "/")
-	}
-	return strings.TrimPrefix(p, "/")
 }
 
 // tierState is what `strata status` shows of a tier's store stage.
@@ -366,7 +360,7 @@ func (d *daemon) tierStatuses(ctx context.Context, st pipeline.Status) []tierSta
 	for i, t := range d.cfg.Tiers {
 		ts := tierStatus{Name: t.Name, Kind: t.Kind, Cost: t.Cost, Objects: counts[t.Name][0], Corrupt: counts[t.Name][1]}
 		for _, c := range st.Consumers {
-			if c.Name == replicator.StageName(t.Name) {
+			if c.Name == tier.StageName(t.Name) {
 				ts.Lag, ts.Pending = c.Lag, c.AckPending
 			}
 		}
@@ -385,7 +379,7 @@ func (d *daemon) tierStatuses(ctx context.Context, st pipeline.Status) []tierSta
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
 			_, err := tg.Stat(pctx, probeID)
-			if err == nil || errors.Is(err, replicator.ErrNotFound) {
+			if err == nil || errors.Is(err, tier.ErrNotFound) {
 				out[i].Reachable = true
 			} else {
 				out[i].Probe = err.Error()
@@ -394,96 +388,6 @@ func (d *daemon) tierStatuses(ctx context.Context, st pipeline.Status) []tierSta
 	}
 	wg.Wait()
 	return out
-}
-
-// unstageName is the durable consumer of the unstage stage.
-const unstageName = "unstage"
-
-// unstageStage removes a staged object once every tier that wants it (by
-// its tier filter, for any file that has the object) holds a good copy.
-func (d *daemon) unstageStage(s *stages) pipeline.Stage {
-	return pipeline.Stage{
-		Name: unstageName,
-		Filter: []string{
-			events.Subject(events.AnyHost, events.KindObjectStored),
-			events.Subject(d.cfg.Host, events.KindObjectPacked),
-		},
-		Concurrency: 1,
-		Handle: func(ctx context.Context, env events.Envelope, ev events.Event) error {
-			var oid string
-			switch e := ev.(type) {
-			case *events.ObjectStored:
-				oid = e.ObjectID
-			case *events.ObjectPacked:
-				oid = e.ObjectID
-			default:
-				return pipeline.Permanent(fmt.Errorf("unstage: unexpected event %s", env.Type))
-			}
-			if err := d.cat.WaitSeq(ctx, env.Seq); err != nil {
-				return err
-			}
-			done, err := d.storedWherever(s, oid)
-			if err != nil || !done {
-				return err
-			}
-			for _, ext := range []string{".zst", ".json"} {
-				p := filepath.Join(s.stagingDir, oid+ext)
-				if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-					d.logger.Warn("remove staged object", "path", p, "err", err)
-				}
-			}
-			return nil
-		},
-	}
-}
-
-// storedWherever reports whether every tier that wants object oid holds a
-// good copy of it.
-func (d *daemon) storedWherever(s *stages, oid string) (bool, error) {
-	cps, err := d.cat.Copies(oid)
-	if err != nil && !errors.Is(err, catalog.ErrNotFound) {
-		return false, err
-	}
-	good := map[string]bool{}
-	for _, c := range cps {
-		good[c.Tier] = good[c.Tier] || c.State == catalog.CopyGood
-	}
-	files, err := d.cat.FilesByObject(oid)
-	if err != nil && !errors.Is(err, catalog.ErrNotFound) {
-		return false, err
-	}
-	// Every path and size the object was packed under: a tier's store
-	// stage decided on one of them.
-	type use struct {
-		rel  string
-		size int64
-	}
-	var uses []use
-	for _, f := range files {
-		uses = append(uses, use{d.relPath(f.Path), f.Stat.Size})
-		vs, err := d.cat.Versions(f.ID)
-		if err != nil && !errors.Is(err, catalog.ErrNotFound) {
-			return false, err
-		}
-		for _, v := range vs {
-			if v.ObjectID == oid {
-				uses = append(uses, use{d.relPath(v.Path), v.Stat.Size})
-			}
-		}
-	}
-	if len(uses) == 0 {
-		return false, nil
-	}
-	for name, f := range s.filters {
-		wanted := false
-		for _, u := range uses {
-			wanted = wanted || f.wants(u.rel, u.size)
-		}
-		if wanted && !good[name] {
-			return false, nil
-		}
-	}
-	return true, nil
 }
 
 // closeStages releases what buildStages opened. The interceptor closes

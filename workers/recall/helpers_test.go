@@ -17,11 +17,11 @@ import (
 	"github.com/strata-hsm/strata/workers/object"
 	"github.com/strata-hsm/strata/workers/object/objecttest"
 	"github.com/strata-hsm/strata/workers/recall"
-	"github.com/strata-hsm/strata/workers/replicator"
-	"github.com/strata-hsm/strata/workers/replicator/dir"
-	"github.com/strata-hsm/strata/workers/replicator/replicatortest"
-	"github.com/strata-hsm/strata/workers/replicator/s3"
 	"github.com/strata-hsm/strata/workers/stub"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/dir"
+	"github.com/strata-hsm/strata/workers/tier/s3"
+	"github.com/strata-hsm/strata/workers/tier/tiertest"
 )
 
 const testFrame = 64 << 10
@@ -66,9 +66,9 @@ func mixedObject(t testing.TB, size int, seed uint64) *testObject {
 	return pack(t, data, testFrame)
 }
 
-func (o *testObject) put(t testing.TB, tgt replicator.Target) {
+func (o *testObject) put(t testing.TB, tgt tier.Target) {
 	t.Helper()
-	_, err := tgt.Put(context.Background(), replicator.Object{
+	_, err := tgt.Put(context.Background(), tier.Object{
 		ID: o.m.ObjectID, PackedSize: o.m.PackedSize, PackedSum: o.m.PackedSum, Manifest: o.manifest,
 		Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(o.packed)), nil },
 	})
@@ -86,7 +86,7 @@ func openDir(t testing.TB, name string) *dir.Target {
 	return tgt
 }
 
-func openS3(t testing.TB, name string, srv *replicatortest.S3Server) *s3.Target {
+func openS3(t testing.TB, name string, srv *tiertest.S3Server) *s3.Target {
 	t.Helper()
 	tgt, err := s3.Open(s3.Config{
 		Name: name, Endpoint: srv.Endpoint, Bucket: srv.NewBucket(t),
@@ -99,12 +99,12 @@ func openS3(t testing.TB, name string, srv *replicatortest.S3Server) *s3.Target 
 }
 
 // s3Path is where versitygw's posix backend keeps an object's packed bytes.
-func s3Path(srv *replicatortest.S3Server, tgt *s3.Target, id string) string {
+func s3Path(srv *tiertest.S3Server, tgt *s3.Target, id string) string {
 	return filepath.Join(srv.Dir, tgt.Bucket(), filepath.FromSlash(tgt.Key(id)))
 }
 
 func dirPath(tgt *dir.Target, id string) string {
-	return filepath.Join(tgt.Root(), filepath.FromSlash(replicator.ObjectKey(id)))
+	return filepath.Join(tgt.Root(), filepath.FromSlash(tier.ObjectKey(id)))
 }
 
 // flipByte flips one byte of a file in place (keeping its inode and xattrs)
@@ -166,9 +166,9 @@ func (f *failures) reset() {
 
 // newReader returns a Reader over targets; every object has a copy on each
 // target, with the cost given.
-func newReader(t testing.TB, fails *failures, backoff time.Duration, copies []recall.Copy, targets ...replicator.Target) *recall.Reader {
+func newReader(t testing.TB, fails *failures, backoff time.Duration, copies []recall.Copy, targets ...tier.Target) *recall.Reader {
 	t.Helper()
-	m := make(map[string]replicator.Target)
+	m := make(map[string]tier.Target)
 	for _, tgt := range targets {
 		m[tgt.Name()] = tgt
 	}
@@ -189,11 +189,11 @@ func newReader(t testing.TB, fails *failures, backoff time.Duration, copies []re
 
 // startVersitygw starts a versitygw that the test can stop, and returns the
 // server and a func that kills it (and waits for it to exit).
-func startVersitygw(t testing.TB) (*replicatortest.S3Server, func()) {
+func startVersitygw(t testing.TB) (*tiertest.S3Server, func()) {
 	t.Helper()
-	bin := replicatortest.LookGoTool(t, "versitygw", "github.com/versity/versitygw/cmd/versitygw@v1.8.0")
-	srv := &replicatortest.S3Server{Dir: t.TempDir(), AccessKey: "recall-test", SecretKey: "recall-test-secret"}
-	srv.Endpoint = fmt.Sprintf("127.0.0.1:%d", replicatortest.FreePort(t))
+	bin := tiertest.LookGoTool(t, "versitygw", "github.com/versity/versitygw/cmd/versitygw@v1.8.0")
+	srv := &tiertest.S3Server{Dir: t.TempDir(), AccessKey: "recall-test", SecretKey: "recall-test-secret"}
+	srv.Endpoint = fmt.Sprintf("127.0.0.1:%d", tiertest.FreePort(t))
 	cmd := exec.Command(bin, "--port", srv.Endpoint, "--quiet", "posix", srv.Dir)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+srv.AccessKey, "ROOT_SECRET_KEY="+srv.SecretKey)
 	var out bytes.Buffer

@@ -15,8 +15,8 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/strata-hsm/strata/workers/object"
-	"github.com/strata-hsm/strata/workers/replicator"
 	"github.com/strata-hsm/strata/workers/stub"
+	"github.com/strata-hsm/strata/workers/tier"
 )
 
 // Errors callers test with errors.Is.
@@ -47,7 +47,7 @@ type Copy struct {
 // Config configures a Reader.
 type Config struct {
 	// Targets are the tiers this host can read, by tier name.
-	Targets map[string]replicator.Target
+	Targets map[string]tier.Target
 	// Copies returns the copies of an object that the catalog believes
 	// good. Called once per ReadVerified, WriteTo, Manifest and Repair call;
 	// it must be cheap and safe for concurrent use.
@@ -187,13 +187,13 @@ func New(cfg Config) (*Reader, error) {
 // source is a copy this host can read.
 type source struct {
 	tier string
-	t    replicator.Target
+	t    tier.Target
 }
 
 // plan returns the readable copies of id in the order to try them, and the
 // tiers listed by the catalog but not readable here.
 func (r *Reader) plan(id string) (srcs []source, skipped []string, err error) {
-	if err := replicator.ValidateID(id); err != nil {
+	if err := tier.ValidateID(id); err != nil {
 		return nil, nil, fmt.Errorf("recall: %w", err)
 	}
 	copies, err := r.cfg.Copies(id)
@@ -240,13 +240,13 @@ func (r *Reader) penalized(tier, id string) bool {
 const maxPenalties = 4096
 
 // failed records and reports a failed attempt on a copy.
-func (r *Reader) failed(id, tier string, err error) {
-	r.manifests.remove(cacheKey(tier, id)) // a repaired copy may differ
-	r.log.Warn("copy failed", "object", id, "tier", tier, "err", err)
+func (r *Reader) failed(id, tierName string, err error) {
+	r.manifests.remove(cacheKey(tierName, id)) // a repaired copy may differ
+	r.log.Warn("copy failed", "object", id, "tier", tierName, "err", err)
 	if r.cfg.FailureBackoff >= 0 {
-		key := tier + "\x00" + id
-		if errors.Is(err, replicator.ErrUnavailable) {
-			key = tier
+		key := tierName + "\x00" + id
+		if errors.Is(err, tier.ErrUnavailable) {
+			key = tierName
 		}
 		now := time.Now()
 		r.penalty.Lock()
@@ -264,7 +264,7 @@ func (r *Reader) failed(id, tier string, err error) {
 		r.penalty.Unlock()
 	}
 	if r.cfg.OnFailure != nil {
-		r.cfg.OnFailure(id, tier, err)
+		r.cfg.OnFailure(id, tierName, err)
 	}
 }
 
@@ -280,12 +280,12 @@ func (r *Reader) succeeded(id, tier string) {
 
 func cacheKey(tier, id string) string { return tier + "\x00" + id }
 
-// corrupt wraps err with replicator.ErrCorrupt unless it already is.
+// corrupt wraps err with tier.ErrCorrupt unless it already is.
 func corrupt(err error) error {
-	if errors.Is(err, replicator.ErrCorrupt) {
+	if errors.Is(err, tier.ErrCorrupt) {
 		return err
 	}
-	return fmt.Errorf("%w: %w", replicator.ErrCorrupt, err)
+	return fmt.Errorf("%w: %w", tier.ErrCorrupt, err)
 }
 
 // manifestOf returns the manifest of the copy of id on src, checked: valid,
@@ -307,7 +307,7 @@ func (r *Reader) manifestOf(ctx context.Context, src source, id string) (object.
 			return object.Manifest{}, fmt.Errorf("manifest: %w", corrupt(err))
 		}
 		if m.ObjectID != id {
-			return object.Manifest{}, fmt.Errorf("manifest: %w: it describes object %s", replicator.ErrCorrupt, m.ObjectID)
+			return object.Manifest{}, fmt.Errorf("manifest: %w: it describes object %s", tier.ErrCorrupt, m.ObjectID)
 		}
 		r.manifests.put(key, m)
 		return m, nil
@@ -405,7 +405,7 @@ func (r *Reader) readCopy(ctx context.Context, src source, st stub.Info, p []byt
 }
 
 // fetch reads exactly n packed bytes of object id at off from t.
-func fetch(ctx context.Context, t replicator.Target, id string, off, n int64) ([]byte, error) {
+func fetch(ctx context.Context, t tier.Target, id string, off, n int64) ([]byte, error) {
 	rc, err := t.GetRange(ctx, id, off, n)
 	if err != nil {
 		return nil, classifyGet(off, n, err)
@@ -421,7 +421,7 @@ func fetch(ctx context.Context, t replicator.Target, id string, off, n int64) ([
 // classifyGet marks a range the copy does not have (ErrRange: the copy is
 // shorter than its manifest says) as corruption.
 func classifyGet(off, n int64, err error) error {
-	if errors.Is(err, replicator.ErrRange) {
+	if errors.Is(err, tier.ErrRange) {
 		return fmt.Errorf("get %d bytes at %d: %w", n, off, corrupt(err))
 	}
 	return fmt.Errorf("get %d bytes at %d: %w", n, off, err)
