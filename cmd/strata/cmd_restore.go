@@ -147,3 +147,12 @@ func cmdRestore(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "restored version %d (%s, %s from %s) to %s\n", rep.Version, rep.ObjectID[:16], humanBytes(rep.Bytes), rep.Tier, rep.To)
 	return nil
 }
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
