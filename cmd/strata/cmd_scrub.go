@@ -2,14 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
@@ -39,42 +36,24 @@ type scrubStatusRequest struct {
 // serveTierControl answers the verbs of the replication stages — scrub,
 // scrub-status and prune — until ctx ends.
 func (d *daemon) serveTierControl(ctx context.Context, s *stages) error {
-	handlers := map[string]ctlHandler{
-		"scrub": func(_ context.Context, raw []byte) (any, error) {
-			var req scrubRequest
-			if err := json.Unmarshal(raw, &req); err != nil {
-				return nil, fmt.Errorf("scrub: bad request: %w", err)
-			}
+	handlers := map[string]pipeline.ControlHandler{
+		"scrub": pipeline.Verb("scrub", func(_ context.Context, req scrubRequest) (any, error) {
 			return d.startScrub(ctx, s, req)
-		},
-		"scrub-status": func(_ context.Context, raw []byte) (any, error) {
-			var req scrubStatusRequest
-			if err := json.Unmarshal(raw, &req); err != nil {
-				return nil, fmt.Errorf("scrub-status: bad request: %w", err)
-			}
+		}),
+		"scrub-status": pipeline.Verb("scrub-status", func(_ context.Context, req scrubStatusRequest) (any, error) {
 			st, ok := s.scrubs.Status(req.RunID)
 			if !ok {
 				return nil, fmt.Errorf("scrub-status: no scrub run %q", req.RunID)
 			}
 			return st, nil
-		},
+		}),
 		"prune": func(hctx context.Context, raw []byte) (any, error) { return d.ctlPrune(hctx, s, raw) },
 	}
-	var subs []*nats.Subscription
-	defer func() {
-		for _, sub := range subs {
-			_ = sub.Unsubscribe()
-		}
-	}()
-	for verb, h := range handlers {
-		sub, err := d.nc.Subscribe(events.ControlSubject(d.cfg.Host, verb), func(m *nats.Msg) {
-			go d.answer(ctx, verb, h, m)
-		})
-		if err != nil {
-			return fmt.Errorf("subscribe control %s: %w", verb, err)
-		}
-		subs = append(subs, sub)
+	stop, err := pipeline.ServeControl(ctx, d.nc, d.cfg.Host, handlers, d.logger)
+	if err != nil {
+		return err
 	}
+	defer stop()
 	<-ctx.Done()
 	return nil
 }

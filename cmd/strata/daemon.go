@@ -96,7 +96,7 @@ func (d *daemon) run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.cat.Follow(gctx, d.js, d.logger.With("component", "catalog")) })
 	d.runStages(gctx, d.stages, g)
-	stop, err := d.serveControl()
+	stop, err := d.serveControl(context.Background())
 	if err != nil {
 		return err
 	}

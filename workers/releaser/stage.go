@@ -69,7 +69,7 @@ func Stage(cfg StageConfig) pipeline.Stage {
 			events.Subject(cfg.Emitter.Host(), events.KindObjectPacked),
 		},
 		Concurrency: 1, // one release at a time: releases of one file never race
-		Handle:      h.handle,
+		Handle:      pipeline.HandleEither[*events.ObjectStored, *events.ObjectPacked](StageName, h.handle),
 	}
 }
 
@@ -78,15 +78,7 @@ type releaseHandler struct {
 }
 
 func (h *releaseHandler) handle(ctx context.Context, env events.Envelope, ev events.Event) error {
-	var oid string
-	switch e := ev.(type) {
-	case *events.ObjectStored:
-		oid = e.ObjectID
-	case *events.ObjectPacked:
-		oid = e.ObjectID
-	default:
-		return pipeline.Permanent(fmt.Errorf("releaser: unexpected event %s", env.Type))
-	}
+	oid := ev.Entity() // the object both event types name
 	if err := h.cfg.Catalog.WaitSeq(ctx, env.Seq); err != nil {
 		return err
 	}

@@ -69,7 +69,7 @@ func Stage(cfg StageConfig) pipeline.Stage {
 		Name:        tier.StageName(cfg.Target.Name()),
 		Filter:      []string{events.Subject(cfg.Emitter.Host(), events.KindObjectPacked)},
 		Concurrency: 4,
-		Handle:      h.handle,
+		Handle:      pipeline.Handle(tier.StageName(cfg.Target.Name()), h.handle),
 	}
 }
 
@@ -77,11 +77,7 @@ type storeHandler struct {
 	cfg StageConfig
 }
 
-func (h *storeHandler) handle(ctx context.Context, env events.Envelope, ev events.Event) error {
-	p, ok := ev.(*events.ObjectPacked)
-	if !ok {
-		return pipeline.Permanent(fmt.Errorf("store: unexpected event %s", env.Type))
-	}
+func (h *storeHandler) handle(ctx context.Context, env events.Envelope, p *events.ObjectPacked) error {
 	if !h.cfg.Filter.Wants(tier.RelPath(h.cfg.Roots, p.Path), p.Size) {
 		return nil
 	}

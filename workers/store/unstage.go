@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -47,16 +46,8 @@ func Unstage(cfg UnstageConfig) pipeline.Stage {
 			events.Subject(cfg.Host, events.KindObjectPacked),
 		},
 		Concurrency: 1,
-		Handle: func(ctx context.Context, env events.Envelope, ev events.Event) error {
-			var oid string
-			switch e := ev.(type) {
-			case *events.ObjectStored:
-				oid = e.ObjectID
-			case *events.ObjectPacked:
-				oid = e.ObjectID
-			default:
-				return pipeline.Permanent(fmt.Errorf("unstage: unexpected event %s", env.Type))
-			}
+		Handle: pipeline.HandleEither[*events.ObjectStored, *events.ObjectPacked](UnstageName, func(ctx context.Context, env events.Envelope, ev events.Event) error {
+			oid := ev.Entity() // the object both event types name
 			if err := cfg.Catalog.WaitSeq(ctx, env.Seq); err != nil {
 				return err
 			}
@@ -71,7 +62,7 @@ func Unstage(cfg UnstageConfig) pipeline.Stage {
 				}
 			}
 			return nil
-		},
+		}),
 	}
 }
 

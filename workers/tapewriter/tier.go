@@ -584,15 +584,11 @@ func (t *Tier) Stage() pipeline.Stage {
 		Name:        tier.StageName(t.cfg.Name),
 		Filter:      []string{events.Subject(t.deps.Emitter.Host(), events.KindObjectPacked)},
 		Concurrency: t.cfg.Concurrency,
-		Handle:      t.handle,
+		Handle:      pipeline.Handle(tier.StageName(t.cfg.Name), t.handle),
 	}
 }
 
-func (t *Tier) handle(ctx context.Context, env events.Envelope, ev events.Event) error {
-	p, ok := ev.(*events.ObjectPacked)
-	if !ok {
-		return pipeline.Permanent(fmt.Errorf("tape store: unexpected event %s", env.Type))
-	}
+func (t *Tier) handle(ctx context.Context, env events.Envelope, p *events.ObjectPacked) error {
 	c, have, err := t.deps.Copy(p.ObjectID)
 	if err != nil {
 		return fmt.Errorf("tape store %s: catalog: %w", p.ObjectID, err)
