@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"time"
@@ -12,6 +13,9 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/workers/interceptor"
+	"github.com/strata-hsm/strata/workers/recall"
+	"github.com/strata-hsm/strata/workers/scanner"
 )
 
 // daemonInfoFile tells the CLI which host token the daemon on a data
@@ -36,19 +40,18 @@ func (d *daemon) serveControl(ctx context.Context) (func(), error) {
 
 // controlHandlers maps each verb to its handler.
 func (d *daemon) controlHandlers() map[string]pipeline.ControlHandler {
-	return map[string]pipeline.ControlHandler{
-		"status":  d.ctlStatus,
-		"ls":      d.ctlLs,
-		"verify":  d.ctlVerify,
-		"export":  d.ctlExport,
-		"archive": d.ctlArchive,
-		"pin":     d.ctlPin,
-		"preview": d.ctlPreview,
-		"recall":  d.ctlRecall,
-		"restore": d.ctlRestore,
-
+	h := map[string]pipeline.ControlHandler{
+		"status":       d.ctlStatus,
+		"ls":           d.ctlLs,
+		"verify":       d.ctlVerify,
+		"export":       d.ctlExport,
+		"recall":       interceptor.RecallVerb(pipeline.NewEmitter(d.js, d.cfg.Host, "recall"), d.hotRoots()),
+		"restore":      recall.RestoreVerb(d.stages.reader, d.cat),
 		"tape-rebuild": d.ctlTapeRebuild,
 	}
+	verbs := scanner.Verbs{Policy: d.scanPolicy(d.hotRoots()), Catalog: d.cat, JS: d.js, Host: d.cfg.Host}
+	maps.Copy(h, verbs.Handlers())
+	return h
 }
 
 // errDaemonRunning is returned by commands that need the data directory to

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -35,12 +34,6 @@ type daemon struct {
 
 	cat    *catalog.Catalog
 	stages *stages
-
-	// reconcile remembers the stubs the last scan missed (reconcile.go).
-	reconcile struct {
-		sync.Mutex
-		missing map[string]bool
-	}
 }
 
 // catalogDir is where the live catalog lives under the data directory.

@@ -11,8 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
@@ -27,7 +25,6 @@ import (
 	"github.com/strata-hsm/strata/workers/scanner"
 	"github.com/strata-hsm/strata/workers/scrubber"
 	"github.com/strata-hsm/strata/workers/store"
-	"github.com/strata-hsm/strata/workers/stub"
 	"github.com/strata-hsm/strata/workers/tapewriter"
 	"github.com/strata-hsm/strata/workers/tier"
 	"github.com/strata-hsm/strata/workers/tier/dir"
@@ -52,12 +49,11 @@ type stages struct {
 	scanner     *scanner.Loop
 	pipeline    []pipeline.Stage
 	validator   *schemas.Validator
-	recallEv    chan any // interceptor.Completion, interceptor.Failure or an events.Event
 }
 
 // stageNamesFor lists the durable consumers the config creates.
 func stageNamesFor(cfg Config) []string {
-	names := []string{compressor.StageName, releaser.StageName}
+	names := []string{compressor.StageName, releaser.StageName, interceptor.PrefetchStageName}
 	for _, t := range cfg.Tiers {
 		names = append(names, tier.StageName(t.Name))
 	}
@@ -84,7 +80,6 @@ func (d *daemon) buildStages() (*stages, error) {
 		guard:      pruner.NewGuard(),
 		tapeTiers:  map[string]*tapewriter.Tier{},
 		scrubs:     scrubber.NewJobs(),
-		recallEv:   make(chan any, 4096),
 	}
 	var err error
 	if s.validator, err = schemas.NewValidator(); err != nil {
@@ -117,15 +112,9 @@ func (d *daemon) buildStages() (*stages, error) {
 		s.tiers[t.Name] = &tierState{kind: t.Kind}
 	}
 	s.reader, err = recall.New(recall.Config{
-		Targets: s.targets,
-		Copies:  d.goodCopies(s.costs),
-		OnFailure: func(objectID, tierName string, err error) {
-			d.logger.Warn("recall from tier failed", "object", objectID, "tier", tierName, "err", err)
-			if errors.Is(err, tier.ErrCorrupt) || errors.Is(err, tier.ErrNotFound) {
-				s.recallEv <- &events.ObjectCorrupt{ObjectID: objectID, Tier: tierName, Reason: err.Error()}
-			}
-		},
-		Logger: d.logger.With("component", "recall"),
+		Targets: s.targets, Catalog: d.cat, Costs: s.costs,
+		Emitter: pipeline.NewEmitter(d.js, cfg.Host, "recall"),
+		Logger:  d.logger.With("component", "recall"),
 	})
 	if err != nil {
 		return nil, err
@@ -144,8 +133,7 @@ func (d *daemon) buildStages() (*stages, error) {
 			return nil, fmt.Errorf("interceptor: holder socket %s is longer than %d bytes (a unix socket limit): use a shorter data directory, or interceptor.holder = false", icfg.HolderSocket, maxSocketPath)
 		}
 	}
-	icfg.OnComplete = func(c interceptor.Completion) { s.recallEv <- c }
-	icfg.OnFail = func(f interceptor.Failure) { s.recallEv <- f }
+	icfg.Emitter = pipeline.NewEmitter(d.js, cfg.Host, "interceptor")
 	if s.interceptor, err = interceptor.Open(icfg, s.reader, d.logger.With("stage", "interceptor")); err != nil {
 		return nil, fmt.Errorf("interceptor: %w", err)
 	}
@@ -205,6 +193,7 @@ func (d *daemon) buildStages() (*stages, error) {
 			Logger: d.logger.With("stage", store.UnstageName),
 		}))
 	}
+	s.pipeline = append(s.pipeline, interceptor.PrefetchStage(host, d.logger.With("stage", interceptor.PrefetchStageName)))
 	s.pipeline = append(s.pipeline, releaser.Stage(releaser.StageConfig{
 		Catalog: d.cat, Emitter: pipeline.NewEmitter(d.js, host, releaser.StageName),
 		Roots: d.hotRoots(), Copies: cfg.Release.Copies, CountingTiers: cfg.Release.From, AllTiers: allTiers,
@@ -212,10 +201,11 @@ func (d *daemon) buildStages() (*stages, error) {
 		Logger: d.logger.With("stage", releaser.StageName),
 	}))
 	if roots := d.hotRoots(); len(roots) > 0 {
+		em, logger := pipeline.NewEmitter(d.js, host, "scanner"), d.logger.With("stage", "scanner")
 		s.scanner = scanner.NewLoop(scanner.LoopConfig{
-			Policy: d.scanPolicy(roots), Interval: time.Duration(cfg.Policy.ScanInterval),
-			Emitter: pipeline.NewEmitter(d.js, host, "scanner"), Skip: d.beingArchived, Reconcile: d.reconcileStubs,
-			Logger: d.logger.With("stage", "scanner"),
+			Policy: d.scanPolicy(roots), Interval: time.Duration(cfg.Policy.ScanInterval), Emitter: em, Catalog: d.cat,
+			Reconciler: &scanner.Reconciler{Policy: d.scanPolicy(roots), Catalog: d.cat, Marker: s.interceptor, Emitter: em, Logger: logger},
+			Logger:     logger,
 		})
 	}
 	return s, nil
@@ -230,7 +220,6 @@ func (d *daemon) runStages(ctx context.Context, s *stages, g interface{ Go(func(
 	if s.scanner != nil {
 		g.Go(func() error { return s.scanner.Run(ctx) })
 	}
-	g.Go(func() error { return d.publishRecalls(ctx, s) })
 	g.Go(func() error { return d.serveTierControl(ctx, s) })
 	if d.cfg.Scrub.Interval > 0 {
 		g.Go(func() error { return d.scheduleScrubs(ctx, s) })
@@ -411,125 +400,21 @@ func (s *stages) close(logger *slog.Logger) {
 // markStubs puts the interceptor's mark on every stub the catalog knows,
 // before the daemon reports ready.
 func (d *daemon) markStubs(ctx context.Context, s *stages) error {
-	n, missing := 0, 0
-	em := pipeline.NewEmitter(d.js, d.cfg.Host, "interceptor")
-	err := d.cat.Stubs(func(f catalog.File) error {
-		if info, err := stub.ReadPath(f.Path); err == nil && info.FileID == f.ID && info.ObjectID == f.ObjectID && info.State == stub.Archived {
-			// A recall finished (its xattrs say archived only once the
-			// file is proven whole) but the daemon died before
-			// recall.completed was published: publish it now, so the
-			// catalog converges. The Msg-Id is the catalog's sequence, so
-			// another restart before it is applied publishes nothing new.
-			d.logger.Info("recall finished before a crash; recording it", "path", f.Path, "file_id", f.ID)
-			_, err := em.Emit(ctx, &events.RecallCompleted{FileID: f.ID, Path: f.Path, ObjectID: f.ObjectID, SourceTier: "none"},
-				f.ID, "finished-before-crash", fmt.Sprint(f.Seq))
-			return err
-		}
-		if err := s.interceptor.Mark(f.Path); err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				missing++
-				d.logger.Warn("stub in the catalog is missing on disk (moved or deleted while the daemon was down?)", "path", f.Path)
-				return nil
-			}
-			return fmt.Errorf("mark stub %s: %w", f.Path, err)
-		}
-		n++
-		return nil
-	})
+	n, missing, err := s.interceptor.MarkCatalogStubs(d.cat)
 	if err != nil {
 		return err
 	}
 	// Stubs renamed while the daemon was down are not where the catalog
 	// says: find every stub on disk too.
-	found, _, err := d.markFoundStubs(ctx, s)
+	found, _, err := scanner.FindStubs(ctx, d.scanPolicy(d.hotRoots()))
+	if err == nil {
+		err = s.interceptor.MarkFound(found)
+	}
 	if err != nil {
 		return err
 	}
 	d.logger.Info("stubs marked", "catalog", n, "missing_from_catalog_path", missing, "found_on_disk", len(found), "mode", s.interceptor.Mode())
 	return nil
-}
-
-// publishRecalls turns interceptor callbacks into events, off the
-// interceptor's goroutines.
-func (d *daemon) publishRecalls(ctx context.Context, s *stages) error {
-	em := pipeline.NewEmitter(d.js, d.cfg.Host, "interceptor")
-	for {
-		var ev events.Event
-		select {
-		case <-ctx.Done():
-			return nil
-		case x := <-s.recallEv:
-			switch x := x.(type) {
-			case interceptor.Completion:
-				ev = completedEvent(x)
-			case interceptor.Failure:
-				ev = failedEvent(x)
-			case events.Event:
-				ev = x
-			}
-		}
-		if ev == nil {
-			continue
-		}
-		if _, err := em.Emit(ctx, ev, ev.Entity(), fmt.Sprint(time.Now().UnixNano())); err != nil && ctx.Err() == nil {
-			d.logger.Error("publish recall event", "kind", ev.Kind(), "err", err)
-		}
-	}
-}
-
-// completedEvent is recall.completed, or file.modified when the file was
-// cut below its archived size while it was being recalled (its content is
-// no longer the object).
-func completedEvent(c interceptor.Completion) events.Event {
-	if c.Truncated {
-		st, err := statOf(c.Path)
-		if err != nil {
-			return nil
-		}
-		return &events.FileModified{FileID: c.FileID, Path: c.Path, ObjectID: c.ObjectID, Stat: st}
-	}
-	tier := c.Tier
-	if tier == "" {
-		tier = "none"
-	}
-	return &events.RecallCompleted{FileID: c.FileID, Path: c.Path, ObjectID: c.ObjectID, Bytes: c.Bytes,
-		DurationNS: c.Duration.Nanoseconds(), SourceTier: tier, PID: c.PID, Process: c.Process}
-}
-
-func failedEvent(f interceptor.Failure) events.Event {
-	if f.FileID == "" || f.ObjectID == "" || f.Path == "" {
-		return nil
-	}
-	return &events.RecallFailed{FileID: f.FileID, Path: f.Path, ObjectID: f.ObjectID,
-		Reason: f.Err.Error(), PID: f.PID, Process: f.Process}
-}
-
-// statOf is the FileStat of path (generation 0: not needed to describe a
-// modification).
-func statOf(path string) (events.FileStat, error) {
-	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err != nil {
-		return events.FileStat{}, err
-	}
-	return events.FileStat{Size: st.Size, Mode: st.Mode, UID: st.Uid, GID: st.Gid,
-		AtimeNS: st.Atim.Nano(), MtimeNS: st.Mtim.Nano(), CtimeNS: st.Ctim.Nano(), Dev: st.Dev, Inode: st.Ino}, nil
-}
-
-// goodCopies answers the recall reader from the catalog.
-func (d *daemon) goodCopies(costs map[string]int) func(string) ([]recall.Copy, error) {
-	return func(objectID string) ([]recall.Copy, error) {
-		cps, err := d.cat.Copies(objectID)
-		if err != nil {
-			return nil, err
-		}
-		var out []recall.Copy
-		for _, c := range cps {
-			if c.State == catalog.CopyGood {
-				out = append(out, recall.Copy{Tier: c.Tier, Cost: costs[c.Tier]})
-			}
-		}
-		return out, nil
-	}
 }
 
 // hotRoots lists the configured hot trees.
@@ -557,22 +442,13 @@ func (d *daemon) hotRootOf(p string) string {
 	return ""
 }
 
-// beingArchived reports whether the catalog already has c on its way.
-func (d *daemon) beingArchived(c scanner.Candidate) bool {
-	f, err := d.cat.File(c.FileID)
-	return err == nil && f.State == catalog.StateArchiving && f.Stat.SameContent(c.Stat)
-}
-
 // scanPolicy turns the config into the scanner's policy.
 func (d *daemon) scanPolicy(roots []string) scanner.Policy {
 	pc := d.cfg.Policy
 	p := scanner.Policy{
 		Roots: roots, DataDir: d.cfg.DataDir, MinSize: int64(pc.MinSize),
 		Include: pc.Include, Exclude: pc.Exclude, PinnedPaths: pc.Pinned,
-		Pinned: func(path string) bool {
-			ok, err := d.cat.Pinned(path)
-			return err != nil || ok // unsure: treat as pinned
-		},
+		Pinned:   scanner.PinnedByCatalog(d.cat),
 		AgeMatch: scanner.AgeAll,
 	}
 	age := time.Duration(pc.MinAge)

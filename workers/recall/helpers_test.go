@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/object"
 	"github.com/strata-hsm/strata/workers/object/objecttest"
 	"github.com/strata-hsm/strata/workers/recall"
@@ -164,6 +165,30 @@ func (f *failures) reset() {
 	f.list = nil
 }
 
+// copyList is a catalog that lists the same good copies for every object.
+type copyList []recall.Copy
+
+func (l copyList) Copies(string) ([]catalog.Copy, error) {
+	out := make([]catalog.Copy, len(l))
+	for i, c := range l {
+		out[i] = catalog.Copy{Tier: c.Tier, State: catalog.CopyGood}
+	}
+	return out, nil
+}
+
+func (l copyList) costs() map[string]int {
+	m := map[string]int{}
+	for _, c := range l {
+		m[c.Tier] = c.Cost
+	}
+	return m
+}
+
+// catalogFunc is a catalog whose Copies is a func.
+type catalogFunc func(string) ([]catalog.Copy, error)
+
+func (f catalogFunc) Copies(id string) ([]catalog.Copy, error) { return f(id) }
+
 // newReader returns a Reader over targets; every object has a copy on each
 // target, with the cost given.
 func newReader(t testing.TB, fails *failures, backoff time.Duration, copies []recall.Copy, targets ...tier.Target) *recall.Reader {
@@ -174,7 +199,8 @@ func newReader(t testing.TB, fails *failures, backoff time.Duration, copies []re
 	}
 	cfg := recall.Config{
 		Targets:        m,
-		Copies:         func(string) ([]recall.Copy, error) { return copies, nil },
+		Catalog:        copyList(copies),
+		Costs:          copyList(copies).costs(),
 		FailureBackoff: backoff,
 	}
 	if fails != nil {

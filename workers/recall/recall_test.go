@@ -10,7 +10,12 @@ import (
 	"os"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/pipeline/pipelinetest"
+	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/object"
 	"github.com/strata-hsm/strata/workers/recall"
 	"github.com/strata-hsm/strata/workers/stub"
@@ -382,12 +387,12 @@ func TestConcurrentReads(t *testing.T) {
 
 func TestConfigValidate(t *testing.T) {
 	hdd := openDir(t, "hdd")
-	copies := func(string) ([]recall.Copy, error) { return nil, nil }
+	copies := copyList(nil)
 	for name, cfg := range map[string]recall.Config{
-		"no targets": {Copies: copies},
-		"no copies":  {Targets: map[string]tier.Target{"hdd": hdd}},
-		"nil target": {Targets: map[string]tier.Target{"hdd": nil}, Copies: copies},
-		"bad cache":  {Targets: map[string]tier.Target{"hdd": hdd}, Copies: copies, ManifestCache: -1},
+		"no targets": {Catalog: copies},
+		"no catalog": {Targets: map[string]tier.Target{"hdd": hdd}},
+		"nil target": {Targets: map[string]tier.Target{"hdd": nil}, Catalog: copies},
+		"bad cache":  {Targets: map[string]tier.Target{"hdd": hdd}, Catalog: copies, ManifestCache: -1},
 	} {
 		if _, err := recall.New(cfg); err == nil {
 			t.Errorf("%s: no error", name)
@@ -396,7 +401,7 @@ func TestConfigValidate(t *testing.T) {
 	// A failing catalog is an error, not a panic.
 	r, err := recall.New(recall.Config{
 		Targets: map[string]tier.Target{"hdd": hdd},
-		Copies:  func(string) ([]recall.Copy, error) { return nil, errors.New("catalog closed") },
+		Catalog: catalogFunc(func(string) ([]catalog.Copy, error) { return nil, errors.New("catalog closed") }),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -414,3 +419,49 @@ type source interface {
 }
 
 var _ source = (*recall.Reader)(nil)
+
+// TestCatalogCopies: only copies the catalog believes good are read, in the
+// order of their tiers' costs; a copy found corrupt is published as
+// object.corrupt on the log.
+func TestCatalogCopies(t *testing.T) {
+	o := mixedObject(t, 3*testFrame, 6)
+	hdd, nas := openDir(t, "hdd"), openDir(t, "nas")
+	o.put(t, hdd)
+	o.put(t, nas)
+	srv := pipelinetest.RunServer(t)
+	lister := catalogFunc(func(string) ([]catalog.Copy, error) {
+		return []catalog.Copy{{Tier: "hdd", State: catalog.CopyCorrupt}, {Tier: "nas", State: catalog.CopyGood}}, nil
+	})
+	r, err := recall.New(recall.Config{Targets: map[string]tier.Target{"hdd": hdd, "nas": nas}, Catalog: lister,
+		Costs: map[string]int{"hdd": 0, "nas": 9}, Emitter: pipeline.NewEmitter(srv.JetStream(), "test", "recall")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRead(t, r, o, span{0, 10}, "nas") // hdd is cheaper but not good
+
+	// Both good: hdd first; a damaged hdd copy is reported on the log.
+	corruptFrame(t, dirPath(hdd, o.id()), o.m, 1)
+	r, err = recall.New(recall.Config{Targets: map[string]tier.Target{"hdd": hdd, "nas": nas}, Catalog: copyList{{"hdd", 0}, {"nas", 9}},
+		Costs: map[string]int{"hdd": 0, "nas": 9}, Emitter: pipeline.NewEmitter(srv.JetStream(), "test", "recall")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRead(t, r, o, span{testFrame + 5, 10}, "nas")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var got *events.ObjectCorrupt
+	err = pipeline.FollowWith(ctx, srv.JetStream(), 1, pipeline.FollowOptions{}, func(batch []events.Envelope) error {
+		for _, env := range batch {
+			if ev, err := events.DecodeData(env.Type, env.Data); err == nil {
+				if c, ok := ev.(*events.ObjectCorrupt); ok {
+					got = c
+					return pipeline.ErrStop
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil || got == nil || got.ObjectID != o.id() || got.Tier != "hdd" {
+		t.Fatalf("object.corrupt on the log: %+v, %v; want one for hdd", got, err)
+	}
+}

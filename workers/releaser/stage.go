@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/strata-hsm/strata/events"
@@ -146,7 +147,8 @@ func (h *releaseHandler) release(ctx context.Context, env events.Envelope, f cat
 	}
 	req := Request{
 		Path: f.Path, FileID: f.ID, ObjectID: f.ObjectID, Expect: expect, Reread: true,
-		Roots: h.cfg.Roots, Mark: h.cfg.Mark, Unhold: h.cfg.Unhold, Failpoints: h.cfg.Failpoints,
+		ReleaseID: strconv.FormatUint(env.Seq, 10),
+		Roots:     h.cfg.Roots, Mark: h.cfg.Mark, Unhold: h.cfg.Unhold, Failpoints: h.cfg.Failpoints,
 	}
 	res, err := Release(ctx, req)
 	if errors.Is(err, ErrBusy) && !errors.Is(err, ErrOpenedDuring) && pipeline.Deliveries(ctx) < busyTries {

@@ -221,3 +221,19 @@ func (p *Policy) pinned(path string) bool {
 	}
 	return p.Pinned != nil && p.Pinned(path)
 }
+
+// RootOf returns the hot tree of p.Roots that holds path (absolute and
+// clean), or "" if none does.
+func (p *Policy) RootOf(path string) string {
+	if cleanAbs(path) != nil {
+		return ""
+	}
+	for _, r := range p.Roots {
+		if within(path, r) {
+			return r
+		}
+	}
+	return ""
+}
+
+func (p *Policy) inRoots(path string) bool { return p.RootOf(path) != "" }

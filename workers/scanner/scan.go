@@ -631,11 +631,7 @@ func candidateAt(dirfd int, name, path, root string, fsid [8]byte, pre *unix.Sta
 	}
 	c := Candidate{
 		Path: path, Root: root, Reason: reason, Freed: st.Blocks * 512,
-		Stat: events.FileStat{
-			Size: st.Size, Mode: st.Mode, UID: st.Uid, GID: st.Gid,
-			AtimeNS: st.Atim.Nano(), MtimeNS: st.Mtim.Nano(), CtimeNS: st.Ctim.Nano(),
-			Dev: st.Dev, Inode: st.Ino, Generation: uint64(gen),
-		},
+		Stat:  stub.FileStat(&st, uint64(gen)),
 		State: StateNew,
 	}
 	if managed {
