@@ -112,7 +112,7 @@ func (st *Stage) validate() error {
 		return &ConfigValidationError{"Stage.DrainTimeout", st.DrainTimeout, errors.New("want >= 0")}
 	}
 	for _, f := range st.Filter {
-		if f != events.AllEvents && !strings.HasPrefix(f, "strata.") {
+		if f != events.AllEvents && !strings.HasPrefix(f, strings.TrimSuffix(events.AllEvents, ">")) {
 			return &ConfigValidationError{"Stage.Filter", f, fmt.Errorf("want a subject under %s", events.AllEvents)}
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,7 +43,6 @@ type stages struct {
 	filters     map[string]*tier.Filter // nil: the tier takes every file
 	tiers       map[string]*tierState
 	guard       *pruner.Guard
-	scrubs      *scrubber.Jobs
 	tapeTiers   map[string]*tapewriter.Tier // tape tiers bring their own store stage
 	reader      *recall.Reader
 	interceptor *interceptor.Interceptor
@@ -79,7 +79,6 @@ func (d *daemon) buildStages() (*stages, error) {
 		tiers:      map[string]*tierState{},
 		guard:      pruner.NewGuard(),
 		tapeTiers:  map[string]*tapewriter.Tier{},
-		scrubs:     scrubber.NewJobs(),
 	}
 	var err error
 	if s.validator, err = schemas.NewValidator(); err != nil {
@@ -220,10 +219,27 @@ func (d *daemon) runStages(ctx context.Context, s *stages, g interface{ Go(func(
 	if s.scanner != nil {
 		g.Go(func() error { return s.scanner.Run(ctx) })
 	}
-	g.Go(func() error { return d.serveTierControl(ctx, s) })
-	if d.cfg.Scrub.Interval > 0 {
-		g.Go(func() error { return d.scheduleScrubs(ctx, s) })
-	}
+	scrubs := &scrubber.Service{Targets: s.targets, Catalog: d.cat, Repairer: s.reader,
+		Emitter:  pipeline.NewEmitter(d.js, d.cfg.Host, "scrub"),
+		Interval: time.Duration(d.cfg.Scrub.Interval), Sample: float64(d.cfg.Scrub.Sample), Rate: int64(d.cfg.Scrub.Rate),
+		Logger: d.logger.With("component", "scrub")}
+	prunes := &pruner.Service{Catalog: d.cat, JS: d.js, Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, "prune"),
+		Targets: s.targets, Guard: s.guard, StagingDir: s.stagingDir,
+		KeepDeleted: time.Duration(d.cfg.Retention.KeepDeleted), KeepVersions: d.cfg.Retention.KeepVersions,
+		Logger: d.logger.With("component", "prune")}
+	verbs := scrubs.Handlers(ctx)
+	maps.Copy(verbs, prunes.Handlers())
+	g.Go(func() error {
+		// These verbs start work that lives as long as the stages.
+		stop, err := pipeline.ServeControl(ctx, d.nc, d.cfg.Host, verbs, d.logger)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		<-ctx.Done()
+		return nil
+	})
+	g.Go(func() error { return scrubs.Run(ctx) })
 	for name, tt := range s.tapeTiers {
 		// On stop, write what the ring holds and a flushing filemark, so
 		// the handlers waiting for it ack instead of timing out.

@@ -21,6 +21,7 @@ import (
 	"github.com/strata-hsm/strata/events/eventstest"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/pruner"
 	"github.com/strata-hsm/strata/workers/scrubber"
 	"github.com/strata-hsm/strata/workers/stratatest"
 	"github.com/strata-hsm/strata/workers/stub"
@@ -392,7 +393,7 @@ func TestPrune(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var dry pruneReply
+	var dry pruner.Reply
 	cliJSON(t, &dry, "prune", "--json", "--data", data)
 	want := map[string]bool{oldDel.ObjectID: true, sup.ObjectID: true}
 	if dry.Applied || len(dry.Objects) != 2 || !want[dry.Objects[0].ObjectID] || !want[dry.Objects[1].ObjectID] || dry.Copies != 2 {
@@ -405,7 +406,7 @@ func TestPrune(t *testing.T) {
 		t.Fatalf("prune (text): %d %s", code, out)
 	}
 
-	var rep pruneReply
+	var rep pruner.Reply
 	cliJSON(t, &rep, "prune", "--apply", "--json", "--data", data)
 	if !rep.Applied || rep.Deleted != 2 || rep.Errors != 0 {
 		t.Fatalf("prune --apply: %+v", rep)

@@ -1,5 +1,11 @@
 package compressor
 
+// The compressor stage (durable "compressor"):
+//
+//	consumes  strata.<host>.file.selected
+//	emits     strata.<host>.object.packed          the file packed into staging (seekable zstd, BLAKE3)
+//	          strata.<host>.file.release_skipped   the file changed, vanished or cannot be read
+
 import (
 	"context"
 	"errors"

@@ -1,5 +1,12 @@
 package releaser
 
+// The releaser stage (durable "releaser"):
+//
+//	consumes  strata.*.object.stored (a copy on any host's tier)
+//	          strata.<host>.object.packed (an object already stored everywhere)
+//	emits     strata.<host>.file.released          the file is a stub
+//	          strata.<host>.file.release_skipped   changed, busy or refused: it stays hot
+
 import (
 	"context"
 	"errors"

@@ -155,6 +155,9 @@ func (t *Target) Root() string { return t.cfg.Root }
 
 func (t *Target) path(key string) string { return filepath.Join(t.cfg.Root, filepath.FromSlash(key)) }
 
+// Location is the path of object id's packed bytes on this tier.
+func (t *Target) Location(id string) string { return t.path(tier.ObjectKey(id)) }
+
 // available returns an error wrapping ErrUnavailable if <root>/objects is gone.
 func (t *Target) available() error {
 	st, err := os.Stat(t.objects)
