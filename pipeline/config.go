@@ -1,8 +1,8 @@
 package pipeline
 
 import (
+	"cmp"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -53,19 +53,6 @@ type Config struct {
 	ReadyWait time.Duration
 }
 
-// ConfigValidationError reports one invalid Config field.
-type ConfigValidationError struct {
-	Field string
-	Value any
-	Err   error
-}
-
-func (e *ConfigValidationError) Error() string {
-	return fmt.Sprintf("pipeline config: %s = %v: %v", e.Field, e.Value, e.Err)
-}
-
-func (e *ConfigValidationError) Unwrap() error { return e.Err }
-
 // EnsureDefaults fills the zero fields of c with their defaults.
 func (c *Config) EnsureDefaults() {
 	if c.Host == "" {
@@ -75,42 +62,34 @@ func (c *Config) EnsureDefaults() {
 		}
 		c.Host = events.HostToken(name)
 	}
-	if c.ListenHost == "" {
-		c.ListenHost = DefaultListenHost
-	}
-	if c.Port == 0 {
-		c.Port = DefaultPort
-	}
-	if c.DedupWindow == 0 {
-		c.DedupWindow = DefaultDedupWindow
-	}
-	if c.ReadyWait == 0 {
-		c.ReadyWait = DefaultReadyWait
-	}
+	c.ListenHost = cmp.Or(c.ListenHost, DefaultListenHost)
+	c.Port = cmp.Or(c.Port, DefaultPort)
+	c.DedupWindow = cmp.Or(c.DedupWindow, DefaultDedupWindow)
+	c.ReadyWait = cmp.Or(c.ReadyWait, DefaultReadyWait)
 }
 
 // Validate checks c; call EnsureDefaults first. The error is a
-// *ConfigValidationError.
+// *ConfigError (keys: data_dir, host, nats.listen, nats.port, …).
 func (c *Config) Validate() error {
 	switch {
 	case c.DataDir == "":
-		return &ConfigValidationError{"DataDir", c.DataDir, errors.New("required")}
+		return &ConfigError{"data_dir", c.DataDir, errors.New("required")}
 	case !filepath.IsAbs(c.DataDir):
-		return &ConfigValidationError{"DataDir", c.DataDir, errors.New("want an absolute path")}
+		return &ConfigError{"data_dir", c.DataDir, errors.New("want an absolute path")}
 	case !events.ValidToken(c.Host):
-		return &ConfigValidationError{"Host", c.Host, errors.New("want letters, digits, '-' or '_' (at most 64)")}
+		return &ConfigError{"host", c.Host, errors.New("want letters, digits, '-' or '_' (at most 64)")}
 	case net.ParseIP(c.ListenHost) == nil && c.ListenHost != "localhost":
-		return &ConfigValidationError{"ListenHost", c.ListenHost, errors.New("want an IP address")}
+		return &ConfigError{"nats.listen", c.ListenHost, errors.New("want an IP address")}
 	case c.Port < RandomPort || c.Port > 65535:
-		return &ConfigValidationError{"Port", c.Port, errors.New("want 1-65535, -1 (no listener) or -2 (random)")}
+		return &ConfigError{"nats.port", c.Port, errors.New("want 1-65535, -1 (no listener) or -2 (random)")}
 	case c.DedupWindow < time.Second:
-		return &ConfigValidationError{"DedupWindow", c.DedupWindow, errors.New("want at least 1s")}
+		return &ConfigError{"dedup_window", c.DedupWindow, errors.New("want at least 1s")}
 	case c.ReadyWait <= 0:
-		return &ConfigValidationError{"ReadyWait", c.ReadyWait, errors.New("want > 0")}
+		return &ConfigError{"ready_wait", c.ReadyWait, errors.New("want > 0")}
 	}
 	for _, d := range c.Durables {
 		if !events.ValidToken(d) {
-			return &ConfigValidationError{"Durables", d, errors.New("want letters, digits, '-' or '_'")}
+			return &ConfigError{"durables", d, errors.New("want letters, digits, '-' or '_'")}
 		}
 	}
 	return nil

@@ -36,3 +36,20 @@ func TestHandle(t *testing.T) {
 		t.Fatalf("third type: %v, want permanent", err)
 	}
 }
+
+func TestConfigError(t *testing.T) {
+	err := errors.Join(pipeline.BadConfig("age_by", "ctime", "want atime, mtime, both or either"),
+		pipeline.BadConfig("[1]", nil, "empty"), errors.New("other"))
+	got := pipeline.Within("policy", err).Error()
+	want := "config: policy.age_by: \"ctime\": want atime, mtime, both or either\nconfig: policy[1]: empty\nother"
+	if got != want {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
+	}
+	var ce *pipeline.ConfigError
+	if e := pipeline.Within("tier[0]", pipeline.BadConfig("endpoint", 7, "bad")); !errors.As(e, &ce) || ce.Key != "tier[0].endpoint" || ce.Value != 7 {
+		t.Fatalf("within: %v", e)
+	}
+	if pipeline.Within("x", nil) != nil {
+		t.Fatal("Within(nil) != nil")
+	}
+}

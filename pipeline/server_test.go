@@ -26,20 +26,20 @@ func TestConfigValidate(t *testing.T) {
 		cfg   pipeline.Config
 		field string
 	}{
-		{"no data dir", pipeline.Config{}, "DataDir"},
-		{"relative data dir", pipeline.Config{DataDir: "data"}, "DataDir"},
-		{"bad host", pipeline.Config{DataDir: "/d", Host: "a.b"}, "Host"},
-		{"bad listen host", pipeline.Config{DataDir: "/d", ListenHost: "nowhere"}, "ListenHost"},
-		{"bad port", pipeline.Config{DataDir: "/d", Port: 70000}, "Port"},
-		{"tiny dedup", pipeline.Config{DataDir: "/d", DedupWindow: time.Millisecond}, "DedupWindow"},
-		{"bad durable", pipeline.Config{DataDir: "/d", Durables: []string{"a>"}}, "Durables"},
+		{"no data dir", pipeline.Config{}, "data_dir"},
+		{"relative data dir", pipeline.Config{DataDir: "data"}, "data_dir"},
+		{"bad host", pipeline.Config{DataDir: "/d", Host: "a.b"}, "host"},
+		{"bad listen host", pipeline.Config{DataDir: "/d", ListenHost: "nowhere"}, "nats.listen"},
+		{"bad port", pipeline.Config{DataDir: "/d", Port: 70000}, "nats.port"},
+		{"tiny dedup", pipeline.Config{DataDir: "/d", DedupWindow: time.Millisecond}, "dedup_window"},
+		{"bad durable", pipeline.Config{DataDir: "/d", Durables: []string{"a>"}}, "durables"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.cfg.EnsureDefaults()
 			err := tc.cfg.Validate()
-			var cve *pipeline.ConfigValidationError
-			if !errors.As(err, &cve) || cve.Field != tc.field {
-				t.Fatalf("Validate: %v, want a ConfigValidationError on %s", err, tc.field)
+			var cve *pipeline.ConfigError
+			if !errors.As(err, &cve) || cve.Key != tc.field {
+				t.Fatalf("Validate: %v, want a ConfigError on %s", err, tc.field)
 			}
 		})
 	}

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -79,46 +80,38 @@ func (st *Stage) ensureDefaults() {
 	if len(st.Filter) == 0 {
 		st.Filter = []string{events.AllEvents}
 	}
-	if st.Concurrency == 0 {
-		st.Concurrency = 1
-	}
-	if st.MaxDeliver == 0 {
-		st.MaxDeliver = DefaultMaxDeliver
-	}
+	st.Concurrency = cmp.Or(st.Concurrency, 1)
+	st.MaxDeliver = cmp.Or(st.MaxDeliver, DefaultMaxDeliver)
 	if len(st.Backoff) == 0 {
 		st.Backoff = defaultBackoff
 	}
-	if st.AckWait == 0 {
-		st.AckWait = DefaultAckWait
-	}
-	if st.DrainTimeout == 0 {
-		st.DrainTimeout = DefaultDrainTimeout
-	}
+	st.AckWait = cmp.Or(st.AckWait, DefaultAckWait)
+	st.DrainTimeout = cmp.Or(st.DrainTimeout, DefaultDrainTimeout)
 }
 
 func (st *Stage) validate() error {
 	switch {
 	case !events.ValidToken(st.Name):
-		return &ConfigValidationError{"Stage.Name", st.Name, errors.New("want letters, digits, '-' or '_'")}
+		return &ConfigError{"stage.name", st.Name, errors.New("want letters, digits, '-' or '_'")}
 	case st.Handle == nil:
-		return &ConfigValidationError{"Stage.Handle", nil, errors.New("required")}
+		return &ConfigError{"stage.handle", nil, errors.New("required")}
 	case st.Concurrency < 1:
-		return &ConfigValidationError{"Stage.Concurrency", st.Concurrency, errors.New("want >= 1")}
+		return &ConfigError{"stage.concurrency", st.Concurrency, errors.New("want >= 1")}
 	case st.MaxDeliver < 1:
-		return &ConfigValidationError{"Stage.MaxDeliver", st.MaxDeliver, errors.New("want >= 1")}
+		return &ConfigError{"stage.maxdeliver", st.MaxDeliver, errors.New("want >= 1")}
 	case st.AckWait < 100*time.Millisecond:
-		return &ConfigValidationError{"Stage.AckWait", st.AckWait, errors.New("want >= 100ms")}
+		return &ConfigError{"stage.ackwait", st.AckWait, errors.New("want >= 100ms")}
 	case st.DrainTimeout < 0:
-		return &ConfigValidationError{"Stage.DrainTimeout", st.DrainTimeout, errors.New("want >= 0")}
+		return &ConfigError{"stage.draintimeout", st.DrainTimeout, errors.New("want >= 0")}
 	}
 	for _, f := range st.Filter {
 		if f != events.AllEvents && !strings.HasPrefix(f, strings.TrimSuffix(events.AllEvents, ">")) {
-			return &ConfigValidationError{"Stage.Filter", f, fmt.Errorf("want a subject under %s", events.AllEvents)}
+			return &ConfigError{"stage.filter", f, fmt.Errorf("want a subject under %s", events.AllEvents)}
 		}
 	}
 	for _, b := range st.Backoff {
 		if b < 0 {
-			return &ConfigValidationError{"Stage.Backoff", b, errors.New("negative delay")}
+			return &ConfigError{"stage.backoff", b, errors.New("negative delay")}
 		}
 	}
 	return nil
@@ -205,7 +198,7 @@ func (r *Runner) Run(ctx context.Context, st Stage) error {
 		return err
 	}
 	if r.JS == nil || r.Logger == nil || !events.ValidToken(r.Host) {
-		return &ConfigValidationError{"Runner", r.Host, errors.New("JS, Logger and a valid Host are required")}
+		return &ConfigError{"runner", r.Host, errors.New("JS, Logger and a valid Host are required")}
 	}
 	cons, err := r.JS.CreateOrUpdateConsumer(ctx, StreamEvents, ConsumerConfig(st))
 	if err != nil {

@@ -448,9 +448,9 @@ func TestStageConfigErrors(t *testing.T) {
 		{Name: "x", Handle: h, Concurrency: -1},
 		{Name: "x", Handle: h, Filter: []string{"other.>"}},
 	} {
-		var cve *pipeline.ConfigValidationError
+		var cve *pipeline.ConfigError
 		if err := r.Run(testCtx(t), st); !errors.As(err, &cve) {
-			t.Errorf("stage %+v: %v, want a ConfigValidationError", st, err)
+			t.Errorf("stage %+v: %v, want a ConfigError", st, err)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -14,8 +15,17 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/strata-hsm/strata/events"
-	"github.com/strata-hsm/strata/workers/glob"
+	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/workers/compressor"
 	"github.com/strata-hsm/strata/workers/interceptor"
+	"github.com/strata-hsm/strata/workers/object"
+	"github.com/strata-hsm/strata/workers/pruner"
+	"github.com/strata-hsm/strata/workers/scanner"
+	"github.com/strata-hsm/strata/workers/scrubber"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/dir"
+	"github.com/strata-hsm/strata/workers/tier/rclone"
+	"github.com/strata-hsm/strata/workers/tier/s3"
 )
 
 // Config is the daemon's configuration file (TOML). Every key is documented
@@ -194,15 +204,6 @@ func NewConfig() Config {
 	return c
 }
 
-// ConfigError names the configuration key that is wrong and why.
-type ConfigError struct {
-	Key string
-	Err error
-}
-
-func (e *ConfigError) Error() string { return fmt.Sprintf("config: %s: %v", e.Key, e.Err) }
-func (e *ConfigError) Unwrap() error { return e.Err }
-
 // LoadConfig reads a TOML file. Unknown keys are errors (a typo must not
 // silently fall back to a default).
 func LoadConfig(path string) (Config, error) {
@@ -212,7 +213,7 @@ func LoadConfig(path string) (Config, error) {
 		var perr toml.ParseError
 		if errors.As(err, &perr) {
 			if perr.LastKey != "" {
-				return Config{}, fmt.Errorf("config %s: line %d: %w", path, perr.Position.Line, &ConfigError{perr.LastKey, errors.New(perr.Message)})
+				return Config{}, fmt.Errorf("config %s: line %d: %w", path, perr.Position.Line, pipeline.NewConfigError(perr.LastKey, nil, errors.New(perr.Message)))
 			}
 			return Config{}, fmt.Errorf("config %s: line %d: %s", path, perr.Position.Line, perr.Message)
 		}
@@ -223,84 +224,48 @@ func LoadConfig(path string) (Config, error) {
 		for i, k := range und {
 			keys[i] = k.String()
 		}
-		return Config{}, fmt.Errorf("config %s: %w", path, &ConfigError{keys[0], errors.New("unknown key")})
+		return Config{}, fmt.Errorf("config %s: %w", path, pipeline.NewConfigError(keys[0], nil, errors.New("unknown key")))
 	}
 	return c, nil
 }
 
 // EnsureDefaults fills unset values.
 func (c *Config) EnsureDefaults() {
-	if c.DataDir == "" {
-		c.DataDir = defaultDataDir
-	}
+	c.DataDir = cmp.Or(c.DataDir, defaultDataDir)
 	if c.Host == "" {
 		name, _ := os.Hostname()
 		c.Host = events.HostToken(name)
 	}
-	if c.NATS.Listen == "" {
-		c.NATS.Listen = "127.0.0.1"
-	}
-	if c.NATS.Port == 0 {
-		c.NATS.Port = defaultPort
-	}
+	c.NATS.Listen = cmp.Or(c.NATS.Listen, "127.0.0.1")
+	c.NATS.Port = cmp.Or(c.NATS.Port, defaultPort)
 	if len(c.Tiers) == 0 {
 		c.Tiers = []TierConfig{{Name: "cold", Kind: events.TierDirectory, Path: filepath.Join(c.DataDir, "cold")}}
 	}
 	for i := range c.Tiers {
 		t := &c.Tiers[i]
-		if t.Cost == 0 {
-			t.Cost = defaultCost(t.Kind)
-		}
-		if t.Kind == events.TierTape && t.BlockSize == 0 {
-			t.BlockSize = 512 << 10
+		t.Cost = cmp.Or(t.Cost, defaultCost(t.Kind))
+		if t.Kind == events.TierTape {
+			t.BlockSize = cmp.Or(t.BlockSize, 512<<10)
 		}
 	}
-	if c.Scrub.Sample == 0 {
-		c.Scrub.Sample = 100
-	}
-	if c.Scrub.Rate == 0 {
-		c.Scrub.Rate = 100 << 20
-	}
-	if c.Retention.KeepDeleted == 0 {
-		c.Retention.KeepDeleted = duration(30 * 24 * time.Hour)
-	}
-	if c.Retention.KeepVersions == 0 {
-		c.Retention.KeepVersions = 1
-	}
-	if c.Policy.HighWatermark == 0 && c.Policy.LowWatermark == 0 {
-		c.Policy.HighWatermark, c.Policy.LowWatermark = 90, 80
-	}
-	if c.Release.Copies == 0 {
-		c.Release.Copies = 1
-	}
-	if c.Policy.ScanInterval == 0 {
-		c.Policy.ScanInterval = duration(10 * time.Minute)
-	}
-	if c.Policy.MinAge == 0 {
-		c.Policy.MinAge = duration(30 * 24 * time.Hour)
-	}
-	if c.Policy.AgeBy == "" {
-		c.Policy.AgeBy = "both"
-	}
-	if c.Policy.MinSize == 0 {
-		c.Policy.MinSize = 1
-	}
-	if c.Compressor.Level == 0 {
-		c.Compressor.Level = 3
-	}
-	if c.Compressor.FrameSize == 0 {
-		c.Compressor.FrameSize = 4 << 20
-	}
-	if c.Interceptor.Mode == "" {
-		c.Interceptor.Mode = "auto"
-	}
+	sched := c.scrubSchedule()
+	sched.EnsureDefaults()
+	c.Scrub.Sample, c.Scrub.Rate = percent(sched.Sample), size(sched.Rate)
+	c.Retention.KeepDeleted = cmp.Or(c.Retention.KeepDeleted, duration(30*24*time.Hour))
+	c.Retention.KeepVersions = cmp.Or(c.Retention.KeepVersions, 1)
+	c.Release.Copies = cmp.Or(c.Release.Copies, 1)
+	pol := c.scannerConfig()
+	pol.EnsureDefaults()
+	c.Policy.ScanInterval, c.Policy.MinAge, c.Policy.AgeBy = duration(pol.ScanInterval), duration(pol.MinAge), pol.AgeBy
+	c.Policy.MinSize, c.Policy.HighWatermark, c.Policy.LowWatermark = size(pol.MinSize), pol.HighWatermark, pol.LowWatermark
+	c.Compressor.Level = cmp.Or(c.Compressor.Level, object.DefaultLevel)
+	c.Compressor.FrameSize = cmp.Or(c.Compressor.FrameSize, size(object.DefaultFrameSize))
+	c.Interceptor.Mode = cmp.Or(c.Interceptor.Mode, string(interceptor.ModeAuto))
 	if c.Interceptor.Holder == nil {
 		on := true
 		c.Interceptor.Holder = &on
 	}
-	if c.Interceptor.WholeFileBelow == 0 {
-		c.Interceptor.WholeFileBelow = interceptor.DefaultWholeFileBelow
-	}
+	c.Interceptor.WholeFileBelow = cmp.Or(c.Interceptor.WholeFileBelow, size(interceptor.DefaultWholeFileBelow))
 	if c.Interceptor.WholeFilePrograms == nil {
 		c.Interceptor.WholeFilePrograms = interceptor.DefaultWholeFilePrograms()
 	}
@@ -318,58 +283,56 @@ func defaultCost(kind string) int {
 	return 50
 }
 
-// Validate checks every value and names the first bad key.
+// Validate checks every value and names the first bad key. Each section
+// is checked by the package whose configuration it is (pipeline, scanner,
+// compressor, interceptor, the tiers, scrubber, pruner), which names the
+// key; what spans sections (overlapping trees, release.copies against the
+// tiers) is checked here. Every error is a *pipeline.ConfigError.
 func (c *Config) Validate() error {
-	bad := func(key string, format string, args ...any) error {
-		return &ConfigError{key, fmt.Errorf(format, args...)}
-	}
-	if !filepath.IsAbs(c.DataDir) {
-		return bad("data_dir", "%q is not an absolute path", c.DataDir)
-	}
-	if !events.ValidToken(c.Host) {
-		return bad("host", "%q: want letters, digits, '-' or '_' (at most 64)", c.Host)
-	}
-	if c.NATS.Port < -2 || c.NATS.Port > 65535 {
-		return bad("nats.port", "%d: want 1-65535, -1 for no TCP listener (-2: a random port, for tests)", c.NATS.Port)
+	bad := pipeline.BadConfig
+	pc := c.pipelineConfig()
+	pc.EnsureDefaults()
+	if err := pc.Validate(); err != nil {
+		return err
 	}
 	seen := map[string]bool{}
 	for i, h := range c.Hot {
 		key := fmt.Sprintf("hot[%d].path", i)
 		if !filepath.IsAbs(h.Path) || filepath.Clean(h.Path) != h.Path {
-			return bad(key, "%q: want a clean absolute path", h.Path)
+			return bad(key, h.Path, "want a clean absolute path")
 		}
 		if fi, err := os.Stat(h.Path); err != nil {
-			return bad(key, "%v", err)
+			return pipeline.NewConfigError(key, nil, err)
 		} else if !fi.IsDir() {
-			return bad(key, "%s is not a directory", h.Path)
+			return bad(key, h.Path, "not a directory")
 		}
 		for p := range seen {
 			if within(h.Path, p) || within(p, h.Path) {
-				return bad(key, "%s overlaps hot tree %s", h.Path, p)
+				return bad(key, h.Path, "overlaps hot tree %s", p)
 			}
 		}
 		seen[h.Path] = true
 		if within(c.DataDir, h.Path) || within(h.Path, c.DataDir) {
-			return bad(key, "%s overlaps the data directory %s", h.Path, c.DataDir)
+			return bad(key, h.Path, "overlaps the data directory %s", c.DataDir)
 		}
 	}
 	names := map[string]bool{}
 	for i, t := range c.Tiers {
 		key := fmt.Sprintf("tier[%d]", i)
 		if !events.ValidToken(t.Name) {
-			return bad(key+".name", "%q: want letters, digits, '-' or '_'", t.Name)
+			return bad(key+".name", t.Name, "want letters, digits, '-' or '_'")
 		}
 		if names[t.Name] {
-			return bad(key+".name", "%q is used twice", t.Name)
+			return bad(key+".name", t.Name, "used twice")
 		}
 		names[t.Name] = true
-		if err := c.validateTier(key, &t); err != nil {
-			return err
+		if err := c.validateTier(&t); err != nil {
+			return pipeline.Within(key, err)
 		}
 	}
 	for i, f := range c.Release.From {
 		if !names[f] {
-			return bad(fmt.Sprintf("release.from[%d]", i), "%q is not a configured tier", f)
+			return bad(fmt.Sprintf("release.from[%d]", i), f, "not a configured tier")
 		}
 	}
 	counting, takeAll := 0, 0
@@ -382,90 +345,56 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.Release.Copies < 1 || c.Release.Copies > counting {
-		return bad("release.copies", "%d: want 1 to %d (the tiers that count)", c.Release.Copies, counting)
+		return bad("release.copies", c.Release.Copies, "want 1 to %d (the tiers that count)", counting)
 	}
 	if c.Release.Copies > takeAll {
 		// A tier with include/exclude/min_size/max_size may refuse a file:
 		// only tiers that take every file guarantee that each file can
 		// reach the required copies (else it would never be released).
-		return bad("release.copies", "%d: only %d of the tiers that count take every file (tiers with include, exclude, min_size or max_size may refuse one, which could then never be released)", c.Release.Copies, takeAll)
+		return bad("release.copies", c.Release.Copies, "only %d of the tiers that count take every file (tiers with include, exclude, min_size or max_size may refuse one, which could then never be released)", takeAll)
 	}
-	if c.Scrub.Interval < 0 || c.Scrub.Interval > 0 && c.Scrub.Interval < duration(time.Minute) {
-		return bad("scrub.interval", "%s: want 0 (off) or at least 1m", time.Duration(c.Scrub.Interval))
+	sched := c.scrubSchedule()
+	if err := sched.Validate(); err != nil {
+		return pipeline.Within("scrub", err)
 	}
-	if c.Scrub.Sample <= 0 || c.Scrub.Sample > 100 {
-		return bad("scrub.sample", "%v: want a percentage in (0, 100]", float64(c.Scrub.Sample))
+	if err := c.retention().Validate(); err != nil {
+		return pipeline.Within("retention", err)
 	}
-	if c.Scrub.Rate < 1<<20 {
-		return bad("scrub.rate", "%d: want at least 1 MiB (bytes per second)", c.Scrub.Rate)
+	pol := c.scannerConfig()
+	if err := pol.Validate(); err != nil {
+		return pipeline.Within("policy", err)
 	}
-	if c.Retention.KeepDeleted < 0 {
-		return bad("retention.keep_deleted", "negative")
-	}
-	if c.Retention.KeepVersions < 1 {
-		return bad("retention.keep_versions", "%d: want at least 1 (the current version is always kept)", c.Retention.KeepVersions)
-	}
-	if c.Policy.ScanInterval < duration(time.Second) {
-		return bad("policy.scan_interval", "%s: want at least 1s", time.Duration(c.Policy.ScanInterval))
-	}
-	if c.Policy.MinAge < 0 {
-		return bad("policy.min_age", "negative")
-	}
-	switch c.Policy.AgeBy {
-	case "atime", "mtime", "both", "either":
-	default:
-		return bad("policy.age_by", "%q: want atime, mtime, both or either", c.Policy.AgeBy)
-	}
-	for i, g := range append(append([]string{}, c.Policy.Include...), c.Policy.Exclude...) {
-		if strings.ContainsRune(g, 0) || g == "" {
-			return bad(fmt.Sprintf("policy.include/exclude[%d]", i), "empty or invalid glob %q", g)
-		}
-		if _, err := filepath.Match(strings.ReplaceAll(g, "**", "*"), ""); err != nil {
-			return bad(fmt.Sprintf("policy.include/exclude[%d]", i), "glob %q: %v", g, err)
-		}
-	}
-	if c.Policy.HighWatermark < 1 || c.Policy.HighWatermark > 100 {
-		return bad("policy.high_watermark", "%d: want 1-100 (percent)", c.Policy.HighWatermark)
-	}
-	if c.Policy.LowWatermark < 0 || c.Policy.LowWatermark >= c.Policy.HighWatermark {
-		return bad("policy.low_watermark", "%d: want 0 to high_watermark-1 (%d)", c.Policy.LowWatermark, c.Policy.HighWatermark-1)
-	}
-	for i, p := range c.Policy.Pinned {
-		if !filepath.IsAbs(p) {
-			return bad(fmt.Sprintf("policy.pinned[%d]", i), "%q: want an absolute path", p)
-		}
-	}
-	if c.Compressor.Level < 1 || c.Compressor.Level > 19 {
-		return bad("compressor.level", "%d: want 1-19", c.Compressor.Level)
-	}
-	if c.Compressor.FrameSize < 64<<10 || c.Compressor.FrameSize > 64<<20 {
-		return bad("compressor.frame_size", "%d: want 64 KiB to 64 MiB", c.Compressor.FrameSize)
+	comp := c.compressorConfig("/staging")
+	comp.EnsureDefaults()
+	if err := comp.Validate(); err != nil {
+		return pipeline.Within("compressor", err)
 	}
 	if c.Compressor.Concurrency < 0 {
-		return bad("compressor.concurrency", "%d: want >= 0 (0: one per CPU)", c.Compressor.Concurrency)
+		return bad("compressor.concurrency", c.Compressor.Concurrency, "want >= 0 (0: one per CPU)")
 	}
-	switch c.Interceptor.Mode {
-	case "auto", "pre-access", "open-perm":
-	default:
-		return bad("interceptor.mode", "%q: want auto, pre-access or open-perm", c.Interceptor.Mode)
+	ic := c.interceptorConfig()
+	ic.EnsureDefaults()
+	if err := ic.Validate(); err != nil {
+		return pipeline.Within("interceptor", err)
 	}
 	if c.Interceptor.WholeFileBelow < 0 {
-		return bad("interceptor.whole_file_below", "%d: want a size (1 disables)", c.Interceptor.WholeFileBelow)
-	}
-	for _, p := range c.Interceptor.WholeFilePrograms {
-		if p == "" || strings.Contains(p, "/") {
-			return bad("interceptor.whole_file_programs", "%q: want a program's name, without a directory", p)
-		}
+		return bad("interceptor.whole_file_below", c.Interceptor.WholeFileBelow, "want a size (1 disables)")
 	}
 	return nil
 }
 
-// validateTier checks one [[tier]] table; key is "tier[i]".
-func (c *Config) validateTier(key string, t *TierConfig) error {
-	bad := func(k string, format string, args ...any) error {
-		return &ConfigError{key + "." + k, fmt.Errorf(format, args...)}
-	}
-	// Keys of other kinds: a typo or a copy-paste error, never ignored.
+// tierKeys are the keys of each kind of tier: a key of another kind is a
+// typo or a copy-paste error, never ignored.
+var tierKeys = map[string][]string{
+	events.TierDirectory: {"path"},
+	events.TierS3:        {"endpoint", "region", "bucket", "prefix", "access_key", "secret_key", "tls"},
+	events.TierRclone:    {"remote", "binary", "env"},
+	events.TierTape:      {"device", "pool", "block_size", "bundle_size", "bundle_age"},
+}
+
+// validateTier checks one [[tier]] table; errors name keys of the table.
+func (c *Config) validateTier(t *TierConfig) error {
+	bad := pipeline.BadConfig
 	set := map[string]bool{
 		"path": t.Path != "", "endpoint": t.Endpoint != "", "region": t.Region != "", "bucket": t.Bucket != "",
 		"prefix": t.Prefix != "", "access_key": t.AccessKey != "", "secret_key": t.SecretKey != "", "tls": t.TLS != nil,
@@ -473,90 +402,133 @@ func (c *Config) validateTier(key string, t *TierConfig) error {
 		"device": t.Device != "", "pool": t.Pool != "", "block_size": t.BlockSize != 0 && t.Kind != events.TierTape,
 		"bundle_size": t.BundleSize != 0, "bundle_age": t.BundleAge != 0,
 	}
-	allowed := map[string][]string{
-		events.TierDirectory: {"path"},
-		events.TierS3:        {"endpoint", "region", "bucket", "prefix", "access_key", "secret_key", "tls"},
-		events.TierRclone:    {"remote", "binary", "env"},
-		events.TierTape:      {"device", "pool", "block_size", "bundle_size", "bundle_age"},
-	}
-	own, ok := allowed[t.Kind]
+	own, ok := tierKeys[t.Kind]
 	if !ok {
-		return bad("kind", "%q: want directory, s3, rclone or tape", t.Kind)
+		return bad("kind", t.Kind, "want directory, s3, rclone or tape")
 	}
-	for _, k := range []string{"path", "endpoint", "region", "bucket", "prefix", "access_key", "secret_key", "tls",
-		"remote", "binary", "env", "device", "pool", "block_size", "bundle_size", "bundle_age"} {
-		if set[k] && !slices.Contains(own, k) {
-			return bad(k, "not a key of %s tiers", t.Kind)
+	for k, isSet := range set {
+		if isSet && !slices.Contains(own, k) {
+			return bad(k, nil, "not a key of %s tiers", t.Kind)
 		}
 	}
 	switch t.Kind {
 	case events.TierDirectory:
-		if !filepath.IsAbs(t.Path) {
-			return bad("path", "%q: want an absolute path", t.Path)
+		dc := dirConfig(t)
+		if err := dc.Validate(); err != nil {
+			return err
 		}
 		for _, h := range c.Hot {
 			if within(t.Path, h.Path) || within(h.Path, t.Path) {
-				return bad("path", "%s overlaps hot tree %s: a cold tier must live elsewhere", t.Path, h.Path)
+				return bad("path", t.Path, "overlaps hot tree %s: a cold tier must live elsewhere", h.Path)
 			}
 		}
 	case events.TierS3:
-		if t.Endpoint == "" || strings.Contains(t.Endpoint, "/") {
-			return bad("endpoint", "%q: want host[:port], no scheme or path (tls = false for plain HTTP)", t.Endpoint)
-		}
-		if t.Bucket == "" {
-			return bad("bucket", "required")
-		}
-		if strings.HasPrefix(t.Prefix, "/") {
-			return bad("prefix", "%q must not start with /", t.Prefix)
-		}
 		if (t.AccessKey == "") != (t.SecretKey == "") {
-			return bad("secret_key", "access_key and secret_key go together")
+			return bad("secret_key", nil, "access_key and secret_key go together")
 		}
-		if t.AccessKey == "" && (os.Getenv("AWS_ACCESS_KEY_ID") == "" || os.Getenv("AWS_SECRET_ACCESS_KEY") == "") {
-			return bad("access_key", "no credentials: set access_key and secret_key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+		sc := s3Config(t)
+		sc.EnsureDefaults()
+		if err := sc.Validate(); err != nil {
+			return err
 		}
 	case events.TierRclone:
-		name, _, ok := strings.Cut(t.Remote, ":")
-		if !ok || name == "" {
-			return bad("remote", "%q: want \"name:path\" (a configured rclone remote)", t.Remote)
-		}
 		for k := range t.Env {
 			if k == "" || strings.ContainsAny(k, "= \t\n\x00") {
-				return bad("env", "%q: not an environment variable name", k)
+				return bad("env", k, "not an environment variable name")
 			}
+		}
+		rc := rcloneConfig(t)
+		rc.EnsureDefaults()
+		if err := rc.Validate(); err != nil {
+			return err
 		}
 	case events.TierTape:
 		dev, emu := strings.CutPrefix(t.Device, "emulator:")
 		if !filepath.IsAbs(dev) || !emu && !strings.HasPrefix(filepath.Base(dev), "nst") {
-			return bad("device", "%q: want a non-rewinding drive /dev/nstX or emulator:/abs/dir", t.Device)
+			return bad("device", t.Device, "want a non-rewinding drive /dev/nstX or emulator:/abs/dir")
 		}
 		if !events.ValidToken(t.Pool) {
-			return bad("pool", "%q: want letters, digits, '-' or '_'", t.Pool)
+			return bad("pool", t.Pool, "want letters, digits, '-' or '_'")
 		}
 		if t.BlockSize < 16<<10 || t.BlockSize > 8<<20 || t.BlockSize%512 != 0 {
-			return bad("block_size", "%d: want a multiple of 512 from 16 KiB to 8 MiB", t.BlockSize)
+			return bad("block_size", int64(t.BlockSize), "want a multiple of 512 from 16 KiB to 8 MiB")
 		}
 		if t.BundleSize < 0 || t.BundleAge < 0 {
-			return bad("bundle_size", "negative")
+			return bad("bundle_size", nil, "negative")
 		}
 	}
 	if t.Cost < 0 {
-		return bad("cost", "%d: want >= 0", t.Cost)
+		return bad("cost", t.Cost, "want >= 0")
 	}
-	for i, g := range t.Include {
-		if err := glob.Check(g); err != nil {
-			return bad(fmt.Sprintf("include[%d]", i), "%v", err)
-		}
+	_, err := tier.NewFilter(t.Include, t.Exclude, int64(t.MinSize), int64(t.MaxSize))
+	return err
+}
+
+// ---- each section as its package's configuration ----
+
+// pipelineConfig is the event log's configuration.
+func (c *Config) pipelineConfig() pipeline.Config {
+	return pipeline.Config{DataDir: c.DataDir, Host: c.Host, ListenHost: c.NATS.Listen, Port: c.NATS.Port}
+}
+
+func dirConfig(t *TierConfig) dir.Config { return dir.Config{Name: t.Name, Root: t.Path} }
+
+func s3Config(t *TierConfig) s3.Config {
+	return s3.Config{Name: t.Name, Endpoint: t.Endpoint, Region: t.Region, Bucket: t.Bucket,
+		Prefix: t.Prefix, AccessKey: t.AccessKey, SecretKey: t.SecretKey, NoTLS: !t.useTLS()}
+}
+
+func rcloneConfig(t *TierConfig) rclone.Config {
+	return rclone.Config{Name: t.Name, Remote: t.Remote, Binary: t.Binary, Env: t.envList()}
+}
+
+// scrubSchedule is the [scrub] section.
+func (c *Config) scrubSchedule() scrubber.Schedule {
+	return scrubber.Schedule{Interval: time.Duration(c.Scrub.Interval), Sample: float64(c.Scrub.Sample), Rate: int64(c.Scrub.Rate)}
+}
+
+// retention is the [retention] section (Now set for validation only).
+func (c *Config) retention() pruner.Policy {
+	return pruner.Policy{KeepDeleted: time.Duration(c.Retention.KeepDeleted), KeepVersions: c.Retention.KeepVersions, Now: time.Now()}
+}
+
+// scannerConfig is the [policy] section.
+func (c *Config) scannerConfig() scanner.Config {
+	p := c.Policy
+	return scanner.Config{ScanInterval: time.Duration(p.ScanInterval), MinAge: time.Duration(p.MinAge), AgeBy: p.AgeBy,
+		MinSize: int64(p.MinSize), Include: p.Include, Exclude: p.Exclude, Pinned: p.Pinned,
+		HighWatermark: p.HighWatermark, LowWatermark: p.LowWatermark}
+}
+
+// compressorConfig is the [compressor] section, staging into stagingDir.
+func (c *Config) compressorConfig(stagingDir string) compressor.Config {
+	return compressor.Config{StagingDir: stagingDir, Object: object.Options{
+		FrameSize: int(c.Compressor.FrameSize), Level: c.Compressor.Level, Concurrency: c.Compressor.Concurrency}}
+}
+
+// interceptorConfig is the [interceptor] section (the holder wiring is the
+// daemon's: see buildStages).
+func (c *Config) interceptorConfig() interceptor.Config {
+	return interceptor.Config{Mode: interceptor.Mode(c.Interceptor.Mode), WholeFileBelow: int64(c.Interceptor.WholeFileBelow),
+		WholeFilePrograms: c.Interceptor.WholeFilePrograms}
+}
+
+// hotRoots lists the configured hot trees.
+func (c *Config) hotRoots() []string {
+	var out []string
+	for _, h := range c.Hot {
+		out = append(out, h.Path)
 	}
-	for i, g := range t.Exclude {
-		if err := glob.Check(g); err != nil {
-			return bad(fmt.Sprintf("exclude[%d]", i), "%v", err)
-		}
+	return out
+}
+
+// scanPolicy is the scanner's policy over the hot trees.
+func (c *Config) scanPolicy() scanner.Policy {
+	cross := false
+	for _, h := range c.Hot {
+		cross = cross || h.CrossMounts
 	}
-	if t.MaxSize > 0 && t.MaxSize < t.MinSize {
-		return bad("max_size", "%d is below min_size %d", t.MaxSize, t.MinSize)
-	}
-	return nil
+	return c.scannerConfig().Policy(c.hotRoots(), c.DataDir, cross)
 }
 
 // within reports whether p is dir or inside it.

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/interceptor"
 )
 
@@ -151,7 +152,7 @@ func TestConfigErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.key) {
 			t.Errorf("%q: error %v, want one naming %s", tc.toml, err, tc.key)
 		}
-		var ce *ConfigError
+		var ce *pipeline.ConfigError
 		if err != nil && !errors.As(err, &ce) && !strings.Contains(err.Error(), "line") && !strings.Contains(err.Error(), tc.key) {
 			t.Errorf("%q: %v is not a ConfigError", tc.toml, err)
 		}

@@ -45,11 +45,13 @@ func (d *daemon) controlHandlers() map[string]pipeline.ControlHandler {
 		"ls":           d.ctlLs,
 		"verify":       d.ctlVerify,
 		"export":       d.ctlExport,
-		"recall":       interceptor.RecallVerb(pipeline.NewEmitter(d.js, d.cfg.Host, "recall"), d.hotRoots()),
+		"recall":       interceptor.RecallVerb(pipeline.NewEmitter(d.js, d.cfg.Host, "recall"), d.cfg.hotRoots()),
 		"restore":      recall.RestoreVerb(d.stages.reader, d.cat),
 		"tape-rebuild": d.ctlTapeRebuild,
 	}
-	verbs := scanner.Verbs{Policy: d.scanPolicy(d.hotRoots()), Catalog: d.cat, JS: d.js, Host: d.cfg.Host}
+	pol := d.cfg.scanPolicy()
+	pol.Pinned = scanner.PinnedByCatalog(d.cat)
+	verbs := scanner.Verbs{Policy: pol, Catalog: d.cat, JS: d.js, Host: d.cfg.Host}
 	maps.Copy(h, verbs.Handlers())
 	return h
 }

@@ -19,7 +19,6 @@ import (
 	"github.com/strata-hsm/strata/workers/compressor"
 	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/interceptor"
-	"github.com/strata-hsm/strata/workers/object"
 	"github.com/strata-hsm/strata/workers/pruner"
 	"github.com/strata-hsm/strata/workers/recall"
 	"github.com/strata-hsm/strata/workers/releaser"
@@ -118,9 +117,7 @@ func (d *daemon) buildStages() (*stages, error) {
 	if err != nil {
 		return nil, err
 	}
-	icfg := interceptor.NewConfig()
-	icfg.Mode = interceptor.Mode(cfg.Interceptor.Mode)
-	icfg.WholeFileBelow, icfg.WholeFilePrograms = int64(cfg.Interceptor.WholeFileBelow), cfg.Interceptor.WholeFilePrograms
+	icfg := cfg.interceptorConfig()
 	icfg.Failpoints = s.failpoints
 	if cfg.Interceptor.HolderOn() {
 		dir := filepath.Join(cfg.DataDir, "interceptor")
@@ -138,9 +135,7 @@ func (d *daemon) buildStages() (*stages, error) {
 	}
 
 	host := cfg.Host
-	comp, err := compressor.New(compressor.Config{StagingDir: s.stagingDir, Object: object.Options{
-		FrameSize: int(cfg.Compressor.FrameSize), Level: cfg.Compressor.Level, Concurrency: cfg.Compressor.Concurrency,
-	}})
+	comp, err := compressor.New(cfg.compressorConfig(s.stagingDir))
 	if err != nil {
 		return nil, err
 	}
@@ -160,7 +155,7 @@ func (d *daemon) buildStages() (*stages, error) {
 				return nil, fmt.Errorf("tier %s: tape stage is named %q, want %q", t.Name, st.Name, name)
 			}
 			if filter != nil {
-				h, roots := st.Handle, d.hotRoots()
+				h, roots := st.Handle, d.cfg.hotRoots()
 				st.Handle = func(ctx context.Context, env events.Envelope, ev events.Event) error {
 					if p, ok := ev.(*events.ObjectPacked); ok && !filter.Wants(tier.RelPath(roots, p.Path), p.Size) {
 						return nil
@@ -171,7 +166,7 @@ func (d *daemon) buildStages() (*stages, error) {
 		} else {
 			st = store.Stage(store.StageConfig{
 				Target: s.targets[t.Name], Emitter: pipeline.NewEmitter(d.js, host, name),
-				Failpoints: s.failpoints, Logger: d.logger.With("stage", name), Filter: filter, Roots: d.hotRoots(),
+				Failpoints: s.failpoints, Logger: d.logger.With("stage", name), Filter: filter, Roots: d.cfg.hotRoots(),
 			})
 			// A tier may be down for days: keep retrying (every 5 minutes
 			// at the end) instead of dead-lettering its copies after a few
@@ -188,22 +183,22 @@ func (d *daemon) buildStages() (*stages, error) {
 	if anyFiltered(cfg) {
 		allTiers = nil
 		s.pipeline = append(s.pipeline, store.Unstage(store.UnstageConfig{
-			Catalog: d.cat, Host: host, StagingDir: s.stagingDir, Filters: s.filters, Roots: d.hotRoots(),
+			Catalog: d.cat, Host: host, StagingDir: s.stagingDir, Filters: s.filters, Roots: d.cfg.hotRoots(),
 			Logger: d.logger.With("stage", store.UnstageName),
 		}))
 	}
 	s.pipeline = append(s.pipeline, interceptor.PrefetchStage(host, d.logger.With("stage", interceptor.PrefetchStageName)))
 	s.pipeline = append(s.pipeline, releaser.Stage(releaser.StageConfig{
 		Catalog: d.cat, Emitter: pipeline.NewEmitter(d.js, host, releaser.StageName),
-		Roots: d.hotRoots(), Copies: cfg.Release.Copies, CountingTiers: cfg.Release.From, AllTiers: allTiers,
+		Roots: d.cfg.hotRoots(), Copies: cfg.Release.Copies, CountingTiers: cfg.Release.From, AllTiers: allTiers,
 		StagingDir: s.stagingDir, Mark: s.interceptor.Hold, Unhold: s.interceptor.Unhold, Failpoints: s.failpoints,
 		Logger: d.logger.With("stage", releaser.StageName),
 	}))
-	if roots := d.hotRoots(); len(roots) > 0 {
+	if roots := d.cfg.hotRoots(); len(roots) > 0 {
 		em, logger := pipeline.NewEmitter(d.js, host, "scanner"), d.logger.With("stage", "scanner")
 		s.scanner = scanner.NewLoop(scanner.LoopConfig{
-			Policy: d.scanPolicy(roots), Interval: time.Duration(cfg.Policy.ScanInterval), Emitter: em, Catalog: d.cat,
-			Reconciler: &scanner.Reconciler{Policy: d.scanPolicy(roots), Catalog: d.cat, Marker: s.interceptor, Emitter: em, Logger: logger},
+			Policy: d.cfg.scanPolicy(), Interval: time.Duration(cfg.Policy.ScanInterval), Emitter: em, Catalog: d.cat,
+			Reconciler: &scanner.Reconciler{Policy: d.cfg.scanPolicy(), Catalog: d.cat, Marker: s.interceptor, Emitter: em, Logger: logger},
 			Logger:     logger,
 		})
 	}
@@ -219,10 +214,8 @@ func (d *daemon) runStages(ctx context.Context, s *stages, g interface{ Go(func(
 	if s.scanner != nil {
 		g.Go(func() error { return s.scanner.Run(ctx) })
 	}
-	scrubs := &scrubber.Service{Targets: s.targets, Catalog: d.cat, Repairer: s.reader,
-		Emitter:  pipeline.NewEmitter(d.js, d.cfg.Host, "scrub"),
-		Interval: time.Duration(d.cfg.Scrub.Interval), Sample: float64(d.cfg.Scrub.Sample), Rate: int64(d.cfg.Scrub.Rate),
-		Logger: d.logger.With("component", "scrub")}
+	scrubs := &scrubber.Service{Schedule: d.cfg.scrubSchedule(), Targets: s.targets, Catalog: d.cat, Repairer: s.reader,
+		Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, "scrub"), Logger: d.logger.With("component", "scrub")}
 	prunes := &pruner.Service{Catalog: d.cat, JS: d.js, Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, "prune"),
 		Targets: s.targets, Guard: s.guard, StagingDir: s.stagingDir,
 		KeepDeleted: time.Duration(d.cfg.Retention.KeepDeleted), KeepVersions: d.cfg.Retention.KeepVersions,
@@ -263,12 +256,11 @@ func (d *daemon) openTier(t TierConfig) (tier.Target, error) {
 		if err := os.MkdirAll(t.Path, 0o700); err != nil {
 			return nil, fmt.Errorf("tier %s: %w", t.Name, err)
 		}
-		tg, err = dir.Open(dir.Config{Name: t.Name, Root: t.Path}, logger)
+		tg, err = dir.Open(dirConfig(&t), logger)
 	case events.TierS3:
-		tg, err = s3.Open(s3.Config{Name: t.Name, Endpoint: t.Endpoint, Region: t.Region, Bucket: t.Bucket,
-			Prefix: t.Prefix, AccessKey: t.AccessKey, SecretKey: t.SecretKey, NoTLS: !t.useTLS()}, logger)
+		tg, err = s3.Open(s3Config(&t), logger)
 	case events.TierRclone:
-		tg, err = rclone.Open(rclone.Config{Name: t.Name, Remote: t.Remote, Binary: t.Binary, Env: t.envList()}, logger)
+		tg, err = rclone.Open(rcloneConfig(&t), logger)
 	default: // tape tiers are opened by openTapeTier, in buildStages
 		return nil, fmt.Errorf("tier %s: unknown kind %q", t.Name, t.Kind)
 	}
@@ -422,7 +414,7 @@ func (d *daemon) markStubs(ctx context.Context, s *stages) error {
 	}
 	// Stubs renamed while the daemon was down are not where the catalog
 	// says: find every stub on disk too.
-	found, _, err := scanner.FindStubs(ctx, d.scanPolicy(d.hotRoots()))
+	found, _, err := scanner.FindStubs(ctx, d.cfg.scanPolicy())
 	if err == nil {
 		err = s.interceptor.MarkFound(found)
 	}
@@ -433,15 +425,6 @@ func (d *daemon) markStubs(ctx context.Context, s *stages) error {
 	return nil
 }
 
-// hotRoots lists the configured hot trees.
-func (d *daemon) hotRoots() []string {
-	var out []string
-	for _, h := range d.cfg.Hot {
-		out = append(out, h.Path)
-	}
-	return out
-}
-
 // inHotTree reports whether p is inside a configured hot tree.
 func (d *daemon) inHotTree(p string) bool { return d.hotRootOf(p) != "" }
 
@@ -450,38 +433,10 @@ func (d *daemon) hotRootOf(p string) string {
 	if !filepath.IsAbs(p) || filepath.Clean(p) != p {
 		return ""
 	}
-	for _, r := range d.hotRoots() {
+	for _, r := range d.cfg.hotRoots() {
 		if p == r || strings.HasPrefix(p, r+"/") {
 			return r
 		}
 	}
 	return ""
-}
-
-// scanPolicy turns the config into the scanner's policy.
-func (d *daemon) scanPolicy(roots []string) scanner.Policy {
-	pc := d.cfg.Policy
-	p := scanner.Policy{
-		Roots: roots, DataDir: d.cfg.DataDir, MinSize: int64(pc.MinSize),
-		Include: pc.Include, Exclude: pc.Exclude, PinnedPaths: pc.Pinned,
-		Pinned:   scanner.PinnedByCatalog(d.cat),
-		AgeMatch: scanner.AgeAll,
-	}
-	age := time.Duration(pc.MinAge)
-	switch pc.AgeBy {
-	case "atime":
-		p.MinAtimeAge = age
-	case "mtime":
-		p.MinMtimeAge = age
-	case "either":
-		p.MinAtimeAge, p.MinMtimeAge, p.AgeMatch = age, age, scanner.AgeAny
-	default:
-		p.MinAtimeAge, p.MinMtimeAge = age, age
-	}
-	p.HighWatermark, p.LowWatermark = float64(pc.HighWatermark), float64(pc.LowWatermark)
-	for _, h := range d.cfg.Hot {
-		p.CrossFilesystems = p.CrossFilesystems || h.CrossMounts
-	}
-	p.EnsureDefaults()
-	return p
 }

@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -56,15 +57,9 @@ func (o *Options) EnsureDefaults() {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	if o.CacheEntries == 0 {
-		o.CacheEntries = 1 << 16
-	}
-	if o.BlockCacheBytes == 0 {
-		o.BlockCacheBytes = 64 << 20
-	}
-	if o.MemTableBytes == 0 {
-		o.MemTableBytes = 64 << 20
-	}
+	o.CacheEntries = cmp.Or(o.CacheEntries, 1<<16)
+	o.BlockCacheBytes = cmp.Or(o.BlockCacheBytes, 64<<20)
+	o.MemTableBytes = cmp.Or(o.MemTableBytes, 64<<20)
 }
 
 // Validate reports nonsensical options.

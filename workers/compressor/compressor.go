@@ -30,6 +30,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/object"
 )
 
@@ -58,15 +59,23 @@ type Config struct {
 // EnsureDefaults fills zero fields with defaults.
 func (c *Config) EnsureDefaults() { c.Object.EnsureDefaults() }
 
-// Validate checks c after EnsureDefaults.
+// Validate checks c after EnsureDefaults. Errors are *pipeline.ConfigError
+// naming the key of the [compressor] section: the limits an administrator
+// may set are narrower than what the object format allows (frames of 64
+// KiB to 64 MiB keep seek tables small and recalls fine-grained; levels
+// above 19 cost far more than they save).
 func (c Config) Validate() error {
 	if c.StagingDir == "" {
-		return errors.New("compressor: staging_dir is empty")
+		return pipeline.BadConfig("staging_dir", nil, "required")
 	}
-	if err := c.Object.Validate(); err != nil {
-		return fmt.Errorf("compressor: %w", err)
+	o := c.Object
+	switch {
+	case o.Level < 1 || o.Level > 19:
+		return pipeline.BadConfig("level", o.Level, "want 1-19")
+	case o.FrameSize < 64<<10 || o.FrameSize > 64<<20:
+		return pipeline.BadConfig("frame_size", o.FrameSize, "want 64 KiB to 64 MiB")
 	}
-	return nil
+	return o.Validate()
 }
 
 // Result is what Pack produced.

@@ -3,6 +3,7 @@
 package interceptor
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"strings"
@@ -117,24 +118,12 @@ func NewConfig() Config {
 
 // EnsureDefaults sets every zero field to its default.
 func (c *Config) EnsureDefaults() {
-	if c.Mode == "" {
-		c.Mode = ModeAuto
-	}
-	if c.ChunkSize == 0 {
-		c.ChunkSize = DefaultChunkSize
-	}
-	if c.BackgroundFills == 0 {
-		c.BackgroundFills = DefaultBackgroundFills
-	}
-	if c.StopTimeout == 0 {
-		c.StopTimeout = DefaultStopTimeout
-	}
-	if c.WholeFileBelow == 0 {
-		c.WholeFileBelow = DefaultWholeFileBelow
-	}
-	if c.RecoverTimeout == 0 {
-		c.RecoverTimeout = DefaultRecoverTimeout
-	}
+	c.Mode = cmp.Or(c.Mode, ModeAuto)
+	c.ChunkSize = cmp.Or(c.ChunkSize, DefaultChunkSize)
+	c.BackgroundFills = cmp.Or(c.BackgroundFills, DefaultBackgroundFills)
+	c.StopTimeout = cmp.Or(c.StopTimeout, DefaultStopTimeout)
+	c.WholeFileBelow = cmp.Or(c.WholeFileBelow, DefaultWholeFileBelow)
+	c.RecoverTimeout = cmp.Or(c.RecoverTimeout, DefaultRecoverTimeout)
 	if c.WholeFilePrograms == nil {
 		c.WholeFilePrograms = DefaultWholeFilePrograms()
 	}
@@ -145,45 +134,32 @@ func (c *Config) EnsureDefaults() {
 	}
 }
 
-// ConfigValidationError names the field of Config that is wrong.
-type ConfigValidationError struct {
-	Field string
-	Value any
-	Err   error
-}
-
-func (e *ConfigValidationError) Error() string {
-	return fmt.Sprintf("interceptor config: %s = %v: %v", e.Field, e.Value, e.Err)
-}
-
-func (e *ConfigValidationError) Unwrap() error { return e.Err }
-
 // Validate reports the first invalid field.
 func (c *Config) Validate() error {
 	switch c.Mode {
 	case ModeAuto, ModePreAccess, ModeOpenPerm:
 	default:
-		return &ConfigValidationError{"Mode", c.Mode, fmt.Errorf("want %q, %q or %q", ModeAuto, ModePreAccess, ModeOpenPerm)}
+		return pipeline.NewConfigError("mode", c.Mode, fmt.Errorf("want %q, %q or %q", ModeAuto, ModePreAccess, ModeOpenPerm))
 	}
 	if c.ChunkSize <= 0 || c.ChunkSize%4096 != 0 || c.ChunkSize > 1<<30 {
-		return &ConfigValidationError{"ChunkSize", c.ChunkSize, fmt.Errorf("want a positive multiple of 4096 up to 1 GiB")}
+		return pipeline.NewConfigError("chunk_size", c.ChunkSize, fmt.Errorf("want a positive multiple of 4096 up to 1 GiB"))
 	}
 	if c.BackgroundFills < 1 {
-		return &ConfigValidationError{"BackgroundFills", c.BackgroundFills, fmt.Errorf("want at least 1")}
+		return pipeline.NewConfigError("background_fills", c.BackgroundFills, fmt.Errorf("want at least 1"))
 	}
 	for _, p := range c.WholeFilePrograms {
 		if p == "" || strings.Contains(p, "/") {
-			return &ConfigValidationError{"WholeFilePrograms", c.WholeFilePrograms, fmt.Errorf("%q: want a program's name, without a directory", p)}
+			return pipeline.NewConfigError("whole_file_programs", c.WholeFilePrograms, fmt.Errorf("%q: want a program's name, without a directory", p))
 		}
 	}
 	if c.HolderSocket != "" && c.JournalDir == "" {
-		return &ConfigValidationError{"JournalDir", c.JournalDir, fmt.Errorf("required with HolderSocket: events a crashed daemon read could never be answered")}
+		return pipeline.NewConfigError("journal_dir", c.JournalDir, fmt.Errorf("required with HolderSocket: events a crashed daemon read could never be answered"))
 	}
 	if c.RecoverTimeout < 0 {
-		return &ConfigValidationError{"RecoverTimeout", c.RecoverTimeout, fmt.Errorf("want a non-negative duration")}
+		return pipeline.NewConfigError("recover_timeout", c.RecoverTimeout, fmt.Errorf("want a non-negative duration"))
 	}
 	if c.StopTimeout < 0 {
-		return &ConfigValidationError{"StopTimeout", c.StopTimeout, fmt.Errorf("want a non-negative duration")}
+		return pipeline.NewConfigError("stop_timeout", c.StopTimeout, fmt.Errorf("want a non-negative duration"))
 	}
 	return nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
 
+	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/object"
 	"github.com/strata-hsm/strata/workers/object/objecttest"
 	"github.com/strata-hsm/strata/workers/stratatest"
@@ -449,7 +450,7 @@ func TestPackErrors(t *testing.T) {
 		t.Fatalf("canceled context: %v", err)
 	}
 	for _, o := range []object.Options{{FrameSize: 100}, {FrameSize: object.MaxFrameSize + 1}, {Level: 23}, {Level: -1}, {Concurrency: -2}} {
-		var oe *object.OptionsError
+		var oe *pipeline.ConfigError
 		if _, err := object.Pack(ctx, bytes.NewReader(data), io.Discard, o); !errors.As(err, &oe) {
 			t.Fatalf("options %+v: %v", o, err)
 		}

@@ -1,8 +1,10 @@
 package object
 
 import (
-	"fmt"
+	"cmp"
 	"runtime"
+
+	"github.com/strata-hsm/strata/pipeline"
 )
 
 // Limits and defaults of Options.
@@ -30,37 +32,20 @@ type Options struct {
 
 // EnsureDefaults fills zero fields with their defaults.
 func (o *Options) EnsureDefaults() {
-	if o.FrameSize == 0 {
-		o.FrameSize = DefaultFrameSize
-	}
-	if o.Level == 0 {
-		o.Level = DefaultLevel
-	}
-	if o.Concurrency == 0 {
-		o.Concurrency = runtime.GOMAXPROCS(0)
-	}
-}
-
-// OptionsError names the field of Options that is invalid and why.
-type OptionsError struct {
-	Field string
-	Value int
-	Err   string
-}
-
-func (e *OptionsError) Error() string {
-	return fmt.Sprintf("object options: %s = %d: %s", e.Field, e.Value, e.Err)
+	o.FrameSize = cmp.Or(o.FrameSize, DefaultFrameSize)
+	o.Level = cmp.Or(o.Level, DefaultLevel)
+	o.Concurrency = cmp.Or(o.Concurrency, runtime.GOMAXPROCS(0))
 }
 
 // Validate checks o after EnsureDefaults.
 func (o Options) Validate() error {
 	switch {
 	case o.FrameSize < MinFrameSize || o.FrameSize > MaxFrameSize:
-		return &OptionsError{"frame_size", o.FrameSize, fmt.Sprintf("must be in [%d, %d]", MinFrameSize, MaxFrameSize)}
+		return pipeline.BadConfig("frame_size", o.FrameSize, "must be in [%d, %d]", MinFrameSize, MaxFrameSize)
 	case o.Level < MinLevel || o.Level > MaxLevel:
-		return &OptionsError{"level", o.Level, fmt.Sprintf("must be in [%d, %d]", MinLevel, MaxLevel)}
+		return pipeline.BadConfig("level", o.Level, "must be in [%d, %d]", MinLevel, MaxLevel)
 	case o.Concurrency < 1 || o.Concurrency > 1024:
-		return &OptionsError{"concurrency", o.Concurrency, "must be in [1, 1024]"}
+		return pipeline.BadConfig("concurrency", o.Concurrency, "must be in [1, 1024]")
 	}
 	return nil
 }

@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/tier"
 )
@@ -55,10 +56,10 @@ type Policy struct {
 // Validate checks the policy.
 func (p Policy) Validate() error {
 	if p.KeepDeleted < 0 {
-		return errors.New("pruner: negative KeepDeleted")
+		return pipeline.BadConfig("keep_deleted", p.KeepDeleted.String(), "negative")
 	}
 	if p.KeepVersions < 1 {
-		return fmt.Errorf("pruner: KeepVersions %d: want at least 1", p.KeepVersions)
+		return pipeline.BadConfig("keep_versions", p.KeepVersions, "want at least 1 (the current version is always kept)")
 	}
 	if p.Now.IsZero() {
 		return errors.New("pruner: Now is not set")

@@ -86,45 +86,28 @@ type Config struct {
 	FailureBackoff time.Duration
 }
 
-// ConfigValidationError names the bad field of a Config.
-type ConfigValidationError struct {
-	Field string
-	Value any
-	Err   error
-}
-
-func (e *ConfigValidationError) Error() string {
-	return fmt.Sprintf("recall config: %s %v: %v", e.Field, e.Value, e.Err)
-}
-
-func (e *ConfigValidationError) Unwrap() error { return e.Err }
-
 // EnsureDefaults fills zero fields with their defaults.
 func (c *Config) EnsureDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.ManifestCache == 0 {
-		c.ManifestCache = DefaultManifestCache
-	}
-	if c.FailureBackoff == 0 {
-		c.FailureBackoff = DefaultFailureBackoff
-	}
+	c.ManifestCache = cmp.Or(c.ManifestCache, DefaultManifestCache)
+	c.FailureBackoff = cmp.Or(c.FailureBackoff, DefaultFailureBackoff)
 }
 
 // Validate checks c after EnsureDefaults.
 func (c *Config) Validate() error {
 	switch {
 	case len(c.Targets) == 0:
-		return &ConfigValidationError{"targets", len(c.Targets), errors.New("want at least one target")}
+		return pipeline.NewConfigError("targets", len(c.Targets), errors.New("want at least one target"))
 	case c.Catalog == nil:
-		return &ConfigValidationError{"catalog", nil, errors.New("required")}
+		return pipeline.NewConfigError("catalog", nil, errors.New("required"))
 	case c.ManifestCache < 1:
-		return &ConfigValidationError{"manifest_cache", c.ManifestCache, errors.New("want at least 1")}
+		return pipeline.NewConfigError("manifest_cache", c.ManifestCache, errors.New("want at least 1"))
 	}
 	for name, t := range c.Targets {
 		if t == nil {
-			return &ConfigValidationError{"targets", name, errors.New("nil target")}
+			return pipeline.NewConfigError("targets", name, errors.New("nil target"))
 		}
 	}
 	return nil

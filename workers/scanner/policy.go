@@ -1,6 +1,7 @@
 package scanner
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/glob"
 	"github.com/strata-hsm/strata/workers/stub"
 )
@@ -87,33 +89,16 @@ func NewPolicy(roots ...string) Policy {
 
 // EnsureDefaults fills zero fields that have a default.
 func (p *Policy) EnsureDefaults() {
-	if p.AgeMatch == "" {
-		p.AgeMatch = AgeAll
-	}
-	if p.Workers == 0 {
-		p.Workers = max(4, 2*runtime.GOMAXPROCS(0))
-	}
+	p.AgeMatch = cmp.Or(p.AgeMatch, AgeAll)
+	p.Workers = cmp.Or(p.Workers, max(4, 2*runtime.GOMAXPROCS(0)))
 }
-
-// ValidationError names the policy field that is wrong and why.
-type ValidationError struct {
-	Field string
-	Value any
-	Err   error
-}
-
-func (e *ValidationError) Error() string {
-	return fmt.Sprintf("policy: %s = %v: %v", e.Field, e.Value, e.Err)
-}
-
-func (e *ValidationError) Unwrap() error { return e.Err }
 
 // Validate checks p without touching the filesystem. Every problem is
-// reported, each as a *ValidationError, joined.
+// reported, each as a *pipeline.ConfigError, joined.
 func (p *Policy) Validate() error {
 	var errs []error
 	bad := func(field string, v any, format string, args ...any) {
-		errs = append(errs, &ValidationError{Field: field, Value: v, Err: fmt.Errorf(format, args...)})
+		errs = append(errs, pipeline.BadConfig(field, v, format, args...))
 	}
 	if len(p.Roots) == 0 {
 		bad("roots", p.Roots, "at least one hot tree is required")

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/strata-hsm/strata/pipeline"
 )
 
 func TestPolicyValidate(t *testing.T) {
@@ -38,8 +40,8 @@ func TestPolicyValidate(t *testing.T) {
 			p := good()
 			c.mod(&p)
 			err := p.Validate()
-			var ve *ValidationError
-			if !errors.As(err, &ve) || ve.Field != c.field || !strings.Contains(err.Error(), c.field) {
+			var ve *pipeline.ConfigError
+			if !errors.As(err, &ve) || ve.Key != c.field || !strings.Contains(err.Error(), c.field) {
 				t.Fatalf("want an error naming %s, got %v", c.field, err)
 			}
 		})

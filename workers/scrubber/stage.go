@@ -8,6 +8,7 @@ package scrubber
 //	          strata.<host>.object.stored    a bad copy re-created from a good one
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -50,15 +51,39 @@ type repairer interface {
 	Repair(ctx context.Context, objectID string, to tier.Target) (from, location string, err error)
 }
 
+// Schedule is the [scrub] section of strata.toml.
+type Schedule struct {
+	Interval time.Duration // 0: no scheduled scrub
+	Sample   float64       // percent of the copies a scheduled run re-reads (default 100)
+	Rate     int64         // bytes/s read at most by default (default 100 MiB)
+}
+
+// EnsureDefaults fills zero fields with their defaults.
+func (s *Schedule) EnsureDefaults() {
+	s.Sample = cmp.Or(s.Sample, 100)
+	s.Rate = cmp.Or(s.Rate, 100<<20)
+}
+
+// Validate checks s after EnsureDefaults (*pipeline.ConfigError).
+func (s *Schedule) Validate() error {
+	switch {
+	case s.Interval < 0 || s.Interval > 0 && s.Interval < time.Minute:
+		return pipeline.BadConfig("interval", s.Interval.String(), "want 0 (off) or at least 1m")
+	case s.Sample <= 0 || s.Sample > 100:
+		return pipeline.BadConfig("sample", s.Sample, "want a percentage in (0, 100]")
+	case s.Rate < 1<<20:
+		return pipeline.BadConfig("rate", s.Rate, "want at least 1 MiB (bytes per second)")
+	}
+	return nil
+}
+
 // Service runs scrubs in the daemon: on request and every Interval.
 type Service struct {
+	Schedule
 	Targets  map[string]tier.Target // this host's tiers by name
 	Catalog  copyScanner
 	Repairer repairer
 	Emitter  *pipeline.Emitter
-	Interval time.Duration // 0: no scheduled scrub
-	Sample   float64       // percent of the copies a scheduled run re-reads (0: 100)
-	Rate     int64         // default bytes/s (0: unbounded)
 	Logger   *slog.Logger
 
 	jobs *Jobs

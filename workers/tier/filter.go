@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/glob"
 )
 
@@ -17,19 +18,31 @@ type Filter struct {
 }
 
 // NewFilter compiles a filter. It returns nil (every file) when nothing
-// restricts the tier.
+// restricts the tier. Errors are *pipeline.ConfigError naming the key of
+// the tier's table (include[i], exclude[i], min_size, max_size).
 func NewFilter(include, exclude []string, minSize, maxSize int64) (*Filter, error) {
-	if len(include) == 0 && len(exclude) == 0 && minSize <= 0 && maxSize <= 0 {
+	for _, set := range []struct {
+		key string
+		ps  []string
+	}{{"include", include}, {"exclude", exclude}} {
+		for i, p := range set.ps {
+			if err := glob.Check(p); err != nil {
+				return nil, pipeline.NewConfigError(fmt.Sprintf("%s[%d]", set.key, i), nil, err)
+			}
+		}
+	}
+	switch {
+	case minSize < 0:
+		return nil, pipeline.BadConfig("min_size", minSize, "negative")
+	case maxSize < 0:
+		return nil, pipeline.BadConfig("max_size", maxSize, "negative")
+	case maxSize > 0 && maxSize < minSize:
+		return nil, pipeline.BadConfig("max_size", maxSize, "below min_size %d", minSize)
+	case len(include) == 0 && len(exclude) == 0 && minSize == 0 && maxSize == 0:
 		return nil, nil
 	}
-	inc, err := glob.Compile(include)
-	if err != nil {
-		return nil, fmt.Errorf("include: %w", err)
-	}
-	exc, err := glob.Compile(exclude)
-	if err != nil {
-		return nil, fmt.Errorf("exclude: %w", err)
-	}
+	inc, _ := glob.Compile(include) // checked above
+	exc, _ := glob.Compile(exclude)
 	return &Filter{include: inc, exclude: exc, min: minSize, max: maxSize}, nil
 }
 

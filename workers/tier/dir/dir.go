@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/tier"
 )
@@ -48,19 +49,6 @@ type Config struct {
 	Root string // absolute path of the tier's root directory; must exist
 }
 
-// ConfigValidationError names the bad field of a Config.
-type ConfigValidationError struct {
-	Field string
-	Value any
-	Err   error
-}
-
-func (e *ConfigValidationError) Error() string {
-	return fmt.Sprintf("directory tier config: %s %v: %v", e.Field, e.Value, e.Err)
-}
-
-func (e *ConfigValidationError) Unwrap() error { return e.Err }
-
 // EnsureDefaults fills in defaults (there are none besides cleaning Root).
 func (c *Config) EnsureDefaults() {
 	if c.Root != "" {
@@ -71,10 +59,10 @@ func (c *Config) EnsureDefaults() {
 // Validate checks the config.
 func (c *Config) Validate() error {
 	if c.Name == "" || strings.ContainsAny(c.Name, ". *>\t\n") {
-		return &ConfigValidationError{"name", c.Name, errors.New("want a non-empty name without dots, spaces or wildcards")}
+		return pipeline.NewConfigError("name", c.Name, errors.New("want a non-empty name without dots, spaces or wildcards"))
 	}
 	if !filepath.IsAbs(c.Root) {
-		return &ConfigValidationError{"root", c.Root, errors.New("want an absolute path")}
+		return pipeline.NewConfigError("path", c.Root, errors.New("want an absolute path"))
 	}
 	return nil
 }

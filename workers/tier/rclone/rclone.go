@@ -18,6 +18,7 @@ package rclone
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -32,6 +33,7 @@ import (
 	"time"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/tier"
 )
 
@@ -46,24 +48,9 @@ type Config struct {
 	Flags  []string // extra global flags, e.g. "--contimeout=10s"
 }
 
-// ConfigValidationError names the bad field of a Config.
-type ConfigValidationError struct {
-	Field string
-	Value any
-	Err   error
-}
-
-func (e *ConfigValidationError) Error() string {
-	return fmt.Sprintf("rclone tier config: %s %v: %v", e.Field, e.Value, e.Err)
-}
-
-func (e *ConfigValidationError) Unwrap() error { return e.Err }
-
 // EnsureDefaults fills in defaults.
 func (c *Config) EnsureDefaults() {
-	if c.Binary == "" {
-		c.Binary = "rclone"
-	}
+	c.Binary = cmp.Or(c.Binary, "rclone")
 	c.Remote = strings.TrimSuffix(c.Remote, "/")
 }
 
@@ -71,13 +58,14 @@ func (c *Config) EnsureDefaults() {
 func (c *Config) Validate() error {
 	switch {
 	case c.Name == "" || strings.ContainsAny(c.Name, ". *>\t\n"):
-		return &ConfigValidationError{"name", c.Name, errors.New("want a non-empty name without dots, spaces or wildcards")}
+		return pipeline.NewConfigError("name", c.Name, errors.New("want a non-empty name without dots, spaces or wildcards"))
 	case !strings.Contains(c.Remote, ":") || strings.HasPrefix(c.Remote, ":") && !strings.Contains(c.Remote[1:], ":"):
-		return &ConfigValidationError{"remote", c.Remote, errors.New(`want "remote:path"`)}
+		return pipeline.NewConfigError("remote", c.Remote, errors.New(`want "remote:path"`))
 	}
 	for _, e := range c.Env {
-		if !strings.Contains(e, "=") {
-			return &ConfigValidationError{"env", e, errors.New("want KEY=VALUE")}
+		name, _, ok := strings.Cut(e, "=")
+		if !ok || name == "" || strings.ContainsAny(name, " \t\n\x00") {
+			return pipeline.NewConfigError("env", e, errors.New("want NAME=VALUE with an environment variable name"))
 		}
 	}
 	return nil

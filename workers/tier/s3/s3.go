@@ -14,6 +14,7 @@
 package s3
 
 import (
+	"cmp"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -33,6 +34,7 @@ import (
 	"github.com/zeebo/blake3"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/tier"
 )
 
@@ -68,19 +70,6 @@ type Config struct {
 	Transport http.RoundTripper
 }
 
-// ConfigValidationError names the bad field of a Config.
-type ConfigValidationError struct {
-	Field string
-	Value any
-	Err   error
-}
-
-func (e *ConfigValidationError) Error() string {
-	return fmt.Sprintf("s3 tier config: %s %v: %v", e.Field, e.Value, e.Err)
-}
-
-func (e *ConfigValidationError) Unwrap() error { return e.Err }
-
 // EnsureDefaults fills in defaults, including credentials from the AWS
 // environment variables.
 func (c *Config) EnsureDefaults() {
@@ -93,31 +82,27 @@ func (c *Config) EnsureDefaults() {
 	if c.Prefix != "" && !strings.HasSuffix(c.Prefix, "/") {
 		c.Prefix += "/"
 	}
-	if c.PartSize == 0 {
-		c.PartSize = DefaultPartSize
-	}
-	if c.MaxRetries == 0 {
-		c.MaxRetries = DefaultMaxRetries
-	}
+	c.PartSize = cmp.Or(c.PartSize, DefaultPartSize)
+	c.MaxRetries = cmp.Or(c.MaxRetries, DefaultMaxRetries)
 }
 
 // Validate checks the config.
 func (c *Config) Validate() error {
 	switch {
 	case c.Name == "" || strings.ContainsAny(c.Name, ". *>\t\n"):
-		return &ConfigValidationError{"name", c.Name, errors.New("want a non-empty name without dots, spaces or wildcards")}
+		return pipeline.NewConfigError("name", c.Name, errors.New("want a non-empty name without dots, spaces or wildcards"))
 	case c.Endpoint == "" || strings.Contains(c.Endpoint, "/"):
-		return &ConfigValidationError{"endpoint", c.Endpoint, errors.New("want host[:port] without scheme or path")}
+		return pipeline.NewConfigError("endpoint", c.Endpoint, errors.New("want host[:port] without scheme or path"))
 	case c.Bucket == "":
-		return &ConfigValidationError{"bucket", c.Bucket, errors.New("required")}
+		return pipeline.NewConfigError("bucket", c.Bucket, errors.New("required"))
 	case strings.HasPrefix(c.Prefix, "/"):
-		return &ConfigValidationError{"prefix", c.Prefix, errors.New("must not start with /")}
+		return pipeline.NewConfigError("prefix", c.Prefix, errors.New("must not start with /"))
 	case c.AccessKey == "" || c.SecretKey == "":
-		return &ConfigValidationError{"access_key", c.AccessKey, errors.New("credentials required (config or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")}
+		return pipeline.NewConfigError("access_key", c.AccessKey, errors.New("credentials required (config or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"))
 	case c.PartSize < minPartSize:
-		return &ConfigValidationError{"part_size", c.PartSize, fmt.Errorf("want at least %d", minPartSize)}
+		return pipeline.NewConfigError("part_size", c.PartSize, fmt.Errorf("want at least %d", minPartSize))
 	case c.MaxRetries < 1:
-		return &ConfigValidationError{"max_retries", c.MaxRetries, errors.New("want at least 1")}
+		return pipeline.NewConfigError("max_retries", c.MaxRetries, errors.New("want at least 1"))
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/tier"
 	"github.com/strata-hsm/strata/workers/tier/s3"
 	"github.com/strata-hsm/strata/workers/tier/tiertest"
@@ -118,8 +119,8 @@ func TestConfig(t *testing.T) {
 		"prefix":    {Name: "cloud", Endpoint: "h:1", Bucket: "b", Prefix: "/abs"},
 	} {
 		_, err := s3.Open(c, slog.New(slog.DiscardHandler))
-		var ve *s3.ConfigValidationError
-		if !errors.As(err, &ve) || ve.Field != field {
+		var ve *pipeline.ConfigError
+		if !errors.As(err, &ve) || ve.Key != field {
 			t.Errorf("config %+v: %v, want an error naming %s", c, err, field)
 		}
 	}
