@@ -42,7 +42,6 @@ func (d *daemon) serveControl(ctx context.Context) (func(), error) {
 func (d *daemon) controlHandlers() map[string]pipeline.ControlHandler {
 	h := map[string]pipeline.ControlHandler{
 		"status":       d.ctlStatus,
-		"ls":           d.ctlLs,
 		"verify":       d.ctlVerify,
 		"export":       d.ctlExport,
 		"recall":       interceptor.RecallVerb(pipeline.NewEmitter(d.js, d.cfg.Host, "recall"), d.cfg.hotRoots()),

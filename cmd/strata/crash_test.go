@@ -22,6 +22,7 @@ import (
 	"github.com/strata-hsm/strata/workers/compressor"
 	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/releaser"
+	"github.com/strata-hsm/strata/workers/scanner"
 	"github.com/strata-hsm/strata/workers/store"
 	"github.com/strata-hsm/strata/workers/stratatest"
 	"github.com/strata-hsm/strata/workers/stub"
@@ -162,9 +163,9 @@ func crashAndRecover(t *testing.T, bin, fstype, point string, seed uint64) {
 		t.Logf("after restart: first archive %d selected, %d released, skipped %v; second archive %d selected, %d released",
 			sum.Selected, sum.Released, sum.Skipped, sum2.Selected, sum2.Released)
 	}
-	var ls lsReply
+	var ls scanner.LsReply
 	waitFor(t, 30*time.Second, func() error {
-		ls = lsReply{}
+		ls = scanner.LsReply{}
 		cliJSON(t, &ls, "ls", "--json", "--data", data, hot)
 		if waiting := notReleased(ls, files); len(waiting) > 0 {
 			return fmt.Errorf("after restart, not released: %v", waiting)
@@ -351,7 +352,7 @@ func stagesIdle(data string) error {
 }
 
 // notReleased lists the files of want that ls does not show as released.
-func notReleased(ls lsReply, want map[string][]byte) []string {
+func notReleased(ls scanner.LsReply, want map[string][]byte) []string {
 	seen := map[string]string{}
 	for _, f := range ls.Files {
 		seen[f.Path] = f.State

@@ -23,6 +23,7 @@ import (
 	"github.com/strata-hsm/strata/events/eventstest"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/scanner"
 )
 
 // testDaemon starts a daemon in-process on a fresh data directory with a
@@ -321,8 +322,11 @@ func copyDir(t *testing.T, src, dst string) {
 // paths (NATS request/reply with the generated credentials).
 func TestCLIAgainstDaemon(t *testing.T) {
 	data := t.TempDir()
-	hot := t.TempDir() // not a configured hot tree: the events below are another host's
-	d, _ := testDaemon(t, Config{DataDir: data})
+	// The events below are another host's; two copies are required, so
+	// the releaser waits for a second one and no stage here acts on them.
+	hot := t.TempDir()
+	d, _ := testDaemon(t, Config{DataDir: data, Hot: []HotConfig{{Path: hot}}, Release: ReleaseConfig{Copies: 2},
+		Tiers: []TierConfig{{Name: "cold", Kind: events.TierDirectory, Path: t.TempDir()}, {Name: "cold2", Kind: events.TierDirectory, Path: t.TempDir()}}})
 	fi, err := os.Stat(filepath.Join(data, pipeline.CredentialsFile))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("credentials file: %v %v", fi, err)
@@ -365,13 +369,21 @@ func TestCLIAgainstDaemon(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("ls: %d %s", code, errs)
 	}
-	var ls lsReply
+	var ls scanner.LsReply
 	if err := json.Unmarshal([]byte(out), &ls); err != nil {
 		t.Fatal(err)
 	}
 	if len(ls.Files) != 1 || ls.Files[0].State != "archiving" || ls.Files[0].ObjectID != eventstest.ObjectID(5) ||
 		len(ls.Files[0].Copies) != 1 || ls.Files[0].Copies[0] != "cold" || ls.Files[0].Size != 5 {
 		t.Fatalf("ls: %+v", ls)
+	}
+
+	// ls walks as root: a path outside every hot tree is refused, like
+	// every other verb.
+	for _, p := range []string{"/etc", "/", data} {
+		if out, errs, code := cli(t, "ls", "--json", "--data", data, p); code == 0 || !strings.Contains(errs, "not inside a configured hot tree") {
+			t.Fatalf("ls %s: exit %d, %q %q; want a refusal", p, code, out, errs)
+		}
 	}
 
 	out, errs, code = cli(t, "events", "--data", data)

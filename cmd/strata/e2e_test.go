@@ -19,6 +19,7 @@ import (
 
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/recall"
+	"github.com/strata-hsm/strata/workers/scanner"
 	"github.com/strata-hsm/strata/workers/stratatest"
 	"github.com/strata-hsm/strata/workers/stub"
 )
@@ -146,7 +147,7 @@ func TestArchiveAndRecall(t *testing.T) {
 			}
 			t.Logf("du after release: %s", strings.TrimSpace(string(du)))
 
-			var ls lsReply
+			var ls scanner.LsReply
 			cliJSON(t, &ls, "ls", "--json", "--data", data, hot)
 			for _, f := range ls.Files {
 				if _, ok := files[f.Path]; !ok {
@@ -348,7 +349,7 @@ func TestDeletedStub(t *testing.T) {
 	// ls knows a file by its id, not its path: the renamed stub is still
 	// released, and a new file at its old path is resident.
 	os.WriteFile(moved, []byte("a new file at an archived file's old path\n"), 0o644)
-	var ls lsReply
+	var ls scanner.LsReply
 	cliJSON(t, &ls, "ls", "--json", "--data", data, filepath.Join(hot, "elsewhere", "moved.bin"), moved)
 	if len(ls.Files) != 2 || ls.Files[0].State != "released" || ls.Files[0].FileID != mf.ID || ls.Files[1].State != "resident" {
 		t.Fatalf("ls of a renamed stub and of a new file at its old path: %+v", ls.Files)

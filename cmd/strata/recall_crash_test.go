@@ -17,6 +17,7 @@ import (
 
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/interceptor"
+	"github.com/strata-hsm/strata/workers/scanner"
 	"github.com/strata-hsm/strata/workers/stratatest"
 	"github.com/strata-hsm/strata/workers/stub"
 )
@@ -122,7 +123,7 @@ func recallCrashes(t *testing.T, bin, fstype string, seed uint64) {
 	for attempt := 1; ; attempt++ {
 		var sum archiveSummary
 		cliJSON(t, &sum, "archive", "--wait", "--timeout", "2m", "--json", "--data", data, hot)
-		var ls lsReply
+		var ls scanner.LsReply
 		cliJSON(t, &ls, "ls", "--json", "--data", data, hot)
 		waiting := notReleased(ls, paths)
 		if len(waiting) == 0 {
@@ -264,7 +265,7 @@ func recallCrashes(t *testing.T, bin, fstype string, seed uint64) {
 	if out, errs, code := cli(t, "replay", "--verify", "--data", data); code != 0 {
 		t.Fatalf("replay --verify: exit %d: %s%s", code, out, errs)
 	}
-	var ls lsReply
+	var ls scanner.LsReply
 	cliJSON(t, &ls, "ls", "--json", "--data", data, hot)
 	got := map[string]string{}
 	for _, e := range ls.Files {
@@ -340,7 +341,7 @@ func killHolder(t *testing.T, sock string) {
 func waitRecalled(t *testing.T, data, path string) {
 	t.Helper()
 	waitFor(t, 30*time.Second, func() error {
-		var ls lsReply
+		var ls scanner.LsReply
 		cliJSON(t, &ls, "ls", "--json", "--data", data, path)
 		if len(ls.Files) != 1 || ls.Files[0].State != catalog.StateArchived.String() {
 			return fmt.Errorf("ls %s: %+v, want state %s", path, ls.Files, catalog.StateArchived)

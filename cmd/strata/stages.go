@@ -39,8 +39,8 @@ type stages struct {
 	stagingDir  string
 	targets     map[string]tier.Target // guarded by guard (Put vs prune)
 	costs       map[string]int
-	filters     map[string]*tier.Filter // nil: the tier takes every file
-	tiers       map[string]*tierState
+	filters     map[string]*tier.Filter       // nil: the tier takes every file
+	outcomes    map[string]*pipeline.Outcomes // by tier: its store stage
 	guard       *pruner.Guard
 	tapeTiers   map[string]*tapewriter.Tier // tape tiers bring their own store stage
 	reader      *recall.Reader
@@ -75,7 +75,7 @@ func (d *daemon) buildStages() (*stages, error) {
 		targets:    map[string]tier.Target{},
 		costs:      map[string]int{},
 		filters:    map[string]*tier.Filter{},
-		tiers:      map[string]*tierState{},
+		outcomes:   map[string]*pipeline.Outcomes{},
 		guard:      pruner.NewGuard(),
 		tapeTiers:  map[string]*tapewriter.Tier{},
 	}
@@ -107,7 +107,7 @@ func (d *daemon) buildStages() (*stages, error) {
 		if s.filters[t.Name], err = tier.NewFilter(t.Include, t.Exclude, int64(t.MinSize), int64(t.MaxSize)); err != nil {
 			return nil, fmt.Errorf("tier %s: %w", t.Name, err)
 		}
-		s.tiers[t.Name] = &tierState{kind: t.Kind}
+		s.outcomes[t.Name] = &pipeline.Outcomes{}
 	}
 	s.reader, err = recall.New(recall.Config{
 		Targets: s.targets, Catalog: d.cat, Costs: s.costs,
@@ -173,7 +173,7 @@ func (d *daemon) buildStages() (*stages, error) {
 			// tries. Permanent errors are still dead-lettered at once.
 			st.MaxDeliver, st.Backoff = storeMaxDeliver, storeBackoff
 		}
-		st.Handle = s.tiers[t.Name].track(st.Handle)
+		st.Handle = s.outcomes[t.Name].Track(st.Handle)
 		s.pipeline = append(s.pipeline, st)
 	}
 	// The releaser removes a staged object once every tier has a copy; with
@@ -285,52 +285,18 @@ func anyFiltered(cfg Config) bool {
 	return false
 }
 
-// tierState is what `strata status` shows of a tier's store stage.
-type tierState struct {
-	kind string
-	mu   struct {
-		sync.Mutex
-		stored    uint64    // copies stored by this daemon since start
-		lastOK    time.Time // last copy stored
-		lastErr   string
-		lastErrAt time.Time
-	}
-}
-
-// track wraps a store stage's handler to record its outcomes.
-func (ts *tierState) track(h func(context.Context, events.Envelope, events.Event) error) func(context.Context, events.Envelope, events.Event) error {
-	return func(ctx context.Context, env events.Envelope, ev events.Event) error {
-		err := h(ctx, env, ev)
-		if ctx.Err() != nil && err != nil {
-			return err
-		}
-		ts.mu.Lock()
-		defer ts.mu.Unlock()
-		if err != nil {
-			ts.mu.lastErr, ts.mu.lastErrAt = err.Error(), time.Now()
-		} else {
-			ts.mu.stored++
-			ts.mu.lastOK = time.Now()
-		}
-		return err
-	}
-}
-
 // tierStatus is one tier in `strata status`.
 type tierStatus struct {
-	Name      string    `json:"name"`
-	Kind      string    `json:"kind"`
-	Cost      int       `json:"cost"`
-	Reachable bool      `json:"reachable"`
-	Probe     string    `json:"probe,omitempty"` // why it is not reachable
-	Lag       uint64    `json:"lag"`             // object.packed events its store stage has yet to handle
-	Pending   int       `json:"pending"`         // in progress or waiting for a retry
-	Objects   uint64    `json:"objects"`         // good copies in the catalog
-	Corrupt   uint64    `json:"corrupt"`         // copies marked corrupt
-	Stored    uint64    `json:"stored_since_start"`
-	LastOK    time.Time `json:"last_ok,omitzero"`
-	LastError string    `json:"last_error,omitempty"`
-	LastErrAt time.Time `json:"last_error_at,omitzero"`
+	Name      string `json:"name"`
+	Kind      string `json:"kind"`
+	Cost      int    `json:"cost"`
+	Reachable bool   `json:"reachable"`
+	Probe     string `json:"probe,omitempty"` // why it is not reachable
+	Lag       uint64 `json:"lag"`             // object.packed events its store stage has yet to handle
+	Pending   int    `json:"pending"`         // in progress or waiting for a retry
+	Objects   uint64 `json:"objects"`         // good copies in the catalog
+	Corrupt   uint64 `json:"corrupt"`         // copies marked corrupt
+	pipeline.OutcomeCounts
 }
 
 // probeID is an object id that no object has (the BLAKE3 of nothing is
@@ -361,10 +327,8 @@ func (d *daemon) tierStatuses(ctx context.Context, st pipeline.Status) []tierSta
 				ts.Lag, ts.Pending = c.Lag, c.AckPending
 			}
 		}
-		if state := s.tiers[t.Name]; state != nil {
-			state.mu.Lock()
-			ts.Stored, ts.LastOK, ts.LastError, ts.LastErrAt = state.mu.stored, state.mu.lastOK, state.mu.lastErr, state.mu.lastErrAt
-			state.mu.Unlock()
+		if o := s.outcomes[t.Name]; o != nil {
+			ts.OutcomeCounts = o.Counts()
 		}
 		out[i] = ts
 		tg := s.targets[t.Name]

@@ -62,6 +62,7 @@ type PreviewRequest struct {
 
 // verbCatalog is what the verbs read of the catalog.
 type verbCatalog interface {
+	lsCatalog
 	Pinned(path string) (bool, error)
 	WaitSeq(ctx context.Context, seq uint64) error
 }
@@ -74,10 +75,11 @@ type Verbs struct {
 	Host    string
 }
 
-// Handlers returns the verbs archive, pin and preview.
+// Handlers returns the verbs archive, ls, pin and preview.
 func (v *Verbs) Handlers() map[string]pipeline.ControlHandler {
 	return map[string]pipeline.ControlHandler{
 		"archive": pipeline.Verb("archive", v.archive),
+		"ls":      pipeline.Verb("ls", v.ls),
 		"pin":     pipeline.Verb("pin", v.pin),
 		"preview": pipeline.Verb("preview", v.preview),
 	}

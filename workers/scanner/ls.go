@@ -1,0 +1,116 @@
+package scanner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+
+	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/stub"
+)
+
+// LsLimit is the most files one ls request lists (about 200 bytes each:
+// the reply fits one NATS message).
+const LsLimit = 100000
+
+// LsRequest is the control verb "ls": the state of the files under Paths
+// (directories recursively), which must lie inside the hot trees.
+type LsRequest struct {
+	Paths []string `json:"paths"`
+	Limit int      `json:"limit"` // 0 or above LsLimit: LsLimit
+}
+
+// LsEntry is one file as `strata ls` shows it.
+type LsEntry struct {
+	Path     string   `json:"path"`
+	State    string   `json:"state"`
+	Size     int64    `json:"size"`
+	FileID   string   `json:"file_id,omitempty"`
+	ObjectID string   `json:"object_id,omitempty"`
+	Version  uint32   `json:"version,omitempty"`
+	Copies   []string `json:"copies"` // tiers with a good copy
+}
+
+// LsReply answers LsRequest.
+type LsReply struct {
+	Files     []LsEntry `json:"files"`
+	Truncated bool      `json:"truncated,omitempty"`
+}
+
+// lsCatalog is what ls reads of the catalog.
+type lsCatalog interface {
+	File(fileID string) (catalog.File, error)
+	FileByPath(path string) (catalog.File, error)
+	Copies(objectID string) ([]catalog.Copy, error)
+}
+
+// ls lists the files under the requested paths: what the filesystem says
+// joined with what the catalog knows. It walks as root, so it refuses any
+// path outside the hot trees, as every other verb does.
+func (v *Verbs) ls(ctx context.Context, req LsRequest) (any, error) {
+	if len(req.Paths) == 0 {
+		return nil, errors.New("ls: no path given")
+	}
+	if req.Limit <= 0 || req.Limit > LsLimit {
+		req.Limit = LsLimit
+	}
+	for _, p := range req.Paths {
+		if v.Policy.RootOf(p) == "" {
+			return nil, fmt.Errorf("ls: %s is not inside a configured hot tree", p)
+		}
+	}
+	rep := LsReply{Files: []LsEntry{}}
+	errFull := errors.New("full")
+	for _, p := range req.Paths {
+		err := filepath.WalkDir(p, func(path string, de fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if !de.Type().IsRegular() {
+				return nil
+			}
+			if len(rep.Files) >= req.Limit {
+				rep.Truncated = true
+				return errFull
+			}
+			fi, err := de.Info()
+			if err != nil {
+				return nil // vanished
+			}
+			rep.Files = append(rep.Files, v.lsEntry(path, fi.Size()))
+			return nil
+		})
+		if errors.Is(err, errFull) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("ls: %w", err)
+		}
+	}
+	return rep, nil
+}
+
+// lsEntry joins what the filesystem says with what the catalog knows.
+func (v *Verbs) lsEntry(path string, size int64) LsEntry {
+	e := LsEntry{Path: path, State: catalog.StateResident.String(), Size: size, Copies: []string{}}
+	f, err := stub.Find(v.Catalog, path)
+	if err != nil || f.State == catalog.StateDeleted {
+		return e
+	}
+	e.State, e.FileID, e.ObjectID, e.Version = f.State.String(), f.ID, f.ObjectID, f.Version
+	if f.ObjectID != "" {
+		if cps, err := v.Catalog.Copies(f.ObjectID); err == nil {
+			for _, c := range cps {
+				if c.State == catalog.CopyGood {
+					e.Copies = append(e.Copies, c.Tier)
+				}
+			}
+		}
+	}
+	return e
+}
