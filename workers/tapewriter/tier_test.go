@@ -267,15 +267,22 @@ func TestTierAcksOnlyAfterFlush(t *testing.T) {
 	r.waitPending(0)
 	r.checkOnTape(ids)
 
-	// Target: Stat from the catalog, Verify from the tape, Put and Delete
-	// refused clearly, unknown objects not found, ranges checked.
+	// Target: Stat from the catalog, Verify from the tape, an invalid Put
+	// and every Delete refused clearly (the copy stays), unknown objects
+	// not found, ranges checked.
 	ctx := context.Background()
 	tg := r.tier.Target()
 	if info, err := tg.Verify(ctx, ids[2]); err != nil || info.PackedSize != int64(len(r.data[ids[2]])) {
 		t.Fatalf("verify: %+v %v", info, err)
 	}
-	if _, err := tg.Put(ctx, tier.Object{}); !errors.Is(err, ErrNotSupported) {
-		t.Fatalf("put: %v", err)
+	if _, err := tg.Put(ctx, tier.Object{}); err == nil {
+		t.Fatal("put of an invalid object: no error")
+	}
+	if err := tg.Delete(ctx, ids[2]); !errors.Is(err, tier.ErrNotSupported) {
+		t.Fatalf("delete: %v, want tier.ErrNotSupported", err)
+	}
+	if info, err := tg.Verify(ctx, ids[2]); err != nil || info.PackedSize != int64(len(r.data[ids[2]])) {
+		t.Fatalf("verify after a refused delete: %+v %v", info, err)
 	}
 	if _, err := tg.Stat(ctx, eventstest.ObjectID(1)); !errors.Is(err, tier.ErrNotFound) {
 		t.Fatalf("stat of an unknown object: %v", err)
