@@ -185,7 +185,7 @@ func (g *target) copyOf(id string) (TapeCopy, error) {
 	return c, nil
 }
 
-// Stat answers from the catalog (no tape movement).
+// Stat answers from the session index or the catalog (no tape movement).
 func (g *target) Stat(_ context.Context, id string) (tier.Info, error) {
 	c, err := g.copyOf(id)
 	if err != nil {

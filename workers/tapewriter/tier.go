@@ -184,11 +184,12 @@ var (
 )
 
 // Tier is a tape tier: the store stage that writes objects to tape
-// (Stage) and the read side that recall uses (Target). One goroutine owns
-// the drive and serialises everything: objects are added to the Writer,
-// recall requests are collected for RecallWindow and read in tape order,
-// and a recall parks the writer (its bundle closed with a flushing
-// filemark, its objects reported) before the tape moves.
+// (Stage) and the tier.Target that recall, scrub and repair use (Target).
+// One goroutine owns the drive and serialises everything: objects are
+// added to the Writer (the stage's, and Target().Put's, which close their
+// bundle at once), recall requests are collected for RecallWindow and read
+// in tape order, and a recall parks the writer (its bundle closed with a
+// flushing filemark, its objects reported) before the tape moves.
 type Tier struct {
 	cfg  TierConfig
 	deps TierDeps
