@@ -49,6 +49,13 @@ func (g *target) Kind() string { return events.TierTape }
 // size and sum, and every byte against o.PackedSum — and only then returns
 // its location, "volume/tape_file".
 //
+// The source (for a repair, another tier: perhaps a slow remote) is first
+// copied to an unlinked file under StateDir and checked against
+// o.PackedSize and o.PackedSum, on the caller's goroutine: the drive never
+// waits for a slow source, and bytes that are wrong, short, long, or cut
+// off by an error or a cancelled ctx never reach the tape, where they
+// could not be removed.
+//
 // A copy with the same packed bytes already on tape is read back the same
 // way and, when it is good and carries the same manifest, nothing is
 // written. Otherwise (no copy, a damaged one, another packing or another
@@ -56,8 +63,7 @@ func (g *target) Kind() string { return events.TierTape }
 // again, and the new copy is the one Stat, GetRange, Manifest and Verify
 // use from then on; the old bytes stay on tape until the volume is
 // relabelled. Bytes that do not match o.PackedSize and o.PackedSum are
-// ErrCorrupt and nothing is recorded (their member may be on tape, its
-// PAX sum not matching its bytes: List, verify and rebuild skip it).
+// ErrCorrupt, and nothing is written or recorded.
 //
 // The new copy's position goes into the tier's session index (see
 // Tier.lookup); the caller publishes object.stored for it, from which the
@@ -85,15 +91,14 @@ func (g *target) Put(ctx context.Context, o tier.Object) (string, error) {
 			// Damaged, or another manifest: written again.
 		}
 	}
+	src, err := g.t.spoolSource(ctx, o)
+	if err != nil {
+		return "", fmt.Errorf("tape tier %s: put %s: %w", name, o.ID, err)
+	}
+	defer src.Close()
 	res, err := g.t.write(ctx, Object{
 		ID: o.ID, Manifest: o.Manifest, PackedSize: o.PackedSize, PackedSum: o.PackedSum,
-		Open: func() (io.ReadCloser, error) {
-			rc, err := o.Open()
-			if err != nil {
-				return nil, err
-			}
-			return &putReader{ctx: ctx, rc: rc, v: tier.NewVerifyingReader(rc, o.PackedSize, o.PackedSum)}, nil
-		},
+		Open: func() (io.ReadCloser, error) { return io.NopCloser(io.NewSectionReader(src, 0, o.PackedSize)), nil },
 	}, seen)
 	switch {
 	case err == nil:
@@ -125,24 +130,46 @@ func (g *target) Put(ctx context.Context, o tier.Object) (string, error) {
 	return Location(res.pos), nil
 }
 
-// putReader is the source of a Put as the writer reads it: exactly the
-// promised bytes (tier.VerifyingReader: a short, long or wrong source
-// fails before its last byte reaches the bundle), and no more once the
-// Put's context is done.
-type putReader struct {
-	ctx context.Context
-	rc  io.ReadCloser
-	v   *tier.VerifyingReader
+// spoolSource copies the packed bytes of o to an unlinked file under
+// StateDir, checking them against o.PackedSize and o.PackedSum (ErrCorrupt
+// on a mismatch), and returns the file.
+func (t *Tier) spoolSource(ctx context.Context, o tier.Object) (*os.File, error) {
+	rc, err := o.Open()
+	if err != nil {
+		return nil, fmt.Errorf("open source: %w", err)
+	}
+	defer rc.Close()
+	f, err := os.CreateTemp(filepath.Join(t.cfg.StateDir, "spool"), "put-*")
+	if err != nil {
+		return nil, fmt.Errorf("spool source: %w", err)
+	}
+	os.Remove(f.Name())
+	_, err = io.Copy(f, &ctxReader{ctx: ctx, r: tier.NewVerifyingReader(rc, o.PackedSize, o.PackedSum)})
+	if err != nil {
+		f.Close()
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, cerr
+		}
+		if errors.Is(err, tier.ErrCorrupt) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("spool source: %w", err)
+	}
+	return f, nil
 }
 
-func (p *putReader) Read(b []byte) (int, error) {
-	if err := p.ctx.Err(); err != nil {
+// ctxReader stops reading once ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
 		return 0, err
 	}
-	return p.v.Read(b)
+	return c.r.Read(p)
 }
-
-func (p *putReader) Close() error { return p.rc.Close() }
 
 // write queues obj for the writer as a Put and waits until it is durable
 // (or failed).
