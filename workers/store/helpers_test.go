@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -184,8 +185,10 @@ func (r *rig) deleteConsumer(name string) {
 	}
 }
 
-// waitDrained waits until durable name has handled every message: nothing
-// pending, nothing waiting for an ack.
+// waitDrained waits until durable name has handled every message of its
+// subjects that is in the stream now: nothing pending, nothing waiting for
+// an ack, and its ack floor at the last of them (a consumer just created
+// may report nothing pending before it looked at the stream).
 func (r *rig) waitDrained(name string) {
 	r.t.Helper()
 	checkFor(r.t, 30*time.Second, func() error {
@@ -197,11 +200,37 @@ func (r *rig) waitDrained(name string) {
 		if err != nil {
 			return err
 		}
-		if ci.NumPending != 0 || ci.NumAckPending != 0 {
-			return fmt.Errorf("consumer %s: %d pending, %d unacknowledged", name, ci.NumPending, ci.NumAckPending)
+		filter := append([]string{ci.Config.FilterSubject}, ci.Config.FilterSubjects...)
+		var last uint64
+		for _, m := range r.streamMsgs(pipeline.StreamEvents) {
+			for _, f := range filter {
+				if f != "" && subjectMatch(f, m.Subject) {
+					last = m.Sequence
+				}
+			}
+		}
+		if ci.NumPending != 0 || ci.NumAckPending != 0 || ci.AckFloor.Stream < last {
+			return fmt.Errorf("consumer %s: %d pending, %d unacknowledged, acknowledged up to %d of %d",
+				name, ci.NumPending, ci.NumAckPending, ci.AckFloor.Stream, last)
 		}
 		return nil
 	})
+}
+
+// subjectMatch reports whether NATS subject filter f matches subject s.
+func subjectMatch(f, s string) bool {
+	ft, st := strings.Split(f, "."), strings.Split(s, ".")
+	for i, tok := range ft {
+		switch {
+		case tok == ">":
+			return len(st) > i
+		case i >= len(st):
+			return false
+		case tok != "*" && tok != st[i]:
+			return false
+		}
+	}
+	return len(ft) == len(st)
 }
 
 // stored returns every object.stored event on the stream.
