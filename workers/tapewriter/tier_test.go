@@ -167,20 +167,16 @@ func (r *tierRig) pack(seed uint64, n, size int) []string {
 
 func (r *tierRig) waitPending(n int) {
 	r.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	checkFor(r.t, 20*time.Second, func() error {
 		got, err := r.tier.Pending(context.Background())
 		if err != nil {
 			r.t.Fatal(err)
 		}
-		if got == n {
-			return
+		if got != n {
+			return fmt.Errorf("%d objects wait in the writer, want %d", got, n)
 		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("%d objects wait in the writer, want %d", got, n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func (r *tierRig) wantVolume() string {
@@ -198,24 +194,20 @@ func (r *tierRig) storedCount() int {
 
 func (r *tierRig) waitStored(ids []string) {
 	r.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	checkFor(r.t, 30*time.Second, func() error {
 		r.mu.Lock()
+		defer r.mu.Unlock()
 		missing := 0
 		for _, id := range ids {
 			if r.stored[id] == nil {
 				missing++
 			}
 		}
-		r.mu.Unlock()
-		if missing == 0 {
-			return
+		if missing > 0 {
+			return fmt.Errorf("%d of %d objects not reported stored", missing, len(ids))
 		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("%d of %d objects not reported stored", missing, len(ids))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // checkOnTape reads every object back through the tier's Target (range
