@@ -228,10 +228,13 @@ func TestStoreRedeliveryTargetUnreachable(t *testing.T) {
 	r := newRig(t)
 	tgt := &countingVerify{Target: openDir(t, "hdd")}
 	s := r.stage(20, 100<<10, 20, "/hot/a.dat")
+	if _, err := tgt.Target.Put(testCtx(t), s.object()); err != nil {
+		t.Fatal(err)
+	}
 	r.unstageFiles(s)
-	// The disk holding the tier is not mounted.
+	// The disk holding the tier (and the copy) is not mounted.
 	objects := filepath.Join(tgt.Root(), "objects")
-	if err := os.Remove(objects); err != nil {
+	if err := os.Rename(objects, objects+".unmounted"); err != nil {
 		t.Fatal(err)
 	}
 	r.publish(s)
@@ -246,10 +249,8 @@ func TestStoreRedeliveryTargetUnreachable(t *testing.T) {
 	if n := len(r.stored()); n != 0 {
 		t.Fatalf("%d object.stored while the target is unreachable", n)
 	}
-	if err := os.Mkdir(objects, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tgt.Target.Put(testCtx(t), s.object()); err != nil {
+	// Mounted again, with the copy.
+	if err := os.Rename(objects+".unmounted", objects); err != nil {
 		t.Fatal(err)
 	}
 	r.waitDrained(tier.StageName("hdd"))
