@@ -21,12 +21,17 @@ import (
 	"github.com/strata-hsm/strata/workers/tier"
 )
 
-// Target returns the read side of the tier, for recall and scrub. Reads
-// are queued to the drive goroutine, collected for RecallWindow, grouped
-// by volume and read in tape order (see package tape/recall): a batch of
-// recalls costs one pass over each volume, not a seek per request.
-// Positions, sizes and sums come from the catalog (TierDeps.Copy); every
-// byte comes from the tape.
+// Target returns the tier as a tier.Target, for recall, scrub and repair.
+// Reads are queued to the drive goroutine, collected for RecallWindow,
+// grouped by volume and read in tape order (see package tape/recall): a
+// batch of recalls costs one pass over each volume, not a seek per
+// request. Positions, sizes and sums come from the catalog (TierDeps.Copy)
+// and, for copies Put wrote since the tier was opened, from the session
+// index (Tier.lookup); every byte comes from the tape.
+//
+// Put writes through the same writer as the stage (see Put); Delete is
+// refused with tier.ErrNotSupported, as tape space comes back only by
+// relabelling whole volumes.
 func (t *Tier) Target() tier.Target { return &target{t: t} }
 
 type target struct{ t *Tier }
@@ -36,24 +41,170 @@ var _ tier.Target = (*target)(nil)
 func (g *target) Name() string { return g.t.cfg.Name }
 func (g *target) Kind() string { return events.TierTape }
 
-// Put is not supported: objects reach tape through the tier's stage,
-// bundled with others.
-func (g *target) Put(context.Context, tier.Object) (string, error) {
-	return "", fmt.Errorf("tape tier %s: put: %w; objects reach tape through the tape stage", g.t.cfg.Name, ErrNotSupported)
+// Put writes o to tape the way the stage writes objects: through the
+// tier's writer into the open bundle, which is then closed at once with a
+// flushing filemark (a Put is a repair whose caller waits; the stage's
+// objects in that bundle are reported stored with it). Then it reads the
+// copy back from tape — the manifest member (equal to o.Manifest), the PAX
+// size and sum, and every byte against o.PackedSum — and only then returns
+// its location, "volume/tape_file".
+//
+// The source (for a repair, another tier: perhaps a slow remote) is first
+// copied to an unlinked file under StateDir and checked against
+// o.PackedSize and o.PackedSum, on the caller's goroutine: the drive never
+// waits for a slow source, and bytes that are wrong, short, long, or cut
+// off by an error or a cancelled ctx never reach the tape, where they
+// could not be removed.
+//
+// A copy with the same packed bytes already on tape is read back the same
+// way and, when it is good and carries the same manifest, nothing is
+// written. Otherwise (no copy, a damaged one, another packing or another
+// manifest: a bundle cannot be changed in place) the object is written
+// again, and the new copy is the one Stat, GetRange, Manifest and Verify
+// use from then on; the old bytes stay on tape until the volume is
+// relabelled. Bytes that do not match o.PackedSize and o.PackedSum are
+// ErrCorrupt, and nothing is written or recorded.
+//
+// The new copy's position goes into the tier's session index (see
+// Tier.lookup); the caller publishes object.stored for it, from which the
+// catalog learns it.
+func (g *target) Put(ctx context.Context, o tier.Object) (string, error) {
+	name := g.t.cfg.Name
+	if err := o.Validate(); err != nil {
+		return "", fmt.Errorf("tape tier %s: put: %w", name, err)
+	}
+	c, have, err := g.t.lookup(o.ID)
+	if err != nil {
+		return "", fmt.Errorf("put %s: %w", o.ID, err)
+	}
+	var seen *events.TapePosition
+	if have {
+		seen = &c.Pos
+		if c.PackedSum == o.PackedSum && c.PackedSize == o.PackedSize {
+			m, err := g.check(ctx, o.ID, c)
+			switch {
+			case err == nil && bytes.Equal(m, o.Manifest):
+				return Location(c.Pos), nil
+			case err != nil && !errors.Is(err, tier.ErrCorrupt):
+				return "", fmt.Errorf("put %s: check the copy on tape: %w", o.ID, err)
+			}
+			// Damaged, or another manifest: written again.
+		}
+	}
+	src, err := g.t.spoolSource(ctx, o)
+	if err != nil {
+		return "", fmt.Errorf("tape tier %s: put %s: %w", name, o.ID, err)
+	}
+	defer src.Close()
+	res, err := g.t.write(ctx, Object{
+		ID: o.ID, Manifest: o.Manifest, PackedSize: o.PackedSize, PackedSum: o.PackedSum,
+		Open: func() (io.ReadCloser, error) { return io.NopCloser(io.NewSectionReader(src, 0, o.PackedSize)), nil },
+	}, seen)
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		return "", fmt.Errorf("tape tier %s: put %s: %w", name, o.ID, ctx.Err())
+	case errors.Is(err, tier.ErrCorrupt):
+		return "", fmt.Errorf("tape tier %s: put %s: %w", name, o.ID, err)
+	case errors.Is(err, bundle.ErrChecksum), errors.Is(err, io.ErrUnexpectedEOF):
+		return "", fmt.Errorf("tape tier %s: put %s: %w: %w", name, o.ID, tier.ErrCorrupt, err)
+	case errors.Is(err, ErrNoVolume):
+		return "", fmt.Errorf("tape tier %s: put %s: %w: %w", name, o.ID, tier.ErrUnavailable, err)
+	default:
+		return "", fmt.Errorf("tape tier %s: put %s: %w", name, o.ID, err)
+	}
+	nc := TapeCopy{Pos: res.pos, PackedSize: o.PackedSize, PackedSum: o.PackedSum}
+	m, err := g.check(ctx, o.ID, nc)
+	if err == nil && !bytes.Equal(m, o.Manifest) {
+		err = fmt.Errorf("tape tier %s: object %s: the manifest on tape is not the one given", name, o.ID)
+		if !res.reused {
+			err = fmt.Errorf("%w: %w", err, tier.ErrCorrupt)
+		}
+	}
+	if err != nil {
+		if res.indexed {
+			g.t.forget(o.ID, nc, res.prev, res.hadPrev)
+		}
+		return "", fmt.Errorf("put %s: read back: %w", o.ID, err)
+	}
+	return Location(res.pos), nil
 }
 
-// Delete is not supported: tape space is reclaimed by recycling volumes.
-func (g *target) Delete(context.Context, string) error {
-	return fmt.Errorf("tape tier %s: delete: %w; tape space is reclaimed by relabelling whole volumes", g.t.cfg.Name, ErrNotSupported)
+// spoolSource copies the packed bytes of o to an unlinked file under
+// StateDir, checking them against o.PackedSize and o.PackedSum (ErrCorrupt
+// on a mismatch), and returns the file.
+func (t *Tier) spoolSource(ctx context.Context, o tier.Object) (*os.File, error) {
+	rc, err := o.Open()
+	if err != nil {
+		return nil, fmt.Errorf("open source: %w", err)
+	}
+	defer rc.Close()
+	f, err := os.CreateTemp(filepath.Join(t.cfg.StateDir, "spool"), "put-*")
+	if err != nil {
+		return nil, fmt.Errorf("spool source: %w", err)
+	}
+	os.Remove(f.Name())
+	_, err = io.Copy(f, &ctxReader{ctx: ctx, r: tier.NewVerifyingReader(rc, o.PackedSize, o.PackedSum)})
+	if err != nil {
+		f.Close()
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, cerr
+		}
+		if errors.Is(err, tier.ErrCorrupt) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("spool source: %w", err)
+	}
+	return f, nil
+}
+
+// ctxReader stops reading once ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// write queues obj for the writer as a Put and waits until it is durable
+// (or failed).
+func (t *Tier) write(ctx context.Context, obj Object, seen *events.TapePosition) (addResult, error) {
+	r := &addReq{obj: obj, res: make(chan addResult, 1), put: true, seen: seen}
+	if err := t.send(ctx, r); err != nil {
+		return addResult{}, err
+	}
+	select {
+	case res := <-r.res:
+		return res, res.err
+	case <-ctx.Done():
+		return addResult{}, ctx.Err()
+	case <-t.done:
+		return addResult{}, ErrTierClosed
+	}
+}
+
+// Delete is refused: a copy on tape cannot be removed (tape space comes
+// back only by relabelling a whole volume, which the operator does), so
+// the object stays visible and readable, and prune must keep counting it.
+func (g *target) Delete(_ context.Context, id string) error {
+	if err := tier.ValidateID(id); err != nil {
+		return fmt.Errorf("tape tier %s: delete: %w", g.t.cfg.Name, err)
+	}
+	return fmt.Errorf("tape tier %s: delete %s: %w: a copy on tape stays until its volume is relabelled", g.t.cfg.Name, id, tier.ErrNotSupported)
 }
 
 func (g *target) copyOf(id string) (TapeCopy, error) {
 	if err := tier.ValidateID(id); err != nil {
 		return TapeCopy{}, err
 	}
-	c, ok, err := g.t.deps.Copy(id)
+	c, ok, err := g.t.lookup(id)
 	if err != nil {
-		return TapeCopy{}, fmt.Errorf("tape tier %s: catalog: %w: %w", g.t.cfg.Name, tier.ErrUnavailable, err)
+		return TapeCopy{}, err
 	}
 	if !ok {
 		return TapeCopy{}, fmt.Errorf("tape tier %s: object %s: %w", g.t.cfg.Name, id, tier.ErrNotFound)
@@ -61,7 +212,7 @@ func (g *target) copyOf(id string) (TapeCopy, error) {
 	return c, nil
 }
 
-// Stat answers from the catalog (no tape movement).
+// Stat answers from the session index or the catalog (no tape movement).
 func (g *target) Stat(_ context.Context, id string) (tier.Info, error) {
 	c, err := g.copyOf(id)
 	if err != nil {
@@ -112,26 +263,38 @@ func (g *target) Verify(ctx context.Context, id string) (tier.Info, error) {
 		return tier.Info{}, err
 	}
 	info := tier.Info{ID: id, PackedSize: c.PackedSize, PackedSum: c.PackedSum}
+	_, err = g.check(ctx, id, c)
+	return info, err
+}
+
+// check reads copy c of object id back from tape: the members before its
+// bytes (the manifest, checked against its BLAKE3, and the .zst header,
+// whose PAX size and sum must be c's) and every byte (BLAKE3 against c).
+// It returns the manifest.
+func (g *target) check(ctx context.Context, id string, c TapeCopy) ([]byte, error) {
 	hres, err := g.t.read(ctx, &readReq{id: id, pos: c.Pos, header: true})
 	if err != nil {
-		return info, err
+		return nil, err
 	}
 	if hres.header.PackedSize != c.PackedSize || hres.header.PackedSum != c.PackedSum {
-		return info, fmt.Errorf("tape tier %s: object %s: tape records %d bytes %s, catalog %d %s: %w", g.t.cfg.Name, id,
+		return nil, fmt.Errorf("tape tier %s: object %s: tape records %d bytes %s, catalog %d %s: %w", g.t.cfg.Name, id,
 			hres.header.PackedSize, hres.header.PackedSum, c.PackedSize, c.PackedSum, tier.ErrCorrupt)
 	}
 	h := blake3.New()
 	if _, err := g.t.read(ctx, &readReq{id: id, pos: c.Pos, off: 0, n: c.PackedSize, w: h}); err != nil {
-		return info, err
+		return nil, err
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != c.PackedSum {
-		return info, fmt.Errorf("tape tier %s: object %s: BLAKE3 %s, want %s: %w", g.t.cfg.Name, id, got, c.PackedSum, tier.ErrCorrupt)
+		return nil, fmt.Errorf("tape tier %s: object %s: BLAKE3 %s, want %s: %w", g.t.cfg.Name, id, got, c.PackedSum, tier.ErrCorrupt)
 	}
-	return info, nil
+	return hres.header.Manifest, nil
 }
 
 // List reads every volume of the pool from end to end (volume.Scan: every
-// byte read and hashed) and reports each object whose hashes check. It is
+// byte read and hashed) and reports each object whose hashes check, once:
+// an object on tape more than once (written again after damage, a
+// redelivery or another packing) is reported with the copy that Stat
+// names if that one is intact, else with the last intact one found. It is
 // slow by nature: hours per full cartridge.
 func (g *target) List(ctx context.Context, fn func(tier.Info) error) error {
 	r := &listReq{res: make(chan listResult, 1)}
@@ -149,8 +312,29 @@ func (g *target) List(ctx context.Context, fn func(tier.Info) error) error {
 	if res.err != nil {
 		return res.err
 	}
-	for _, in := range res.infos {
-		if err := fn(in); err != nil {
+	var order []string
+	copies := map[string][]listed{}
+	for _, l := range res.found {
+		if _, ok := copies[l.info.ID]; !ok {
+			order = append(order, l.info.ID)
+		}
+		copies[l.info.ID] = append(copies[l.info.ID], l)
+	}
+	for _, id := range order {
+		cs := copies[id]
+		pick := cs[len(cs)-1].info
+		if len(cs) > 1 {
+			c, ok, err := g.t.lookup(id)
+			if err != nil {
+				return err
+			}
+			for _, l := range cs {
+				if ok && samePlace(l.pos, c.Pos) {
+					pick = l.info
+				}
+			}
+		}
+		if err := fn(pick); err != nil {
 			return err
 		}
 	}
@@ -178,8 +362,14 @@ type readResult struct {
 type listReq struct{ res chan listResult }
 
 type listResult struct {
-	infos []tier.Info
+	found []listed // in tape order, volume by volume
 	err   error
+}
+
+// listed is an intact copy found by a scan.
+type listed struct {
+	info tier.Info
+	pos  events.TapePosition
 }
 
 // read queues r and waits for it.
@@ -325,7 +515,10 @@ func (t *Tier) list(ctx context.Context) listResult {
 		for _, f := range info.Files {
 			for _, o := range f.Objects {
 				if o.Err == nil {
-					res.infos = append(res.infos, tier.Info{ID: o.ID, PackedSize: o.PackedSize, PackedSum: o.PackedSum})
+					res.found = append(res.found, listed{
+						info: tier.Info{ID: o.ID, PackedSize: o.PackedSize, PackedSum: o.PackedSum},
+						pos:  bundle.Position(v, f.TapeFile, f.StartBlock, info.Label.BlockSize, o.DataOffset),
+					})
 				}
 			}
 		}

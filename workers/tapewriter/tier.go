@@ -141,7 +141,7 @@ func (c *TierConfig) Validate() error {
 // tier.
 type TapeCopy struct {
 	Pos        events.TapePosition
-	Size       int64 // uncompressed
+	Size       int64 // uncompressed (0 in the session index: Put does not know it)
 	PackedSize int64
 	PackedSum  string
 }
@@ -155,7 +155,10 @@ type TierDeps struct {
 	// Copy returns the catalog's record of this tier's good copy of an
 	// object (ok false: none). Required: recall reads positions from it,
 	// and the stage uses it to recognise a redelivered object that is
-	// already on tape.
+	// already on tape. It is the source of truth for every copy written
+	// before the tier was opened; copies that Target().Put writes are
+	// known from the session index until the catalog learns them (see
+	// Tier.lookup).
 	Copy func(objectID string) (c TapeCopy, ok bool, err error)
 	// Event, optional, receives volume events (full, write protected,
 	// label mismatch, mounted, …) after they are logged.
@@ -171,22 +174,22 @@ type VolumeState struct {
 	At     time.Time `json:"at"`
 }
 
-// Errors of a Tier.
+// Errors of a Tier. Delete on tape fails with tier.ErrNotSupported.
 var (
 	// ErrTierClosed: the tier was closed while a request waited.
 	ErrTierClosed = errors.New("tapewriter: tape tier closed")
-	// ErrNotSupported: Put and Delete on tape. Objects reach tape through
-	// the tier's stage (bundled with others); tape space is reclaimed by
-	// recycling whole volumes.
-	ErrNotSupported = errors.New("not supported on tape")
+	// errBusy: another packing of the object (another packed sum) is
+	// being written right now; the request is retried later.
+	errBusy = errors.New("tapewriter: another packing of the object is being written")
 )
 
 // Tier is a tape tier: the store stage that writes objects to tape
-// (Stage) and the read side that recall uses (Target). One goroutine owns
-// the drive and serialises everything: objects are added to the Writer,
-// recall requests are collected for RecallWindow and read in tape order,
-// and a recall parks the writer (its bundle closed with a flushing
-// filemark, its objects reported) before the tape moves.
+// (Stage) and the tier.Target that recall, scrub and repair use (Target).
+// One goroutine owns the drive and serialises everything: objects are
+// added to the Writer (the stage's, and Target().Put's, which close their
+// bundle at once), recall requests are collected for RecallWindow and read
+// in tape order, and a recall parks the writer (its bundle closed with a
+// flushing filemark, its objects reported) before the tape moves.
 type Tier struct {
 	cfg  TierConfig
 	deps TierDeps
@@ -201,9 +204,24 @@ type Tier struct {
 	vmu  sync.Mutex
 	vols map[string]VolumeState // protected by vmu
 
+	// written is the session index: for each object that Target().Put
+	// wrote since the tier was opened, its newest durable copy. See
+	// lookup for why it is consulted before the catalog.
+	written struct {
+		sync.Mutex
+		m map[string]TapeCopy
+	}
+
 	// Owned by the loop goroutine.
 	w       *Writer
-	waiters map[string][]chan addResult
+	waiters map[string]*waiting // objects in the writer, by id
+}
+
+// waiting is an object in the writer and the requests waiting for it.
+type waiting struct {
+	sum string // its packed sum
+	res []chan addResult
+	put bool // a Target().Put waits: its copy goes into the session index
 }
 
 // OpenTier opens the device and starts the tier's drive goroutine.
@@ -229,7 +247,8 @@ func OpenTier(cfg TierConfig, deps TierDeps) (*Tier, error) {
 	}
 	t := &Tier{cfg: cfg, deps: deps, log: deps.Logger.With("tier", cfg.Name), dev: dev,
 		reqs: make(chan any), stop: make(chan struct{}), done: make(chan struct{}),
-		vols: map[string]VolumeState{}, waiters: map[string][]chan addResult{}}
+		vols: map[string]VolumeState{}, waiters: map[string]*waiting{}}
+	t.written.m = map[string]TapeCopy{}
 	go t.loop()
 	return t, nil
 }
@@ -291,12 +310,26 @@ func (t *Tier) send(ctx context.Context, r any) error {
 type addReq struct {
 	obj Object
 	res chan addResult
+	// put: the request of a Target().Put. The open bundle is closed with
+	// a flushing filemark right after the object (its caller waits), and
+	// if another Put made a copy of the same bytes durable since this one
+	// looked (a session copy that is not at seen, the copy it found
+	// missing or bad), that copy is the answer and nothing is written.
+	put  bool
+	seen *events.TapePosition
 }
 
 type addResult struct {
 	pos       events.TapePosition
 	err       error
 	permanent bool
+	// reused: pos is a copy that another Put wrote (put requests only).
+	reused bool
+	// indexed: the copy went into the session index, replacing prev
+	// (hadPrev false: no entry before).
+	indexed bool
+	prev    TapeCopy
+	hadPrev bool
 }
 
 type flushReq struct{ res chan error }
@@ -351,13 +384,7 @@ func (t *Tier) loop() {
 			case *addReq:
 				t.add(ctx, r)
 			case *flushReq:
-				var err error
-				if t.w != nil {
-					if err = t.w.Flush(ctx); err != nil {
-						t.writerFailed(ctx, err)
-					}
-				}
-				r.res <- err
+				r.res <- t.flush(ctx)
 			case *readReq:
 				reads = append(reads, r)
 				if window == nil {
@@ -375,9 +402,7 @@ func (t *Tier) loop() {
 			reads, window = nil, nil
 		case <-tick.C:
 			if t.w != nil {
-				if err := t.w.Tick(ctx); err != nil {
-					t.writerFailed(ctx, err)
-				}
+				t.writerErr(ctx, t.w.Tick(ctx))
 			}
 		}
 	}
@@ -388,9 +413,24 @@ func (t *Tier) loop() {
 func (t *Tier) add(ctx context.Context, r *addReq) {
 	id := r.obj.ID
 	if ws, ok := t.waiters[id]; ok {
+		if ws.sum != r.obj.PackedSum {
+			r.res <- addResult{err: fmt.Errorf("tape tier %s: object %s: %w", t.cfg.Name, id, errBusy)}
+			return
+		}
 		// Already in the writer (another file with the same content).
-		t.waiters[id] = append(ws, r.res)
+		ws.res = append(ws.res, r.res)
+		if r.put {
+			ws.put = true
+			t.flush(ctx)
+		}
 		return
+	}
+	if r.put {
+		if c, ok := t.sessionCopy(id); ok && c.PackedSum == r.obj.PackedSum && c.PackedSize == r.obj.PackedSize &&
+			(r.seen == nil || !samePlace(c.Pos, *r.seen)) {
+			r.res <- addResult{pos: c.Pos, reused: true}
+			return
+		}
 	}
 	if t.w == nil {
 		w, err := t.newWriter(ctx)
@@ -400,40 +440,126 @@ func (t *Tier) add(ctx context.Context, r *addReq) {
 		}
 		t.w = w
 	}
-	openFailed := false
-	obj := r.obj
-	open := obj.Open
-	obj.Open = func() (io.ReadCloser, error) {
-		rc, err := open()
-		openFailed = err != nil
-		return rc, err
+	t.waiters[id] = &waiting{sum: r.obj.PackedSum, res: []chan addResult{r.res}, put: r.put}
+	if !t.writerErr(ctx, t.w.Add(ctx, r.obj)) {
+		return
 	}
-	t.waiters[id] = []chan addResult{r.res}
-	err := t.w.Add(ctx, obj)
-	switch {
-	case err == nil:
-		if len(t.waiters) >= t.cfg.Concurrency {
-			if err := t.w.Flush(ctx); err != nil {
-				t.writerFailed(ctx, err)
+	if _, waits := t.waiters[id]; waits && (r.put || len(t.waiters) >= t.cfg.Concurrency) {
+		t.flush(ctx)
+	}
+}
+
+// flush closes the open bundle with a flushing filemark (reporting every
+// object written so far).
+func (t *Tier) flush(ctx context.Context) error {
+	if t.w == nil {
+		return nil
+	}
+	err := t.w.Flush(ctx)
+	t.writerErr(ctx, err)
+	return err
+}
+
+// writerErr handles an error of the writer: the objects that failed on
+// their own are answered (the writer goes on without them); anything else
+// stops the writer (writerFailed). It reports whether the writer goes on.
+func (t *Tier) writerErr(ctx context.Context, err error) bool {
+	if err == nil {
+		return true
+	}
+	objects, rest := splitErrors(err)
+	for id, oerr := range objects {
+		if ws, ok := t.waiters[id]; ok {
+			for _, c := range ws.res {
+				c <- addResult{err: oerr, permanent: errors.Is(oerr, bundle.ErrChecksum)}
 			}
+			delete(t.waiters, id)
 		}
-	case openFailed || errors.Is(err, bundle.ErrChecksum) || errors.Is(err, io.ErrUnexpectedEOF):
-		// The object's own fault; the writer goes on.
-		for _, c := range t.waiters[id] {
-			c <- addResult{err: err, permanent: errors.Is(err, bundle.ErrChecksum)}
-		}
-		delete(t.waiters, id)
-	default:
-		t.writerFailed(ctx, err)
 	}
+	if rest != nil {
+		t.writerFailed(ctx, rest)
+		return false
+	}
+	return true
 }
 
 // stored is the writer's Stored callback (on the loop goroutine).
 func (t *Tier) stored(obj Object, pos events.TapePosition) {
-	for _, c := range t.waiters[obj.ID] {
-		c <- addResult{pos: pos}
+	ws := t.waiters[obj.ID]
+	res := addResult{pos: pos}
+	res.prev, res.hadPrev, res.indexed = t.remember(obj.ID,
+		TapeCopy{Pos: pos, PackedSize: obj.PackedSize, PackedSum: obj.PackedSum}, ws != nil && ws.put)
+	if ws != nil {
+		for _, c := range ws.res {
+			c <- res
+		}
 	}
 	delete(t.waiters, obj.ID)
+}
+
+// lookup returns the tier's copy of object id: the session index's, else
+// the catalog's (TierDeps.Copy).
+//
+// The session index holds the objects that Target().Put wrote since the
+// tier was opened (scrub's repairs: rare, so it stays small), and of each
+// its newest durable copy. It comes first because it cannot be stale.
+// INVARIANT: while the tier is open only its drive goroutine writes its
+// volumes, and every copy that goroutine makes durable of an object in the
+// index replaces the object's entry (stored, Stage writes too), so an entry
+// is the newest copy of its object on the media; the catalog learns a copy
+// only from the object.stored published after the write, so it can only be
+// as new. Put's caller publishes object.stored with the copy's position,
+// and after a restart the catalog answers alone. The stage's writes of
+// other objects never enter the index: the catalog knows them, as before.
+func (t *Tier) lookup(id string) (TapeCopy, bool, error) {
+	if c, ok := t.sessionCopy(id); ok {
+		return c, true, nil
+	}
+	c, ok, err := t.deps.Copy(id)
+	if err != nil {
+		return TapeCopy{}, false, fmt.Errorf("tape tier %s: catalog: %w: %w", t.cfg.Name, tier.ErrUnavailable, err)
+	}
+	return c, ok, nil
+}
+
+func (t *Tier) sessionCopy(id string) (TapeCopy, bool) {
+	t.written.Lock()
+	defer t.written.Unlock()
+	c, ok := t.written.m[id]
+	return c, ok
+}
+
+// remember records c as the newest copy of id if force or id is in the
+// index already, and returns the entry it replaced.
+func (t *Tier) remember(id string, c TapeCopy, force bool) (prev TapeCopy, hadPrev, indexed bool) {
+	t.written.Lock()
+	defer t.written.Unlock()
+	prev, hadPrev = t.written.m[id]
+	if !force && !hadPrev {
+		return TapeCopy{}, false, false
+	}
+	t.written.m[id] = c
+	return prev, hadPrev, true
+}
+
+// forget undoes remember(id, c): the copy did not read back. Another
+// write of id since then is kept.
+func (t *Tier) forget(id string, c TapeCopy, prev TapeCopy, hadPrev bool) {
+	t.written.Lock()
+	defer t.written.Unlock()
+	if cur, ok := t.written.m[id]; !ok || cur != c {
+		return
+	}
+	if hadPrev {
+		t.written.m[id] = prev
+	} else {
+		delete(t.written.m, id)
+	}
+}
+
+// samePlace reports whether a and b are the same copy.
+func samePlace(a, b events.TapePosition) bool {
+	return a.Volume == b.Volume && a.Block == b.Block && a.Offset == b.Offset
 }
 
 // writerFailed drops a writer that cannot go on (no volume left, a spool
@@ -452,8 +578,8 @@ func (t *Tier) writerFailed(ctx context.Context, cause error) {
 }
 
 func (t *Tier) failAll(err error) {
-	for id, cs := range t.waiters {
-		for _, c := range cs {
+	for id, ws := range t.waiters {
+		for _, c := range ws.res {
 			c <- addResult{err: err}
 		}
 		delete(t.waiters, id)
@@ -467,9 +593,8 @@ func (t *Tier) park(ctx context.Context) {
 	if t.w == nil || t.w.vol == nil {
 		return
 	}
-	if err := t.w.Flush(ctx); err != nil {
-		t.writerFailed(ctx, err)
-		return
+	if t.flush(ctx); t.w == nil {
+		return // the writer stopped
 	}
 	w := t.w
 	if i := slices.Index(w.cfg.Volumes, w.vol.id); i >= 0 {
@@ -589,9 +714,9 @@ func (t *Tier) Stage() pipeline.Stage {
 }
 
 func (t *Tier) handle(ctx context.Context, env events.Envelope, p *events.ObjectPacked) error {
-	c, have, err := t.deps.Copy(p.ObjectID)
+	c, have, err := t.lookup(p.ObjectID)
 	if err != nil {
-		return fmt.Errorf("tape store %s: catalog: %w", p.ObjectID, err)
+		return fmt.Errorf("tape store %s: %w", p.ObjectID, err)
 	}
 	if have && c.PackedSum == p.PackedSum {
 		// Already on tape (a redelivery, or another file with this

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/events/eventstest"
 	"github.com/strata-hsm/strata/pipeline"
@@ -29,6 +31,7 @@ import (
 // (standing in for the catalog behind TierDeps.Copy).
 type tierRig struct {
 	t       *testing.T
+	js      jetstream.JetStream
 	lib     string
 	staging string
 	tier    *Tier
@@ -72,7 +75,7 @@ func newTierRigWith(t *testing.T, cfg TierConfig, setup func(lib string)) *tierR
 	t.Helper()
 	srv := pipelinetest.RunServer(t)
 	js := srv.JetStream()
-	r := &tierRig{t: t, lib: t.TempDir(), staging: t.TempDir(), stored: map[string]*events.ObjectStored{}, data: map[string][]byte{}}
+	r := &tierRig{t: t, js: js, lib: t.TempDir(), staging: t.TempDir(), stored: map[string]*events.ObjectStored{}, data: map[string][]byte{}}
 	setup(r.lib)
 	cfg.Name, cfg.Device, cfg.Pool, cfg.StateDir = "tape", tape.EmulatorPrefix+r.lib, "p", t.TempDir()
 	cfg.RingBytes = 4 << 20
@@ -164,20 +167,16 @@ func (r *tierRig) pack(seed uint64, n, size int) []string {
 
 func (r *tierRig) waitPending(n int) {
 	r.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	checkFor(r.t, 20*time.Second, func() error {
 		got, err := r.tier.Pending(context.Background())
 		if err != nil {
 			r.t.Fatal(err)
 		}
-		if got == n {
-			return
+		if got != n {
+			return fmt.Errorf("%d objects wait in the writer, want %d", got, n)
 		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("%d objects wait in the writer, want %d", got, n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func (r *tierRig) wantVolume() string {
@@ -195,24 +194,20 @@ func (r *tierRig) storedCount() int {
 
 func (r *tierRig) waitStored(ids []string) {
 	r.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	checkFor(r.t, 30*time.Second, func() error {
 		r.mu.Lock()
+		defer r.mu.Unlock()
 		missing := 0
 		for _, id := range ids {
 			if r.stored[id] == nil {
 				missing++
 			}
 		}
-		r.mu.Unlock()
-		if missing == 0 {
-			return
+		if missing > 0 {
+			return fmt.Errorf("%d of %d objects not reported stored", missing, len(ids))
 		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("%d of %d objects not reported stored", missing, len(ids))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // checkOnTape reads every object back through the tier's Target (range
@@ -267,15 +262,22 @@ func TestTierAcksOnlyAfterFlush(t *testing.T) {
 	r.waitPending(0)
 	r.checkOnTape(ids)
 
-	// Target: Stat from the catalog, Verify from the tape, Put and Delete
-	// refused clearly, unknown objects not found, ranges checked.
+	// Target: Stat from the catalog, Verify from the tape, an invalid Put
+	// and every Delete refused clearly (the copy stays), unknown objects
+	// not found, ranges checked.
 	ctx := context.Background()
 	tg := r.tier.Target()
 	if info, err := tg.Verify(ctx, ids[2]); err != nil || info.PackedSize != int64(len(r.data[ids[2]])) {
 		t.Fatalf("verify: %+v %v", info, err)
 	}
-	if _, err := tg.Put(ctx, tier.Object{}); !errors.Is(err, ErrNotSupported) {
-		t.Fatalf("put: %v", err)
+	if _, err := tg.Put(ctx, tier.Object{}); err == nil {
+		t.Fatal("put of an invalid object: no error")
+	}
+	if err := tg.Delete(ctx, ids[2]); !errors.Is(err, tier.ErrNotSupported) {
+		t.Fatalf("delete: %v, want tier.ErrNotSupported", err)
+	}
+	if info, err := tg.Verify(ctx, ids[2]); err != nil || info.PackedSize != int64(len(r.data[ids[2]])) {
+		t.Fatalf("verify after a refused delete: %+v %v", info, err)
 	}
 	if _, err := tg.Stat(ctx, eventstest.ObjectID(1)); !errors.Is(err, tier.ErrNotFound) {
 		t.Fatalf("stat of an unknown object: %v", err)
@@ -396,5 +398,82 @@ func TestTierSkipsUnwritableVolumes(t *testing.T) {
 	}
 	if fi, _ := os.Stat(filepath.Join(r.lib, "V2", "data")); fi.Size() != before {
 		t.Fatalf("the mislabelled cartridge was written: %d bytes, was %d", fi.Size(), before)
+	}
+}
+
+// TestTierUnreadableObjectLeavesWriterAlone: an object whose staged bytes
+// cannot be read fails alone: the objects waiting in the writer keep
+// waiting for their bundle (no early filemark, nobody failed), and are
+// stored at the next flush.
+func TestTierUnreadableObjectLeavesWriterAlone(t *testing.T) {
+	r := newTierRig(t, TierConfig{BundleAge: time.Hour, RecallWindow: time.Millisecond})
+	ids := r.pack(12, 3, 200<<10)
+	r.waitPending(3)
+	flushes := r.tier.dev.Emulator().Stats().Flushes
+	// An object whose staged .zst cannot be read: a directory (open
+	// works, read fails with EISDIR).
+	bad := eventstest.ObjectID(77)
+	zst := filepath.Join(r.staging, bad+".zst")
+	if err := os.Mkdir(zst, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(r.staging, bad+".json"), []byte(`{"object_id":"`+bad+`"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st := eventstest.Stat(1000)
+	if _, err := r.packer.Emit(context.Background(), &events.ObjectPacked{FileID: eventstest.FileID(77), Path: "/hot/bad", ObjectID: bad,
+		Stat: st, Size: st.Size, PackedSize: 1000, PackedSum: eventstest.ObjectID(78), FrameSize: 4 << 20, Frames: 1, Staging: zst}, bad); err != nil {
+		t.Fatal(err)
+	}
+	// Its handler fails and its message comes back (every 100 ms) while
+	// the others wait in the writer.
+	checkFor(t, 20*time.Second, func() error {
+		c, err := r.js.Consumer(context.Background(), pipeline.StreamEvents, tier.StageName("tape"))
+		if err != nil {
+			return err
+		}
+		ci, err := c.Info(context.Background())
+		if err != nil {
+			return err
+		}
+		if ci.NumRedelivered < 1 {
+			return fmt.Errorf("no redelivery yet: %+v", ci)
+		}
+		return nil
+	})
+	if n, err := r.tier.Pending(context.Background()); err != nil || n != 3 {
+		t.Fatalf("%d objects wait in the writer after the unreadable one failed (%v), want 3", n, err)
+	}
+	if got := r.tier.dev.Emulator().Stats().Flushes; got != flushes || r.storedCount() != 0 {
+		t.Fatalf("the unreadable object closed the bundle (%d flushes, was %d; %d stored)", got, flushes, r.storedCount())
+	}
+	if err := r.tier.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.waitStored(ids)
+	r.checkOnTape(ids)
+	if _, err := r.tier.Target().Stat(context.Background(), bad); !errors.Is(err, tier.ErrNotFound) {
+		t.Fatalf("stat of the unreadable object: %v, want ErrNotFound", err)
+	}
+}
+
+// checkFor calls fn every 10ms until it returns nil, and fails the test if
+// it has not after total.
+func checkFor(t *testing.T, total time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.NewTimer(total)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		select {
+		case <-deadline.C:
+			t.Fatalf("condition not met after %s: %v", total, err)
+		case <-tick.C:
+		}
 	}
 }

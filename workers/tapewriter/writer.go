@@ -66,6 +66,48 @@ var (
 	errVolumeLost = errors.New("tapewriter: volume lost")
 )
 
+// objectError is the failure of one object alone: it is invalid, its
+// source could not be opened or read, or its bytes do not match its
+// packed sum. The writer goes on without it (a member whose bytes are
+// not its sum may be on tape, but it is never reported stored).
+type objectError struct {
+	id  string
+	err error
+}
+
+func (e *objectError) Error() string {
+	return "tapewriter: object " + e.id + " not written: " + e.err.Error()
+}
+func (e *objectError) Unwrap() error { return e.err }
+
+// splitErrors separates the failures of single objects in err (from Add,
+// Flush or Tick), by object id, from the rest, which stop the writer.
+func splitErrors(err error) (objects map[string]error, rest error) {
+	var others []error
+	var walk func(error)
+	walk = func(e error) {
+		var oe *objectError
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, e := range j.Unwrap() {
+				walk(e)
+			}
+			return
+		}
+		switch {
+		case e == nil:
+		case errors.As(e, &oe):
+			if objects == nil {
+				objects = map[string]error{}
+			}
+			objects[oe.id] = e
+		default:
+			others = append(others, e)
+		}
+	}
+	walk(err)
+	return objects, errors.Join(others...)
+}
+
 type item struct {
 	block    []byte
 	filemark bool
@@ -153,17 +195,19 @@ func (w *Writer) Volume() string {
 
 // Add puts obj into the current bundle. It returns once the object's
 // bytes are in the bundle stream (ring, spool or drive); Stored reports it
-// later. An error about obj itself (its bytes do not match PackedSum, a
-// read error) leaves the writer usable; ErrNoVolume does not.
+// later. An error about one object (obj, or one written again after a
+// volume was lost: it is invalid, its bytes do not match PackedSum, a read
+// error) names that object and leaves the writer usable; ErrNoVolume does
+// not. Several failures are joined (errors.Join).
 func (w *Writer) Add(ctx context.Context, obj Object) error {
 	if err := bundle.ValidID(obj.ID); err != nil {
-		return fmt.Errorf("tapewriter: %w", err)
+		return errors.Join(&objectError{obj.ID, err})
 	}
 	if obj.Open == nil || obj.PackedSize < 0 {
-		return fmt.Errorf("tapewriter: object %s: no Open or negative size", obj.ID)
+		return errors.Join(&objectError{obj.ID, errors.New("no Open or negative size")})
 	}
 	if err := bundle.ValidID(obj.PackedSum); err != nil {
-		return fmt.Errorf("tapewriter: object %s packed sum: %w", obj.ID, err)
+		return errors.Join(&objectError{obj.ID, fmt.Errorf("packed sum: %w", err)})
 	}
 	t := w.now()
 	w.srcTime += t - w.lastExit
@@ -173,10 +217,10 @@ func (w *Writer) Add(ctx context.Context, obj Object) error {
 }
 
 func (w *Writer) addQueue(ctx context.Context, q []Object) error {
-	var first error
+	var errs []error
 	for len(q) > 0 {
 		if err := ctx.Err(); err != nil {
-			return err
+			return errors.Join(append(errs, err)...)
 		}
 		o := q[0]
 		q = q[1:]
@@ -184,7 +228,7 @@ func (w *Writer) addQueue(ctx context.Context, q []Object) error {
 		if errors.Is(err, errVolumeLost) {
 			rq, err := w.loseVolume(ctx, err)
 			if err != nil {
-				return err
+				return errors.Join(append(errs, err)...)
 			}
 			if !placed {
 				rq = append(rq, o)
@@ -193,15 +237,13 @@ func (w *Writer) addQueue(ctx context.Context, q []Object) error {
 			continue
 		}
 		if err != nil {
-			if first == nil {
-				first = err
-			}
+			errs = append(errs, err)
 			if errors.Is(err, ErrNoVolume) || ctx.Err() != nil {
-				return err
+				break
 			}
 		}
 	}
-	return first
+	return errors.Join(errs...)
 }
 
 // addOne writes o into the current bundle; placed reports whether o is
@@ -222,7 +264,7 @@ func (w *Writer) addOne(ctx context.Context, o Object) (placed bool, err error) 
 	}
 	rc, err := o.Open()
 	if err != nil {
-		return false, fmt.Errorf("tapewriter: open object %s: %w", o.ID, err)
+		return false, &objectError{o.ID, fmt.Errorf("open: %w", err)}
 	}
 	e, err := w.cur.w.Add(o.ID, o.Manifest, o.PackedSize, o.PackedSum, rc)
 	rc.Close()
@@ -235,7 +277,7 @@ func (w *Writer) addOne(ctx context.Context, o Object) (placed bool, err error) 
 			return false, fmt.Errorf("tapewriter: %w: %w", errVolumeLost, err)
 		}
 		w.log.Warn("object not written", "object", o.ID, "err", err)
-		return false, fmt.Errorf("tapewriter: object %s: %w", o.ID, err)
+		return false, &objectError{o.ID, err}
 	}
 	w.cur.objs = append(w.cur.objs, placedObj{obj: o, entry: e})
 	if w.ew {
@@ -319,18 +361,25 @@ func (w *Writer) closeBundle(flush bool, cont *bundle.Continued) error {
 
 // Flush closes the current bundle, writes everything out with a flushing
 // filemark and reports every object written so far.
+//
+// Objects written again after a volume was lost may fail on their own
+// (see Add): Flush goes on without them and returns their errors.
 func (w *Writer) Flush(ctx context.Context) error {
+	var failed []error // of single objects
 	for {
 		err := w.flushOnce()
 		if !errors.Is(err, errVolumeLost) {
-			return err
+			return errors.Join(append(failed, err)...)
 		}
 		rq, err := w.loseVolume(ctx, err)
 		if err != nil {
-			return err
+			return errors.Join(append(failed, err)...)
 		}
 		if err := w.addQueue(ctx, rq); err != nil {
-			return err
+			failed = append(failed, err)
+			if _, rest := splitErrors(err); rest != nil {
+				return errors.Join(failed...)
+			}
 		}
 	}
 }
@@ -663,5 +712,42 @@ func (w *Writer) tryMount(ctx context.Context, id string) (*volume, string, erro
 		return v, EventError, fmt.Errorf("mount %s: %w", id, err)
 	}
 	v.file = st.File
+	// A tape file cut short (a power loss after part of a bundle reached
+	// the medium, or damage) ends without a filemark. Close it, so that
+	// the next bundle is a tape file of its own, which tar and Scan read,
+	// not a tail glued to the broken one.
+	open, err := lastFileOpen(d, st, v.next)
+	if err != nil {
+		return v, EventError, fmt.Errorf("mount %s: %w", id, err)
+	}
+	if open {
+		w.log.Warn("last tape file cut short: closing it with a filemark", "volume", id, "tape_file", st.File, "block", v.next)
+		if err := d.WriteFilemarks(1, true); err != nil {
+			return v, EventError, fmt.Errorf("mount %s: close tape file %d: %w", id, st.File, err)
+		}
+		v.next++
+		v.file = st.File + 1
+	}
 	return v, "", nil
+}
+
+// lastFileOpen reports whether the data of d, positioned at end of data
+// (logical block end, status st), ends with a record rather than a
+// filemark. st knows when the position is the start of a tape file (Block
+// 0); otherwise the last record is read. d is left at end of data.
+func lastFileOpen(d tape.Drive, st tape.Status, end int64) (bool, error) {
+	if st.Block == 0 || end == 0 {
+		return false, nil
+	}
+	if err := d.Locate(end - 1); err != nil {
+		return false, fmt.Errorf("read the last record: %w", err)
+	}
+	n, err := d.ReadBlock(make([]byte, bundle.MaxBlockSize))
+	if err != nil && !errors.Is(err, tape.ErrShortBuffer) {
+		return false, fmt.Errorf("read the last record: %w", err)
+	}
+	if err := d.EndOfData(); err != nil {
+		return false, err
+	}
+	return n > 0 || err != nil, nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/workers/tape"
 	"github.com/strata-hsm/strata/workers/tape/bundle"
+	tapevolume "github.com/strata-hsm/strata/workers/tape/volume"
 	"github.com/zeebo/blake3"
 )
 
@@ -415,4 +416,64 @@ func TestBadObject(t *testing.T) {
 		t.Fatalf("stored %d objects, the bad one included: %v", len(r.stored), ok)
 	}
 	r.checkStored([]testObj{objs[0], objs[2]})
+}
+
+// TestWriterClosesCutTapeFile: a volume whose last tape file was cut short
+// (no filemark after it: a power loss after part of a bundle reached the
+// medium, or damage) gets a filemark before the next bundle, so that the
+// new bundle is a tape file of its own, which a scan (and tar) reads,
+// instead of a tail glued to the broken one.
+func TestWriterClosesCutTapeFile(t *testing.T) {
+	r := newRig(t, []string{"V1"}, []tape.Cartridge{{Capacity: 1 << 30}})
+	objs := makeObjects(7, 5, func(int) int { return 600_000 })
+	w := r.newWriter(r.config("V1"))
+	produce(t, w, r.emu, objs[:2], 1e9)
+	if err := w.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	produce(t, w, r.emu, objs[2:3], 1e9)
+	if err := w.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Cut tape file 2 in the middle of its object's bytes.
+	cut := r.stored[objs[2].ID][0]
+	if cut.TapeFile != 2 {
+		t.Fatalf("third object in tape file %d, want 2", cut.TapeFile)
+	}
+	if err := r.emu.Eject(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tape.TruncateCartridge(r.lib.Slots["V1"], cut.Block+1, 1000); err != nil {
+		t.Fatal(err)
+	}
+
+	w = r.newWriter(r.config("V1"))
+	produce(t, w, r.emu, objs[3:], 1e9)
+	if err := w.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs[3:] {
+		if p := r.stored[o.ID][0]; p.TapeFile != 3 {
+			t.Fatalf("object written after the cut in tape file %d, want 3 (its own)", p.TapeFile)
+		}
+	}
+	delete(r.stored, objs[2].ID)
+	r.checkStored(append(objs[:2:2], objs[3:]...))
+
+	d, err := r.lib.Mount(context.Background(), "V1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := tapevolume.Scan(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(info.Files) != 3 || info.Files[1].Err == nil || info.Files[2].Err != nil || len(info.Files[2].Objects) != 2 {
+		t.Fatalf("scan after the cut and a new bundle: %+v", info.Files)
+	}
+	for i, o := range info.Files[2].Objects {
+		if o.Err != nil || o.ID != objs[3+i].ID {
+			t.Fatalf("tape file 3, object %d: %+v", i, o)
+		}
+	}
 }

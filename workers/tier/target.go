@@ -46,6 +46,12 @@ var (
 	ErrUnavailable = errors.New("tier: target unavailable")
 	// ErrRange: a ranged read asked for bytes past the end of the object.
 	ErrRange = errors.New("tier: range past end of object")
+	// ErrNotSupported: the target cannot do this by nature, and did
+	// nothing. Tape returns it from Delete: a copy on tape cannot be
+	// removed (space comes back only by relabelling a whole volume), so
+	// it stays stored, visible and readable, and the caller must go on
+	// counting it (prune never reports it deleted).
+	ErrNotSupported = errors.New("tier: not supported by this target")
 )
 
 // Object is what Put stores.
@@ -87,21 +93,23 @@ type Info struct {
 }
 
 // Target is one cold tier: a place that keeps verified copies of objects.
-// The store stage (workers/store) calls Put for each packed object; recall calls
-// Manifest and GetRange on the cheapest copy and falls back on error; scrub
-// calls List and Verify; prune calls Delete. All methods are safe for
-// concurrent use, and every method honours ctx (a cancelled call returns
-// promptly with an error wrapping ctx.Err()).
+// The store stage (workers/store) calls Put for each packed object (tape's
+// own stage bundles objects without Put); recall calls Manifest and GetRange
+// on the cheapest copy and falls back on error; scrub calls List and Verify,
+// and Put to re-create a bad copy from a good one; prune calls Delete. All
+// methods are safe for concurrent use, and every method honours ctx (a
+// cancelled call returns promptly with an error wrapping ctx.Err()).
 //
 // Errors: every error wraps one of the sentinels when it applies —
-// ErrNotFound, ErrCorrupt, ErrUnavailable, ErrRange — or ctx.Err(), or is a
-// plain error for bad arguments and local failures (for example one wrapping
-// syscall.ENOSPC for a full directory tier).
+// ErrNotFound, ErrCorrupt, ErrUnavailable, ErrRange, ErrNotSupported — or
+// ctx.Err(), or is a plain error for bad arguments and local failures (for
+// example one wrapping syscall.ENOSPC for a full directory tier).
 type Target interface {
 	// Name is the configured name of this target (a NATS subject token,
 	// used as events.ObjectStored.Tier).
 	Name() string
-	// Kind is events.TierDirectory, events.TierS3 or events.TierRclone.
+	// Kind is events.TierDirectory, events.TierS3, events.TierRclone or
+	// events.TierTape.
 	Kind() string
 
 	// Put stores o and returns its location (a path or URL that a human can
@@ -147,7 +155,10 @@ type Target interface {
 	List(ctx context.Context, fn func(Info) error) error
 
 	// Delete removes the object, its manifest and its sum. Deleting a
-	// missing object is not an error (idempotent).
+	// missing object is not an error (idempotent). A target that cannot
+	// remove what it stored (tape) returns an error wrapping
+	// ErrNotSupported for every valid id and changes nothing: the object
+	// stays visible, and the caller must not record it as deleted.
 	Delete(ctx context.Context, id string) error
 }
 

@@ -267,3 +267,41 @@ func TestLabelValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestReadRangeRejectsShortBlocks: a block shorter than the block size
+// (a damaged or cut record) is ErrFormat, never bytes read on from the
+// next block as if they followed.
+func TestReadRangeRejectsShortBlocks(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "vol")
+	if err := tape.CreateCartridge(dir, tape.Cartridge{Capacity: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := tape.OpenEmulator(dir, model())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	raw := randBytes(rand.New(rand.NewPCG(5, 6)), 3*MinBlockSize, false)
+	for i := range 3 {
+		blk := raw[i*MinBlockSize : (i+1)*MinBlockSize]
+		if i == 1 {
+			blk = blk[:1000]
+		}
+		if err := d.WriteBlock(blk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.WriteFilemarks(1, true); err != nil {
+		t.Fatal(err)
+	}
+	pos := Position("V", 0, 0, MinBlockSize, 100)
+	var buf bytes.Buffer
+	if err := ReadRange(d, MinBlockSize, pos, 0, 50, &buf); err != nil || !bytes.Equal(buf.Bytes(), raw[100:150]) {
+		t.Fatalf("range in the first, whole block: %v", err)
+	}
+	buf.Reset()
+	err = ReadRange(d, MinBlockSize, pos, 0, 2*MinBlockSize, &buf)
+	if !errors.Is(err, ErrFormat) {
+		t.Fatalf("range over a short block = %v, want ErrFormat", err)
+	}
+}

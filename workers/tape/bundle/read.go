@@ -200,8 +200,11 @@ func (rr *RangeReader) ReadRange(pos events.TapePosition, off, n int64, w io.Wri
 		if err != nil {
 			return fmt.Errorf("read range: %w", err)
 		}
-		if skip >= int64(len(data)) {
-			return fmt.Errorf("read range: block %d has %d bytes, want offset %d: %w", b, len(data), skip, ErrFormat)
+		if len(data) != bs {
+			// Every block of a bundle is whole (the last one is zero
+			// padded): a short one is damage, and reading on would
+			// shift every later byte.
+			return fmt.Errorf("read range: block %d has %d bytes, want %d: %w", b, len(data), bs, ErrFormat)
 		}
 		data = data[skip:]
 		skip = 0

@@ -50,6 +50,14 @@ type Suite struct {
 	// default 2 MiB. S3 sets it above its part size so the upload is
 	// multipart.
 	LargeSize int64
+	// NoDelete declares a target that cannot remove what it stored (tape:
+	// space comes back only by relabelling a whole volume). The suite
+	// then checks the opposite of deletion instead: Delete of any valid
+	// id, present or missing, fails with an error wrapping
+	// tier.ErrNotSupported, and the object stays listed, readable and
+	// verified, so a caller can never believe a copy is gone while it is
+	// still there.
+	NoDelete bool
 }
 
 // Run runs the conformance suite against targets made by s.New.
@@ -247,7 +255,9 @@ func testMissing(t *testing.T, s Suite) {
 	wantErr(t, "stat missing", err, tier.ErrNotFound)
 	_, err = tgt.Verify(ctx(t), o.ID)
 	wantErr(t, "verify missing", err, tier.ErrNotFound)
-	if err := tgt.Delete(ctx(t), o.ID); err != nil {
+	if s.NoDelete {
+		wantErr(t, "delete missing on a target without delete", tgt.Delete(ctx(t), o.ID), tier.ErrNotSupported)
+	} else if err := tgt.Delete(ctx(t), o.ID); err != nil {
 		t.Fatalf("delete missing: %v", err)
 	}
 	if got := listAll(t, tgt); len(got) != 0 {
@@ -432,11 +442,14 @@ func testListDelete(t *testing.T, s Suite) {
 	tgt := s.New(t)
 	want := make(map[string]tier.Info)
 	var ids []string
+	var objs []tier.Object
+	var datas [][]byte
 	for i := range 3 {
-		o, _ := NewObject(uint64(40+i), int64(1000*(i+1)))
+		o, data := NewObject(uint64(40+i), int64(1000*(i+1)))
 		put(t, tgt, o)
 		want[o.ID] = tier.Info{ID: o.ID, PackedSize: o.PackedSize, PackedSum: o.PackedSum}
 		ids = append(ids, o.ID)
+		objs, datas = append(objs, o), append(datas, data)
 	}
 	got := listAll(t, tgt)
 	if fmt.Sprint(got) != fmt.Sprint(want) {
@@ -446,6 +459,18 @@ func testListDelete(t *testing.T, s Suite) {
 	n := 0
 	if err := tgt.List(ctx(t), func(tier.Info) error { n++; return stop }); !errors.Is(err, stop) || n != 1 {
 		t.Fatalf("list with a failing callback: %v after %d calls, want stop after 1", err, n)
+	}
+	if s.NoDelete {
+		// The copy cannot go: Delete says so, and the object is still
+		// listed, readable and verified, byte for byte.
+		for range 2 {
+			wantErr(t, "delete on a target without delete", tgt.Delete(ctx(t), ids[1]), tier.ErrNotSupported)
+		}
+		if got := listAll(t, tgt); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("list after a refused delete = %v, want %v", got, want)
+		}
+		checkStored(t, tgt, objs[1], datas[1])
+		return
 	}
 	if err := tgt.Delete(ctx(t), ids[1]); err != nil {
 		t.Fatalf("delete: %v", err)
