@@ -42,6 +42,9 @@ func cmdPrune(ctx context.Context, e *env, args []string) error {
 			for _, er := range c.Errors {
 				fmt.Fprintf(e.stdout, "  error: %s\n", er)
 			}
+			if len(c.Kept) > 0 {
+				fmt.Fprintf(e.stdout, "  kept on %s: tape cannot delete one object; its space comes back when the volume is relabelled\n", strings.Join(c.Kept, ", "))
+			}
 		}
 		n := rep.Copies
 		if rep.Applied {

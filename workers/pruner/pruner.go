@@ -78,6 +78,9 @@ type Candidate struct {
 	Deleted []string `json:"deleted,omitempty"`
 	// Errors lists the tiers where removal failed, with why (Apply only).
 	Errors []string `json:"errors,omitempty"`
+	// Kept lists the tiers that cannot delete one object (tape: space comes
+	// back when the volume is relabelled); their copies stay (Apply only).
+	Kept []string `json:"kept,omitempty"`
 }
 
 // catalogView is what the pruner reads from the catalog.
@@ -262,7 +265,13 @@ func applyOne(ctx context.Context, cfg ApplyConfig, c Candidate) Candidate {
 			fail(cp.Tier, errors.New("tier is not configured on this host"))
 			continue
 		}
-		if err := t.Delete(ctx, c.ObjectID); err != nil {
+		if err := t.Delete(ctx, c.ObjectID); errors.Is(err, tier.ErrNotSupported) {
+			// Tape: the copy stays until its volume is relabelled; it is
+			// not reported deleted (it is not), and not as a failure.
+			cfg.Logger.Info("prune: copy kept on a tier that cannot delete", "object", c.ObjectID, "tier", cp.Tier)
+			c.Kept = append(c.Kept, cp.Tier)
+			continue
+		} else if err != nil {
 			fail(cp.Tier, err)
 			continue
 		}

@@ -1,6 +1,7 @@
 package pruner
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"runtime"
@@ -13,6 +14,8 @@ import (
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/events/eventstest"
 	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/dir"
 )
 
 // history builds a real catalog from events at chosen times.
@@ -154,5 +157,56 @@ func TestGuard(t *testing.T) {
 	defer g.mu.Unlock()
 	if len(g.locks) != 0 {
 		t.Fatalf("locks left: %d", len(g.locks))
+	}
+}
+
+// noDelete is a tier that cannot delete one object (tape).
+type noDelete struct{ tier.Target }
+
+func (noDelete) Delete(context.Context, string) error {
+	return fmt.Errorf("tape tier t: delete: %w", tier.ErrNotSupported)
+}
+
+// TestApplyKeepsWhatATierCannotDelete: a copy on a tier that cannot delete
+// one object is kept and reported as kept: no object.deleted (it is still
+// there), and not an error of the run.
+func TestApplyKeepsWhatATierCannotDelete(t *testing.T) {
+	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	cat, err := catalog.Open(t.TempDir(), catalog.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cat.Close()
+	h := &history{t: t, cat: cat}
+	long := now.Add(-90 * 24 * time.Hour)
+	h.packed(long, 4, 40)
+	h.deleted(long.Add(time.Hour), 4)
+	if err := cat.Apply(h.envs); err != nil {
+		t.Fatal(err)
+	}
+	pol := Policy{KeepDeleted: time.Hour, KeepVersions: 1, Now: now}
+	plan, err := Plan(cat, pol)
+	if err != nil || len(plan) != 1 {
+		t.Fatalf("plan %+v, %v", plan, err)
+	}
+	hdd, err := dir.Open(dir.Config{Name: "hdd", Root: t.TempDir()}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var emitted []events.Event
+	out, err := Apply(context.Background(), ApplyConfig{
+		Catalog: cat, Policy: pol, Targets: map[string]tier.Target{"hdd": noDelete{hdd}}, Guard: NewGuard(),
+		Sync: func(context.Context, string) error { return nil },
+		Emit: func(_ context.Context, ev events.Event, _ ...string) error {
+			emitted = append(emitted, ev)
+			return nil
+		},
+		Logger: slog.New(slog.DiscardHandler),
+	}, plan)
+	if err != nil || len(out) != 1 {
+		t.Fatalf("apply: %+v, %v", out, err)
+	}
+	if c := out[0]; !slices.Equal(c.Kept, []string{"hdd"}) || len(c.Deleted) != 0 || len(c.Errors) != 0 || len(emitted) != 0 {
+		t.Fatalf("candidate %+v, events %v: want the copy kept, nothing deleted, no error", c, emitted)
 	}
 }

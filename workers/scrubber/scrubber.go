@@ -217,12 +217,25 @@ func scrubOne(ctx context.Context, cfg Config, c Copy, res *Result) error {
 	}
 	ev := &events.ObjectStored{ObjectID: c.ObjectID, Tier: c.Tier, TierKind: t.Kind(), Location: loc,
 		Size: c.Size, PackedSize: info.PackedSize, PackedSum: info.PackedSum}
+	if tp, ok := t.(tapePositioner); ok {
+		// A tape copy is found by its position: the new copy has its own.
+		pos, perr := tp.TapePosition(ctx, c.ObjectID)
+		if perr != nil {
+			return stop(ctx, perr, func() { fail("repaired from %s, but its tape position: %v", from, perr) })
+		}
+		ev.Tape = &pos
+	}
 	if perr := cfg.Emit(ctx, ev, c.ObjectID, c.Tier, info.PackedSum, "repair", cfg.RunID); perr != nil {
 		return stop(ctx, perr, func() { fail("repaired from %s, but object.stored not published: %v", from, perr) })
 	}
 	res.Repaired++
 	cfg.Logger.Info("scrub: repaired", "object", c.ObjectID, "tier", c.Tier, "from", from, "location", loc)
 	return nil
+}
+
+// tapePositioner is a tape tier's target: it says where a copy lies.
+type tapePositioner interface {
+	TapePosition(ctx context.Context, id string) (events.TapePosition, error)
 }
 
 // stop returns ctx.Err() if ctx ended (the run stops), else records the

@@ -136,3 +136,65 @@ func TestRun(t *testing.T) {
 		t.Fatal("unknown tier accepted")
 	}
 }
+
+// tapeLike is a directory tier that reports itself as tape, with a tape
+// position for its copies (as workers/tapewriter's target does).
+type tapeLike struct {
+	tier.Target
+	pos events.TapePosition
+}
+
+func (tapeLike) Kind() string { return events.TierTape }
+func (t tapeLike) TapePosition(context.Context, string) (events.TapePosition, error) {
+	return t.pos, nil
+}
+
+// TestRepairOnTapeCarriesItsPosition: the object.stored of a copy
+// re-created on a tape tier names its new tape position (without it the
+// event is invalid and the catalog never learns the new copy).
+func TestRepairOnTapeCarriesItsPosition(t *testing.T) {
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+	root := t.TempDir()
+	d, err := dir.Open(dir.Config{Name: "lto", Root: root}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos := events.TapePosition{Volume: "V00001", TapeFile: 3, Block: 17, Offset: 512}
+	tape := tapeLike{Target: d, pos: pos}
+	o, _ := obj(t, 1)
+	if _, err := d.Put(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, tier.ObjectKey(o.ID)), []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var evs []events.Event
+	res, err := Run(ctx, Config{
+		Targets: map[string]tier.Target{"lto": tape},
+		Copies: func(fn func(Copy) error) error {
+			return fn(Copy{ObjectID: o.ID, Tier: "lto", Size: o.PackedSize, PackedSize: o.PackedSize, PackedSum: o.PackedSum})
+		},
+		Repair: func(ctx context.Context, id string, to tier.Target) (string, string, error) {
+			loc, err := to.Put(ctx, o)
+			return "hdd", loc, err
+		},
+		Emit:  func(_ context.Context, ev events.Event, _ ...string) error { evs = append(evs, ev); return nil },
+		RunID: "r", Logger: log,
+	})
+	if err != nil || res.Repaired != 1 {
+		t.Fatalf("run: %+v, %v", res, err)
+	}
+	var stored *events.ObjectStored
+	for _, ev := range evs {
+		if s, ok := ev.(*events.ObjectStored); ok {
+			stored = s
+		}
+	}
+	if stored == nil || stored.Tape == nil || *stored.Tape != pos {
+		t.Fatalf("object.stored %+v: want tape position %+v", stored, pos)
+	}
+	if err := stored.Validate(); err != nil {
+		t.Fatalf("object.stored of the repaired tape copy is invalid: %v", err)
+	}
+}

@@ -1,5 +1,19 @@
 package tapewriter
 
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strings"
+
+	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/workers/tier"
+)
+
 // The tape store stage (durable "store-<tier>", one per tape tier; see
 // Tier.Stage):
 //
@@ -10,3 +24,82 @@ package tapewriter
 // bundle per tape file; a handler returns (and its message is
 // acknowledged) only after the bundle holding its object is durable and
 // object.stored, with the tape position, is published.
+
+// Stage returns the tier's store stage: it consumes this host's
+// object.packed and writes the staged object to tape. A handler returns
+// (and its message is acknowledged) only after the object is reported
+// stored, that is after a flushing filemark made its bundle durable, and
+// object.stored with its tape position is published; so many handlers
+// wait at once (Concurrency) while their objects fill a bundle, which is
+// closed at BundleBytes, at BundleAge, when Concurrency objects wait, or
+// when a recall needs the drive.
+func (t *Tier) Stage() pipeline.Stage {
+	return pipeline.Stage{
+		Name:        tier.StageName(t.cfg.Name),
+		Filter:      []string{events.Subject(t.deps.Emitter.Host(), events.KindObjectPacked)},
+		Concurrency: t.cfg.Concurrency,
+		Handle:      pipeline.Handle(tier.StageName(t.cfg.Name), t.handle),
+	}
+}
+
+func (t *Tier) handle(ctx context.Context, env events.Envelope, p *events.ObjectPacked) error {
+	c, have, err := t.lookup(p.ObjectID)
+	if err != nil {
+		return fmt.Errorf("tape store %s: %w", p.ObjectID, err)
+	}
+	if have && c.PackedSum == p.PackedSum {
+		// Already on tape (a redelivery, or another file with this
+		// content): publish again (deduplicated by id) and go on.
+		return t.emitStored(ctx, p, c.Pos)
+	}
+	manifest, err := os.ReadFile(strings.TrimSuffix(p.Staging, ".zst") + ".json")
+	if err == nil {
+		_, err = os.Stat(p.Staging)
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return pipeline.Permanent(fmt.Errorf("tape store %s on %s: staged object is gone and the catalog lists no tape copy of it", p.ObjectID, t.cfg.Name))
+	}
+	if err != nil {
+		return fmt.Errorf("tape store %s: read staged object: %w", p.ObjectID, err)
+	}
+	staging := p.Staging
+	r := &addReq{res: make(chan addResult, 1), obj: Object{
+		ID: p.ObjectID, Manifest: manifest, PackedSize: p.PackedSize, PackedSum: p.PackedSum,
+		Open: func() (io.ReadCloser, error) { return os.Open(staging) },
+	}}
+	if err := t.send(ctx, r); err != nil {
+		return err
+	}
+	var res addResult
+	select {
+	case res = <-r.res:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.done:
+		return ErrTierClosed
+	}
+	if res.err != nil {
+		err := fmt.Errorf("tape store %s on %s: %w", p.ObjectID, t.cfg.Name, res.err)
+		if res.permanent {
+			return pipeline.Permanent(err)
+		}
+		return err
+	}
+	return t.emitStored(ctx, p, res.pos)
+}
+
+// Location is the human-readable location of a tape copy: "volume/file".
+func Location(pos events.TapePosition) string {
+	return fmt.Sprintf("%s/%d", pos.Volume, pos.TapeFile)
+}
+
+func (t *Tier) emitStored(ctx context.Context, p *events.ObjectPacked, pos events.TapePosition) error {
+	_, err := t.deps.Emitter.Emit(ctx, &events.ObjectStored{
+		ObjectID: p.ObjectID, Tier: t.cfg.Name, TierKind: events.TierTape, Location: Location(pos),
+		Size: p.Size, PackedSize: p.PackedSize, PackedSum: p.PackedSum, Tape: &pos,
+	}, p.ObjectID, t.cfg.Name, p.PackedSum)
+	if err == nil {
+		t.log.Debug("stored", "object", p.ObjectID, "volume", pos.Volume, "tape_file", pos.TapeFile, "block", pos.Block)
+	}
+	return err
+}

@@ -212,6 +212,17 @@ func (g *target) copyOf(id string) (TapeCopy, error) {
 	return c, nil
 }
 
+// TapePosition is where the newest copy of id lies on tape: what an
+// object.stored event of a tape tier must carry (a copy re-created by
+// Put, e.g. by scrub, has a new position).
+func (g *target) TapePosition(_ context.Context, id string) (events.TapePosition, error) {
+	c, err := g.copyOf(id)
+	if err != nil {
+		return events.TapePosition{}, err
+	}
+	return c.Pos, nil
+}
+
 // Stat answers from the session index or the catalog (no tape movement).
 func (g *target) Stat(_ context.Context, id string) (tier.Info, error) {
 	c, err := g.copyOf(id)

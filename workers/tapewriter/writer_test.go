@@ -13,11 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/zeebo/blake3"
+
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/workers/tape"
 	"github.com/strata-hsm/strata/workers/tape/bundle"
 	tapevolume "github.com/strata-hsm/strata/workers/tape/volume"
-	"github.com/zeebo/blake3"
 )
 
 const bs = bundle.MinBlockSize
