@@ -3,9 +3,11 @@ package pipeline
 import (
 	"cmp"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/strata-hsm/strata/events"
@@ -13,10 +15,11 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultListenHost  = "127.0.0.1"
-	DefaultPort        = 4250
-	DefaultDedupWindow = 10 * time.Minute
-	DefaultReadyWait   = 10 * time.Second
+	DefaultListenHost      = "127.0.0.1"
+	DefaultPort            = 4250
+	DefaultDedupWindow     = 10 * time.Minute
+	DefaultReadyWait       = 10 * time.Second
+	DefaultReaderConsumers = 64
 )
 
 // Special values of Config.Port.
@@ -51,7 +54,22 @@ type Config struct {
 	Durables []string
 	// ReadyWait bounds how long Open waits for the server to start.
 	ReadyWait time.Duration
+	// ReaderConsumers is how many consumers outside subscribers may have
+	// on a stream at once (default 64); with the daemon's durables and its
+	// own readers it bounds each stream's consumers.
+	ReaderConsumers int
+	// ReaderDurables are the names of durable consumers outside
+	// subscribers may keep; any other durable the daemon did not create
+	// is removed (SweepConsumers). Ephemeral consumers are always allowed.
+	ReaderDurables []string
 }
+
+// ownReaders is how many consumers the daemon and the CLI may hold at once
+// on a stream besides the stages' durables (the projection, waits, follows).
+const ownReaders = 32
+
+// maxConsumers is the bound of each stream's consumers.
+func (c *Config) maxConsumers() int { return len(c.Durables) + ownReaders + c.ReaderConsumers }
 
 // EnsureDefaults fills the zero fields of c with their defaults.
 func (c *Config) EnsureDefaults() {
@@ -66,6 +84,7 @@ func (c *Config) EnsureDefaults() {
 	c.Port = cmp.Or(c.Port, DefaultPort)
 	c.DedupWindow = cmp.Or(c.DedupWindow, DefaultDedupWindow)
 	c.ReadyWait = cmp.Or(c.ReadyWait, DefaultReadyWait)
+	c.ReaderConsumers = cmp.Or(c.ReaderConsumers, DefaultReaderConsumers)
 }
 
 // Validate checks c; call EnsureDefaults first. The error is a
@@ -86,10 +105,17 @@ func (c *Config) Validate() error {
 		return &ConfigError{"dedup_window", c.DedupWindow, errors.New("want at least 1s")}
 	case c.ReadyWait <= 0:
 		return &ConfigError{"ready_wait", c.ReadyWait, errors.New("want > 0")}
+	case c.ReaderConsumers < 1 || c.ReaderConsumers > 10000:
+		return &ConfigError{"nats.reader_consumers", c.ReaderConsumers, errors.New("want 1-10000")}
 	}
 	for _, d := range c.Durables {
 		if !events.ValidToken(d) {
 			return &ConfigError{"durables", d, errors.New("want letters, digits, '-' or '_'")}
+		}
+	}
+	for i, d := range c.ReaderDurables {
+		if !events.ValidToken(d) || slices.Contains(c.Durables, d) {
+			return &ConfigError{fmt.Sprintf("nats.reader_durables[%d]", i), d, errors.New("want letters, digits, '-' or '_', and not a stage's name")}
 		}
 	}
 	return nil

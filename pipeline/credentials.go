@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -43,6 +44,11 @@ type Credentials struct {
 	URL    string `json:"url"`
 	CLI    User   `json:"cli"`
 	Reader User   `json:"reader"`
+	// Owner marks the daemon's own durable consumers (their metadata
+	// carries it): a consumer with a stage's name but without it was made
+	// by someone else (a reader may create consumers) and is replaced,
+	// never adopted. No NATS user can read it.
+	Owner string `json:"owner_token"`
 }
 
 // User is a NATS user name and password.
@@ -73,6 +79,7 @@ func LoadCredentials(dataDir string) (Credentials, error) {
 func loadOrCreateCredentials(dataDir string) (Credentials, error) {
 	c, err := LoadCredentials(dataDir)
 	if err == nil {
+		c.Owner = cmp.Or(c.Owner, randomSecret()) // a file written before the token existed
 		return c, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
@@ -81,6 +88,7 @@ func loadOrCreateCredentials(dataDir string) (Credentials, error) {
 	return Credentials{
 		CLI:    User{Name: CLIUser, Password: randomSecret()},
 		Reader: User{Name: ReaderUser, Password: randomSecret()},
+		Owner:  randomSecret(),
 	}, nil
 }
 

@@ -97,7 +97,7 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err 
 	if s.js, err = jetstream.New(s.nc); err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	if err := ensureStreams(ctx, s.js, cfg.DedupWindow); err != nil {
+	if err := ensureStreams(ctx, s.js, cfg.DedupWindow, cfg.maxConsumers()); err != nil {
 		return nil, err
 	}
 
@@ -105,7 +105,7 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err 
 	if cfg.Port != NoListener {
 		url = ns.ClientURL()
 	}
-	if old, err := LoadCredentials(cfg.DataDir); err != nil || old != (Credentials{URL: url, CLI: s.creds.CLI, Reader: s.creds.Reader}) {
+	if old, err := LoadCredentials(cfg.DataDir); err != nil || old != (Credentials{URL: url, CLI: s.creds.CLI, Reader: s.creds.Reader, Owner: s.creds.Owner}) {
 		s.creds.URL = url
 		if err := writeCredentials(cfg.DataDir, s.creds); err != nil {
 			return nil, err
@@ -115,6 +115,11 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err 
 	logger.Info("event server ready", "data", cfg.DataDir, "url", url, "host", cfg.Host)
 	return s, nil
 }
+
+// OwnerToken marks the daemon's own durable consumers (Runner.Owner,
+// SweepConsumers). It is kept in the credentials file; no NATS user can
+// read it.
+func (s *Server) OwnerToken() string { return s.creds.Owner }
 
 // serverOptions builds the nats-server options: JetStream under the data
 // directory, three users, no signal handling.

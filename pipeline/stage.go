@@ -161,6 +161,11 @@ type Runner struct {
 	// schemas.Validator.Validate) before it is decoded; a message it
 	// rejects is dead-lettered.
 	Validate func(raw []byte) error
+	// Owner is the daemon's owner token (Server.OwnerToken): the stages'
+	// durables carry it in their metadata, and a durable with a stage's
+	// name that does not is replaced, never adopted (see ownConsumer).
+	// Empty: no check (tests).
+	Owner string
 }
 
 // ConsumerConfig returns the durable consumer a stage uses. The consumer
@@ -187,6 +192,51 @@ func ConsumerConfig(st Stage) jetstream.ConsumerConfig {
 	return cfg
 }
 
+// MetaOwner is the consumer metadata key holding the owner token.
+const MetaOwner = "strata.owner"
+
+// ownConsumer creates or updates the stage's durable. A consumer of that
+// name that the daemon did not make — no owner token, or another one —
+// is deleted first: a reader may create consumers, and one made under a
+// future stage's name (say with ack policy none) must neither be adopted
+// nor keep the daemon from starting. A durable of an earlier Strata
+// (before owner tokens) is adopted only if it is configured as Strata
+// configures its stages.
+func (r *Runner) ownConsumer(ctx context.Context, st Stage) (jetstream.Consumer, error) {
+	cfg := ConsumerConfig(st)
+	if r.Owner != "" {
+		cfg.Metadata = map[string]string{MetaOwner: r.Owner}
+		if c, err := r.JS.Consumer(ctx, StreamEvents, st.Name); err == nil {
+			info := c.CachedInfo()
+			if !ownedBy(info.Config, r.Owner) && !earlyStrata(info.Config, cfg) {
+				r.Logger.Warn("deleting a consumer named like a stage that the daemon did not create",
+					"stage", st.Name, "ack_policy", info.Config.AckPolicy.String(), "deliver_policy", info.Config.DeliverPolicy.String())
+				if err := r.JS.DeleteConsumer(ctx, StreamEvents, st.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+					return nil, fmt.Errorf("delete foreign consumer %s: %w", st.Name, err)
+				}
+			}
+		}
+	}
+	cons, err := r.JS.CreateOrUpdateConsumer(ctx, StreamEvents, cfg)
+	if errors.Is(err, jetstream.ErrMaximumConsumersLimit) {
+		return nil, fmt.Errorf("%w: the stream's consumers are at their quota (nats.reader_consumers); see strata consumers ls, remove strays with strata consumers rm", err)
+	}
+	return cons, err
+}
+
+// ownedBy reports whether a consumer carries owner's token.
+func ownedBy(c jetstream.ConsumerConfig, owner string) bool {
+	return owner != "" && c.Metadata[MetaOwner] == owner
+}
+
+// earlyStrata reports whether c is a stage durable as a Strata without
+// owner tokens made it: same description and delivery as want, acks
+// explicit, no owner token (the server adds metadata of its own).
+func earlyStrata(c, want jetstream.ConsumerConfig) bool {
+	return c.Metadata[MetaOwner] == "" && c.Durable == want.Durable && c.Description == want.Description &&
+		c.AckPolicy == jetstream.AckExplicitPolicy && c.DeliverPolicy == jetstream.DeliverAllPolicy && c.OptStartSeq == 0
+}
+
 // Run creates or updates the stage's durable consumer and processes its
 // messages until ctx ends; then it stops fetching, waits up to
 // st.DrainTimeout for handlers in flight (acknowledging those that
@@ -200,7 +250,7 @@ func (r *Runner) Run(ctx context.Context, st Stage) error {
 	if r.JS == nil || r.Logger == nil || !events.ValidToken(r.Host) {
 		return &ConfigError{"runner", r.Host, errors.New("JS, Logger and a valid Host are required")}
 	}
-	cons, err := r.JS.CreateOrUpdateConsumer(ctx, StreamEvents, ConsumerConfig(st))
+	cons, err := r.ownConsumer(ctx, st)
 	if err != nil {
 		return fmt.Errorf("stage %s: create consumer: %w", st.Name, err)
 	}

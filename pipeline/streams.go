@@ -22,40 +22,44 @@ const (
 	StreamDeadLetter = "STRATA_DEADLETTER"
 )
 
-// streamConfigs returns the configuration of both streams.
-func streamConfigs(dedup time.Duration) []jetstream.StreamConfig {
+// streamConfigs returns the configuration of both streams; maxConsumers
+// bounds the consumers of each (the daemon's, its own readers' and those
+// of outside subscribers).
+func streamConfigs(dedup time.Duration, maxConsumers int) []jetstream.StreamConfig {
 	return []jetstream.StreamConfig{
 		{
-			Name:        StreamEvents,
-			Description: "Strata event log (kept forever; the catalog is a projection of it)",
-			Subjects:    []string{events.AllEvents},
-			Retention:   jetstream.LimitsPolicy,
-			Storage:     jetstream.FileStorage,
-			Discard:     jetstream.DiscardOld,
-			MaxAge:      0,
-			MaxMsgs:     -1,
-			MaxBytes:    -1,
-			Duplicates:  dedup,
-			Replicas:    1,
+			Name:         StreamEvents,
+			Description:  "Strata event log (kept forever; the catalog is a projection of it)",
+			Subjects:     []string{events.AllEvents},
+			Retention:    jetstream.LimitsPolicy,
+			Storage:      jetstream.FileStorage,
+			Discard:      jetstream.DiscardOld,
+			MaxAge:       0,
+			MaxMsgs:      -1,
+			MaxBytes:     -1,
+			Duplicates:   dedup,
+			Replicas:     1,
+			MaxConsumers: maxConsumers,
 		},
 		{
-			Name:        StreamDeadLetter,
-			Description: "Strata dead letters: messages a stage could not process, with the reason in headers",
-			Subjects:    []string{events.AllDeadLetters},
-			Retention:   jetstream.LimitsPolicy,
-			Storage:     jetstream.FileStorage,
-			Discard:     jetstream.DiscardOld,
-			MaxMsgs:     -1,
-			MaxBytes:    -1,
-			Duplicates:  dedup,
-			Replicas:    1,
+			Name:         StreamDeadLetter,
+			Description:  "Strata dead letters: messages a stage could not process, with the reason in headers",
+			Subjects:     []string{events.AllDeadLetters},
+			Retention:    jetstream.LimitsPolicy,
+			Storage:      jetstream.FileStorage,
+			Discard:      jetstream.DiscardOld,
+			MaxMsgs:      -1,
+			MaxBytes:     -1,
+			Duplicates:   dedup,
+			Replicas:     1,
+			MaxConsumers: maxConsumers,
 		},
 	}
 }
 
 // ensureStreams creates or updates both streams; it is idempotent.
-func ensureStreams(ctx context.Context, js jetstream.JetStream, dedup time.Duration) error {
-	for _, cfg := range streamConfigs(dedup) {
+func ensureStreams(ctx context.Context, js jetstream.JetStream, dedup time.Duration, maxConsumers int) error {
+	for _, cfg := range streamConfigs(dedup, maxConsumers) {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("create stream %s: %w", cfg.Name, err)
 		}

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -28,6 +30,10 @@ type statusReply struct {
 	HotTrees      []string        `json:"hot_trees"`
 	Tiers         []string        `json:"tiers"`
 	TierState     []tierStatus    `json:"tier_state"` // per tier: store stage, copies, reachability
+	// Readers counts the consumers of outside subscribers; Stray names the
+	// durables nobody may keep (removed at the next sweep).
+	Readers int      `json:"reader_consumers"`
+	Stray   []string `json:"stray_consumers,omitempty"`
 }
 
 func (d *daemon) ctlStatus(ctx context.Context, _ []byte) (any, error) {
@@ -44,6 +50,24 @@ func (d *daemon) ctlStatus(ctx context.Context, _ []byte) (any, error) {
 		UptimeSeconds: time.Since(d.started).Seconds(), NATS: d.srv.ClientURL(),
 		Stream: st, CatalogSeq: d.cat.LastSeq(), Catalog: cs, Tiers: d.cfg.tierNames(),
 	}
+	// Only the daemon's durables are stages; the rest are readers'.
+	consumers, err := pipeline.Consumers(ctx, d.js, d.srv.OwnerToken(), d.cfg.NATS.ReaderDurables)
+	if err != nil {
+		return nil, err
+	}
+	own := map[string]bool{}
+	for _, c := range consumers {
+		switch c.Owner {
+		case "daemon":
+			own[c.Name] = true
+		case "stray":
+			r.Stray = append(r.Stray, c.Stream+"/"+c.Name)
+			r.Readers++
+		default:
+			r.Readers++
+		}
+	}
+	r.Stream.Consumers = slices.DeleteFunc(r.Stream.Consumers, func(c pipeline.ConsumerLag) bool { return !own[c.Name] })
 	r.TierState = d.tierStatuses(ctx, st)
 	if st.LastSeq > r.CatalogSeq {
 		r.CatalogLag = st.LastSeq - r.CatalogSeq
@@ -75,6 +99,11 @@ func cmdStatus(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(w, "event log\tseq %d, %d events, %s\n", r.Stream.LastSeq, r.Stream.Events, humanBytes(int64(r.Stream.Bytes)))
 	fmt.Fprintf(w, "catalog\tseq %d (lag %d)\n", r.CatalogSeq, r.CatalogLag)
 	fmt.Fprintf(w, "dead letters\t%d\n", r.Stream.DeadLetters)
+	fmt.Fprintf(w, "reader consumers\t%d", r.Readers)
+	if len(r.Stray) > 0 {
+		fmt.Fprintf(w, " (stray, to be removed: %s)", strings.Join(r.Stray, ", "))
+	}
+	fmt.Fprintln(w)
 	for _, c := range r.Stream.Consumers {
 		fmt.Fprintf(w, "stage %s\tlag %d (pending %d, in progress %d, redelivered %d)\n", c.Name, c.Lag, c.Pending, c.AckPending, c.Redelivered)
 	}

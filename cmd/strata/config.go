@@ -50,6 +50,12 @@ type Config struct {
 type NATSConfig struct {
 	Listen string `toml:"listen"` // address, default 127.0.0.1
 	Port   int    `toml:"port"`   // default 4250; -1: no TCP listener (the CLI cannot connect)
+	// ReaderConsumers bounds the consumers outside subscribers may hold on
+	// a stream at once (default 64); ReaderDurables names the durable
+	// consumers they may keep (any other durable the daemon did not make
+	// is removed at start and every 10 minutes).
+	ReaderConsumers int      `toml:"reader_consumers"`
+	ReaderDurables  []string `toml:"reader_durables"`
 }
 
 // HotConfig is one hot tree.
@@ -468,7 +474,8 @@ func (c *Config) validateTier(t *TierConfig) error {
 
 // pipelineConfig is the event log's configuration.
 func (c *Config) pipelineConfig() pipeline.Config {
-	return pipeline.Config{DataDir: c.DataDir, Host: c.Host, ListenHost: c.NATS.Listen, Port: c.NATS.Port}
+	return pipeline.Config{DataDir: c.DataDir, Host: c.Host, ListenHost: c.NATS.Listen, Port: c.NATS.Port,
+		Durables: stageNamesFor(*c), ReaderConsumers: c.NATS.ReaderConsumers, ReaderDurables: c.NATS.ReaderDurables}
 }
 
 func dirConfig(t *TierConfig) dir.Config { return dir.Config{Name: t.Name, Root: t.Path} }

@@ -52,6 +52,7 @@ func (d *daemon) controlHandlers() map[string]pipeline.ControlHandler {
 	pol.Pinned = scanner.PinnedByCatalog(d.cat)
 	verbs := scanner.Verbs{Policy: pol, Catalog: d.cat, JS: d.js, Host: d.cfg.Host}
 	maps.Copy(h, verbs.Handlers())
+	maps.Copy(h, pipeline.ConsumerVerbs(d.js, d.srv.OwnerToken(), d.cfg.NATS.ReaderDurables))
 	return h
 }
 

@@ -48,13 +48,7 @@ func startDaemon(ctx context.Context, cfg Config, logger *slog.Logger) (_ *daemo
 			d.close()
 		}
 	}()
-	d.srv, err = pipeline.Open(ctx, pipeline.Config{
-		DataDir:    cfg.DataDir,
-		Host:       cfg.Host,
-		ListenHost: cfg.NATS.Listen,
-		Port:       cfg.NATS.Port,
-		Durables:   stageNamesFor(cfg),
-	}, logger.With("component", "nats"))
+	d.srv, err = pipeline.Open(ctx, cfg.pipelineConfig(), logger.With("component", "nats"))
 	if err != nil {
 		return nil, err
 	}

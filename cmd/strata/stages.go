@@ -207,7 +207,21 @@ func (d *daemon) buildStages() (*stages, error) {
 
 // runStages runs every stage until ctx ends; the first failure stops all.
 func (d *daemon) runStages(ctx context.Context, s *stages, g interface{ Go(func() error) }) {
-	runner := &pipeline.Runner{JS: d.js, Host: d.cfg.Host, Logger: d.logger, Validate: s.validator.Validate}
+	runner := &pipeline.Runner{JS: d.js, Host: d.cfg.Host, Logger: d.logger, Validate: s.validator.Validate, Owner: d.srv.OwnerToken()}
+	// Durables nobody may keep (a reader's, not in nats.reader_durables)
+	// are removed before the stages start and every 10 minutes.
+	g.Go(func() error {
+		for {
+			if _, err := pipeline.SweepConsumers(ctx, d.js, d.srv.OwnerToken(), d.cfg.NATS.ReaderDurables, d.logger); err != nil && ctx.Err() == nil {
+				d.logger.Error("sweep stray consumers", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(10 * time.Minute):
+			}
+		}
+	})
 	for _, st := range s.pipeline {
 		g.Go(func() error { return runner.Run(ctx, st) })
 	}
