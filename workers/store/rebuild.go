@@ -67,6 +67,15 @@ type locator interface {
 	Location(id string) string
 }
 
+// location names where tg keeps object id: its own words when it can say
+// (a directory tier: the path), else tier:key.
+func location(tg tier.Target, id string) string {
+	if l, ok := tg.(locator); ok {
+		return l.Location(id)
+	}
+	return tg.Name() + ":" + tier.ObjectKey(id)
+}
+
 // TargetRecords lists every object of tg and verifies each (a whole read,
 // BLAKE3 checked) and returns the records of the good ones, and why the
 // others were skipped. progress, if set, is told how many of the listed
@@ -92,11 +101,7 @@ func TargetRecords(ctx context.Context, tg tier.Target, progress func(done, tota
 			bad = append(bad, err.Error())
 			continue
 		}
-		loc := tg.Name() + ":" + tier.ObjectKey(id)
-		if l, ok := tg.(locator); ok {
-			loc = l.Location(id)
-		}
-		recs = append(recs, Record{ObjectID: id, Manifest: m, PackedSize: info.PackedSize, PackedSum: info.PackedSum, Location: loc})
+		recs = append(recs, Record{ObjectID: id, Manifest: m, PackedSize: info.PackedSize, PackedSum: info.PackedSum, Location: location(tg, id)})
 	}
 	return recs, bad, nil
 }

@@ -33,6 +33,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/strata-hsm/strata/events"
@@ -120,12 +121,17 @@ func (h *storeHandler) handle(ctx context.Context, env events.Envelope, p *event
 	}
 	h.cfg.Failpoints.Hit(FailAfterPut)
 	if loc == "" {
-		loc = t.Name() + ":" + tier.ObjectKey(p.ObjectID)
+		loc = location(t, p.ObjectID)
 	}
+	// The id names this message's copy: a redelivery publishes nothing new,
+	// but a later archive of the same content records the copy again — it
+	// may have been found corrupt meanwhile and rewritten by Put, and the
+	// catalog must learn it is good (with the same id the stream would
+	// drop it, and the file would wait for its copy forever).
 	_, err = h.cfg.Emitter.Emit(ctx, &events.ObjectStored{
 		ObjectID: p.ObjectID, Tier: t.Name(), TierKind: t.Kind(), Location: loc,
 		Size: p.Size, PackedSize: p.PackedSize, PackedSum: p.PackedSum,
-	}, p.ObjectID, t.Name(), p.PackedSum)
+	}, p.ObjectID, t.Name(), p.PackedSum, strconv.FormatUint(env.Seq, 10))
 	if err == nil {
 		h.cfg.Failpoints.Hit(FailAfterPublish)
 		h.cfg.Logger.Debug("stored", "object", p.ObjectID, "tier", t.Name(), "location", loc)

@@ -93,11 +93,14 @@ func Location(pos events.TapePosition) string {
 	return fmt.Sprintf("%s/%d", pos.Volume, pos.TapeFile)
 }
 
+// emitStored publishes the copy at pos; the id names that copy, so a copy
+// rewritten elsewhere on tape (after it was found corrupt) is recorded
+// anew, while a redelivery publishes nothing new.
 func (t *Tier) emitStored(ctx context.Context, p *events.ObjectPacked, pos events.TapePosition) error {
 	_, err := t.deps.Emitter.Emit(ctx, &events.ObjectStored{
 		ObjectID: p.ObjectID, Tier: t.cfg.Name, TierKind: events.TierTape, Location: Location(pos),
 		Size: p.Size, PackedSize: p.PackedSize, PackedSum: p.PackedSum, Tape: &pos,
-	}, p.ObjectID, t.cfg.Name, p.PackedSum)
+	}, p.ObjectID, t.cfg.Name, p.PackedSum, Location(pos))
 	if err == nil {
 		t.log.Debug("stored", "object", p.ObjectID, "volume", pos.Volume, "tape_file", pos.TapeFile, "block", pos.Block)
 	}

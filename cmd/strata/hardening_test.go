@@ -1,0 +1,99 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/stratatest"
+	"github.com/strata-hsm/strata/workers/stub"
+	"github.com/strata-hsm/strata/workers/tier"
+)
+
+// TestRearchiveAfterCorruption: a file whose only copy was found corrupt
+// (by a scrub that had nowhere to repair it from) is archived again right
+// away: the store stage rewrites the copy, records it (its object.stored
+// must not be dropped as a duplicate of the first), and the file is
+// released. It hung before: the copy stayed corrupt in the catalog and
+// archive --wait never returned.
+func TestRearchiveAfterCorruption(t *testing.T) {
+	stratatest.NeedRoot(t)
+	mnt := stratatest.LoopMount(t, "ext4", 256<<20)
+	hot, data, cold := filepath.Join(mnt, "hot"), t.TempDir(), t.TempDir()
+	if err := os.MkdirAll(hot, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	random, _ := contentGen(21, 1)
+	content := random(2<<20 + 5)
+	path := filepath.Join(hot, "f.bin")
+	if err := os.WriteFile(path, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := testDaemon(t, Config{DataDir: data, Hot: []HotConfig{{Path: hot}},
+		Tiers: []TierConfig{{Name: "hdd", Kind: events.TierDirectory, Path: cold}}})
+	var sum archiveSummary
+	cliJSON(t, &sum, "archive", "--wait", "--timeout", "2m", "--json", "--data", data, path)
+	if sum.Released != 1 {
+		t.Fatalf("first archive: %+v", sum)
+	}
+	info, err := stub.ReadPath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := exec.Command("cat", path).Output(); err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("cat: %v", err)
+	}
+	waitFor(t, time.Minute, func() error {
+		return wantState(d, path, catalog.StateArchived)
+	})
+
+	// Damage the only copy; the scrub finds it and cannot repair it.
+	zst := filepath.Join(cold, tier.ObjectKey(info.ObjectID))
+	b, err := os.ReadFile(zst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(zst, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, errs, code := cli(t, "scrub", "--json", "--rate", "0", "--data", data); code == 0 || !strings.Contains(errs, "could not be repaired") {
+		t.Fatalf("scrub of the only, corrupt copy: exit %d %s %s", code, out, errs)
+	}
+	cps, err := d.cat.Copies(info.ObjectID)
+	if err != nil || len(cps) != 1 || cps[0].State != catalog.CopyCorrupt {
+		t.Fatalf("copies after the scrub: %+v %v; want one, corrupt", cps, err)
+	}
+
+	// Archive it again at once (well within the stream's dedup window).
+	cliJSON(t, &sum, "archive", "--wait", "--timeout", "1m", "--json", "--data", data, path)
+	if sum.Released != 1 {
+		t.Fatalf("archive after the corruption: %+v", sum)
+	}
+	cps, err = d.cat.Copies(info.ObjectID)
+	if err != nil || len(cps) != 1 || cps[0].State != catalog.CopyGood {
+		t.Fatalf("copies after the second archive: %+v %v; want the rewritten copy, good", cps, err)
+	}
+	if got, err := exec.Command("cat", path).Output(); err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("cat after the second release: %v", err)
+	}
+}
+
+// wantState is nil when the catalog has the file at path in state s.
+func wantState(d *daemon, path string, s catalog.State) error {
+	f, err := d.cat.FileByPath(path)
+	if err != nil {
+		return err
+	}
+	if f.State != s {
+		return fmt.Errorf("%s is %s, want %s", path, f.State, s)
+	}
+	return nil
+}
