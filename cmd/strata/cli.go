@@ -48,6 +48,8 @@ type commandLine struct {
 	Replay  replayCmd  `cmd:"" help:"Rebuild the catalog from the event log (or verify it)."`
 	Export  exportCmd  `cmd:"" help:"Export the catalog to Parquet."`
 	Version versionCmd `cmd:"" help:"Print the version."`
+
+	Completion completionCmd `cmd:"" help:"Print a shell completion script (bash, zsh or fish)."`
 }
 
 // globals are the flags every command takes.

@@ -108,6 +108,7 @@ func TestParseFlagsAnywhere(t *testing.T) {
 		{[]string{"pin", "/a", "--json", "/b"}, "pin <path>", func(c *commandLine) bool { return c.Pin.JSON && len(c.Pin.Paths) == 2 }},
 		{[]string{"unpin", "/a"}, "unpin <path>", func(c *commandLine) bool { return slices.Equal(c.Unpin.Paths, []string{"/a"}) }},
 		{[]string{"version", "--json"}, "version", func(c *commandLine) bool { return c.Version.JSON }},
+		{[]string{"completion", "fish"}, "completion <shell>", func(c *commandLine) bool { return c.Completion.Shell == "fish" }},
 		{[]string{"interceptor-holder", "--socket", "/run/s"}, "interceptor-holder", func(c *commandLine) bool { return true }},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -168,6 +169,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"tape", "ls"}, "missing flags: --device=DEVICE"},
 		{[]string{"tape", "rebuild", "--tier", "t"}, "want --tier and either one DEVICE or --tier-dir DIR"},
 		{[]string{"export"}, "missing flags: --parquet=DIR"},
+		{[]string{"completion", "tcsh"}, `must be one of "bash","zsh","fish"`},
 		{[]string{"scrub", "--sample", "lots"}, "--sample"},
 		{[]string{"interceptor-holder"}, "missing flags: --socket=PATH"},
 	} {
@@ -254,7 +256,7 @@ func TestHelp(t *testing.T) {
 	for _, c := range commands() {
 		names = append(names, c.name)
 	}
-	if slices.Contains(names, "interceptor-holder") || !slices.Contains(names, "tape") {
+	if slices.Contains(names, "interceptor-holder") || !slices.Contains(names, "completion") || !slices.Contains(names, "tape") {
 		t.Fatalf("commands(): %v", names)
 	}
 }
