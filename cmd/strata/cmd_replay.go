@@ -50,6 +50,7 @@ func (c *replayCmd) Run(ctx context.Context, e *env, g *globals) error {
 			return err
 		}
 		prog := newProgress(e.stderr, "replay", "events", int64(last))
+		defer prog.Finish()
 		if c.Verify {
 			live, err := catalog.Open(catalogDir(dataDir), catalog.Options{Logger: logger})
 			if err != nil {

@@ -59,11 +59,13 @@ func (c *scrubCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return nil
 	}
 	bar := newProgress(e.stderr, "scrub", "bytes", 0)
+	defer bar.Finish()
 	var st scrubber.Status
 	for {
 		if err := requestOn(ctx, nc, data, "scrub-status", scrubber.StatusRequest{RunID: started.RunID}, &st, 10*time.Second); err != nil {
+			bar.Finish()
 			if ctx.Err() != nil {
-				fmt.Fprintf(e.stderr, "\nstrata: the scrub goes on in the daemon (run %s)\n", started.RunID)
+				fmt.Fprintf(e.stderr, "strata: the scrub goes on in the daemon (run %s)\n", started.RunID)
 			}
 			return err
 		}
@@ -73,7 +75,8 @@ func (c *scrubCmd) Run(ctx context.Context, e *env, g *globals) error {
 		}
 		select {
 		case <-ctx.Done():
-			fmt.Fprintf(e.stderr, "\nstrata: the scrub goes on in the daemon (run %s)\n", started.RunID)
+			bar.Finish()
+			fmt.Fprintf(e.stderr, "strata: the scrub goes on in the daemon (run %s)\n", started.RunID)
 			return ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
