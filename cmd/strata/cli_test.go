@@ -261,7 +261,8 @@ func TestHelp(t *testing.T) {
 	}
 }
 
-// TestExitCodes: the one switch maps each kind of error to its code.
+// TestExitCodes: the one switch maps each kind of error to its code, and
+// the README lists every code.
 func TestExitCodes(t *testing.T) {
 	for _, tc := range []struct {
 		err  error
@@ -282,6 +283,15 @@ func TestExitCodes(t *testing.T) {
 		}
 		if (tc.code == 0) != (b.Len() == 0) || strings.Count(b.String(), "\n") > 1 {
 			t.Errorf("exitCode(%v) printed %q", tc.err, b.String())
+		}
+	}
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range exitCodes {
+		if !strings.Contains(string(readme), fmt.Sprintf("| %d |", c.code)) {
+			t.Errorf("README.md does not list exit code %d in a table row", c.code)
 		}
 	}
 }
