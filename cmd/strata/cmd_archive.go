@@ -32,39 +32,36 @@ type archiveSummary struct {
 	Files    []archiveOutcome      `json:"files,omitempty"`
 }
 
-func cmdArchive(ctx context.Context, e *env, args []string) error {
-	fs := newFlags("archive", "strata archive [--wait] [--timeout D] [--json] [--data DIR] PATH...",
-		"strata archive --wait /srv/projects/2019")
-	data := dataDirFlag(fs)
-	wait := fs.Bool("wait", false, "return when every selected file is released (or skipped), with a summary")
-	timeout := fs.Duration("timeout", 0, "with --wait, give up after this long (0: never)")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parse(fs, args, e); err != nil {
-		return err
-	}
-	if fs.NArg() == 0 {
-		return fmt.Errorf("%w: archive needs at least one PATH", errUsage)
-	}
-	paths, err := absPaths(fs.Args())
+type archiveCmd struct {
+	Wait    bool          `help:"Return when every selected file is released (or skipped), with a summary."`
+	Timeout time.Duration `placeholder:"D" help:"With --wait, give up after this long (0: never)."`
+	JSON    bool          `name:"json" help:"Print JSON."`
+	Paths   []string      `arg:"" name:"path" complete:"file" help:"Files or directories (recursively) to archive."`
+}
+
+func (*archiveCmd) Example() string { return "strata archive --wait /srv/projects/2019" }
+
+func (c *archiveCmd) Run(ctx context.Context, e *env, g *globals) error {
+	paths, err := absPaths(c.Paths)
 	if err != nil {
 		return err
 	}
-	nc, err := pipeline.Dial(ctx, *data)
+	nc, err := pipeline.Dial(ctx, g.dataDir())
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 	start := time.Now()
 	var rep scanner.ArchiveReply
-	if err := requestOn(ctx, nc, *data, "archive", scanner.ArchiveRequest{Paths: paths}, &rep, 6*time.Hour); err != nil {
+	if err := requestOn(ctx, nc, g.dataDir(), "archive", scanner.ArchiveRequest{Paths: paths}, &rep, 6*time.Hour); err != nil {
 		return err
 	}
 	sum := archiveSummary{Selected: len(rep.Selected), Skipped: rep.Skipped}
-	if *wait && len(rep.Selected) > 0 {
+	if c.Wait && len(rep.Selected) > 0 {
 		wctx := ctx
-		if *timeout > 0 {
+		if c.Timeout > 0 {
 			var cancel context.CancelFunc
-			wctx, cancel = context.WithTimeout(ctx, *timeout)
+			wctx, cancel = context.WithTimeout(ctx, c.Timeout)
 			defer cancel()
 		}
 		js, err := jetstream.New(nc)
@@ -73,17 +70,17 @@ func cmdArchive(ctx context.Context, e *env, args []string) error {
 		}
 		if err := waitArchived(wctx, e, js, rep, &sum); err != nil {
 			if errors.Is(err, context.DeadlineExceeded) {
-				return fmt.Errorf("archive: %d of %d files still in progress after %s (see strata ls)", sum.Selected-sum.Released-len(sum.Skipped)+len(rep.Skipped), sum.Selected, *timeout)
+				return fmt.Errorf("archive: %d of %d files still in progress after %s (see strata ls)", sum.Selected-sum.Released-len(sum.Skipped)+len(rep.Skipped), sum.Selected, c.Timeout)
 			}
 			return err
 		}
 	}
 	sum.Seconds = time.Since(start).Seconds()
-	if *asJSON {
+	if c.JSON {
 		return printJSON(e, sum)
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	if *wait {
+	if c.Wait {
 		fmt.Fprintf(w, "released\t%d of %d files (%s) in %.1fs\n", sum.Released, sum.Selected, humanBytes(sum.Bytes), sum.Seconds)
 	} else {
 		fmt.Fprintf(w, "selected\t%d files for archiving (strata ls or --wait to follow)\n", sum.Selected)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"text/tabwriter"
 
@@ -22,24 +21,24 @@ type doctorTree struct {
 	Detail     string `json:"detail"`
 }
 
-func cmdDoctor(ctx context.Context, e *env, args []string) error {
-	fs := newFlags("doctor", "strata doctor [--config FILE] [--hot DIR]... [--json]", "strata doctor --hot /srv/projects")
-	configPath := fs.String("config", "", "TOML configuration file")
-	var hot multiFlag
-	fs.Var(&hot, "hot", "a hot tree to check (repeatable)")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parse(fs, args, e); err != nil {
-		return err
-	}
+type doctorCmd struct {
+	Config string   `placeholder:"FILE" complete:"file" help:"TOML configuration file: check its hot trees and interceptor mode."`
+	Hot    []string `sep:"none" placeholder:"DIR" complete:"dir" help:"A hot tree to check (repeatable)."`
+	JSON   bool     `name:"json" help:"Print JSON."`
+}
+
+func (*doctorCmd) Example() string { return "strata doctor --hot /srv/projects" }
+
+func (c *doctorCmd) Run(e *env) error {
 	cfg := NewConfig()
-	if *configPath != "" {
+	if c.Config != "" {
 		var err error
-		if cfg, err = LoadConfig(*configPath); err != nil {
+		if cfg, err = LoadConfig(c.Config); err != nil {
 			return err
 		}
 		cfg.EnsureDefaults()
 	}
-	paths, err := absPaths(hot)
+	paths, err := absPaths(c.Hot)
 	if err != nil {
 		return err
 	}
@@ -56,7 +55,7 @@ func cmdDoctor(ctx context.Context, e *env, args []string) error {
 		sup, detail := interceptor.Supported(p)
 		r.HotTrees = append(r.HotTrees, doctorTree{Path: p, PreContent: sup, Detail: detail})
 	}
-	if *asJSON {
+	if c.JSON {
 		return printJSON(e, r)
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)

@@ -10,20 +10,17 @@ import (
 	"github.com/strata-hsm/strata/pipeline"
 )
 
-func cmdEvents(ctx context.Context, e *env, args []string) error {
-	fs := newFlags("events", "strata events [--follow] [--since SEQ] [--json] [--data DIR]",
-		"strata events --follow --since 1")
-	data := dataDirFlag(fs)
-	follow := fs.Bool("follow", false, "keep printing new events as they arrive")
-	since := fs.Uint64("since", 1, "first stream sequence to print")
-	asJSON := fs.Bool("json", false, "print each event as its CloudEvents JSON (one per line)")
-	if err := parse(fs, args, e); err != nil {
-		return err
-	}
-	if *since == 0 {
-		*since = 1
-	}
-	nc, err := pipeline.Dial(ctx, *data)
+type eventsCmd struct {
+	Follow bool   `help:"Keep printing new events as they arrive."`
+	Since  uint64 `default:"1" placeholder:"SEQ" help:"First stream sequence to print (default ${default})."`
+	JSON   bool   `name:"json" help:"Print each event as its CloudEvents JSON (one per line)."`
+}
+
+func (*eventsCmd) Example() string { return "strata events --follow --since 1" }
+
+func (c *eventsCmd) Run(ctx context.Context, e *env, g *globals) error {
+	since := max(c.Since, 1)
+	nc, err := pipeline.Dial(ctx, g.dataDir())
 	if err != nil {
 		return err
 	}
@@ -36,16 +33,16 @@ func cmdEvents(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if !*follow && last < *since {
+	if !c.Follow && last < since {
 		return nil
 	}
-	return pipeline.Follow(ctx, js, *since, func(batch []events.Envelope) error {
+	return pipeline.Follow(ctx, js, since, func(batch []events.Envelope) error {
 		for _, env := range batch {
 			if env.Type == "" {
 				fmt.Fprintf(e.stdout, "%d\t(undecodable event skipped)\n", env.Seq)
 				continue
 			}
-			if *asJSON {
+			if c.JSON {
 				b, err := events.Encode(env)
 				if err != nil {
 					return err
@@ -55,7 +52,7 @@ func cmdEvents(ctx context.Context, e *env, args []string) error {
 				fmt.Fprintf(e.stdout, "%d\t%s\t%s\t%s\n", env.Seq, env.Time.Local().Format("2006-01-02 15:04:05.000"),
 					shortType(env.Type), summary(env))
 			}
-			if !*follow && env.Seq >= last {
+			if !c.Follow && env.Seq >= last {
 				return pipeline.ErrStop
 			}
 		}

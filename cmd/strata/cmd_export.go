@@ -41,22 +41,21 @@ func exportTo(ctx context.Context, cat *catalog.Catalog, dir string) (exportRepl
 		Paths: []string{filepath.Join(dir, "files.parquet"), filepath.Join(dir, "copies.parquet")}}, nil
 }
 
-func cmdExport(ctx context.Context, e *env, args []string) error {
-	fs := newFlags("export", "strata export --parquet DIR [--json] [--data DIR]", "strata export --parquet /tmp/catalog && duckdb -c \"SELECT state, count(*) FROM '/tmp/catalog/files.parquet' GROUP BY ALL\"")
-	data := dataDirFlag(fs)
-	dir := fs.String("parquet", "", "directory to write files.parquet and copies.parquet into")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parse(fs, args, e); err != nil {
-		return err
-	}
-	if *dir == "" {
-		return fmt.Errorf("%w: export needs --parquet DIR", errUsage)
-	}
-	out, err := filepath.Abs(*dir)
+type exportCmd struct {
+	Parquet string `required:"" placeholder:"DIR" complete:"dir" help:"Directory to write files.parquet and copies.parquet into."`
+	JSON    bool   `name:"json" help:"Print JSON."`
+}
+
+func (*exportCmd) Example() string {
+	return "strata export --parquet /tmp/catalog && duckdb -c \"SELECT state, count(*) FROM '/tmp/catalog/files.parquet' GROUP BY ALL\""
+}
+
+func (c *exportCmd) Run(ctx context.Context, e *env, g *globals) error {
+	out, err := filepath.Abs(c.Parquet)
 	if err != nil {
 		return err
 	}
-	dataDir, err := filepath.Abs(*data)
+	dataDir, err := filepath.Abs(g.dataDir())
 	if err != nil {
 		return err
 	}
@@ -75,7 +74,7 @@ func cmdExport(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 	}
-	if *asJSON {
+	if c.JSON {
 		return printJSON(e, rep)
 	}
 	fmt.Fprintf(e.stdout, "exported the catalog at seq %d: %s (%d rows) and %s (%d rows)\n",

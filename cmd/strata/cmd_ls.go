@@ -11,19 +11,17 @@ import (
 	"github.com/strata-hsm/strata/workers/scanner"
 )
 
-func cmdLs(ctx context.Context, e *env, args []string) error {
-	fs := newFlags("ls", "strata ls [--json] [--data DIR] PATH...", "strata ls /srv/projects/2019")
-	data := dataDirFlag(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	limit := fs.Int("limit", scanner.LsLimit, "list at most this many files")
-	if err := parse(fs, args, e); err != nil {
-		return err
-	}
-	if fs.NArg() == 0 {
-		return fmt.Errorf("%w: ls needs at least one PATH", errUsage)
-	}
-	req := scanner.LsRequest{Limit: *limit}
-	for _, p := range fs.Args() {
+type lsCmd struct {
+	JSON  bool     `name:"json" help:"Print JSON."`
+	Limit int      `default:"${ls_limit}" placeholder:"N" help:"List at most this many files (default ${default})."`
+	Paths []string `arg:"" name:"path" complete:"file" help:"Files or directories (recursively) to list."`
+}
+
+func (*lsCmd) Example() string { return "strata ls /srv/projects/2019" }
+
+func (c *lsCmd) Run(ctx context.Context, e *env, g *globals) error {
+	req := scanner.LsRequest{Limit: c.Limit}
+	for _, p := range c.Paths {
 		abs, err := filepath.Abs(p)
 		if err != nil {
 			return err
@@ -31,10 +29,10 @@ func cmdLs(ctx context.Context, e *env, args []string) error {
 		req.Paths = append(req.Paths, abs)
 	}
 	var rep scanner.LsReply
-	if err := request(ctx, *data, "ls", req, &rep, time.Minute); err != nil {
+	if err := request(ctx, g.dataDir(), "ls", req, &rep, time.Minute); err != nil {
 		return err
 	}
-	if *asJSON {
+	if c.JSON {
 		return printJSON(e, rep)
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)

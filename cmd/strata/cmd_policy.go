@@ -10,26 +10,25 @@ import (
 	"github.com/strata-hsm/strata/workers/scanner"
 )
 
-func cmdPolicy(ctx context.Context, e *env, args []string) error {
-	if len(args) == 0 || args[0] != "preview" {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(e.stdout, "Usage: strata policy preview [--json] [--limit N] [--data DIR]\n\nExample:\n  strata policy preview --limit 20")
-			return nil
-		}
-		return fmt.Errorf("%w: policy: want \"policy preview\"", errUsage)
-	}
-	fs := newFlags("policy preview", "strata policy preview [--json] [--limit N] [--data DIR]", "strata policy preview --limit 20")
-	data := dataDirFlag(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	limit := fs.Int("limit", 100, "list at most this many files (totals count all)")
-	if err := parse(fs, args[1:], e); err != nil {
-		return err
-	}
+type policyCmd struct {
+	Preview policyPreviewCmd `cmd:"" help:"Dry run: what the scanner would archive now and how many bytes it would free."`
+}
+
+func (*policyCmd) Example() string { return "strata policy preview --limit 20" }
+
+type policyPreviewCmd struct {
+	JSON  bool `name:"json" help:"Print JSON."`
+	Limit int  `default:"100" placeholder:"N" help:"List at most this many files (default ${default}; totals count all)."`
+}
+
+func (*policyPreviewCmd) Example() string { return "strata policy preview --limit 20" }
+
+func (c *policyPreviewCmd) Run(ctx context.Context, e *env, g *globals) error {
 	var rep scanner.Report
-	if err := request(ctx, *data, "preview", scanner.PreviewRequest{Limit: *limit}, &rep, 30*time.Minute); err != nil {
+	if err := request(ctx, g.dataDir(), "preview", scanner.PreviewRequest{Limit: c.Limit}, &rep, 30*time.Minute); err != nil {
 		return err
 	}
-	if *asJSON {
+	if c.JSON {
 		return printJSON(e, rep)
 	}
 	return writePreview(e.stdout, rep)

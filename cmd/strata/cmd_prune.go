@@ -9,22 +9,21 @@ import (
 	"github.com/strata-hsm/strata/workers/pruner"
 )
 
-func cmdPrune(ctx context.Context, e *env, args []string) error {
-	fs := newFlags("prune", "strata prune [--apply] [--json] [--data DIR]", "strata prune            # dry run: what retention lets go\n  strata prune --apply    # remove it from every tier")
-	data := dataDirFlag(fs)
-	apply := fs.Bool("apply", false, "remove the objects (default: dry run, nothing is removed)")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parse(fs, args, e); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: prune: unexpected argument %q", errUsage, fs.Arg(0))
-	}
+type pruneCmd struct {
+	Apply bool `help:"Remove the objects (default: dry run, nothing is removed)."`
+	JSON  bool `name:"json" help:"Print JSON."`
+}
+
+func (*pruneCmd) Example() string {
+	return "strata prune            # dry run: what retention lets go\nstrata prune --apply    # remove it from every tier"
+}
+
+func (c *pruneCmd) Run(ctx context.Context, e *env, g *globals) error {
 	var rep pruner.Reply
-	if err := request(ctx, *data, "prune", pruner.Request{Apply: *apply}, &rep, 30*time.Minute); err != nil {
+	if err := request(ctx, g.dataDir(), "prune", pruner.Request{Apply: c.Apply}, &rep, 30*time.Minute); err != nil {
 		return err
 	}
-	if *asJSON {
+	if c.JSON {
 		if err := printJSON(e, rep); err != nil {
 			return err
 		}

@@ -16,28 +16,26 @@ type recallSummary struct {
 	Failed  []string `json:"failed,omitempty"`
 }
 
-func cmdRecall(ctx context.Context, e *env, args []string) error {
-	fs := newFlags("recall", "strata recall [--wait] [--json] [--data DIR] PATH...", "strata recall --wait /srv/projects/2019")
-	data := dataDirFlag(fs)
-	wait := fs.Bool("wait", false, "read every stub now and return when all are back (progress bar on a terminal)")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parse(fs, args, e); err != nil {
-		return err
-	}
-	if fs.NArg() == 0 {
-		return fmt.Errorf("%w: recall needs at least one PATH", errUsage)
-	}
-	paths, err := absPaths(fs.Args())
+type recallCmd struct {
+	Wait  bool     `help:"Read every stub now and return when all are back (progress on stderr)."`
+	JSON  bool     `name:"json" help:"Print JSON."`
+	Paths []string `arg:"" name:"path" complete:"file" help:"Stubs or directories (recursively) to bring back."`
+}
+
+func (*recallCmd) Example() string { return "strata recall --wait /srv/projects/2019" }
+
+func (c *recallCmd) Run(ctx context.Context, e *env, g *globals) error {
+	paths, err := absPaths(c.Paths)
 	if err != nil {
 		return err
 	}
 	start := time.Now()
 	var rep interceptor.RecallReply
-	if err := request(ctx, *data, "recall", interceptor.RecallRequest{Paths: paths, Background: !*wait}, &rep, 10*time.Minute); err != nil {
+	if err := request(ctx, g.dataDir(), "recall", interceptor.RecallRequest{Paths: paths, Background: !c.Wait}, &rep, 10*time.Minute); err != nil {
 		return err
 	}
 	sum := recallSummary{Files: len(rep.Stubs)}
-	if *wait {
+	if c.Wait {
 		var total int64
 		for _, f := range rep.Stubs {
 			total += f.Size
@@ -60,11 +58,11 @@ func cmdRecall(ctx context.Context, e *env, args []string) error {
 		prog.Finish()
 	}
 	sum.Seconds = time.Since(start).Seconds()
-	if *asJSON {
+	if c.JSON {
 		if err := printJSON(e, sum); err != nil {
 			return err
 		}
-	} else if *wait {
+	} else if c.Wait {
 		fmt.Fprintf(e.stdout, "recalled %d files (%s) in %.1fs\n", sum.Files-len(sum.Failed), humanBytes(sum.Bytes), sum.Seconds)
 	} else {
 		fmt.Fprintf(e.stdout, "prefetching %d stubs in the background\n", sum.Files)

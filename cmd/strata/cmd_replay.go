@@ -12,23 +12,24 @@ import (
 	"github.com/strata-hsm/strata/projections/catalog"
 )
 
-func cmdReplay(ctx context.Context, e *env, args []string) error {
-	fs := newFlags("replay", "strata replay [--verify] [--json] [--data DIR]",
-		"strata replay --verify   # rebuild beside the live catalog and compare")
-	data := dataDirFlag(fs)
-	verify := fs.Bool("verify", false, "rebuild beside the live catalog and exit 3 naming the first difference, if any")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parse(fs, args, e); err != nil {
-		return err
-	}
-	dataDir, err := filepath.Abs(*data)
+type replayCmd struct {
+	Verify bool `help:"Rebuild beside the live catalog and exit 3 naming the first difference, if any."`
+	JSON   bool `name:"json" help:"Print JSON."`
+}
+
+func (*replayCmd) Example() string {
+	return "strata replay --verify   # rebuild beside the live catalog and compare"
+}
+
+func (c *replayCmd) Run(ctx context.Context, e *env, g *globals) error {
+	dataDir, err := filepath.Abs(g.dataDir())
 	if err != nil {
 		return err
 	}
 	logger := slog.New(slog.DiscardHandler)
 	var rep verifyReply
 	switch running := daemonRunning(ctx, dataDir); {
-	case *verify && running:
+	case c.Verify && running:
 		// The daemon has the catalog open: it pauses its projection and
 		// rebuilds beside it.
 		if err := request(ctx, dataDir, "verify", struct{}{}, &rep, time.Hour); err != nil {
@@ -49,7 +50,8 @@ func cmdReplay(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		prog := newProgress(e.stderr, "replay", "events", int64(last))
-		if *verify {
+		defer prog.Finish()
+		if c.Verify {
 			live, err := catalog.Open(catalogDir(dataDir), catalog.Options{Logger: logger})
 			if err != nil {
 				return err
@@ -69,19 +71,19 @@ func cmdReplay(ctx context.Context, e *env, args []string) error {
 			rep.Seq = last
 		}
 	}
-	if *asJSON {
+	if c.JSON {
 		if err := printJSON(e, rep); err != nil {
 			return err
 		}
 	} else if rep.Diff == "" {
 		what := "rebuilt"
-		if *verify {
+		if c.Verify {
 			what = "verified: the catalog equals a replay of the log"
 		}
 		fmt.Fprintf(e.stdout, "catalog %s up to seq %d\n", what, rep.Seq)
 	}
 	if rep.Diff != "" {
-		return &exitError{3, fmt.Errorf("catalog differs from a replay of the log at seq %d: %s", rep.Seq, rep.Diff)}
+		return &exitError{exitDiffers, fmt.Errorf("catalog differs from a replay of the log at seq %d: %s", rep.Seq, rep.Diff)}
 	}
 	return nil
 }

@@ -9,38 +9,40 @@ import (
 	"github.com/strata-hsm/strata/workers/recall"
 )
 
-func cmdRestore(ctx context.Context, e *env, args []string) error {
-	fs := newFlags("restore", "strata restore [--version N] [--json] [--data DIR] PATH --to DEST",
-		"strata restore --version 2 /srv/projects/report.odt --to /tmp/report-v2.odt")
-	data := dataDirFlag(fs)
-	version := fs.Uint("version", 0, "version to restore (default: the latest); see strata ls --json")
-	to := fs.String("to", "", "where to write it (must not exist)")
-	fileID := fs.String("file-id", "", "identify the file by its id instead of PATH (e.g. a deleted file)")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parse(fs, args, e); err != nil {
-		return err
+type restoreCmd struct {
+	Version uint   `placeholder:"N" help:"Version to restore (default: the latest); see strata ls --json."`
+	To      string `required:"" placeholder:"DEST" complete:"file" help:"Where to write it (must not exist)."`
+	FileID  string `name:"file-id" placeholder:"ID" help:"Identify the file by its id instead of PATH (e.g. a deleted file)."`
+	JSON    bool   `name:"json" help:"Print JSON."`
+	Path    string `arg:"" optional:"" complete:"file" help:"The file (or give --file-id)."`
+}
+
+func (*restoreCmd) Example() string {
+	return "strata restore /srv/projects/report.odt --version 2 --to /tmp/report-v2.odt"
+}
+
+func (c *restoreCmd) Run(ctx context.Context, e *env, g *globals) error {
+	if c.Path == "" && c.FileID == "" {
+		return fmt.Errorf("%w: restore needs PATH (or --file-id) and --to DEST (see strata restore --help)", errUsage)
 	}
-	if *to == "" || (fs.NArg() != 1 && *fileID == "") {
-		return fmt.Errorf("%w: restore needs PATH (or --file-id) and --to DEST", errUsage)
-	}
-	req := recall.RestoreRequest{FileID: *fileID, Version: uint32(*version)}
-	if fs.NArg() == 1 {
-		p, err := filepath.Abs(fs.Arg(0))
+	req := recall.RestoreRequest{FileID: c.FileID, Version: uint32(c.Version)}
+	if c.Path != "" {
+		p, err := filepath.Abs(c.Path)
 		if err != nil {
 			return err
 		}
 		req.Path = p
 	}
-	dest, err := filepath.Abs(*to)
+	dest, err := filepath.Abs(c.To)
 	if err != nil {
 		return err
 	}
 	req.To = dest
 	var rep recall.RestoreReply
-	if err := request(ctx, *data, "restore", req, &rep, time.Hour); err != nil {
+	if err := request(ctx, g.dataDir(), "restore", req, &rep, time.Hour); err != nil {
 		return err
 	}
-	if *asJSON {
+	if c.JSON {
 		return printJSON(e, rep)
 	}
 	fmt.Fprintf(e.stdout, "restored version %d (%s, %s from %s) to %s\n", rep.Version, rep.ObjectID[:16], humanBytes(rep.Bytes), rep.Tier, rep.To)

@@ -2,48 +2,34 @@ package main
 
 import (
 	"context"
-	"flag"
-	"fmt"
 	"log/slog"
 	"path/filepath"
-	"strings"
 
 	"github.com/strata-hsm/strata/events"
 )
 
-// multiFlag collects a repeatable string flag.
-type multiFlag []string
+type runCmd struct {
+	Config  string   `placeholder:"FILE" complete:"file" help:"TOML configuration file (see strata.example.toml); flags override it."`
+	Hot     []string `sep:"none" placeholder:"DIR" complete:"dir" help:"A hot tree to manage (repeatable)."`
+	Cold    string   `placeholder:"DIR" complete:"dir" help:"Directory used as the cold tier (default DATA/cold)."`
+	Host    string   `placeholder:"NAME" help:"This host's name in event subjects (default: the hostname)."`
+	Port    int      `placeholder:"N" help:"NATS client port on 127.0.0.1 for the CLI and subscribers (default 4250; -1: none)."`
+	LogJSON bool     `name:"log-json" help:"Log as JSON lines."`
+	Debug   bool     `help:"Log debug messages."`
+}
 
-func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
-func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+func (*runCmd) Example() string { return "strata run --hot /srv/projects --cold /mnt/archive" }
 
-func cmdRun(ctx context.Context, e *env, args []string) error {
-	fs := newFlags("run", "strata run [--config FILE] [--data DIR] [--hot DIR]... [--cold DIR]",
-		"strata run --hot /srv/projects --cold /mnt/archive")
-	configPath := fs.String("config", "", "TOML configuration file (see strata.example.toml); flags override it")
-	data := dataDirFlag(fs)
-	var hot multiFlag
-	fs.Var(&hot, "hot", "a hot tree to manage (repeatable)")
-	cold := fs.String("cold", "", "directory used as the cold tier (default DATA/cold)")
-	host := fs.String("host", "", "this host's name in event subjects (default: the hostname)")
-	port := fs.Int("port", 0, "NATS client port on 127.0.0.1 for the CLI and subscribers (default 4250; -1: none)")
-	logJSON := fs.Bool("log-json", false, "log as JSON lines")
-	debug := fs.Bool("debug", false, "log debug messages")
-	if err := parse(fs, args, e); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: run takes no arguments, got %q", errUsage, fs.Args())
-	}
-	cfg, err := runConfig(fs, *configPath, *data, hot, *cold, *host, *port)
+func (c *runCmd) Run(ctx context.Context, g *globals) error {
+	cfg, err := runConfig(c.Config, g.dataDir(), g.Data != "", c.Hot, c.Cold, c.Host, c.Port)
 	if err != nil {
 		return err
 	}
 	level := slog.LevelInfo
-	if *debug {
+	if c.Debug {
 		level = slog.LevelDebug
 	}
-	logger := newLogger(*logJSON, level)
+	logger := newLogger(c.LogJSON, level)
 	d, err := startDaemon(ctx, cfg, logger)
 	if err != nil {
 		return err
@@ -57,8 +43,10 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 }
 
 // runConfig merges the config file (if any), flags and defaults, and
-// validates the result.
-func runConfig(fs *flag.FlagSet, configPath, data string, hot []string, cold, host string, port int) (Config, error) {
+// validates the result. dataSet says --data was given: it overrides the
+// file's data_dir, while the default (STRATA_DATA or /var/lib/strata) does
+// not.
+func runConfig(configPath, data string, dataSet bool, hot []string, cold, host string, port int) (Config, error) {
 	var cfg Config
 	if configPath != "" {
 		var err error
@@ -66,9 +54,7 @@ func runConfig(fs *flag.FlagSet, configPath, data string, hot []string, cold, ho
 			return Config{}, err
 		}
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	if set["data"] || cfg.DataDir == "" {
+	if dataSet || cfg.DataDir == "" {
 		cfg.DataDir = data
 	}
 	abs, err := filepath.Abs(cfg.DataDir)

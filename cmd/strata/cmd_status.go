@@ -78,18 +78,18 @@ func (d *daemon) ctlStatus(ctx context.Context, _ []byte) (any, error) {
 	return r, nil
 }
 
-func cmdStatus(ctx context.Context, e *env, args []string) error {
-	fs := newFlags("status", "strata status [--json] [--data DIR]", "strata status --json")
-	data := dataDirFlag(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parse(fs, args, e); err != nil {
-		return err
-	}
+type statusCmd struct {
+	JSON bool `name:"json" help:"Print JSON."`
+}
+
+func (*statusCmd) Example() string { return "strata status --json" }
+
+func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 	var r statusReply
-	if err := request(ctx, *data, "status", struct{}{}, &r, 10*time.Second); err != nil {
+	if err := request(ctx, g.dataDir(), "status", struct{}{}, &r, 10*time.Second); err != nil {
 		return err
 	}
-	if *asJSON {
+	if c.JSON {
 		return printJSON(e, r)
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -116,85 +115,68 @@ func (d *daemon) ctlTapeRebuild(ctx context.Context, raw []byte) (any, error) {
 
 // ---- CLI ----
 
-func cmdTape(ctx context.Context, e *env, args []string) error {
-	sub := map[string]func(context.Context, *env, []string) error{
-		"label": cmdTapeLabel, "ls": cmdTapeLs, "verify": cmdTapeVerify, "rebuild": cmdTapeRebuild,
-	}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(e.stdout, tapeUsage)
-		if len(args) == 0 {
-			return fmt.Errorf("%w: tape: want a subcommand: label, ls, verify, rebuild", errUsage)
-		}
-		return flag.ErrHelp
-	}
-	f, ok := sub[args[0]]
-	if !ok {
-		return fmt.Errorf("%w: tape: unknown subcommand %q (want label, ls, verify, rebuild)", errUsage, args[0])
-	}
-	return f(ctx, e, args[1:])
+type tapeCmd struct {
+	Label   tapeLabelCmd   `cmd:"" help:"Label a cartridge (an emulated one is created) for a pool."`
+	Ls      tapeLsCmd      `cmd:"" help:"List the volumes of a drive or emulated library."`
+	Verify  tapeVerifyCmd  `cmd:"" help:"Read a volume end to end and check every hash."`
+	Rebuild tapeRebuildCmd `cmd:"" help:"Rebuild catalog entries from a tape or a directory tier alone."`
 }
 
-const tapeUsage = `Usage: strata tape <label|ls|verify|rebuild> [flags]
-
-Example:
-  strata tape label emulator:/srv/tapes --volume V00001 --pool main
-  strata tape ls --device /dev/nst0
-  strata tape verify --device emulator:/srv/tapes V00001
-  strata tape rebuild /dev/nst0 --tier tape --data /var/lib/strata
-
-A DEVICE is /dev/nstX (a real drive: the loaded cartridge) or emulator:DIR
-(an emulated library whose cartridges are DIR's subdirectories, or one
-cartridge directory). Work on a drive that the daemon is not writing to.
-`
-
-// parseInterleaved parses flags wherever they appear among the positional
-// arguments ("label DEVICE --pool P" as well as "label --pool P DEVICE").
-func parseInterleaved(fs *flag.FlagSet, args []string, e *env) ([]string, error) {
-	var pos []string
-	for {
-		if err := parse(fs, args, e); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
+// Help is shown under the usage line of strata tape --help.
+func (*tapeCmd) Help() string {
+	return "A DEVICE is /dev/nstX (a real drive: the loaded cartridge) or emulator:DIR " +
+		"(an emulated library whose cartridges are DIR's subdirectories, or one " +
+		"cartridge directory). Work on a drive that the daemon is not writing to."
 }
 
-func cmdTapeLabel(ctx context.Context, e *env, args []string) error {
-	fs := newFlags("tape label", "strata tape label DEVICE --pool P [--volume ID] [--block-size N] [--capacity SIZE] [--force]",
-		"strata tape label emulator:/srv/tapes --volume V00001 --pool main")
-	pool := fs.String("pool", "", "media pool of the volume (required)")
-	vol := fs.String("volume", "", "volume id (barcode); required for a real drive and an emulated library")
-	bsFlag := fs.String("block-size", "512KiB", "tape block size, 256KiB to 1MiB (the tar blocking factor)")
-	capFlag := fs.String("capacity", "18TB", "capacity of a new emulated cartridge")
-	seq := fs.Int("sequence", 1, "sequence number of the volume in its set")
-	force := fs.Bool("force", false, "relabel a cartridge that already has a Strata label (erases it)")
-	pos, err := parseInterleaved(fs, args, e)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 || *pool == "" {
-		return fmt.Errorf("%w: tape label: want one DEVICE and --pool", errUsage)
-	}
-	bs, err := parseSize(*bsFlag)
+func (*tapeCmd) Example() string {
+	return "strata tape label emulator:/srv/tapes --volume V00001 --pool main\n" +
+		"strata tape ls --device /dev/nst0\n" +
+		"strata tape verify --device emulator:/srv/tapes V00001\n" +
+		"strata tape rebuild /dev/nst0 --tier tape --data /var/lib/strata"
+}
+
+type tapeLabelCmd struct {
+	Pool      string `required:"" placeholder:"P" help:"Media pool of the volume."`
+	Volume    string `placeholder:"ID" help:"Volume id (barcode); required for a real drive and an emulated library."`
+	BlockSize string `name:"block-size" default:"512KiB" placeholder:"N" help:"Tape block size, 256KiB to 1MiB (the tar blocking factor; default ${default})."`
+	Capacity  string `default:"18TB" placeholder:"SIZE" help:"Capacity of a new emulated cartridge (default ${default})."`
+	Sequence  int    `default:"1" placeholder:"N" help:"Sequence number of the volume in its set (default ${default})."`
+	Force     bool   `help:"Relabel a cartridge that already has a Strata label (erases it)."`
+	JSON      bool   `name:"json" help:"Print JSON."`
+	Device    string `arg:"" complete:"file" help:"/dev/nstX or emulator:DIR."`
+}
+
+func (*tapeLabelCmd) Example() string {
+	return "strata tape label emulator:/srv/tapes --volume V00001 --pool main"
+}
+
+// tapeLabelReply is `strata tape label --json`.
+type tapeLabelReply struct {
+	Volume    string `json:"volume"`
+	Pool      string `json:"pool"`
+	BlockSize int64  `json:"block_size"`
+	Device    string `json:"device"`
+}
+
+func (c *tapeLabelCmd) Run(ctx context.Context, e *env) error {
+	vol := &c.Volume
+	bs, err := parseSize(c.BlockSize)
 	if err != nil {
 		return fmt.Errorf("%w: --block-size: %w", errUsage, err)
 	}
-	capacity, err := parseSize(*capFlag)
+	capacity, err := parseSize(c.Capacity)
 	if err != nil || capacity < 16<<20 {
-		return fmt.Errorf("%w: --capacity %q: want at least 16MiB", errUsage, *capFlag)
+		return fmt.Errorf("%w: --capacity %q: want at least 16MiB", errUsage, c.Capacity)
 	}
-	kind, p, err := tape.ParseDevice(pos[0])
+	kind, p, err := tape.ParseDevice(c.Device)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errUsage, err)
 	}
 	if kind == "emulator" {
 		if !tape.IsCartridge(p) {
 			if *vol == "" {
-				return fmt.Errorf("%w: tape label: %s is an emulated library: give --volume (its cartridge becomes %s/VOLUME)", errUsage, pos[0], p)
+				return fmt.Errorf("%w: tape label: %s is an emulated library: give --volume (its cartridge becomes %s/VOLUME)", errUsage, c.Device, p)
 			}
 			cart := filepath.Join(p, *vol)
 			if !tape.IsCartridge(cart) {
@@ -208,7 +190,7 @@ func cmdTapeLabel(ctx context.Context, e *env, args []string) error {
 	} else if *vol == "" {
 		return fmt.Errorf("%w: tape label: give --volume for a real drive", errUsage)
 	}
-	dev, err := tape.OpenDevice(pos[0])
+	dev, err := tape.OpenDevice(c.Device)
 	if err != nil {
 		return err
 	}
@@ -217,7 +199,7 @@ func cmdTapeLabel(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := volume.Label(d, *vol, *pool, int(bs), *seq, *force); err != nil {
+	if err := volume.Label(d, *vol, c.Pool, int(bs), c.Sequence, c.Force); err != nil {
 		if errors.Is(err, volume.ErrLabelled) {
 			return fmt.Errorf("%w (use --force to erase it)", err)
 		}
@@ -226,21 +208,22 @@ func cmdTapeLabel(ctx context.Context, e *env, args []string) error {
 	if err := dev.Dismount(ctx, *vol); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "labelled volume %s (pool %s, block size %d) on %s\n", *vol, *pool, bs, pos[0])
+	if c.JSON {
+		return printJSON(e, tapeLabelReply{Volume: *vol, Pool: c.Pool, BlockSize: bs, Device: c.Device})
+	}
+	fmt.Fprintf(e.stdout, "labelled volume %s (pool %s, block size %d) on %s\n", *vol, c.Pool, bs, c.Device)
 	return nil
 }
 
-func cmdTapeLs(ctx context.Context, e *env, args []string) error {
-	fs := newFlags("tape ls", "strata tape ls --device DEVICE [--json]", "strata tape ls --device emulator:/srv/tapes")
-	device := fs.String("device", "", "the drive or emulated library (required)")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parse(fs, args, e); err != nil {
-		return err
-	}
-	if *device == "" || fs.NArg() != 0 {
-		return fmt.Errorf("%w: tape ls: want --device and no arguments", errUsage)
-	}
-	dev, err := tape.OpenDevice(*device)
+type tapeLsCmd struct {
+	Device string `required:"" placeholder:"DEVICE" complete:"file" help:"The drive or emulated library."`
+	JSON   bool   `name:"json" help:"Print JSON."`
+}
+
+func (*tapeLsCmd) Example() string { return "strata tape ls --device emulator:/srv/tapes" }
+
+func (c *tapeLsCmd) Run(ctx context.Context, e *env) error {
+	dev, err := tape.OpenDevice(c.Device)
 	if err != nil {
 		return err
 	}
@@ -249,7 +232,7 @@ func cmdTapeLs(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *asJSON {
+	if c.JSON {
 		return printJSON(e, vols)
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
@@ -279,19 +262,18 @@ func deviceAndVolume(arg, device string) (spec, vol string, err error) {
 	return device, arg, nil
 }
 
-func cmdTapeVerify(ctx context.Context, e *env, args []string) error {
-	fs := newFlags("tape verify", "strata tape verify [--device DEVICE] VOLUME|DEVICE [--json]",
-		"strata tape verify --device emulator:/srv/tapes V00001")
-	device := fs.String("device", "", "the drive or emulated library holding VOLUME")
-	asJSON := fs.Bool("json", false, "print JSON")
-	pos, err := parseInterleaved(fs, args, e)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return fmt.Errorf("%w: tape verify: want one VOLUME or DEVICE", errUsage)
-	}
-	spec, vol, err := deviceAndVolume(pos[0], *device)
+type tapeVerifyCmd struct {
+	Device string `placeholder:"DEVICE" complete:"file" help:"The drive or emulated library holding VOLUME."`
+	JSON   bool   `name:"json" help:"Print JSON."`
+	Target string `arg:"" name:"volume-or-device" complete:"file" help:"A volume id (with --device), or a DEVICE holding one cartridge."`
+}
+
+func (*tapeVerifyCmd) Example() string {
+	return "strata tape verify --device emulator:/srv/tapes V00001"
+}
+
+func (c *tapeVerifyCmd) Run(ctx context.Context, e *env) error {
+	spec, vol, err := deviceAndVolume(c.Target, c.Device)
 	if err != nil {
 		return err
 	}
@@ -349,7 +331,7 @@ func cmdTapeVerify(ctx context.Context, e *env, args []string) error {
 		rep.Objects += len(f.Objects)
 		rep.Files = append(rep.Files, fr)
 	}
-	if *asJSON {
+	if c.JSON {
 		if err := printJSON(e, rep); err != nil {
 			return err
 		}
@@ -367,28 +349,31 @@ func cmdTapeVerify(ctx context.Context, e *env, args []string) error {
 	if verr != nil {
 		return fmt.Errorf("volume %s: %d damaged: %w", info.Label.Volume, len(rep.Damaged), volume.ErrDamaged)
 	}
-	if !*asJSON {
+	if !c.JSON {
 		fmt.Fprintf(e.stdout, "volume %s: %d bundles, %d objects, every hash checks\n", rep.Volume, len(rep.Files), rep.Objects)
 	}
 	return nil
 }
 
-func cmdTapeRebuild(ctx context.Context, e *env, args []string) error {
-	fs := newFlags("tape rebuild", "strata tape rebuild DEVICE --tier NAME [--data DIR] | strata tape rebuild --tier-dir DIR --tier NAME [--data DIR]",
-		"strata tape rebuild /dev/nst0 --tier tape --data /var/lib/strata")
-	data := dataDirFlag(fs)
-	tier := fs.String("tier", "", "the tier name the copies belong to (required)")
-	tierDir := fs.String("tier-dir", "", "rebuild a directory tier from its manifests instead of a tape")
-	hostFlag := fs.String("host", "", "host token of the events when no daemon runs (default: this host's name)")
-	asJSON := fs.Bool("json", false, "print JSON")
-	pos, err := parseInterleaved(fs, args, e)
-	if err != nil {
-		return err
+type tapeRebuildCmd struct {
+	Tier    string `required:"" placeholder:"NAME" help:"The tier name the copies belong to."`
+	TierDir string `name:"tier-dir" placeholder:"DIR" complete:"dir" help:"Rebuild a directory tier from its manifests instead of a tape."`
+	Host    string `placeholder:"NAME" help:"Host token of the events when no daemon runs (default: this host's name)."`
+	JSON    bool   `name:"json" help:"Print JSON."`
+	Device  string `arg:"" optional:"" complete:"file" help:"/dev/nstX or emulator:DIR (or give --tier-dir)."`
+}
+
+func (*tapeRebuildCmd) Example() string {
+	return "strata tape rebuild /dev/nst0 --tier tape --data /var/lib/strata\n" +
+		"strata tape rebuild --tier-dir /mnt/archive --tier cold"
+}
+
+func (c *tapeRebuildCmd) Run(ctx context.Context, e *env, g *globals) error {
+	tier, tierDir := &c.Tier, &c.TierDir
+	if !events.ValidToken(c.Tier) || (c.Device != "") == (c.TierDir != "") {
+		return fmt.Errorf("%w: tape rebuild: want --tier and either one DEVICE or --tier-dir DIR (see strata tape rebuild --help)", errUsage)
 	}
-	if !events.ValidToken(*tier) || (len(pos) == 1) == (*tierDir != "") || len(pos) > 1 {
-		return fmt.Errorf("%w: tape rebuild: want --tier and either one DEVICE or --tier-dir DIR", errUsage)
-	}
-	dataDir, err := filepath.Abs(*data)
+	dataDir, err := filepath.Abs(g.dataDir())
 	if err != nil {
 		return err
 	}
@@ -408,7 +393,7 @@ func cmdTapeRebuild(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 	} else {
-		dev, err := tape.OpenDevice(pos[0])
+		dev, err := tape.OpenDevice(c.Device)
 		if err != nil {
 			return err
 		}
@@ -444,7 +429,7 @@ func cmdTapeRebuild(ctx context.Context, e *env, args []string) error {
 			recs = recs[n:]
 		}
 	} else {
-		host := *hostFlag
+		host := c.Host
 		if host == "" {
 			name, _ := os.Hostname()
 			host = events.HostToken(name)
@@ -463,7 +448,7 @@ func cmdTapeRebuild(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	rep.Skipped = append(skipped, rep.Skipped...)
-	if *asJSON {
+	if c.JSON {
 		return printJSON(e, rep)
 	}
 	for _, s := range rep.Skipped {

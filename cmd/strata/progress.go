@@ -13,24 +13,77 @@ import (
 	"github.com/strata-hsm/strata/projections/catalog"
 )
 
-// progress draws a one-line progress bar (done/total, rate, ETA) on a
-// terminal, at most a few times a second. On anything that is not a
-// terminal it draws nothing.
+// plainEvery is how often a progress line is written when stderr is not a
+// terminal (a log, a pipe, a systemd unit).
+const plainEvery = 5 * time.Second
+
+// progress shows how a long command advances (done/total, rate, ETA). On a
+// terminal it redraws one line in place, at most five times a second; on
+// anything else it writes a plain line every plainEvery (even while
+// nothing moves, so a log shows the command is alive), and a last one at
+// Finish if it wrote any. Every method is safe for concurrent use and on a
+// nil *progress.
 type progress struct {
-	mu      sync.Mutex
-	w       io.Writer
-	label   string
-	unit    string // "events", "files", "bytes"
-	total   int64
-	done    int64
-	extra   string
-	start   time.Time
-	last    time.Time
-	enabled bool
+	w      io.Writer
+	tty    bool
+	clock  progressClock
+	stop   chan struct{} // closed by Finish; ends the plain-line goroutine
+	exited chan struct{} // closed when the plain-line goroutine has returned
+
+	mu       sync.Mutex // protects the fields below
+	label    string
+	unit     string // "events", "files", "bytes", "objects"
+	total    int64
+	done     int64
+	extra    string
+	start    time.Time
+	last     time.Time // of the last terminal redraw
+	lines    int       // plain lines written
+	finished bool
+}
+
+// progressClock is the time source of a progress: tests drive it.
+type progressClock struct {
+	now  func() time.Time
+	tick <-chan time.Time // plain lines are written on each tick
+	halt func()           // stops tick
 }
 
 func newProgress(w io.Writer, label, unit string, total int64) *progress {
-	return &progress{w: w, label: label, unit: unit, total: total, start: time.Now(), enabled: isTerminal(w)}
+	tty := isTerminal(w)
+	c := progressClock{now: time.Now}
+	if !tty {
+		t := time.NewTicker(plainEvery)
+		c.tick, c.halt = t.C, t.Stop
+	}
+	return startProgress(w, tty, label, unit, total, c)
+}
+
+// startProgress starts a progress on clock c; off a terminal, a goroutine
+// writes a plain line on every tick of c until Finish.
+func startProgress(w io.Writer, tty bool, label, unit string, total int64, c progressClock) *progress {
+	p := &progress{w: w, tty: tty, clock: c, label: label, unit: unit, total: total, start: c.now(),
+		stop: make(chan struct{}), exited: make(chan struct{})}
+	if tty || c.tick == nil {
+		close(p.exited)
+		return p
+	}
+	go func() {
+		defer close(p.exited)
+		for {
+			select {
+			case <-p.stop:
+				return
+			case <-c.tick:
+				p.mu.Lock()
+				if !p.finished {
+					p.plainLocked(false)
+				}
+				p.mu.Unlock()
+			}
+		}
+	}()
+	return p
 }
 
 // isTerminal reports whether w is a terminal.
@@ -43,7 +96,8 @@ func isTerminal(w io.Writer) bool {
 	return err == nil
 }
 
-// Set records progress and redraws if enough time passed.
+// Set records progress (total 0: unchanged) and, on a terminal, redraws if
+// enough time passed.
 func (p *progress) Set(done, total int64, extra string) {
 	if p == nil {
 		return
@@ -54,51 +108,96 @@ func (p *progress) Set(done, total int64, extra string) {
 	if total > 0 {
 		p.total = total
 	}
-	if now := time.Now(); now.Sub(p.last) >= 200*time.Millisecond {
+	if !p.tty || p.finished {
+		return
+	}
+	if now := p.clock.now(); now.Sub(p.last) >= 200*time.Millisecond {
 		p.last = now
 		p.drawLocked(false)
 	}
 }
 
-// Finish draws the final state and ends the line.
+// Finish draws the final state and ends the line (off a terminal: writes
+// a last line if any was written). It may be called more than once; only
+// the first call does anything. Nothing is written to w after it returns.
 func (p *progress) Finish() {
 	if p == nil {
 		return
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.drawLocked(true)
-}
-
-func (p *progress) drawLocked(final bool) {
-	if !p.enabled {
+	if p.finished {
+		p.mu.Unlock()
 		return
 	}
-	el := time.Since(p.start).Seconds()
-	rate := 0.0
-	if el > 0 {
-		rate = float64(p.done) / el
+	p.finished = true
+	if p.tty {
+		p.drawLocked(true)
+	} else if p.lines > 0 {
+		p.plainLocked(true)
 	}
-	bar, eta := "", ""
+	p.mu.Unlock()
+	close(p.stop)
+	if p.clock.halt != nil {
+		p.clock.halt()
+	}
+	<-p.exited
+}
+
+// figuresLocked are the numbers a line shows: "40% ", "12.0 MiB/30.0
+// MiB", "2.0 MiB/s", " ETA 9s" (percent and ETA only with a total).
+func (p *progress) figuresLocked(final bool) (pct, count, rate, eta string) {
+	r := 0.0
+	if el := p.clock.now().Sub(p.start).Seconds(); el > 0 {
+		r = float64(p.done) / el
+	}
+	switch {
+	case p.unit == "bytes" && p.total > 0:
+		count = humanBytes(p.done) + "/" + humanBytes(p.total)
+	case p.unit == "bytes":
+		count = humanBytes(p.done)
+	case p.total > 0:
+		count = fmt.Sprintf("%d/%d %s", p.done, p.total, p.unit)
+	default:
+		count = fmt.Sprintf("%d %s", p.done, p.unit)
+	}
+	rate = fmt.Sprintf("%.0f %s/s", r, p.unit)
+	if p.unit == "bytes" {
+		rate = humanBytes(int64(r)) + "/s"
+	}
 	if p.total > 0 {
-		frac := min(float64(p.done)/float64(p.total), 1)
-		n := int(frac * 30)
-		bar = fmt.Sprintf("[%s%s] %3.0f%% ", strings.Repeat("#", n), strings.Repeat(".", 30-n), frac*100)
-		if rate > 0 && !final {
-			eta = fmt.Sprintf(" ETA %s", (time.Duration(float64(p.total-p.done)/rate) * time.Second).Round(time.Second))
+		pct = fmt.Sprintf("%3.0f%% ", min(float64(p.done)/float64(p.total), 1)*100)
+		if r > 0 && !final && p.done < p.total {
+			eta = fmt.Sprintf(" ETA %s", (time.Duration(float64(p.total-p.done)/r) * time.Second).Round(time.Second))
 		}
 	}
-	count := fmt.Sprintf("%d/%d %s", p.done, p.total, p.unit)
-	rs := fmt.Sprintf("%.0f %s/s", rate, p.unit)
-	if p.unit == "bytes" {
-		count = humanBytes(p.done) + "/" + humanBytes(p.total)
-		rs = humanBytes(int64(rate)) + "/s"
+	return pct, count, rate, eta
+}
+
+// drawLocked redraws the terminal line: a bar, the figures, extra.
+func (p *progress) drawLocked(final bool) {
+	pct, count, rate, eta := p.figuresLocked(final)
+	bar := ""
+	if p.total > 0 {
+		n := int(min(float64(p.done)/float64(p.total), 1) * 30)
+		bar = "[" + strings.Repeat("#", n) + strings.Repeat(".", 30-n) + "] " + pct
 	}
-	line := fmt.Sprintf("\r%s %s%s, %s%s %s", p.label, bar, count, rs, eta, p.extra)
+	line := fmt.Sprintf("\r%s %s%s, %s%s %s", p.label, bar, count, rate, eta, p.extra)
 	if final {
 		line += "\n"
 	}
 	fmt.Fprint(p.w, line+"\x1b[K")
+}
+
+// plainLocked writes one plain line: "archive: 40% 12.0 MiB/30.0 MiB,
+// 2.0 MiB/s ETA 9s, 3/10 files" (the last one without ETA).
+func (p *progress) plainLocked(final bool) {
+	pct, count, rate, eta := p.figuresLocked(final)
+	line := fmt.Sprintf("%s: %s%s, %s%s", p.label, strings.TrimLeft(pct, " "), count, rate, eta)
+	if p.extra != "" {
+		line += ", " + p.extra
+	}
+	fmt.Fprintln(p.w, line)
+	p.lines++
 }
 
 // catalogProgress adapts p to catalog.Progress.
