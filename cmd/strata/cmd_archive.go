@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/strata-hsm/strata/cmd/internal/progress"
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/scanner"
@@ -81,7 +82,7 @@ func (c *archiveCmd) Run(ctx context.Context, e *env, g *globals) error {
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	if c.Wait {
-		fmt.Fprintf(w, "released\t%d of %d files (%s) in %.1fs\n", sum.Released, sum.Selected, humanBytes(sum.Bytes), sum.Seconds)
+		fmt.Fprintf(w, "released\t%d of %d files (%s) in %.1fs\n", sum.Released, sum.Selected, progress.Bytes(sum.Bytes), sum.Seconds)
 	} else {
 		fmt.Fprintf(w, "selected\t%d files for archiving (strata ls or --wait to follow)\n", sum.Selected)
 	}
@@ -100,7 +101,7 @@ func waitArchived(ctx context.Context, e *env, js jetstream.JetStream, rep scann
 		pending[f.FileID] = f
 		total += f.Size
 	}
-	prog := newProgress(e.stderr, "archive", "bytes", total)
+	prog := progress.New(e.stderr, "archive", "bytes", total)
 	var done int64
 	filter := []string{events.Subject(rep.Host, events.KindFileReleased), events.Subject(rep.Host, events.KindFileReleaseSkipped)}
 	err := pipeline.FollowWith(ctx, js, rep.Seq+1, pipeline.FollowOptions{Filter: filter}, func(batch []events.Envelope) error {

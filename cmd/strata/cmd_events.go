@@ -6,6 +6,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/strata-hsm/strata/cmd/internal/progress"
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 )
@@ -68,9 +69,9 @@ func summary(env events.Envelope) string {
 	}
 	switch x := ev.(type) {
 	case *events.FileSelected:
-		return fmt.Sprintf("%s (%s, %s)", x.Path, humanBytes(x.Stat.Size), x.Reason)
+		return fmt.Sprintf("%s (%s, %s)", x.Path, progress.Bytes(x.Stat.Size), x.Reason)
 	case *events.ObjectPacked:
-		return fmt.Sprintf("%s → %s (%s → %s)", x.Path, x.ObjectID[:16], humanBytes(x.Size), humanBytes(x.PackedSize))
+		return fmt.Sprintf("%s → %s (%s → %s)", x.Path, x.ObjectID[:16], progress.Bytes(x.Size), progress.Bytes(x.PackedSize))
 	case *events.ObjectStored:
 		return fmt.Sprintf("%s on %s (%s)", x.ObjectID[:16], x.Tier, x.Location)
 	case *events.FileReleased:
@@ -80,7 +81,7 @@ func summary(env events.Envelope) string {
 	case *events.RecallRequested:
 		return fmt.Sprintf("%s [%d+%d] by %s[%d]", x.Path, x.Offset, x.Length, x.Process, x.PID)
 	case *events.RecallCompleted:
-		return fmt.Sprintf("%s %s from %s in %.1f ms", x.Path, humanBytes(x.Bytes), x.SourceTier, float64(x.DurationNS)/1e6)
+		return fmt.Sprintf("%s %s from %s in %.1f ms", x.Path, progress.Bytes(x.Bytes), x.SourceTier, float64(x.DurationNS)/1e6)
 	case *events.FileMoved:
 		return fmt.Sprintf("%s → %s", x.From, x.Path)
 	case *events.RecallFailed:

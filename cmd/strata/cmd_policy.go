@@ -7,6 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/strata-hsm/strata/cmd/internal/progress"
 	"github.com/strata-hsm/strata/workers/scanner"
 )
 
@@ -40,7 +41,7 @@ func writePreview(w io.Writer, r scanner.Report) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "PATH\tSIZE\tFREES\tSTATE\tREASON")
 	for _, c := range r.Candidates {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Path, humanBytes(c.Stat.Size), humanBytes(c.Freed), c.State, c.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Path, progress.Bytes(c.Stat.Size), progress.Bytes(c.Freed), c.State, c.Reason)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -49,13 +50,13 @@ func writePreview(w io.Writer, r scanner.Report) error {
 		fmt.Fprintf(w, "... %d more not listed\n", r.Files-int64(len(r.Candidates)))
 	}
 	for _, fs := range r.Summary.Filesystems {
-		fmt.Fprintf(w, "%v: %.1f%% used of %s", fs.Roots, fs.UsedPct, humanBytes(fs.SizeBytes))
+		fmt.Fprintf(w, "%v: %.1f%% used of %s", fs.Roots, fs.UsedPct, progress.Bytes(fs.SizeBytes))
 		if fs.AboveHigh {
-			fmt.Fprintf(w, " (above high watermark: %s to free)", humanBytes(fs.Need))
+			fmt.Fprintf(w, " (above high watermark: %s to free)", progress.Bytes(fs.Need))
 		}
 		fmt.Fprintln(w)
 	}
 	_, err := fmt.Fprintf(w, "would archive %d files, %s, freeing %s (scanned %d files in %d directories in %v; %d errors)\n",
-		r.Files, humanBytes(r.Bytes), humanBytes(r.Freed), r.Summary.Files, r.Summary.Dirs, r.Summary.Duration.Round(time.Millisecond), r.Summary.Errors)
+		r.Files, progress.Bytes(r.Bytes), progress.Bytes(r.Freed), r.Summary.Files, r.Summary.Dirs, r.Summary.Duration.Round(time.Millisecond), r.Summary.Errors)
 	return err
 }

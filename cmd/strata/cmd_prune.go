@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/strata-hsm/strata/cmd/internal/progress"
 	"github.com/strata-hsm/strata/workers/pruner"
 )
 
@@ -37,7 +38,7 @@ func (c *pruneCmd) Run(ctx context.Context, e *env, g *globals) error {
 			if rep.Applied {
 				tiers = c.Deleted
 			}
-			fmt.Fprintf(e.stdout, "%s %s (%s) from %s: %s\n", verb, c.ObjectID, humanBytes(c.Size), strings.Join(tiers, ", "), c.Reason)
+			fmt.Fprintf(e.stdout, "%s %s (%s) from %s: %s\n", verb, c.ObjectID, progress.Bytes(c.Size), strings.Join(tiers, ", "), c.Reason)
 			for _, er := range c.Errors {
 				fmt.Fprintf(e.stdout, "  error: %s\n", er)
 			}
@@ -50,7 +51,7 @@ func (c *pruneCmd) Run(ctx context.Context, e *env, g *globals) error {
 			n = rep.Deleted
 		}
 		fmt.Fprintf(e.stdout, "%s %d copies of %d objects (%s packed); retention: keep_deleted %s, keep_versions %d\n",
-			verb, n, len(rep.Objects), humanBytes(rep.PackedBytes), rep.KeepDeleted, rep.KeepVersions)
+			verb, n, len(rep.Objects), progress.Bytes(rep.PackedBytes), rep.KeepDeleted, rep.KeepVersions)
 		if !rep.Applied && len(rep.Objects) > 0 {
 			fmt.Fprintln(e.stdout, "dry run: nothing was removed; run strata prune --apply to remove them")
 		}

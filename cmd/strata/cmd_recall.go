@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/strata-hsm/strata/cmd/internal/progress"
 	"github.com/strata-hsm/strata/workers/interceptor"
 )
 
@@ -40,7 +41,7 @@ func (c *recallCmd) Run(ctx context.Context, e *env, g *globals) error {
 		for _, f := range rep.Stubs {
 			total += f.Size
 		}
-		prog := newProgress(e.stderr, "recall", "bytes", total)
+		prog := progress.New(e.stderr, "recall", "bytes", total)
 		var mu sync.Mutex
 		var done int64
 		for _, f := range rep.Stubs {
@@ -63,7 +64,7 @@ func (c *recallCmd) Run(ctx context.Context, e *env, g *globals) error {
 			return err
 		}
 	} else if c.Wait {
-		fmt.Fprintf(e.stdout, "recalled %d files (%s) in %.1fs\n", sum.Files-len(sum.Failed), humanBytes(sum.Bytes), sum.Seconds)
+		fmt.Fprintf(e.stdout, "recalled %d files (%s) in %.1fs\n", sum.Files-len(sum.Failed), progress.Bytes(sum.Bytes), sum.Seconds)
 	} else {
 		fmt.Fprintf(e.stdout, "prefetching %d stubs in the background\n", sum.Files)
 	}

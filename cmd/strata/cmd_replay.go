@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/strata-hsm/strata/cmd/internal/progress"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
 )
@@ -49,7 +50,7 @@ func (c *replayCmd) Run(ctx context.Context, e *env, g *globals) error {
 		if err != nil {
 			return err
 		}
-		prog := newProgress(e.stderr, "replay", "events", int64(last))
+		prog := progress.New(e.stderr, "replay", "events", int64(last))
 		defer prog.Finish()
 		if c.Verify {
 			live, err := catalog.Open(catalogDir(dataDir), catalog.Options{Logger: logger})
@@ -57,13 +58,13 @@ func (c *replayCmd) Run(ctx context.Context, e *env, g *globals) error {
 				return err
 			}
 			defer live.Close()
-			rep.Seq, rep.Diff, err = live.Verify(ctx, srv.JetStream(), dataDir, prog.catalogProgress())
+			rep.Seq, rep.Diff, err = live.Verify(ctx, srv.JetStream(), dataDir, catalogProgress(prog))
 			prog.Finish()
 			if err != nil {
 				return err
 			}
 		} else {
-			err := catalog.Replace(ctx, srv.JetStream(), catalogDir(dataDir), last, catalog.Options{Logger: logger}, prog.catalogProgress())
+			err := catalog.Replace(ctx, srv.JetStream(), catalogDir(dataDir), last, catalog.Options{Logger: logger}, catalogProgress(prog))
 			prog.Finish()
 			if err != nil {
 				return err
@@ -102,4 +103,12 @@ func daemonRunning(ctx context.Context, dataDir string) bool {
 // for commands that work on the log while no daemon runs.
 func openOffline(ctx context.Context, dataDir string, logger *slog.Logger) (*pipeline.Server, error) {
 	return pipeline.Open(ctx, pipeline.Config{DataDir: dataDir, Host: "offline", Port: pipeline.NoListener}, logger)
+}
+
+// catalogProgress adapts p to catalog.Progress.
+func catalogProgress(p *progress.Bar) catalog.Progress {
+	if p == nil {
+		return nil
+	}
+	return func(done, total uint64) { p.Set(int64(done), int64(total), "") }
 }

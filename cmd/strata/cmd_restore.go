@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/strata-hsm/strata/cmd/internal/progress"
 	"github.com/strata-hsm/strata/workers/recall"
 )
 
@@ -45,6 +46,6 @@ func (c *restoreCmd) Run(ctx context.Context, e *env, g *globals) error {
 	if c.JSON {
 		return printJSON(e, rep)
 	}
-	fmt.Fprintf(e.stdout, "restored version %d (%s, %s from %s) to %s\n", rep.Version, rep.ObjectID[:16], humanBytes(rep.Bytes), rep.Tier, rep.To)
+	fmt.Fprintf(e.stdout, "restored version %d (%s, %s from %s) to %s\n", rep.Version, rep.ObjectID[:16], progress.Bytes(rep.Bytes), rep.Tier, rep.To)
 	return nil
 }

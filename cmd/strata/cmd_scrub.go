@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/strata-hsm/strata/cmd/internal/progress"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/scrubber"
 )
@@ -58,7 +59,7 @@ func (c *scrubCmd) Run(ctx context.Context, e *env, g *globals) error {
 		fmt.Fprintf(e.stdout, "scrub %s started\n", started.RunID)
 		return nil
 	}
-	bar := newProgress(e.stderr, "scrub", "bytes", 0)
+	bar := progress.New(e.stderr, "scrub", "bytes", 0)
 	defer bar.Finish()
 	var st scrubber.Status
 	for {
@@ -88,7 +89,7 @@ func (c *scrubCmd) Run(ctx context.Context, e *env, g *globals) error {
 		}
 	} else {
 		fmt.Fprintf(e.stdout, "scrub %s: %d copies checked (%s): %d good, %d corrupt (%d missing), %d repaired, %d not reachable\n",
-			st.RunID, st.Checked, humanBytes(st.Bytes), st.Verified, st.Corrupt, st.Missing, st.Repaired, st.Unavailable)
+			st.RunID, st.Checked, progress.Bytes(st.Bytes), st.Verified, st.Corrupt, st.Missing, st.Repaired, st.Unavailable)
 		for _, f := range st.Failures {
 			fmt.Fprintln(e.stdout, "  "+f)
 		}

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/strata-hsm/strata/cmd/internal/progress"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
 )
@@ -96,7 +97,7 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 	fmt.Fprintf(w, "host\t%s (pid %d, strata %s)\n", r.Host, r.PID, r.Version)
 	fmt.Fprintf(w, "uptime\t%s (since %s)\n", time.Duration(r.UptimeSeconds*float64(time.Second)).Round(time.Second), r.Started.Format(time.RFC3339))
 	fmt.Fprintf(w, "nats\t%s\n", r.NATS)
-	fmt.Fprintf(w, "event log\tseq %d, %d events, %s\n", r.Stream.LastSeq, r.Stream.Events, humanBytes(int64(r.Stream.Bytes)))
+	fmt.Fprintf(w, "event log\tseq %d, %d events, %s\n", r.Stream.LastSeq, r.Stream.Events, progress.Bytes(int64(r.Stream.Bytes)))
 	fmt.Fprintf(w, "catalog\tseq %d (lag %d)\n", r.CatalogSeq, r.CatalogLag)
 	fmt.Fprintf(w, "dead letters\t%d\n", r.Stream.DeadLetters)
 	fmt.Fprintf(w, "reader consumers\t%d", r.Readers)
@@ -115,7 +116,7 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 	for _, s := range states {
 		c := r.Catalog.ByState[s]
 		if c.Files > 0 {
-			fmt.Fprintf(w, "files %s\t%d (%s)\n", s, c.Files, humanBytes(int64(c.Bytes)))
+			fmt.Fprintf(w, "files %s\t%d (%s)\n", s, c.Files, progress.Bytes(int64(c.Bytes)))
 		}
 	}
 	fmt.Fprintf(w, "objects\t%d (%d copies, %d corrupt)\n", r.Catalog.Objects, r.Catalog.Copies, r.Catalog.CorruptCopies)
@@ -140,18 +141,4 @@ func printJSON(e *env, v any) error {
 	enc := json.NewEncoder(e.stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
-}
-
-// humanBytes formats n with a binary unit.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -12,9 +12,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/strata-hsm/strata/cmd/internal/progress"
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
-	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/store"
 	"github.com/strata-hsm/strata/workers/tape"
 	"github.com/strata-hsm/strata/workers/tape/volume"
@@ -47,27 +47,7 @@ func (d *daemon) tapeTierDeps(name string) tapewriter.TierDeps {
 	return tapewriter.TierDeps{
 		Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, tier.StageName(name)),
 		Logger:  d.logger.With("stage", tier.StageName(name)),
-		Copy:    catalogTapeCopy(d.cat, name),
-	}
-}
-
-// catalogTapeCopy returns the catalog's good copy of an object on a tape
-// tier.
-func catalogTapeCopy(cat *catalog.Catalog, tier string) func(string) (tapewriter.TapeCopy, bool, error) {
-	return func(objectID string) (tapewriter.TapeCopy, bool, error) {
-		cps, err := cat.Copies(objectID)
-		if errors.Is(err, catalog.ErrNotFound) {
-			return tapewriter.TapeCopy{}, false, nil
-		}
-		if err != nil {
-			return tapewriter.TapeCopy{}, false, err
-		}
-		for _, c := range cps {
-			if c.Tier == tier && c.State == catalog.CopyGood && c.Tape != nil {
-				return tapewriter.TapeCopy{Pos: *c.Tape, Size: c.Size, PackedSize: c.PackedSize, PackedSum: c.PackedSum}, true, nil
-			}
-		}
-		return tapewriter.TapeCopy{}, false, nil
+		Copy:    tapewriter.CatalogCopy(d.cat, name),
 	}
 }
 
@@ -76,7 +56,7 @@ func catalogTapeCopy(cat *catalog.Catalog, tier string) func(string) (tapewriter
 // progressDrive counts the bytes read through a drive for a progress bar.
 type progressDrive struct {
 	tape.Drive
-	prog *progress
+	prog *progress.Bar
 	n    int64
 }
 
@@ -169,26 +149,8 @@ func (c *tapeLabelCmd) Run(ctx context.Context, e *env) error {
 	if err != nil || capacity < 16<<20 {
 		return fmt.Errorf("%w: --capacity %q: want at least 16MiB", errUsage, c.Capacity)
 	}
-	kind, p, err := tape.ParseDevice(c.Device)
-	if err != nil {
-		return fmt.Errorf("%w: %w", errUsage, err)
-	}
-	if kind == "emulator" {
-		if !tape.IsCartridge(p) {
-			if *vol == "" {
-				return fmt.Errorf("%w: tape label: %s is an emulated library: give --volume (its cartridge becomes %s/VOLUME)", errUsage, c.Device, p)
-			}
-			cart := filepath.Join(p, *vol)
-			if !tape.IsCartridge(cart) {
-				if err := tape.CreateCartridge(cart, tape.Cartridge{Capacity: capacity, EarlyWarning: tape.DefaultEarlyWarning(capacity)}); err != nil {
-					return err
-				}
-			}
-		} else if *vol == "" {
-			*vol = filepath.Base(p)
-		}
-	} else if *vol == "" {
-		return fmt.Errorf("%w: tape label: give --volume for a real drive", errUsage)
+	if *vol, err = volume.Prepare(c.Device, *vol, capacity); err != nil {
+		return fmt.Errorf("%w: tape label: %w", errUsage, err)
 	}
 	dev, err := tape.OpenDevice(c.Device)
 	if err != nil {
@@ -246,7 +208,7 @@ func (c *tapeLsCmd) Run(ctx context.Context, e *env) error {
 		if v.Error != "" {
 			state += " (" + v.Error + ")"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Barcode, v.Volume, v.Pool, state, humanBytes(v.Used), fill)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Barcode, v.Volume, v.Pool, state, progress.Bytes(v.Used), fill)
 	}
 	return w.Flush()
 }
@@ -290,7 +252,7 @@ func (c *tapeVerifyCmd) Run(ctx context.Context, e *env) error {
 	if u, ok, err := dev.Usage(vol); ok && err == nil {
 		total = u.Used
 	}
-	prog := newProgress(e.stderr, "verify", "bytes", total)
+	prog := progress.New(e.stderr, "verify", "bytes", total)
 	pd := &progressDrive{Drive: d, prog: prog}
 	info, verr := volume.Verify(pd)
 	prog.Finish()
@@ -300,37 +262,7 @@ func (c *tapeVerifyCmd) Run(ctx context.Context, e *env) error {
 	if vol != "" && info.Label.Volume != vol {
 		return fmt.Errorf("the cartridge %s is labelled %q", vol, info.Label.Volume)
 	}
-	type fileRep struct {
-		TapeFile int64  `json:"tape_file"`
-		Bundle   string `json:"bundle"`
-		Part     int    `json:"part"`
-		Objects  int    `json:"objects"`
-		Bytes    int64  `json:"bytes"`
-		Damaged  int    `json:"damaged"`
-		Error    string `json:"error,omitempty"`
-	}
-	rep := struct {
-		Volume  string    `json:"volume"`
-		Pool    string    `json:"pool"`
-		Files   []fileRep `json:"files"`
-		Objects int       `json:"objects"`
-		Damaged []string  `json:"damaged,omitempty"`
-		OK      bool      `json:"ok"`
-	}{Volume: info.Label.Volume, Pool: info.Label.Pool, OK: verr == nil}
-	for _, f := range info.Files {
-		fr := fileRep{TapeFile: f.TapeFile, Bundle: f.Header.Bundle, Part: f.Header.Part, Objects: len(f.Objects), Bytes: f.Bytes, Damaged: f.Damaged}
-		if f.Err != nil {
-			fr.Error = f.Err.Error()
-			rep.Damaged = append(rep.Damaged, fmt.Sprintf("tape file %d: %v", f.TapeFile, f.Err))
-		}
-		for _, o := range f.Objects {
-			if o.Err != nil {
-				rep.Damaged = append(rep.Damaged, fmt.Sprintf("tape file %d: %v", f.TapeFile, o.Err))
-			}
-		}
-		rep.Objects += len(f.Objects)
-		rep.Files = append(rep.Files, fr)
-	}
+	rep := volume.ReportOf(info, verr)
 	if c.JSON {
 		if err := printJSON(e, rep); err != nil {
 			return err
@@ -339,7 +271,7 @@ func (c *tapeVerifyCmd) Run(ctx context.Context, e *env) error {
 		w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(w, "FILE\tBUNDLE\tPART\tOBJECTS\tBYTES\tDAMAGED")
 		for _, f := range rep.Files {
-			fmt.Fprintf(w, "%d\t%s\t%d\t%d\t%s\t%d\n", f.TapeFile, f.Bundle, f.Part, f.Objects, humanBytes(f.Bytes), f.Damaged)
+			fmt.Fprintf(w, "%d\t%s\t%d\t%d\t%s\t%d\n", f.TapeFile, f.Bundle, f.Part, f.Objects, progress.Bytes(f.Bytes), f.Damaged)
 		}
 		w.Flush()
 		for _, dmg := range rep.Damaged {
@@ -386,7 +318,7 @@ func (c *tapeRebuildCmd) Run(ctx context.Context, e *env, g *globals) error {
 		if err != nil {
 			return err
 		}
-		prog := newProgress(e.stderr, "read tier", "objects", 0)
+		prog := progress.New(e.stderr, "read tier", "objects", 0)
 		recs, skipped, err = store.TargetRecords(ctx, tg, func(done, total int) { prog.Set(int64(done), int64(total), "") })
 		prog.Finish()
 		if err != nil {
@@ -397,7 +329,7 @@ func (c *tapeRebuildCmd) Run(ctx context.Context, e *env, g *globals) error {
 		if err != nil {
 			return err
 		}
-		prog := newProgress(e.stderr, "read tape", "bytes", 0)
+		prog := progress.New(e.stderr, "read tape", "bytes", 0)
 		vrecs, _, err := volume.RebuildDevice(ctx, dev, func(d tape.Drive) tape.Drive { return &progressDrive{Drive: d, prog: prog} })
 		prog.Finish()
 		dev.Close()

@@ -119,8 +119,14 @@ func TestRules(t *testing.T) {
 			}
 		}
 		for d := range deps {
-			if strings.HasPrefix(d, "cmd/") && name != d {
-				t.Errorf("%s depends on %s: only cmd wires packages together", name, d)
+			if strings.HasPrefix(d, "cmd/") && !strings.HasPrefix(name, "cmd/") {
+				t.Errorf("%s depends on %s: nothing below cmd imports it", name, d)
+			}
+			if strings.HasPrefix(d, "cmd/internal/") && strings.HasPrefix(name, "cmd/internal/") && name != d {
+				t.Errorf("%s depends on %s: the CLI's helper packages stand alone", name, d)
+			}
+			if strings.HasPrefix(name, "cmd/internal/") && (strings.HasPrefix(d, "workers") || strings.HasPrefix(d, "projections") || strings.HasPrefix(d, "pipeline")) {
+				t.Errorf("%s depends on %s: the CLI's helper packages know nothing of Strata's stages", name, d)
 			}
 		}
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/tape"
 	"github.com/strata-hsm/strata/workers/tape/bundle"
 	"github.com/strata-hsm/strata/workers/tier"
@@ -691,5 +692,30 @@ func (t *Tier) volumeEvent(ev VolumeEvent) {
 	t.vmu.Unlock()
 	if t.deps.Event != nil {
 		t.deps.Event(ev)
+	}
+}
+
+// copyLister lists an object's copies: the catalog.
+type copyLister interface {
+	Copies(objectID string) ([]catalog.Copy, error)
+}
+
+// CatalogCopy is a TierDeps.Copy backed by the catalog: the good copy of
+// an object on tape tier name.
+func CatalogCopy(cat copyLister, name string) func(string) (TapeCopy, bool, error) {
+	return func(objectID string) (TapeCopy, bool, error) {
+		cps, err := cat.Copies(objectID)
+		if errors.Is(err, catalog.ErrNotFound) {
+			return TapeCopy{}, false, nil
+		}
+		if err != nil {
+			return TapeCopy{}, false, err
+		}
+		for _, c := range cps {
+			if c.Tier == name && c.State == catalog.CopyGood && c.Tape != nil {
+				return TapeCopy{Pos: *c.Tape, Size: c.Size, PackedSize: c.PackedSize, PackedSum: c.PackedSum}, true, nil
+			}
+		}
+		return TapeCopy{}, false, nil
 	}
 }

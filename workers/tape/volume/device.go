@@ -1,9 +1,11 @@
 package volume
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 
 	"github.com/strata-hsm/strata/workers/tape"
 	"github.com/strata-hsm/strata/workers/tape/bundle"
@@ -117,4 +119,75 @@ func RebuildDevice(ctx context.Context, dev *tape.Device, wrap func(tape.Drive) 
 		recs = append(recs, vr...)
 	}
 	return recs, infos, dev.Dismount(ctx, "")
+}
+
+// Prepare returns the volume id to label on the device spec: for an
+// emulated library, volumeID names its cartridge (a directory of the
+// library, created with capacity if it does not exist); for one emulated
+// cartridge an empty volumeID is its directory's name; a real drive needs
+// volumeID (the loaded cartridge gets it).
+func Prepare(spec, volumeID string, capacity int64) (string, error) {
+	kind, p, err := tape.ParseDevice(spec)
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case kind != "emulator":
+		if volumeID == "" {
+			return "", errors.New("give a volume id for a real drive")
+		}
+		return volumeID, nil
+	case tape.IsCartridge(p):
+		return cmp.Or(volumeID, filepath.Base(p)), nil
+	case volumeID == "":
+		return "", fmt.Errorf("%s is an emulated library: give a volume id (its cartridge becomes %s/VOLUME)", spec, p)
+	}
+	if cart := filepath.Join(p, volumeID); !tape.IsCartridge(cart) {
+		if err := tape.CreateCartridge(cart, tape.Cartridge{Capacity: capacity, EarlyWarning: tape.DefaultEarlyWarning(capacity)}); err != nil {
+			return "", err
+		}
+	}
+	return volumeID, nil
+}
+
+// FileReport is one tape file of a verified volume.
+type FileReport struct {
+	TapeFile int64  `json:"tape_file"`
+	Bundle   string `json:"bundle"`
+	Part     int    `json:"part"`
+	Objects  int    `json:"objects"`
+	Bytes    int64  `json:"bytes"`
+	Damaged  int    `json:"damaged"`
+	Error    string `json:"error,omitempty"`
+}
+
+// Report is what `strata tape verify` tells of a volume.
+type Report struct {
+	Volume  string       `json:"volume"`
+	Pool    string       `json:"pool"`
+	Files   []FileReport `json:"files"`
+	Objects int          `json:"objects"`
+	Damaged []string     `json:"damaged,omitempty"` // one line per damaged tape file or object
+	OK      bool         `json:"ok"`
+}
+
+// ReportOf summarises a Verify result (info, and the error Verify
+// returned).
+func ReportOf(info Info, verr error) Report {
+	rep := Report{Volume: info.Label.Volume, Pool: info.Label.Pool, OK: verr == nil}
+	for _, f := range info.Files {
+		fr := FileReport{TapeFile: f.TapeFile, Bundle: f.Header.Bundle, Part: f.Header.Part, Objects: len(f.Objects), Bytes: f.Bytes, Damaged: f.Damaged}
+		if f.Err != nil {
+			fr.Error = f.Err.Error()
+			rep.Damaged = append(rep.Damaged, fmt.Sprintf("tape file %d: %v", f.TapeFile, f.Err))
+		}
+		for _, o := range f.Objects {
+			if o.Err != nil {
+				rep.Damaged = append(rep.Damaged, fmt.Sprintf("tape file %d: %v", f.TapeFile, o.Err))
+			}
+		}
+		rep.Objects += len(f.Objects)
+		rep.Files = append(rep.Files, fr)
+	}
+	return rep
 }

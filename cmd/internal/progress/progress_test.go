@@ -1,4 +1,4 @@
-package main
+package progress
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ type lineWriter chan string
 
 func (w lineWriter) Write(b []byte) (int, error) { w <- string(b); return len(b), nil }
 
-// fakeClock is a progressClock the test moves by hand.
+// fakeClock is a Clock the test moves by hand.
 type fakeClock struct {
 	mu   sync.Mutex
 	t    time.Time
@@ -31,8 +31,8 @@ func (c *fakeClock) advance(d time.Duration) {
 	c.tick <- t
 }
 
-func (c *fakeClock) clock() progressClock {
-	return progressClock{now: c.now, tick: c.tick}
+func (c *fakeClock) clock() Clock {
+	return Clock{Now: c.now, Tick: c.tick}
 }
 
 func nextLine(t *testing.T, w lineWriter) string {
@@ -47,13 +47,13 @@ func nextLine(t *testing.T, w lineWriter) string {
 }
 
 // TestProgressPlainLines: off a terminal, progress writes a plain line on
-// every tick (plainEvery), also while nothing moves, then a last line at
+// every tick (PlainEvery), also while nothing moves, then a last line at
 // Finish, and nothing after; a command that ends before the first tick
 // writes nothing.
 func TestProgressPlainLines(t *testing.T) {
 	w := make(lineWriter, 10)
 	c := &fakeClock{t: time.Unix(1e9, 0), tick: make(chan time.Time)}
-	p := startProgress(w, false, "archive", "bytes", 100<<20, c.clock())
+	p := Start(w, false, "archive", "bytes", 100<<20, c.clock())
 	p.Set(10<<20, 0, "1/4 files")
 	c.advance(5 * time.Second)
 	if got, want := nextLine(t, w), "archive: 10% 10.0 MiB/100.0 MiB, 2.0 MiB/s ETA 45s, 1/4 files\n"; got != want {
@@ -77,7 +77,7 @@ func TestProgressPlainLines(t *testing.T) {
 	}
 
 	// Unknown total, other units.
-	p = startProgress(w, false, "read tape", "objects", 0, c.clock())
+	p = Start(w, false, "read tape", "objects", 0, c.clock())
 	p.Set(7, 0, "")
 	c.advance(time.Second)
 	if got, want := nextLine(t, w), "read tape: 7 objects, 7 objects/s\n"; got != want {
@@ -87,7 +87,7 @@ func TestProgressPlainLines(t *testing.T) {
 	nextLine(t, w)
 
 	// Done before the first tick: quiet.
-	p = startProgress(w, false, "replay", "events", 10, c.clock())
+	p = Start(w, false, "replay", "events", 10, c.clock())
 	p.Set(10, 0, "")
 	p.Finish()
 	select {
@@ -102,7 +102,7 @@ func TestProgressPlainLines(t *testing.T) {
 func TestProgressTerminal(t *testing.T) {
 	var b bytes.Buffer
 	c := &fakeClock{t: time.Unix(1e9, 0)}
-	p := startProgress(&b, true, "replay", "events", 200, c.clock())
+	p := Start(&b, true, "replay", "events", 200, c.clock())
 	c.t = c.t.Add(time.Second)
 	p.Set(50, 0, "")
 	p.Set(60, 0, "") // within 200ms: not drawn
@@ -115,20 +115,17 @@ func TestProgressTerminal(t *testing.T) {
 	}
 }
 
-// TestProgressNotTerminal: newProgress on a buffer (not a terminal) draws
+// TestProgressNotTerminal: New on a buffer (not a terminal) draws
 // no bar, and Finish before the first line leaves it empty.
 func TestProgressNotTerminal(t *testing.T) {
 	var b bytes.Buffer
-	p := newProgress(&b, "scrub", "bytes", 0)
+	p := New(&b, "scrub", "bytes", 0)
 	p.Set(1<<20, 2<<20, "1/2 copies")
 	p.Finish()
 	if b.Len() != 0 {
 		t.Fatalf("wrote %q", b.String())
 	}
-	var nilp *progress
+	var nilp *Bar
 	nilp.Set(1, 2, "")
 	nilp.Finish()
-	if nilp.catalogProgress() != nil {
-		t.Fatal("nil progress has a catalog progress")
-	}
 }

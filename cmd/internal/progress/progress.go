@@ -1,4 +1,7 @@
-package main
+// Package progress shows how a long command advances: a bar redrawn in
+// place on a terminal, a plain line every few seconds anywhere else (a
+// log, a pipe, a systemd unit). Only cmd/strata imports it.
+package progress
 
 import (
 	"fmt"
@@ -9,24 +12,22 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/strata-hsm/strata/projections/catalog"
 )
 
-// plainEvery is how often a progress line is written when stderr is not a
+// PlainEvery is how often a progress line is written when stderr is not a
 // terminal (a log, a pipe, a systemd unit).
-const plainEvery = 5 * time.Second
+const PlainEvery = 5 * time.Second
 
-// progress shows how a long command advances (done/total, rate, ETA). On a
+// Bar shows how a long command advances (done/total, rate, ETA). On a
 // terminal it redraws one line in place, at most five times a second; on
-// anything else it writes a plain line every plainEvery (even while
+// anything else it writes a plain line every PlainEvery (even while
 // nothing moves, so a log shows the command is alive), and a last one at
 // Finish if it wrote any. Every method is safe for concurrent use and on a
 // nil *progress.
-type progress struct {
+type Bar struct {
 	w      io.Writer
 	tty    bool
-	clock  progressClock
+	clock  Clock
 	stop   chan struct{} // closed by Finish; ends the plain-line goroutine
 	exited chan struct{} // closed when the plain-line goroutine has returned
 
@@ -42,29 +43,31 @@ type progress struct {
 	finished bool
 }
 
-// progressClock is the time source of a progress: tests drive it.
-type progressClock struct {
-	now  func() time.Time
-	tick <-chan time.Time // plain lines are written on each tick
-	halt func()           // stops tick
+// Clock is the time source of a progress: tests drive it.
+type Clock struct {
+	Now  func() time.Time
+	Tick <-chan time.Time // plain lines are written on each tick
+	Halt func()           // stops Tick
 }
 
-func newProgress(w io.Writer, label, unit string, total int64) *progress {
+// New starts a Bar on w (a terminal or not) for label, counting unit
+// ("bytes" are shown human-sized) up to total (0: unknown).
+func New(w io.Writer, label, unit string, total int64) *Bar {
 	tty := isTerminal(w)
-	c := progressClock{now: time.Now}
+	c := Clock{Now: time.Now}
 	if !tty {
-		t := time.NewTicker(plainEvery)
-		c.tick, c.halt = t.C, t.Stop
+		t := time.NewTicker(PlainEvery)
+		c.Tick, c.Halt = t.C, t.Stop
 	}
-	return startProgress(w, tty, label, unit, total, c)
+	return Start(w, tty, label, unit, total, c)
 }
 
-// startProgress starts a progress on clock c; off a terminal, a goroutine
+// Start starts a Bar on clock c; off a terminal, a goroutine
 // writes a plain line on every tick of c until Finish.
-func startProgress(w io.Writer, tty bool, label, unit string, total int64, c progressClock) *progress {
-	p := &progress{w: w, tty: tty, clock: c, label: label, unit: unit, total: total, start: c.now(),
+func Start(w io.Writer, tty bool, label, unit string, total int64, c Clock) *Bar {
+	p := &Bar{w: w, tty: tty, clock: c, label: label, unit: unit, total: total, start: c.Now(),
 		stop: make(chan struct{}), exited: make(chan struct{})}
-	if tty || c.tick == nil {
+	if tty || c.Tick == nil {
 		close(p.exited)
 		return p
 	}
@@ -74,7 +77,7 @@ func startProgress(w io.Writer, tty bool, label, unit string, total int64, c pro
 			select {
 			case <-p.stop:
 				return
-			case <-c.tick:
+			case <-c.Tick:
 				p.mu.Lock()
 				if !p.finished {
 					p.plainLocked(false)
@@ -98,7 +101,7 @@ func isTerminal(w io.Writer) bool {
 
 // Set records progress (total 0: unchanged) and, on a terminal, redraws if
 // enough time passed.
-func (p *progress) Set(done, total int64, extra string) {
+func (p *Bar) Set(done, total int64, extra string) {
 	if p == nil {
 		return
 	}
@@ -111,7 +114,7 @@ func (p *progress) Set(done, total int64, extra string) {
 	if !p.tty || p.finished {
 		return
 	}
-	if now := p.clock.now(); now.Sub(p.last) >= 200*time.Millisecond {
+	if now := p.clock.Now(); now.Sub(p.last) >= 200*time.Millisecond {
 		p.last = now
 		p.drawLocked(false)
 	}
@@ -120,7 +123,7 @@ func (p *progress) Set(done, total int64, extra string) {
 // Finish draws the final state and ends the line (off a terminal: writes
 // a last line if any was written). It may be called more than once; only
 // the first call does anything. Nothing is written to w after it returns.
-func (p *progress) Finish() {
+func (p *Bar) Finish() {
 	if p == nil {
 		return
 	}
@@ -137,24 +140,24 @@ func (p *progress) Finish() {
 	}
 	p.mu.Unlock()
 	close(p.stop)
-	if p.clock.halt != nil {
-		p.clock.halt()
+	if p.clock.Halt != nil {
+		p.clock.Halt()
 	}
 	<-p.exited
 }
 
 // figuresLocked are the numbers a line shows: "40% ", "12.0 MiB/30.0
 // MiB", "2.0 MiB/s", " ETA 9s" (percent and ETA only with a total).
-func (p *progress) figuresLocked(final bool) (pct, count, rate, eta string) {
+func (p *Bar) figuresLocked(final bool) (pct, count, rate, eta string) {
 	r := 0.0
-	if el := p.clock.now().Sub(p.start).Seconds(); el > 0 {
+	if el := p.clock.Now().Sub(p.start).Seconds(); el > 0 {
 		r = float64(p.done) / el
 	}
 	switch {
 	case p.unit == "bytes" && p.total > 0:
-		count = humanBytes(p.done) + "/" + humanBytes(p.total)
+		count = Bytes(p.done) + "/" + Bytes(p.total)
 	case p.unit == "bytes":
-		count = humanBytes(p.done)
+		count = Bytes(p.done)
 	case p.total > 0:
 		count = fmt.Sprintf("%d/%d %s", p.done, p.total, p.unit)
 	default:
@@ -162,7 +165,7 @@ func (p *progress) figuresLocked(final bool) (pct, count, rate, eta string) {
 	}
 	rate = fmt.Sprintf("%.0f %s/s", r, p.unit)
 	if p.unit == "bytes" {
-		rate = humanBytes(int64(r)) + "/s"
+		rate = Bytes(int64(r)) + "/s"
 	}
 	if p.total > 0 {
 		pct = fmt.Sprintf("%3.0f%% ", min(float64(p.done)/float64(p.total), 1)*100)
@@ -174,7 +177,7 @@ func (p *progress) figuresLocked(final bool) (pct, count, rate, eta string) {
 }
 
 // drawLocked redraws the terminal line: a bar, the figures, extra.
-func (p *progress) drawLocked(final bool) {
+func (p *Bar) drawLocked(final bool) {
 	pct, count, rate, eta := p.figuresLocked(final)
 	bar := ""
 	if p.total > 0 {
@@ -190,7 +193,7 @@ func (p *progress) drawLocked(final bool) {
 
 // plainLocked writes one plain line: "archive: 40% 12.0 MiB/30.0 MiB,
 // 2.0 MiB/s ETA 9s, 3/10 files" (the last one without ETA).
-func (p *progress) plainLocked(final bool) {
+func (p *Bar) plainLocked(final bool) {
 	pct, count, rate, eta := p.figuresLocked(final)
 	line := fmt.Sprintf("%s: %s%s, %s%s", p.label, strings.TrimLeft(pct, " "), count, rate, eta)
 	if p.extra != "" {
@@ -200,10 +203,16 @@ func (p *progress) plainLocked(final bool) {
 	p.lines++
 }
 
-// catalogProgress adapts p to catalog.Progress.
-func (p *progress) catalogProgress() catalog.Progress {
-	if p == nil {
-		return nil
+// Bytes formats n with a binary unit: "512 B", "1.5 MiB".
+func Bytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
 	}
-	return func(done, total uint64) { p.Set(int64(done), int64(total), "") }
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
