@@ -232,6 +232,11 @@ func prepareDataDir(dir string) error {
 	if !fi.IsDir() {
 		return fmt.Errorf("data directory %s is not a directory", dir)
 	}
+	// It holds file names of every hot tree (the catalog), credentials and
+	// staged copies of files: only its owner may look inside.
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("data directory %s is open to other users (mode %04o): run chmod 700 %s (Strata refuses to keep file names and credentials there)", dir, perm, dir)
+	}
 	f, err := os.CreateTemp(dir, ".write-probe-*")
 	if err != nil {
 		return fmt.Errorf("data directory %s is not writable: %w", dir, err)
@@ -249,7 +254,7 @@ func prepareDataDir(dir string) error {
 // dies with the process, however it ends).
 func lockDataDir(dir string) (*os.File, error) {
 	p := filepath.Join(dir, LockFile)
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("data directory %s is not writable: %w", dir, err)
 	}
@@ -398,7 +403,9 @@ type natsLogger struct {
 func (n *natsLogger) Noticef(format string, v ...any) { n.l.Debug(fmt.Sprintf(format, v...)) }
 func (n *natsLogger) Warnf(format string, v ...any) {
 	msg := fmt.Sprintf(format, v...)
-	if strings.HasPrefix(msg, "Plaintext passwords") { // by design: random in-memory passwords
+	// By design: random in-memory passwords; and a 32 MiB payload limit
+	// for the control replies of large trees (MaxPayload).
+	if strings.HasPrefix(msg, "Plaintext passwords") || strings.HasPrefix(msg, "Maximum payloads over") {
 		n.l.Debug(msg)
 		return
 	}

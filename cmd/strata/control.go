@@ -32,7 +32,7 @@ type daemonInfo struct {
 // and returns a function that stops answering.
 func (d *daemon) serveControl(ctx context.Context) (func(), error) {
 	info, _ := json.Marshal(daemonInfo{Host: d.cfg.Host, PID: os.Getpid(), Started: d.started})
-	if err := writeFileAtomic(filepath.Join(d.cfg.DataDir, daemonInfoFile), info, 0o644); err != nil {
+	if err := writeFileAtomic(filepath.Join(d.cfg.DataDir, daemonInfoFile), info, 0o600); err != nil {
 		return nil, err
 	}
 	return pipeline.ServeControl(ctx, d.nc, d.cfg.Host, d.controlHandlers(), d.logger)

@@ -48,7 +48,7 @@ func startDaemon(ctx context.Context, cfg Config, logger *slog.Logger) (_ *daemo
 			d.close()
 		}
 	}()
-	d.srv, err = pipeline.Open(ctx, cfg.pipelineConfig(), logger.With("component", "nats"))
+	d.srv, err = pipeline.Open(ctx, cfg.pipelineConfig(), logger) // it names its own component
 	if err != nil {
 		return nil, err
 	}

@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,4 +99,58 @@ func wantState(d *daemon, path string, s catalog.State) error {
 		return fmt.Errorf("%s is %s, want %s", path, f.State, s)
 	}
 	return nil
+}
+
+// TestDataDirPrivate: everything the daemon creates in its data directory
+// is its owner's alone, whatever the caller's umask; a data directory
+// other users can read is refused with a message that says what to do.
+func TestDataDirPrivate(t *testing.T) {
+	bin := buildStrata(t)
+	data := filepath.Join(t.TempDir(), "data")
+	cmd := exec.Command("sh", "-c", "umask 022; exec "+bin+" run --data "+data+" --port -2 --host permtest")
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, func() error {
+		return request(context.Background(), data, "status", struct{}{}, nil, time.Second)
+	})
+	var open []string
+	err := filepath.WalkDir(data, func(p string, de fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := de.Info()
+		if err != nil {
+			return nil // vanished (a temp file)
+		}
+		if fi.Mode().Perm()&0o077 != 0 && fi.Mode()&fs.ModeSocket == 0 {
+			open = append(open, fmt.Sprintf("%s %04o", p, fi.Mode().Perm()))
+		}
+		return nil
+	})
+	cmd.Process.Signal(syscall.SIGTERM)
+	if werr := waitExit(cmd, 20*time.Second); werr != nil {
+		t.Fatalf("stop: %v\n%s", werr, logs.String())
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(open) > 0 {
+		t.Fatalf("files under the data directory others may read: %v", open)
+	}
+
+	// A data directory an administrator made group- or world-readable.
+	shared := filepath.Join(t.TempDir(), "shared")
+	if err := os.Mkdir(shared, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(shared, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "run", "--data", shared, "--port", "-2").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "open to other users") || !strings.Contains(string(out), "chmod 700 "+shared) {
+		t.Fatalf("daemon on a 0755 data directory: %v\n%s", err, out)
+	}
 }

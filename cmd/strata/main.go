@@ -15,10 +15,16 @@ import (
 	"runtime"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/strata-hsm/strata/workers/interceptor"
 )
 
 func main() {
+	// Everything Strata creates (the data directory and all in it: the
+	// catalog's file names, credentials, staged copies of files; cold-tier
+	// objects) is its owner's alone, whatever the caller's umask.
+	unix.Umask(0o077)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() {
