@@ -17,6 +17,7 @@ import (
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/pipeline/pipelinetest"
+	"golang.org/x/sys/unix"
 )
 
 // killChildEnv, when set to a data directory, turns the test binary into
@@ -24,6 +25,9 @@ import (
 const killChildEnv = "STRATA_PIPELINE_KILL_CHILD"
 
 func TestMain(m *testing.M) {
+	// Data directories are the owner's alone (the daemon's umask): the
+	// t.TempDir()s the tests use as such are made 0700.
+	unix.Umask(0o077)
 	if dir := os.Getenv(killChildEnv); dir != "" {
 		os.Exit(killChild(dir))
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/scanner"
 )
 
 // daemon is a running `strata run`: the embedded NATS server, the catalog
@@ -34,6 +35,8 @@ type daemon struct {
 
 	cat    *catalog.Catalog
 	stages *stages
+
+	unclaim func() // releases the hot trees (scanner.Claim)
 }
 
 // catalogDir is where the live catalog lives under the data directory.
@@ -50,6 +53,9 @@ func startDaemon(ctx context.Context, cfg Config, logger *slog.Logger) (_ *daemo
 	}()
 	d.srv, err = pipeline.Open(ctx, cfg.pipelineConfig(), logger) // it names its own component
 	if err != nil {
+		return nil, err
+	}
+	if d.unclaim, err = scanner.Claim(cfg.hotRoots(), cfg.DataDir); err != nil {
 		return nil, err
 	}
 	d.js = d.srv.JetStream()
@@ -104,6 +110,9 @@ func (d *daemon) close() {
 		if err := d.cat.Close(); err != nil {
 			d.logger.Error("close catalog", "err", err)
 		}
+	}
+	if d.unclaim != nil {
+		d.unclaim()
 	}
 	if d.srv != nil {
 		if err := d.srv.Close(); err != nil {

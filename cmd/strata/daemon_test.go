@@ -414,11 +414,18 @@ func TestCLIAgainstDaemon(t *testing.T) {
 // data directory, a port in use, a data directory that is not writable, a
 // CLI with no daemon.
 func TestDaemonErrors(t *testing.T) {
-	data := t.TempDir()
-	testDaemon(t, Config{DataDir: data})
+	data, hot := t.TempDir(), t.TempDir()
+	testDaemon(t, Config{DataDir: data, Hot: []HotConfig{{Path: hot}}})
 	_, errs, code := cli(t, "run", "--data", data, "--port", "-1")
 	if code == 0 || !strings.Contains(errs, "another strata daemon") {
 		t.Fatalf("second daemon: exit %d, %q", code, errs)
+	}
+	// A second daemon on the same hot tree, with a data directory of its
+	// own: refused, naming the first (two daemons would mark, recall and
+	// release each other's stubs).
+	_, errs, code = cli(t, "run", "--data", t.TempDir(), "--hot", hot, "--port", "-1")
+	if code == 0 || !strings.Contains(errs, hot+" is managed by the daemon with data directory "+data) {
+		t.Fatalf("second daemon on the hot tree: exit %d, %q", code, errs)
 	}
 
 	l, err := net.Listen("tcp", "127.0.0.1:0")

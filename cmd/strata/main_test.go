@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/strata-hsm/strata/workers/interceptor"
+	"golang.org/x/sys/unix"
 )
 
 // testRunEnv marks every process this test binary starts, and every
@@ -29,6 +30,9 @@ const testRunEnv = "STRATA_TEST_RUN"
 // leak: a test that killed a daemon with -9 did not stop its holder. It is
 // killed, and the run fails.
 func TestMain(m *testing.M) {
+	// As main does: data directories (the tests' t.TempDir()s) are the
+	// owner's alone, and the daemon refuses any other.
+	unix.Umask(0o077)
 	if len(os.Args) > 1 && os.Args[1] == interceptor.DefaultHolderSubcommand {
 		os.Exit(exitCode(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr), os.Stderr))
 	}

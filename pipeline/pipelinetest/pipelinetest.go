@@ -7,7 +7,9 @@ package pipelinetest
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"os"
 	"testing"
 	"time"
 
@@ -41,6 +43,10 @@ func RunServer(t testing.TB, opts ...Option) *pipeline.Server {
 	}
 	for _, o := range opts {
 		o(&cfg)
+	}
+	// A data directory is its owner's alone; t.TempDir() is not.
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("test server: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
