@@ -72,6 +72,7 @@ func loggedDaemon(t *testing.T, cfg Config) (*daemon, *logBuffer) {
 	}
 	cfg.Host = "badhost"
 	cfg.NATS.Port = pipeline.RandomPort
+	noMountNeeded(&cfg)
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)

@@ -76,6 +76,7 @@ func BenchmarkArchiveSmallFiles(b *testing.B) {
 		cfg := Config{DataDir: data, Host: "bench", Hot: []HotConfig{{Path: hot}},
 			Tiers: []TierConfig{{Name: "hdd", Kind: "directory", Path: b.TempDir()}}}
 		cfg.NATS.Port = pipeline.RandomPort
+		noMountNeeded(&cfg)
 		cfg.EnsureDefaults()
 		ctx, cancel := context.WithCancel(context.Background())
 		d, err := startDaemon(ctx, cfg, slog.New(slog.DiscardHandler))

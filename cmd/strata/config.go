@@ -75,6 +75,10 @@ type TierConfig struct {
 
 	// directory
 	Path string `toml:"path"` // root of the tier
+	// RequireMount: the root must be a mount point, else the tier is
+	// unavailable (nothing lands on the disk under an unmounted mount
+	// point). Default: true when the root lies outside the data directory.
+	RequireMount *bool `toml:"require_mount"`
 
 	// s3
 	Endpoint  string `toml:"endpoint"` // host[:port]
@@ -250,6 +254,10 @@ func (c *Config) EnsureDefaults() {
 	for i := range c.Tiers {
 		t := &c.Tiers[i]
 		t.Cost = cmp.Or(t.Cost, defaultCost(t.Kind))
+		if t.Kind == events.TierDirectory && t.RequireMount == nil {
+			outside := !within(t.Path, c.DataDir)
+			t.RequireMount = &outside
+		}
 		if t.Kind == events.TierTape {
 			t.BlockSize = cmp.Or(t.BlockSize, 512<<10)
 		}
@@ -392,7 +400,7 @@ func (c *Config) Validate() error {
 // tierKeys are the keys of each kind of tier: a key of another kind is a
 // typo or a copy-paste error, never ignored.
 var tierKeys = map[string][]string{
-	events.TierDirectory: {"path"},
+	events.TierDirectory: {"path", "require_mount"},
 	events.TierS3:        {"endpoint", "region", "bucket", "prefix", "access_key", "secret_key", "tls"},
 	events.TierRclone:    {"remote", "binary", "env"},
 	events.TierTape:      {"device", "pool", "block_size", "bundle_size", "bundle_age"},
@@ -402,7 +410,7 @@ var tierKeys = map[string][]string{
 func (c *Config) validateTier(t *TierConfig) error {
 	bad := pipeline.BadConfig
 	set := map[string]bool{
-		"path": t.Path != "", "endpoint": t.Endpoint != "", "region": t.Region != "", "bucket": t.Bucket != "",
+		"path": t.Path != "", "require_mount": t.RequireMount != nil, "endpoint": t.Endpoint != "", "region": t.Region != "", "bucket": t.Bucket != "",
 		"prefix": t.Prefix != "", "access_key": t.AccessKey != "", "secret_key": t.SecretKey != "", "tls": t.TLS != nil,
 		"remote": t.Remote != "", "binary": t.Binary != "", "env": len(t.Env) > 0,
 		"device": t.Device != "", "pool": t.Pool != "", "block_size": t.BlockSize != 0 && t.Kind != events.TierTape,
@@ -478,7 +486,9 @@ func (c *Config) pipelineConfig() pipeline.Config {
 		Durables: stageNamesFor(*c), ReaderConsumers: c.NATS.ReaderConsumers, ReaderDurables: c.NATS.ReaderDurables}
 }
 
-func dirConfig(t *TierConfig) dir.Config { return dir.Config{Name: t.Name, Root: t.Path} }
+func dirConfig(t *TierConfig) dir.Config {
+	return dir.Config{Name: t.Name, Root: t.Path, RequireMount: t.RequireMount != nil && *t.RequireMount}
+}
 
 func s3Config(t *TierConfig) s3.Config {
 	return s3.Config{Name: t.Name, Endpoint: t.Endpoint, Region: t.Region, Bucket: t.Bucket,

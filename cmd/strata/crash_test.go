@@ -86,7 +86,8 @@ func crashAndRecover(t *testing.T, bin, fstype, point string, seed uint64) {
 		size = 320 << 20 // mkfs.xfs refuses less than 300 MiB
 	}
 	hot := stratatest.LoopMount(t, fstype, size)
-	data, cold := t.TempDir(), t.TempDir()
+	data := t.TempDir()
+	cold := filepath.Join(data, "cold") // inside the data directory: created, no mount required
 	files := crashFiles(t, hot, seed)
 
 	// 1. Run with the failpoint armed until the daemon kills itself.

@@ -37,6 +37,7 @@ func testDaemon(t *testing.T, cfg Config) (*daemon, context.CancelFunc) {
 		cfg.Host = "testhost"
 	}
 	cfg.NATS.Port = pipeline.RandomPort
+	noMountNeeded(&cfg)
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -69,6 +70,17 @@ func testDaemon(t *testing.T, cfg Config) (*daemon, context.CancelFunc) {
 		return request(context.Background(), cfg.DataDir, "status", struct{}{}, nil, time.Second)
 	})
 	return d, stop
+}
+
+// noMountNeeded lets the directory tiers of a test config be plain
+// temporary directories (require_mount would make them unavailable).
+func noMountNeeded(cfg *Config) {
+	for i := range cfg.Tiers {
+		if cfg.Tiers[i].Kind == events.TierDirectory && cfg.Tiers[i].RequireMount == nil {
+			no := false
+			cfg.Tiers[i].RequireMount = &no
+		}
+	}
 }
 
 // waitFor polls fn until it returns nil or the deadline passes.

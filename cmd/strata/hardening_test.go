@@ -154,3 +154,51 @@ func TestDataDirPrivate(t *testing.T) {
 		t.Fatalf("daemon on a 0755 data directory: %v\n%s", err, out)
 	}
 }
+
+// TestUnmountedTier: a directory tier outside the data directory whose
+// disk is not mounted (its root a plain directory, or missing) is shown
+// unreachable, saying why, and gets no copy: the file stays hot.
+func TestUnmountedTier(t *testing.T) {
+	stratatest.NeedRoot(t)
+	mnt := stratatest.LoopMount(t, "ext4", 128<<20)
+	hot, data := filepath.Join(mnt, "hot"), t.TempDir()
+	if err := os.MkdirAll(hot, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	plain := t.TempDir()                            // meant to be a mount point
+	missing := filepath.Join(t.TempDir(), "absent") // a disk whose mount point is gone
+	path := filepath.Join(hot, "f")
+	if err := os.WriteFile(path, bytes.Repeat([]byte("x"), 100<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	yes := true
+	testDaemon(t, Config{DataDir: data, Hot: []HotConfig{{Path: hot}}, Tiers: []TierConfig{
+		{Name: "usb", Kind: events.TierDirectory, Path: plain, RequireMount: &yes},
+		{Name: "nas", Kind: events.TierDirectory, Path: missing},
+	}, Release: ReleaseConfig{Copies: 1, From: []string{"usb"}}})
+	var st statusReply
+	cliJSON(t, &st, "status", "--json", "--data", data)
+	why := map[string]string{}
+	for _, ts := range st.TierState {
+		if ts.Reachable {
+			t.Errorf("tier %s reachable, want unreachable", ts.Name)
+		}
+		why[ts.Name] = ts.Probe
+	}
+	if !strings.Contains(why["usb"], "not a mount point") || !strings.Contains(why["nas"], "does not exist") {
+		t.Fatalf("status says %q; want usb not a mount point, nas missing", why)
+	}
+	out, errs, code := cli(t, "archive", "--wait", "--timeout", "5s", "--json", "--data", data, path)
+	if code == 0 {
+		t.Fatalf("archive to unmounted tiers returned 0: %s %s", out, errs)
+	}
+	if ents, _ := os.ReadDir(plain); len(ents) != 0 {
+		t.Fatalf("the unmounted tier's directory holds %d entries: a copy landed on the local disk", len(ents))
+	}
+	if _, err := os.Stat(missing); !os.IsNotExist(err) {
+		t.Fatalf("the missing tier root was created (%v)", err)
+	}
+	if info, err := stub.ReadPath(path); err == nil && info.State == stub.Released {
+		t.Fatal("released with no copy on a mounted tier")
+	}
+}

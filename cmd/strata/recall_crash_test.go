@@ -86,7 +86,8 @@ func recallCrashes(t *testing.T, bin, fstype string, seed uint64) {
 	// below policy.high_watermark, so no scan archives a file on its own
 	// (which would turn a recalled file back into a stub under the test).
 	hot := stratatest.LoopMount(t, fstype, 1<<30)
-	data, cold := t.TempDir(), t.TempDir()
+	data := t.TempDir()
+	cold := filepath.Join(data, "cold") // inside the data directory: created, no mount required
 	sock := filepath.Join(data, "interceptor", "holder.sock")
 	// Registered before any daemon: runs after their stops. A holder still
 	// alive then belongs to a daemon that was killed and not restarted.

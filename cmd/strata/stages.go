@@ -267,8 +267,12 @@ func (d *daemon) openTier(t TierConfig) (tier.Target, error) {
 	var err error
 	switch t.Kind {
 	case events.TierDirectory:
-		if err := os.MkdirAll(t.Path, 0o700); err != nil {
-			return nil, fmt.Errorf("tier %s: %w", t.Name, err)
+		// Only a tier inside the data directory (the default one) is
+		// created; any other root must be there (its disk mounted).
+		if within(t.Path, d.cfg.DataDir) {
+			if err := os.MkdirAll(t.Path, 0o700); err != nil {
+				return nil, fmt.Errorf("tier %s: %w", t.Name, err)
+			}
 		}
 		tg, err = dir.Open(dirConfig(&t), logger)
 	case events.TierS3:

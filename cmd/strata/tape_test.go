@@ -32,6 +32,7 @@ func tapeDaemon(t *testing.T, cfg Config, lib string) (*daemon, *tapewriter.Tier
 	t.Helper()
 	cfg.Host = "testhost"
 	cfg.NATS.Port = pipeline.RandomPort
+	noMountNeeded(&cfg)
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)

@@ -25,6 +25,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -46,7 +47,12 @@ var _ tier.Target = (*Target)(nil)
 // Config configures a directory tier.
 type Config struct {
 	Name string // tier name, a NATS subject token (e.g. "hdd")
-	Root string // absolute path of the tier's root directory; must exist
+	Root string // absolute path of the tier's root directory; never created
+	// RequireMount: Root must be a mount point (a disk of its own). While
+	// it is not — the disk is not mounted — the tier is unavailable:
+	// copies are never written to the directory under the mount point,
+	// on the local disk.
+	RequireMount bool
 }
 
 // EnsureDefaults fills in defaults (there are none besides cleaning Root).
@@ -73,34 +79,55 @@ type Target struct {
 	objects string // <root>/objects
 	log     *slog.Logger
 	fp      failpoint.Set
+
+	// prepared: <root>/objects exists and the temporary files a crash
+	// left were removed (done once, the first time the root is there).
+	prepared struct {
+		sync.Mutex
+		done bool
+	}
 }
 
-// Open checks cfg, creates <root>/objects if needed (the root itself must
-// exist) and returns the tier.
+// Open checks cfg and returns the tier. A root that is missing (or not a
+// mount point, with RequireMount) does not fail Open: the tier is
+// unavailable (every call returns an error wrapping tier.ErrUnavailable
+// that says why) until the root is there; then <root>/objects is created
+// if needed.
 func Open(cfg Config, logger *slog.Logger) (*Target, error) {
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	st, err := os.Stat(cfg.Root)
-	if err != nil {
-		return nil, fmt.Errorf("directory tier %s: root: %w", cfg.Name, err)
-	}
-	if !st.IsDir() {
-		return nil, fmt.Errorf("directory tier %s: root %s is not a directory", cfg.Name, cfg.Root)
-	}
 	t := &Target{cfg: cfg, objects: filepath.Join(cfg.Root, "objects"), log: logger.With("tier", cfg.Name),
 		fp: failpoint.New()} // armed only by STRATA_FAILPOINTS, in crash tests
-	if err := os.Mkdir(t.objects, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-		return nil, fmt.Errorf("directory tier %s: %w", cfg.Name, err)
-	}
-	if err := syncDir(cfg.Root); err != nil {
-		return nil, fmt.Errorf("directory tier %s: %w", cfg.Name, err)
-	}
-	if err := t.removeTemps(); err != nil {
-		return nil, fmt.Errorf("directory tier %s: %w", cfg.Name, err)
+	if err := t.available(); err != nil {
+		if !errors.Is(err, tier.ErrUnavailable) {
+			return nil, err
+		}
+		t.log.Warn("directory tier unavailable", "err", err)
 	}
 	return t, nil
+}
+
+// prepare creates <root>/objects and removes the temporary files a crash
+// left, once; the caller checked the root.
+func (t *Target) prepare() error {
+	t.prepared.Lock()
+	defer t.prepared.Unlock()
+	if t.prepared.done {
+		return nil
+	}
+	if err := os.Mkdir(t.objects, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("directory tier %s: %w", t.cfg.Name, err)
+	}
+	if err := syncDir(t.cfg.Root); err != nil {
+		return fmt.Errorf("directory tier %s: %w", t.cfg.Name, err)
+	}
+	if err := t.removeTemps(); err != nil {
+		return fmt.Errorf("directory tier %s: %w", t.cfg.Name, err)
+	}
+	t.prepared.done = true
+	return nil
 }
 
 // removeTemps deletes the temporary files (".<name>.tmp-*") a crash left
@@ -146,16 +173,65 @@ func (t *Target) path(key string) string { return filepath.Join(t.cfg.Root, file
 // Location is the path of object id's packed bytes on this tier.
 func (t *Target) Location(id string) string { return t.path(tier.ObjectKey(id)) }
 
-// available returns an error wrapping ErrUnavailable if <root>/objects is gone.
+// available returns an error wrapping ErrUnavailable, saying why, when the
+// root is missing, not a directory, or (RequireMount) not a mount point;
+// the first time the root is there it prepares it.
 func (t *Target) available() error {
-	st, err := os.Stat(t.objects)
-	if err != nil {
-		return fmt.Errorf("directory tier %s: %w: %w", t.cfg.Name, tier.ErrUnavailable, err)
+	unavailable := func(format string, args ...any) error {
+		return fmt.Errorf("directory tier %s: %w: %s", t.cfg.Name, tier.ErrUnavailable, fmt.Sprintf(format, args...))
 	}
-	if !st.IsDir() {
-		return fmt.Errorf("directory tier %s: %w: %s is not a directory", t.cfg.Name, tier.ErrUnavailable, t.objects)
+	st, err := os.Stat(t.cfg.Root)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return unavailable("%s does not exist (is its disk mounted?); Strata does not create a tier's root", t.cfg.Root)
+	case err != nil:
+		return unavailable("%v", err)
+	case !st.IsDir():
+		return unavailable("%s is not a directory", t.cfg.Root)
+	}
+	if t.cfg.RequireMount {
+		mounted, err := isMountPoint(t.cfg.Root)
+		if err != nil {
+			return unavailable("%v", err)
+		}
+		if !mounted {
+			return unavailable("%s is not a mount point (require_mount = true): is its disk mounted?", t.cfg.Root)
+		}
+	}
+	if err := t.prepare(); err != nil {
+		return err
+	}
+	if st, err := os.Stat(t.objects); err != nil || !st.IsDir() {
+		return unavailable("%s is gone", t.objects)
 	}
 	return nil
+}
+
+// isMountPoint reports whether dir is the root of a mount: its mount id
+// differs from its parent's (bind mounts included, which share a device).
+func isMountPoint(dir string) (bool, error) {
+	id := func(p string) (uint64, error) {
+		var sx unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &sx); err != nil {
+			return 0, fmt.Errorf("statx %s: %w", p, err)
+		}
+		if sx.Mask&unix.STATX_MNT_ID == 0 {
+			return 0, fmt.Errorf("statx %s: no mount id", p)
+		}
+		return sx.Mnt_id, nil
+	}
+	if dir == "/" {
+		return true, nil
+	}
+	a, err := id(dir)
+	if err != nil {
+		return false, err
+	}
+	b, err := id(filepath.Dir(dir))
+	if err != nil {
+		return false, err
+	}
+	return a != b, nil
 }
 
 // missing maps a "file not found" for object id to ErrNotFound, or to

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -161,7 +162,55 @@ func TestConfig(t *testing.T) {
 			t.Errorf("open %+v: no error", c)
 		}
 	}
-	if _, err := dir.Open(dir.Config{Name: "hdd", Root: filepath.Join(t.TempDir(), "missing")}, slog.New(slog.DiscardHandler)); err == nil {
-		t.Error("open with a missing root: no error")
+}
+
+// TestRootNeverCreated: a tier whose root is missing (its disk not
+// mounted) opens but is unavailable, saying why; nothing is written in
+// its place, and once the root is there the tier works.
+func TestRootNeverCreated(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "archive")
+	tgt, err := dir.Open(dir.Config{Name: "hdd", Root: root}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("open with a missing root: %v; want the tier, unavailable", err)
+	}
+	o, _ := tiertest.NewObject(1, 1000)
+	if _, err := tgt.Put(context.Background(), o); !errors.Is(err, tier.ErrUnavailable) || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("put with the root missing: %v; want ErrUnavailable saying the root does not exist", err)
+	}
+	if _, err := os.Stat(root); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the tier's root was created (%v): copies would land on the wrong disk", err)
+	}
+	if err := os.Mkdir(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tgt.Put(context.Background(), o); err != nil {
+		t.Fatalf("put once the root is there: %v", err)
+	}
+}
+
+// TestRequireMount: with RequireMount, a root that is a plain directory
+// (the disk meant to be mounted there is not) is unavailable and gets no
+// copy; a mount point works.
+func TestRequireMount(t *testing.T) {
+	stratatest.NeedRoot(t)
+	plain := t.TempDir()
+	tgt, err := dir.Open(dir.Config{Name: "hdd", Root: plain, RequireMount: true}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, _ := tiertest.NewObject(2, 1000)
+	if _, err := tgt.Put(context.Background(), o); !errors.Is(err, tier.ErrUnavailable) || !strings.Contains(err.Error(), "not a mount point") {
+		t.Fatalf("put on an unmounted tier: %v; want ErrUnavailable saying it is not a mount point", err)
+	}
+	if ents, _ := os.ReadDir(plain); len(ents) != 0 {
+		t.Fatalf("the unmounted tier's directory got %d entries: copies on the wrong disk", len(ents))
+	}
+	mnt := stratatest.LoopMount(t, "ext4", 64<<20)
+	tgt, err = dir.Open(dir.Config{Name: "hdd", Root: mnt, RequireMount: true}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tgt.Put(context.Background(), o); err != nil {
+		t.Fatalf("put on a mounted tier: %v", err)
 	}
 }
