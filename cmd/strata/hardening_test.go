@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/strata-hsm/strata/workers/stratatest"
 	"github.com/strata-hsm/strata/workers/stub"
 	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/dir"
 )
 
 // TestRearchiveAfterCorruption: a file whose only copy was found corrupt
@@ -200,5 +202,80 @@ func TestUnmountedTier(t *testing.T) {
 	}
 	if info, err := stub.ReadPath(path); err == nil && info.State == stub.Released {
 		t.Fatal("released with no copy on a mounted tier")
+	}
+}
+
+// TestNewTierIsBackFilled: a tier added after files were archived (and
+// their staged copies removed) gets a verified copy of every existing
+// object, copied from the tier that has one, as its store stage works
+// through the log; nothing is dead-lettered.
+func TestNewTierIsBackFilled(t *testing.T) {
+	stratatest.NeedRoot(t)
+	mnt := stratatest.LoopMount(t, "ext4", 256<<20)
+	hot, data, hdd, nas := filepath.Join(mnt, "hot"), t.TempDir(), t.TempDir(), t.TempDir()
+	if err := os.MkdirAll(hot, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files := testFiles(t, hot, 31)
+	cfg := Config{DataDir: data, Hot: []HotConfig{{Path: hot}}, Tiers: []TierConfig{{Name: "hdd", Kind: events.TierDirectory, Path: hdd}}}
+	_, stop := testDaemon(t, cfg)
+	var sum archiveSummary
+	cliJSON(t, &sum, "archive", "--wait", "--timeout", "2m", "--json", "--data", data, hot)
+	if sum.Released != len(files) {
+		t.Fatalf("archive: %+v", sum)
+	}
+	stop()
+
+	cfg.Tiers = append(cfg.Tiers, TierConfig{Name: "nas", Kind: events.TierDirectory, Path: nas})
+	d, _ := testDaemon(t, cfg)
+	objects := map[string]bool{}
+	for p := range files {
+		info, err := stub.ReadPath(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		objects[info.ObjectID] = true
+	}
+	waitFor(t, time.Minute, func() error {
+		for oid := range objects {
+			cps, err := d.cat.Copies(oid)
+			if err != nil {
+				return err
+			}
+			good := 0
+			for _, c := range cps {
+				if c.State == catalog.CopyGood && (c.Tier == "hdd" || c.Tier == "nas") {
+					good++
+				}
+			}
+			if good != 2 {
+				return fmt.Errorf("object %s: %d good copies, want hdd and nas: %+v", oid[:8], good, cps)
+			}
+		}
+		return nil
+	})
+	nt, err := dir.Open(dir.Config{Name: "nas", Root: nas}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for oid := range objects {
+		if _, err := nt.Verify(context.Background(), oid); err != nil {
+			t.Errorf("back-filled copy of %s: %v", oid[:8], err)
+		}
+	}
+	var st statusReply
+	cliJSON(t, &st, "status", "--json", "--data", data)
+	if st.Stream.DeadLetters != 0 {
+		t.Fatalf("%d dead letters after the back-fill", st.Stream.DeadLetters)
+	}
+	// The new copies serve: with the old tier's objects gone, every stub
+	// still reads right.
+	if err := os.RemoveAll(filepath.Join(hdd, "objects")); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range files {
+		if got, err := exec.Command("cat", p).Output(); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("cat %s from the back-filled tier: %v", p, err)
+		}
 	}
 }

@@ -167,6 +167,7 @@ func (d *daemon) buildStages() (*stages, error) {
 			st = store.Stage(store.StageConfig{
 				Target: s.targets[t.Name], Emitter: pipeline.NewEmitter(d.js, host, name),
 				Failpoints: s.failpoints, Logger: d.logger.With("stage", name), Filter: filter, Roots: d.cfg.hotRoots(),
+				Repairer: s.reader,
 			})
 			// A tier may be down for days: keep retrying (every 5 minutes
 			// at the end) instead of dead-lettering its copies after a few

@@ -39,6 +39,7 @@ import (
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/failpoint"
+	"github.com/strata-hsm/strata/workers/recall"
 	"github.com/strata-hsm/strata/workers/tier"
 )
 
@@ -58,6 +59,16 @@ type StageConfig struct {
 	// patterns match paths relative to Roots (the hot trees).
 	Filter *tier.Filter
 	Roots  []string
+	// Repairer, if set, copies an object whose staged copy is gone from a
+	// good copy on another tier (recall.Reader): a tier added after its
+	// objects were archived is back-filled as its stage works through the
+	// log. Nil: such an object is dead-lettered.
+	Repairer repairer
+}
+
+// repairer copies an object to a target from a good copy elsewhere.
+type repairer interface {
+	Repair(ctx context.Context, objectID string, to tier.Target) (from, location string, err error)
 }
 
 // Stage returns the store stage of one target: it consumes this host's
@@ -89,21 +100,42 @@ func (h *storeHandler) handle(ctx context.Context, env events.Envelope, p *event
 		_, err = os.Stat(p.Staging)
 	}
 	var loc string
+	packedSize, packedSum := p.PackedSize, p.PackedSum
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		// Staging was cleaned up after every tier had its copy: this is a
-		// redelivery. The copy must already be on the target.
+		// Staging was cleaned up after every tier that wanted the object
+		// had its copy: a redelivery (the copy is on the target), or a tier
+		// added since (the copy is on other tiers).
 		info, verr := t.Verify(ctx, p.ObjectID)
-		if verr != nil {
-			if errors.Is(verr, tier.ErrUnavailable) {
-				return verr
-			}
+		switch {
+		case verr == nil && info.PackedSum == p.PackedSum:
+			loc = "" // publish with the target's location below
+		case errors.Is(verr, tier.ErrUnavailable):
+			return verr
+		case h.cfg.Repairer == nil && verr != nil:
 			return pipeline.Permanent(fmt.Errorf("store %s on %s: staged object is gone and the target has no good copy: %w", p.ObjectID, t.Name(), verr))
-		}
-		if info.PackedSum != p.PackedSum {
+		case h.cfg.Repairer == nil:
 			return pipeline.Permanent(fmt.Errorf("store %s on %s: staged object is gone and the target holds another packing", p.ObjectID, t.Name()))
+		case verr == nil:
+			// Another packing of the same content is there, verified: it
+			// is a good copy of the object.
+			loc, packedSize, packedSum = "", info.PackedSize, info.PackedSum
+		default:
+			from, rloc, rerr := h.cfg.Repairer.Repair(ctx, p.ObjectID, t)
+			if rerr != nil {
+				err := backfillError(p.ObjectID, t.Name(), rerr)
+				if err == nil {
+					h.cfg.Logger.Info("nothing to back-fill: no tier keeps the object any more", "object", p.ObjectID, "tier", t.Name())
+				}
+				return err
+			}
+			st, serr := t.Stat(ctx, p.ObjectID)
+			if serr != nil {
+				return fmt.Errorf("store %s on %s: copied from %s, then: %w", p.ObjectID, t.Name(), from, serr)
+			}
+			h.cfg.Logger.Info("back-filled a copy from another tier", "object", p.ObjectID, "tier", t.Name(), "from", from)
+			loc, packedSize, packedSum = rloc, st.PackedSize, st.PackedSum
 		}
-		loc = "" // fall through to publish with the target's location below
 	case err != nil:
 		return fmt.Errorf("store %s: read staged manifest: %w", p.ObjectID, err)
 	default:
@@ -130,11 +162,35 @@ func (h *storeHandler) handle(ctx context.Context, env events.Envelope, p *event
 	// drop it, and the file would wait for its copy forever).
 	_, err = h.cfg.Emitter.Emit(ctx, &events.ObjectStored{
 		ObjectID: p.ObjectID, Tier: t.Name(), TierKind: t.Kind(), Location: loc,
-		Size: p.Size, PackedSize: p.PackedSize, PackedSum: p.PackedSum,
-	}, p.ObjectID, t.Name(), p.PackedSum, strconv.FormatUint(env.Seq, 10))
+		Size: p.Size, PackedSize: packedSize, PackedSum: packedSum,
+	}, p.ObjectID, t.Name(), packedSum, strconv.FormatUint(env.Seq, 10))
 	if err == nil {
 		h.cfg.Failpoints.Hit(FailAfterPublish)
 		h.cfg.Logger.Debug("stored", "object", p.ObjectID, "tier", t.Name(), "location", loc)
 	}
 	return err
+}
+
+// backfillError classifies a failed back-fill: nothing to do when the
+// catalog lists no copy (the object was pruned), retried while a copy may
+// come back (a tier unreachable), permanent when every copy is bad.
+func backfillError(id, name string, err error) error {
+	var nc *recall.NoCopyError
+	if errors.As(err, &nc) {
+		if len(nc.Failures) == 0 && len(nc.Skipped) == 0 {
+			return nil // no tier keeps the object any more (pruned): nothing to copy
+		}
+		for _, f := range nc.Failures {
+			if errors.Is(f.Err, tier.ErrUnavailable) {
+				return fmt.Errorf("store %s on %s: back-fill: %w", id, name, err)
+			}
+		}
+		if len(nc.Skipped) > 0 {
+			return fmt.Errorf("store %s on %s: back-fill: only tiers of other hosts have it: %w", id, name, err)
+		}
+	}
+	if errors.Is(err, recall.ErrNoCopy) {
+		return pipeline.Permanent(fmt.Errorf("store %s on %s: staged object is gone and no tier has a good copy to copy from: %w", id, name, err))
+	}
+	return fmt.Errorf("store %s on %s: back-fill: %w", id, name, err)
 }
