@@ -279,3 +279,46 @@ func TestNewTierIsBackFilled(t *testing.T) {
 		}
 	}
 }
+
+// TestArchiveNeverLeavesTheHotTree: a user who can write into a hot tree
+// plants a symlink to a directory outside it (here, one standing for
+// /etc) and asks for its files to be archived: the root daemon reads
+// nothing outside the tree and stores nothing of it on any tier.
+func TestArchiveNeverLeavesTheHotTree(t *testing.T) {
+	stratatest.NeedRoot(t)
+	mnt := stratatest.LoopMount(t, "ext4", 128<<20)
+	hot, data, cold, outside := filepath.Join(mnt, "hot"), t.TempDir(), t.TempDir(), t.TempDir()
+	if err := os.MkdirAll(filepath.Join(hot, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	secret := bytes.Repeat([]byte("root's secret\n"), 1000)
+	if err := os.WriteFile(filepath.Join(outside, "shadow"), secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(hot, "etc")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(hot, "sub", "deeper")); err != nil {
+		t.Fatal(err)
+	}
+	testDaemon(t, Config{DataDir: data, Hot: []HotConfig{{Path: hot}},
+		Tiers: []TierConfig{{Name: "hdd", Kind: events.TierDirectory, Path: cold}}})
+	for _, p := range []string{
+		filepath.Join(hot, "etc", "shadow"),           // a file through the symlink
+		filepath.Join(hot, "etc"),                     // the symlink itself
+		filepath.Join(hot, "sub", "deeper", "shadow"), // deeper down
+		filepath.Join(hot, "sub"),                     // a directory holding the symlink
+	} {
+		var sum archiveSummary
+		cliJSON(t, &sum, "archive", "--wait", "--timeout", "30s", "--json", "--data", data, p)
+		if sum.Selected != 0 {
+			t.Errorf("archive %s selected %d files: %+v", p, sum.Selected, sum)
+		}
+	}
+	if n := countObjects(t, cold); n != 0 {
+		t.Fatalf("the tier holds %d objects: something outside the hot tree was stored", n)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(data, "staging")); len(ents) != 0 {
+		t.Fatalf("staging holds %d entries", len(ents))
+	}
+}

@@ -141,7 +141,7 @@ func (d *daemon) buildStages() (*stages, error) {
 	}
 	s.pipeline = append(s.pipeline, compressor.Stage(compressor.StageConfig{
 		Compressor: comp, Emitter: pipeline.NewEmitter(d.js, host, compressor.StageName),
-		InHotTree: d.inHotTree, Failpoints: s.failpoints, Logger: d.logger.With("stage", compressor.StageName),
+		Roots: cfg.hotRoots(), Failpoints: s.failpoints, Logger: d.logger.With("stage", compressor.StageName),
 	}))
 	for _, t := range cfg.Tiers {
 		name := tier.StageName(t.Name)

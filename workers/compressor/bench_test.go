@@ -76,7 +76,7 @@ func BenchmarkPack(b *testing.B) {
 	for b.Loop() {
 		packed = 0
 		for _, p := range paths {
-			res, err := c.Pack(context.Background(), p)
+			res, err := c.Pack(context.Background(), filepath.Dir(p), p)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -147,7 +147,7 @@ func BenchmarkArchiveVsCLI(b *testing.B) {
 		c0, t0 := cpuTime(), time.Now()
 		var staged []string
 		for _, p := range paths {
-			res, err := c.Pack(context.Background(), p)
+			res, err := c.Pack(context.Background(), filepath.Dir(p), p)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -31,6 +31,7 @@ import (
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/workers/beneath"
 	"github.com/strata-hsm/strata/workers/object"
 )
 
@@ -147,22 +148,16 @@ func New(cfg Config) (*Compressor, error) {
 	return &Compressor{cfg: cfg, dir: dir, packer: p}, nil
 }
 
-// Pack packs the file at path into stagingDir with opts. See
-// Compressor.Pack.
-func Pack(ctx context.Context, path, stagingDir string, opts object.Options) (Result, error) {
-	c, err := New(Config{StagingDir: stagingDir, Object: opts})
-	if err != nil {
-		return Result{}, err
-	}
-	return c.Pack(ctx, path)
-}
 
-// Pack reads the regular file at path once and stages it as an object.
-// It returns an error wrapping ErrChanged if the file changed during the
-// read, ErrNotRegular if it is not a regular file, fs.ErrNotExist if it is
-// gone, and the underlying errno (e.g. ENOSPC) when staging fails; in every
+// Pack reads the regular file at path, inside the hot tree root, once and
+// stages it as an object. The file is opened beneath root (package
+// beneath): a path that leaves the tree through a symlink is
+// beneath.ErrOutside, and nothing outside is ever read. It returns an
+// error wrapping ErrChanged if the file changed during the read,
+// ErrNotRegular if it is not a regular file, fs.ErrNotExist if it is gone,
+// and the underlying errno (e.g. ENOSPC) when staging fails; in every
 // error case nothing is left in the staging directory.
-func (c *Compressor) Pack(ctx context.Context, path string) (res Result, err error) {
+func (c *Compressor) Pack(ctx context.Context, root, path string) (res Result, err error) {
 	path, err = filepath.Abs(path)
 	if err != nil {
 		return Result{}, fmt.Errorf("compressor: %s: %w", path, err)
@@ -172,7 +167,7 @@ func (c *Compressor) Pack(ctx context.Context, path string) (res Result, err err
 	} else if !fi.IsDir() {
 		return Result{}, fmt.Errorf("compressor: staging dir %s is not a directory", c.dir)
 	}
-	f, err := openNoATime(path)
+	f, err := openNoATime(root, path)
 	if err != nil {
 		return Result{}, err
 	}
@@ -356,20 +351,18 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// openNoATime opens path read-only without following a final symlink and
+// openNoATime opens path (inside root) read-only, beneath root, without
+// following any symlink and
 // without blocking on a FIFO, with O_NOATIME when permitted (only the owner
 // or CAP_FOWNER may use it).
-func openNoATime(path string) (*os.File, error) {
-	flags := unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOFOLLOW | unix.O_NONBLOCK
-	fd, err := unix.Open(path, flags|unix.O_NOATIME, 0)
+func openNoATime(root, path string) (*os.File, error) {
+	flags := unix.O_RDONLY | unix.O_NONBLOCK
+	fd, err := beneath.Open(root, path, flags|unix.O_NOATIME)
 	if errors.Is(err, unix.EPERM) {
-		fd, err = unix.Open(path, flags, 0)
+		fd, err = beneath.Open(root, path, flags)
 	}
 	if err != nil {
-		if errors.Is(err, unix.ELOOP) {
-			return nil, fmt.Errorf("compressor: %s: %w (symlink)", path, ErrNotRegular)
-		}
-		return nil, fmt.Errorf("compressor: %w", &os.PathError{Op: "open", Path: path, Err: err})
+		return nil, fmt.Errorf("compressor: %w", err)
 	}
 	return os.NewFile(uintptr(fd), path), nil
 }

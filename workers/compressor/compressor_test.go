@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/strata-hsm/strata/workers/beneath"
 	"github.com/strata-hsm/strata/workers/object"
 	"github.com/strata-hsm/strata/workers/object/objecttest"
 	"github.com/strata-hsm/strata/workers/stratatest"
@@ -75,7 +76,7 @@ func TestPackFile(t *testing.T) {
 			if err := unix.Stat(path, &st); err != nil {
 				t.Fatal(err)
 			}
-			res, err := Pack(context.Background(), path, staging, testOpts)
+			res, err := packOnce(context.Background(), path, staging, testOpts)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -204,7 +205,7 @@ func TestChangedDuringRead(t *testing.T) {
 					change(t, path)
 				}
 			}
-			_, err := c.Pack(context.Background(), path)
+			_, err := c.Pack(context.Background(), filepath.Dir(path), path)
 			if !changed {
 				t.Fatal("the hook never ran")
 			}
@@ -225,7 +226,7 @@ func TestDedup(t *testing.T) {
 	writeFile(t, a, data)
 	writeFile(t, b, data)
 	c := newCompressor(t, staging)
-	ra, err := c.Pack(context.Background(), a)
+	ra, err := c.Pack(context.Background(), filepath.Dir(a), a)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +234,7 @@ func TestDedup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb, err := c.Pack(context.Background(), b)
+	rb, err := c.Pack(context.Background(), filepath.Dir(b), b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +254,7 @@ func TestDedup(t *testing.T) {
 	}
 	obj[len(obj)/2] ^= 0xFF
 	writeFile(t, ra.ObjectPath, obj)
-	rc, err := c.Pack(context.Background(), b)
+	rc, err := c.Pack(context.Background(), filepath.Dir(b), b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,24 +291,24 @@ func TestBadInput(t *testing.T) {
 	}{
 		"missing":   {filepath.Join(dir, "nope"), fs.ErrNotExist},
 		"directory": {dir, ErrNotRegular},
-		"symlink":   {link, ErrNotRegular},
-		"fifo":      {fifo, ErrNotRegular}, // must not block waiting for a writer
+		"symlink":   {link, beneath.ErrOutside}, // never followed, not even as the last component
+		"fifo":      {fifo, ErrNotRegular},      // must not block waiting for a writer
 		"device":    {"/dev/null", ErrNotRegular},
 	} {
 		t.Run(name, func(t *testing.T) {
-			if _, err := c.Pack(ctx, tc.path); !errors.Is(err, tc.want) {
+			if _, err := c.Pack(ctx, filepath.Dir(tc.path), tc.path); !errors.Is(err, tc.want) {
 				t.Fatalf("Pack(%s) = %v, want %v", tc.path, err, tc.want)
 			}
 		})
 	}
 	t.Run("read-error", func(t *testing.T) {
 		// /proc/self/mem is a regular file whose read at offset 0 fails (EIO).
-		if _, err := c.Pack(ctx, "/proc/self/mem"); !errors.Is(err, syscall.EIO) {
+		if _, err := c.Pack(ctx, "/proc/self", "/proc/self/mem"); !errors.Is(err, syscall.EIO) {
 			t.Fatalf("Pack(/proc/self/mem) = %v, want EIO", err)
 		}
 	})
 	t.Run("staging-missing", func(t *testing.T) {
-		if _, err := Pack(ctx, reg, filepath.Join(dir, "no-staging"), testOpts); !errors.Is(err, fs.ErrNotExist) {
+		if _, err := packOnce(ctx, reg, filepath.Join(dir, "no-staging"), testOpts); !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("missing staging dir: %v", err)
 		}
 	})
@@ -316,7 +317,7 @@ func TestBadInput(t *testing.T) {
 		writeFile(t, big, objecttest.Random(2<<20, 4))
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		if _, err := c.Pack(cctx, big); !errors.Is(err, context.Canceled) {
+		if _, err := c.Pack(cctx, filepath.Dir(big), big); !errors.Is(err, context.Canceled) {
 			t.Fatalf("canceled: %v", err)
 		}
 	})
@@ -353,7 +354,7 @@ func TestLoopMounted(t *testing.T) {
 	t.Run("generation", func(t *testing.T) {
 		path := filepath.Join(hot, "gen")
 		writeFile(t, path, []byte("generation"))
-		res, err := c.Pack(context.Background(), path)
+		res, err := c.Pack(context.Background(), filepath.Dir(path), path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -373,7 +374,7 @@ func TestLoopMounted(t *testing.T) {
 		path := filepath.Join(hot, "big")
 		writeFile(t, path, objecttest.Random(32<<20, 5)) // incompressible, twice the staging fs
 		before := stagingEntries(t, staging)
-		_, err := c.Pack(context.Background(), path)
+		_, err := c.Pack(context.Background(), filepath.Dir(path), path)
 		if !errors.Is(err, syscall.ENOSPC) {
 			t.Fatalf("Pack onto a full filesystem = %v, want ENOSPC", err)
 		}
@@ -383,8 +384,42 @@ func TestLoopMounted(t *testing.T) {
 		// Space is back: a small file still packs.
 		small := filepath.Join(hot, "small")
 		writeFile(t, small, []byte("fits"))
-		if _, err := c.Pack(context.Background(), small); err != nil {
+		if _, err := c.Pack(context.Background(), filepath.Dir(small), small); err != nil {
 			t.Fatalf("pack after ENOSPC: %v", err)
 		}
 	})
+}
+
+// packOnce packs the file at path (its directory as the hot tree) into
+// stagingDir with opts.
+func packOnce(ctx context.Context, path, stagingDir string, opts object.Options) (Result, error) {
+	c, err := New(Config{StagingDir: stagingDir, Object: opts})
+	if err != nil {
+		return Result{}, err
+	}
+	return c.Pack(ctx, filepath.Dir(path), path)
+}
+
+// TestPackNeverLeavesTheTree: a file reached through a directory symlink
+// that points out of the hot tree (say to /etc) is never read, whoever
+// swapped the directory in: the root daemon must not copy it to the cold
+// tiers. Nothing is staged.
+func TestPackNeverLeavesTheTree(t *testing.T) {
+	root, outside, staging := t.TempDir(), t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(outside, "shadow"), []byte("root's secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(root, "etc")); err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Config{StagingDir: staging, Object: testOpts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Pack(context.Background(), root, filepath.Join(root, "etc", "shadow")); !errors.Is(err, beneath.ErrOutside) {
+		t.Fatalf("pack through a symlink out of the tree: %v; want beneath.ErrOutside", err)
+	}
+	if ents, _ := os.ReadDir(staging); len(ents) != 0 {
+		t.Fatalf("staging holds %d entries: something outside the tree was read", len(ents))
+	}
 }

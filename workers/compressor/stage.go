@@ -16,6 +16,7 @@ import (
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/workers/beneath"
 	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/stub"
 )
@@ -33,9 +34,10 @@ const (
 type StageConfig struct {
 	Compressor *Compressor
 	Emitter    *pipeline.Emitter
-	// InHotTree reports whether path lies inside a configured hot tree of
-	// this host; a selection of any other path is refused (dead-lettered).
-	InHotTree  func(path string) bool
+	// Roots are this host's hot trees: a selection of a path outside them
+	// is refused (dead-lettered), and a file is read only beneath its tree
+	// (a symlink anywhere on its path is refused: package beneath).
+	Roots      []string
 	Failpoints failpoint.Set
 	Logger     *slog.Logger
 }
@@ -62,7 +64,13 @@ type stageHandler struct {
 }
 
 func (h *stageHandler) handle(ctx context.Context, env events.Envelope, sel *events.FileSelected) error {
-	if !h.cfg.InHotTree(sel.Path) {
+	root := ""
+	for _, r := range h.cfg.Roots {
+		if _, err := beneath.Rel(r, sel.Path); err == nil && sel.Path != r {
+			root = r
+		}
+	}
+	if root == "" {
 		return pipeline.Permanent(fmt.Errorf("compressor: %s is outside every configured hot tree; refusing to read it", sel.Path))
 	}
 	if info, err := stub.ReadPath(sel.Path); err == nil && info.State == stub.Released {
@@ -71,7 +79,7 @@ func (h *stageHandler) handle(ctx context.Context, env events.Envelope, sel *eve
 		h.cfg.Logger.Debug("already a stub; not packing", "path", sel.Path)
 		return nil
 	}
-	res, err := h.cfg.Compressor.Pack(ctx, sel.Path)
+	res, err := h.cfg.Compressor.Pack(ctx, root, sel.Path)
 	if err != nil {
 		reason := skipReason(err)
 		if reason == "" {
@@ -113,6 +121,8 @@ func skipReason(err error) string {
 		return "vanished before it could be read"
 	case errors.Is(err, fs.ErrPermission):
 		return "unreadable: " + err.Error()
+	case errors.Is(err, beneath.ErrOutside):
+		return "its path leaves the hot tree through a symlink: not read"
 	}
 	return ""
 }

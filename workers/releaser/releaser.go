@@ -76,6 +76,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/workers/beneath"
 	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/stub"
 )
@@ -496,24 +497,17 @@ func withinRoot(path string, roots []string) (string, string, error) {
 }
 
 // openBeneath opens root/rel as an O_PATH fd without following any symlink
-// and without leaving root, and checks that the fd's real path is path.
+// and without leaving root (package beneath), and checks that the fd's
+// real path is path.
 func openBeneath(root, rel, path string) (int, error) {
-	rfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("open hot tree %s: %w", root, err)
-	}
-	defer unix.Close(rfd)
-	fd, err := unix.Openat2(rfd, rel, &unix.OpenHow{
-		Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
-		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-	})
+	fd, err := beneath.Open(root, filepath.Join(root, rel), unix.O_PATH)
 	switch {
 	case errors.Is(err, unix.ENOENT):
 		return -1, fmt.Errorf("%w: %s no longer exists", ErrChanged, path)
-	case errors.Is(err, unix.EXDEV), errors.Is(err, unix.ELOOP):
-		return -1, fmt.Errorf("%w: %s resolves through a symlink or outside %s: %w", ErrOutsideRoot, path, root, err)
+	case errors.Is(err, beneath.ErrOutside):
+		return -1, fmt.Errorf("%w: %w", ErrOutsideRoot, err)
 	case err != nil:
-		return -1, fmt.Errorf("open %s: %w", path, err)
+		return -1, err
 	}
 	real, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
 	if err != nil {

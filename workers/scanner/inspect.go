@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/strata-hsm/strata/workers/beneath"
 	"github.com/strata-hsm/strata/workers/stub"
 )
 
@@ -19,17 +20,26 @@ var (
 
 // Inspect builds the candidate for one file as Scan would, whatever the
 // policy says: for `strata archive PATH`, which archives regardless of
-// age. root is the hot tree the file belongs to. Symlinks are not
-// followed; a stub is never opened.
+// age. root is the hot tree the file belongs to: its directory is opened
+// beneath root (package beneath), so a path through a symlink out of the
+// tree is refused; no symlink is followed; a stub is never opened.
 func Inspect(path, root, reason string) (Candidate, error) {
+	dirfd, err := beneath.Open(root, filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return Candidate{}, fmt.Errorf("inspect %s: %w", path, err)
+	}
+	defer unix.Close(dirfd)
+	name := filepath.Base(path)
 	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err != nil {
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return Candidate{}, fmt.Errorf("inspect %s: %w", path, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return Candidate{}, fmt.Errorf("inspect %s: %w", path, ErrNotRegular)
 	}
-	info, err := stub.ReadPath(path)
+	// The xattrs through the directory's fd (a magic link this process
+	// resolves): the name beneath the directory just opened, never another.
+	info, err := stub.ReadPath(fmt.Sprintf("/proc/self/fd/%d/%s", dirfd, name))
 	managed := err == nil
 	switch {
 	case managed && info.State == stub.Released:
@@ -37,11 +47,6 @@ func Inspect(path, root, reason string) (Candidate, error) {
 	case err != nil && !errors.Is(err, stub.ErrNotManaged) && !errors.Is(err, stub.ErrNoXattr):
 		return Candidate{}, fmt.Errorf("inspect %s: %w", path, err)
 	}
-	dirfd, err := unix.Open(filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return Candidate{}, fmt.Errorf("inspect %s: %w", path, err)
-	}
-	defer unix.Close(dirfd)
 	var sfs unix.Statfs_t
 	if err := unix.Fstatfs(dirfd, &sfs); err != nil {
 		return Candidate{}, fmt.Errorf("inspect %s: statfs: %w", path, err)

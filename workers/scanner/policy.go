@@ -27,6 +27,10 @@ const (
 type Policy struct {
 	// Roots are the hot trees: absolute, clean, not nested in one another.
 	Roots []string
+	// Within, if set, is the hot tree the Roots lie in (strata archive of
+	// a directory): each root is opened beneath it, so a root reached
+	// through a symlink out of the tree is refused.
+	Within string
 	// DataDir is Strata's own data directory; it is never scanned, even
 	// when it lies inside a root.
 	DataDir string

@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/workers/beneath"
 	"github.com/strata-hsm/strata/workers/glob"
 	"github.com/strata-hsm/strata/workers/stub"
 )
@@ -126,6 +127,7 @@ func Scan(ctx context.Context, p Policy, now time.Time, fn func(Candidate) error
 		return Summary{}, err
 	}
 	w.q.cond = sync.NewCond(&w.q.mu)
+	defer w.closeRoots()
 	if err := w.setup(); err != nil {
 		return Summary{}, err
 	}
@@ -147,8 +149,28 @@ func Scan(ctx context.Context, p Policy, now time.Time, fn func(Candidate) error
 
 type rootState struct {
 	path string
-	dev  uint64
-	fs   *fsState
+	// fd is an O_PATH fd of the root: every directory of the walk is
+	// opened beneath it (package beneath), so no symlink swapped into the
+	// tree during the walk ever leads the walk out of it.
+	fd  int
+	dev uint64
+	fs  *fsState
+}
+
+func (w *walker) closeRoots() {
+	for _, r := range w.roots {
+		unix.Close(r.fd)
+	}
+}
+
+// openRoot opens a root of the walk as an O_PATH directory fd: beneath
+// Policy.Within when set (a directory that strata archive was asked for
+// inside a hot tree), else by its path, which must not be a symlink.
+func (w *walker) openRoot(r string) (int, error) {
+	if w.p.Within != "" {
+		return beneath.Open(w.p.Within, r, unix.O_PATH|unix.O_DIRECTORY)
+	}
+	return unix.Open(r, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 }
 
 // fsState is one hot filesystem and its watermark selection.
@@ -214,12 +236,17 @@ func (w *walker) setup() error {
 	}
 	byDev := map[uint64]*fsState{}
 	for _, r := range w.p.Roots {
-		var st unix.Stat_t
-		if err := unix.Lstat(r, &st); err != nil {
+		rfd, err := w.openRoot(r)
+		if err != nil {
+			if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+				return fmt.Errorf("hot tree %s: not a directory (symlinks are not followed): %w", r, err)
+			}
 			return fmt.Errorf("hot tree %s: %w", r, err)
 		}
-		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			return fmt.Errorf("hot tree %s: not a directory (symlinks are not followed)", r)
+		var st unix.Stat_t
+		if err := unix.Fstat(rfd, &st); err != nil {
+			unix.Close(rfd)
+			return fmt.Errorf("hot tree %s: %w", r, err)
 		}
 		fs := byDev[st.Dev]
 		if fs == nil {
@@ -245,7 +272,7 @@ func (w *walker) setup() error {
 			w.fss = append(w.fss, fs)
 		}
 		fs.usage.Roots = append(fs.usage.Roots, r)
-		rs := &rootState{path: r, dev: st.Dev, fs: fs}
+		rs := &rootState{path: r, fd: rfd, dev: st.Dev, fs: fs}
 		w.roots = append(w.roots, rs)
 		if w.p.pinned(r) {
 			w.n.pinned.Add(1)
@@ -370,7 +397,14 @@ func (w *walker) readDir(j dirJob, buf []byte) []dirJob {
 	if w.ctx.Err() != nil {
 		return nil
 	}
-	fd, err := openNoatime(unix.AT_FDCWD, j.path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
+	rel := j.rel
+	if rel == "" {
+		rel = "."
+	}
+	fd, err := beneath.OpenAt(j.root.fd, j.root.path, rel, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOATIME)
+	if errors.Is(err, unix.EPERM) { // O_NOATIME needs ownership or CAP_FOWNER
+		fd, err = beneath.OpenAt(j.root.fd, j.root.path, rel, unix.O_RDONLY|unix.O_DIRECTORY)
+	}
 	if err != nil {
 		if !errors.Is(err, unix.ENOENT) {
 			w.soft(fmt.Errorf("open directory %s: %w", j.path, err))

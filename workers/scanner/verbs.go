@@ -5,15 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/workers/beneath"
 )
 
 // MaxArchiveFiles bounds one archive request: its reply lists every
@@ -110,12 +113,12 @@ func (v *Verbs) archive(ctx context.Context, req ArchiveRequest) (any, error) {
 			rep.Skipped = append(rep.Skipped, ArchiveSkip{p, "pinned"})
 			continue
 		}
-		fi, err := os.Lstat(p)
+		st, err := lstatBeneath(root, p)
 		if err != nil {
 			rep.Skipped = append(rep.Skipped, ArchiveSkip{p, err.Error()})
 			continue
 		}
-		if !fi.IsDir() {
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 			c, err := Inspect(p, root, events.ReasonManual)
 			if err != nil {
 				rep.Skipped = append(rep.Skipped, ArchiveSkip{p, err.Error()})
@@ -126,7 +129,7 @@ func (v *Verbs) archive(ctx context.Context, req ArchiveRequest) (any, error) {
 			continue
 		}
 		manual := v.Policy
-		manual.Roots = []string{p}
+		manual.Roots, manual.Within = []string{p}, root
 		manual.Pinned = pinned
 		manual.MinSize, manual.MinAtimeAge, manual.MinMtimeAge = 0, 0, 0
 		manual.HighWatermark, manual.LowWatermark = 0, 0
@@ -202,4 +205,22 @@ func (v *Verbs) preview(ctx context.Context, req PreviewRequest) (any, error) {
 		return Report{Candidates: []Candidate{}}, nil
 	}
 	return Preview(ctx, v.Policy, time.Now(), req.Limit)
+}
+
+// lstatBeneath is Lstat of path inside root, refusing a path that leaves
+// root through a symlink (package beneath).
+func lstatBeneath(root, path string) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	if path == root {
+		return st, unix.Lstat(path, &st)
+	}
+	fd, err := beneath.Open(root, filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return st, err
+	}
+	defer unix.Close(fd)
+	if err := unix.Fstatat(fd, filepath.Base(path), &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return st, &os.PathError{Op: "lstat", Path: path, Err: err}
+	}
+	return st, nil
 }
