@@ -148,7 +148,6 @@ func New(cfg Config) (*Compressor, error) {
 	return &Compressor{cfg: cfg, dir: dir, packer: p}, nil
 }
 
-
 // Pack reads the regular file at path, inside the hot tree root, once and
 // stages it as an object. The file is opened beneath root (package
 // beneath): a path that leaves the tree through a symlink is
