@@ -48,7 +48,9 @@ type commandLine struct {
 	Events  eventsCmd  `cmd:"" help:"Print events from the log (and follow new ones)."`
 	Replay  replayCmd  `cmd:"" help:"Rebuild the catalog from the event log (or verify it)."`
 	Export  exportCmd  `cmd:"" help:"Export the catalog to Parquet."`
-	Version versionCmd `cmd:"" help:"Print the version."`
+
+	Consumers consumersCmd `cmd:"" help:"List and remove the consumers of the event streams (readers', strays)."`
+	Version   versionCmd   `cmd:"" help:"Print the version."`
 
 	Completion completionCmd `cmd:"" help:"Print a shell completion script (bash, zsh or fish)."`
 }

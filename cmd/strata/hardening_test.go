@@ -14,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/stratatest"
 	"github.com/strata-hsm/strata/workers/stub"
@@ -320,5 +323,55 @@ func TestArchiveNeverLeavesTheHotTree(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(filepath.Join(data, "staging")); len(ents) != 0 {
 		t.Fatalf("staging holds %d entries", len(ents))
+	}
+}
+
+// TestConsumersCommand: a durable a reader made (where nobody may keep
+// one) shows as stray in strata consumers ls and strata status, and
+// strata consumers rm removes it; a stage's durable is never removed.
+func TestConsumersCommand(t *testing.T) {
+	data := t.TempDir()
+	d, _ := testDaemon(t, Config{DataDir: data})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, err := pipeline.DialReader(ctx, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	rjs, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rjs.CreateOrUpdateConsumer(ctx, pipeline.StreamEvents, jetstream.ConsumerConfig{Durable: "rogue", AckPolicy: jetstream.AckNonePolicy}); err != nil {
+		t.Fatal(err)
+	}
+	var cs []pipeline.Consumer
+	cliJSON(t, &cs, "consumers", "ls", "--json", "--data", data)
+	owners := map[string]string{}
+	for _, c := range cs {
+		owners[c.Name] = c.Owner
+	}
+	if owners["rogue"] != "stray" || owners["compressor"] != "daemon" {
+		t.Fatalf("consumers: %v; want rogue stray and the stages the daemon's", owners)
+	}
+	var st statusReply
+	cliJSON(t, &st, "status", "--json", "--data", data)
+	for _, c := range st.Stream.Consumers {
+		if c.Name == "rogue" {
+			t.Fatal("strata status lists a reader's durable as a stage")
+		}
+	}
+	if len(st.Stray) != 1 {
+		t.Fatalf("status strays %v, want the rogue durable", st.Stray)
+	}
+	if _, errs, code := cli(t, "consumers", "rm", "compressor", "--data", data); code == 0 || !strings.Contains(errs, "is a stage of this daemon") {
+		t.Fatalf("rm of a stage: exit %d %q; want a refusal", code, errs)
+	}
+	if out, errs, code := cli(t, "consumers", "rm", "rogue", "--data", data); code != 0 {
+		t.Fatalf("rm rogue: exit %d %s %s", code, out, errs)
+	}
+	if _, err := d.js.Consumer(ctx, pipeline.StreamEvents, "rogue"); err == nil {
+		t.Fatal("the rogue durable is still there")
 	}
 }
