@@ -99,6 +99,10 @@ func (c *Config) Validate() error {
 		return &ConfigError{"host", c.Host, errors.New("want letters, digits, '-' or '_' (at most 64)")}
 	case net.ParseIP(c.ListenHost) == nil && c.ListenHost != "localhost":
 		return &ConfigError{"nats.listen", c.ListenHost, errors.New("want an IP address")}
+	case c.ListenHost != "localhost" && !net.ParseIP(c.ListenHost).IsLoopback() && c.Port != NoListener:
+		// Passwords would cross the network in clear: TLS with client
+		// certificates comes with several hosts; until then, loopback.
+		return &ConfigError{"nats.listen", c.ListenHost, errors.New("not a loopback address: the client port carries credentials in clear without TLS; listen on 127.0.0.1 (or ::1)")}
 	case c.Port < RandomPort || c.Port > 65535:
 		return &ConfigError{"nats.port", c.Port, errors.New("want 1-65535, -1 (no listener) or -2 (random)")}
 	case c.DedupWindow < time.Second:

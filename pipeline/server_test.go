@@ -30,6 +30,8 @@ func TestConfigValidate(t *testing.T) {
 		{"relative data dir", pipeline.Config{DataDir: "data"}, "data_dir"},
 		{"bad host", pipeline.Config{DataDir: "/d", Host: "a.b"}, "host"},
 		{"bad listen host", pipeline.Config{DataDir: "/d", ListenHost: "nowhere"}, "nats.listen"},
+		{"listen beyond loopback without TLS", pipeline.Config{DataDir: "/d", ListenHost: "0.0.0.0"}, "nats.listen"},
+		{"listen on a LAN address without TLS", pipeline.Config{DataDir: "/d", ListenHost: "192.168.1.5"}, "nats.listen"},
 		{"bad port", pipeline.Config{DataDir: "/d", Port: 70000}, "nats.port"},
 		{"tiny dedup", pipeline.Config{DataDir: "/d", DedupWindow: time.Millisecond}, "dedup_window"},
 		{"bad durable", pipeline.Config{DataDir: "/d", Durables: []string{"a>"}}, "durables"},

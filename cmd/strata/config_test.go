@@ -114,6 +114,7 @@ func TestConfigErrors(t *testing.T) {
 		{"[interceptor]\nwhole_file_programs = [\"\"]", "interceptor.whole_file_programs"},
 		{"[interceptor]\nwhole_file_below = \"big\"", "whole_file_below"},
 		{"[nats]\nport = 70000", "nats.port"},
+		{"[nats]\nlisten = \"0.0.0.0\"", "nats.listen"}, // credentials in clear off loopback
 		{oneTier("s3", `endpoint = "http://h:9000"`, `bucket = "b"`, `access_key = "a"`, `secret_key = "s"`), "tier[0].endpoint"},
 		{oneTier("s3", `endpoint = "h:9000"`, `access_key = "a"`, `secret_key = "s"`), "tier[0].bucket"},
 		{oneTier("s3", `endpoint = "h:9000"`, `bucket = "b"`, `access_key = "a"`), "tier[0].secret_key"},
