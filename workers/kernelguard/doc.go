@@ -1,0 +1,2 @@
+// Package kernelguard is a placeholder; see README.md.
+package kernelguard
