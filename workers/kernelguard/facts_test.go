@@ -5,6 +5,7 @@ package kernelguard
 import (
 	"bytes"
 	"encoding/binary"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -26,6 +27,8 @@ type fact struct {
 	ISize                    int64
 	IFsnotifyMask, SFsnotify uint32
 	Allocated                uint64
+	TGID, _                  uint32
+	StartTicks               uint64
 }
 
 // factProbe attaches testdata/facts.bpf.c (raw BTF tracepoints, which this
@@ -154,6 +157,9 @@ func TestKernelFacts(t *testing.T) {
 				if f.Allocated < uint64(f.ISize) {
 					t.Errorf("resident file looks sparse to the guard's pre-filter: allocated_bytes=%d < i_size=%d", f.Allocated, f.ISize)
 				}
+			}
+			if want, err := startTicks(os.Getpid()); err != nil || unwatched.StartTicks != want || unwatched.TGID != uint32(os.Getpid()) {
+				t.Errorf("exemption clock: kernel says tgid %d start %d ticks, /proc says pid %d start %d (%v)", unwatched.TGID, unwatched.StartTicks, os.Getpid(), want, err)
 			}
 			if unwatched.Allocated != 0 {
 				t.Errorf("stub: allocated_bytes=%d, want 0", unwatched.Allocated)

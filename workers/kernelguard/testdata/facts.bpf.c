@@ -23,6 +23,9 @@ struct fact {
 	__u32 i_fsnotify_mask;
 	__u32 s_fsnotify_mask;
 	__u64 allocated;
+	__u32 tgid;
+	__u32 pad;
+	__u64 start_ticks; /* the guard's exemption clock */
 };
 
 struct {
@@ -48,6 +51,9 @@ static void emit(__u32 kind, struct file *file, struct inode *inode)
 	f->i_fsnotify_mask = inode->i_fsnotify_mask;
 	f->s_fsnotify_mask = inode->i_sb->s_fsnotify_mask;
 	f->allocated = allocated_bytes(inode);
+	struct task_struct *t = bpf_get_current_task_btf();
+	f->tgid = t->tgid;
+	f->start_ticks = t->group_leader->start_boottime / 10000000ULL;
 	bpf_ringbuf_submit(f, 0);
 }
 
