@@ -78,7 +78,7 @@ func (c Config) Validate() error {
 
 // settings mirrors struct settings in bpf/guard.bpf.c.
 type settings struct {
-	Errno         uint32
+	NegErrno      int32 // -Errno
 	ProbeKill     uint32
 	ProtectMarker uint32
 	KillReleased  uint32
@@ -92,7 +92,7 @@ func (c Config) settings() settings {
 		return 0
 	}
 	return settings{
-		Errno:         uint32(c.Errno),
+		NegErrno:      -int32(c.Errno),
 		ProbeKill:     b(c.ProbeAction == ProbeKill),
 		ProtectMarker: b(!c.AllowMarkerChanges),
 		KillReleased:  b(!c.NoReleaseKill),

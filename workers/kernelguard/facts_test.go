@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -181,6 +182,19 @@ func TestKernelFacts(t *testing.T) {
 			unix.Close(rfd)
 			if got := residentWatchedSB.FMode & fmodeFsnotifyMask; got != fmodeNonotifyPerm {
 				t.Errorf("resident file beside a watched stub: f_mode notify bits %#x, want FMODE_NONOTIFY_PERM", got)
+			}
+			// Hole probes raise no event: with the mark live, GNU cp
+			// (which probes SEEK_DATA since st_blocks < st_size/512) copies
+			// zeros and exits 0, and filefrag reports no extents.
+			cp := filepath.Join(t.TempDir(), "copy")
+			if out, err := exec.Command(stratatest.NeedTool(t, "cp"), stub, cp).CombinedOutput(); err != nil {
+				t.Fatalf("cp: %v %s", err, out)
+			}
+			if b, _ := os.ReadFile(cp); len(b) != len(data) || !isZero(b) {
+				t.Errorf("cp of a guarded stub: %d bytes, zeros %v; expected the kernel's zero copy", len(b), isZero(b))
+			}
+			if out, err := exec.Command(stratatest.NeedTool(t, "filefrag"), stub).CombinedOutput(); err != nil || !bytes.Contains(out, []byte(": 0 extents found")) {
+				t.Errorf("filefrag of a guarded stub: %v %s", err, out)
 			}
 			buf := make([]byte, 4096)
 			if _, err := unix.Pread(sfd, buf, 0); err != nil || !bytes.Equal(buf, data[:4096]) {

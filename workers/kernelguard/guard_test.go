@@ -97,7 +97,7 @@ func TestConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := c.settings()
-	if s != (settings{Errno: 5, ProbeKill: 1, ProtectMarker: 1, KillReleased: 1}) {
+	if s != (settings{NegErrno: -5, ProbeKill: 1, ProtectMarker: 1, KillReleased: 1}) {
 		t.Errorf("default settings %+v", s)
 	}
 	for _, bad := range []Config{

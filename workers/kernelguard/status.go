@@ -107,7 +107,7 @@ func ReadStatus(pinDir string) (Status, error) {
 	if err := sm.Lookup(uint32(0), &s); err != nil {
 		return st, fmt.Errorf("kernelguard: settings: %w", err)
 	}
-	st.Errno, st.ProtectMarker, st.ReleaseKill = s.Errno, s.ProtectMarker == 1, s.KillReleased == 1
+	st.Errno, st.ProtectMarker, st.ReleaseKill = uint32(-s.NegErrno), s.ProtectMarker == 1, s.KillReleased == 1
 	st.Probe = ProbeLog
 	if s.ProbeKill == 1 {
 		st.Probe = ProbeKill

@@ -92,7 +92,7 @@ enum kind {
 };
 
 struct settings {
-	__u32 errno;	       /* returned for a denied access */
+	__s32 neg_errno;       /* returned for a denied access: -EIO, ... */
 	__u32 probe_kill;      /* 1: SIGKILL a hole prober; 0: log only */
 	__u32 protect_marker;  /* 1: only exempt processes change the marker */
 	__u32 kill_released;   /* 1: SIGKILL a reader let through by a dying group */
@@ -188,14 +188,16 @@ static __always_inline struct settings *settings(void)
 	return bpf_map_lookup_elem(&sg_settings, &zero);
 }
 
+/* deny_errno is stored negative, and bounded by signed compares, so the
+ * verifier can prove an LSM program returns a value in [-4095, 0]. */
 static __always_inline int deny_errno(void)
 {
 	struct settings *s = settings();
-	__u32 e = s ? s->errno : EIO;
+	int e = s ? s->neg_errno : -EIO;
 
-	if (e == 0 || e > 4095)
-		e = EIO;
-	return -(int)e;
+	if (e < -4095 || e > -1)
+		e = -EIO;
+	return e;
 }
 
 /* exempt: the current process is registered, with its own start time (a
