@@ -17,6 +17,7 @@
 //	                         strata_dlq.<host>.<stage>: original bytes + headers
 //	                         Strata-Reason, -Stage, -Subject, -Stream-Seq, -Deliveries
 //	control (no stream)      strata_ctl.<host>.<verb>: CLI request/reply
+//	                         (ServeControl, Request; a request is not an event)
 //
 // Each stage has one durable pull consumer on STRATA_EVENTS named after the
 // stage (explicit ack, its filter subjects, MaxDeliver = Stage.MaxDeliver+1,

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/strata-hsm/strata/events"
 )
 

@@ -13,10 +13,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sys/unix"
+
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/pipeline/pipelinetest"
-	"golang.org/x/sys/unix"
 )
 
 func TestConfigValidate(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/strata-hsm/strata/events"
 )
 
@@ -69,7 +70,9 @@ type Stage struct {
 	// delivered again after a crash) and return only once its side effects
 	// are durable: the message is acknowledged when it returns nil. Wrap
 	// an error with Permanent when retrying cannot help.
-	Handle func(ctx context.Context, env events.Envelope, ev events.Event) error
+	// Handle is called with the decoded event; pipeline.Handle adapts a
+	// handler of one event type.
+	Handle Handler
 }
 
 func (st *Stage) ensureDefaults() {
@@ -109,7 +112,7 @@ func (st *Stage) validate() error {
 		return &ConfigValidationError{"Stage.DrainTimeout", st.DrainTimeout, errors.New("want >= 0")}
 	}
 	for _, f := range st.Filter {
-		if f != events.AllEvents && !strings.HasPrefix(f, "strata.") {
+		if f != events.AllEvents && !strings.HasPrefix(f, strings.TrimSuffix(events.AllEvents, ">")) {
 			return &ConfigValidationError{"Stage.Filter", f, fmt.Errorf("want a subject under %s", events.AllEvents)}
 		}
 	}

@@ -11,64 +11,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/projections/catalog/catalogtest"
 	"github.com/strata-hsm/strata/projections/export"
 	"github.com/strata-hsm/strata/workers/stratatest"
 )
-
-// BenchmarkReplayLog is `strata replay` end to end: N events (default 1M,
-// STRATA_BENCH_EVENTS to change) in a real JetStream file store, read with
-// the ordered consumer and applied to a fresh Pebble catalog, including
-// the final flush. Reports events/s.
-func BenchmarkReplayLog(b *testing.B) {
-	n := 1_000_000
-	if s := os.Getenv("STRATA_BENCH_EVENTS"); s != "" {
-		n, _ = strconv.Atoi(s)
-	}
-	data := b.TempDir()
-	ctx := context.Background()
-	srv, err := openOffline(ctx, data, slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer srv.Close()
-	js := srv.JetStream()
-	envs := catalogtest.Generate(n, 7, catalogtest.Options{})
-	for lo := 0; lo < len(envs); lo += 5000 {
-		for _, env := range envs[lo:min(lo+5000, len(envs))] {
-			if _, err := publishEnvAsync(js, env); err != nil {
-				b.Fatal(err)
-			}
-		}
-		select {
-		case <-js.PublishAsyncComplete():
-		case <-time.After(time.Minute):
-			b.Fatal("publish timed out")
-		}
-	}
-	last, err := pipeline.LastSeq(ctx, js)
-	if err != nil || last != uint64(n) {
-		b.Fatalf("stream has %d events (%v), want %d", last, err, n)
-	}
-	envs = nil
-	b.ResetTimer()
-	for b.Loop() {
-		start := time.Now()
-		cat, err := rebuildCatalog(ctx, js, filepath.Join(b.TempDir(), "cat"), last, slog.New(slog.DiscardHandler), nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := cat.Close(); err != nil {
-			b.Fatal(err)
-		}
-		b.ReportMetric(float64(n)/time.Since(start).Seconds(), "events/s")
-	}
-}
 
 // BenchmarkExportFiles exports a catalog of N files (default 1M) to
 // Parquet.
@@ -98,20 +46,6 @@ func BenchmarkExportFiles(b *testing.B) {
 		b.ReportMetric(time.Since(start).Seconds(), "s/export")
 		b.ReportMetric(float64(res.Files), "file-rows")
 	}
-}
-
-func publishEnvAsync(js interface {
-	PublishAsync(string, []byte, ...jetstream.PublishOpt) (jetstream.PubAckFuture, error)
-}, env events.Envelope) (jetstream.PubAckFuture, error) {
-	subj, err := events.SubjectOf("benchhost", env)
-	if err != nil {
-		return nil, err
-	}
-	body, err := events.Encode(env)
-	if err != nil {
-		return nil, err
-	}
-	return js.PublishAsync(subj, body, jetstream.WithMsgID(env.ID))
 }
 
 // BenchmarkArchiveSmallFiles archives N small files (default 100k,

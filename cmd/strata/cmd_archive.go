@@ -2,16 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"sync"
 	"text/tabwriter"
 	"time"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -19,121 +14,6 @@ import (
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/scanner"
 )
-
-// maxArchiveFiles bounds one strata archive request: its reply lists every
-// selected file (about 150 bytes each) and must fit in one NATS message.
-const maxArchiveFiles = 150_000
-
-type archiveRequest struct {
-	Paths []string `json:"paths"`
-}
-
-type archiveFile struct {
-	FileID string `json:"file_id"`
-	Path   string `json:"path"`
-	Size   int64  `json:"size"`
-}
-
-type archiveSkip struct {
-	Path   string `json:"path"`
-	Reason string `json:"reason"`
-}
-
-type archiveReply struct {
-	// Seq is the last stream sequence before the selections: --wait
-	// follows the log from there.
-	Seq      uint64        `json:"seq"`
-	Host     string        `json:"host"`
-	Selected []archiveFile `json:"selected"`
-	Skipped  []archiveSkip `json:"skipped"`
-}
-
-// ctlArchive selects the files under the given paths now, whatever their
-// age (pins and excludes still apply).
-func (d *daemon) ctlArchive(ctx context.Context, raw []byte) (any, error) {
-	var req archiveRequest
-	if err := json.Unmarshal(raw, &req); err != nil {
-		return nil, fmt.Errorf("archive: bad request: %w", err)
-	}
-	seq, err := pipeline.LastSeq(ctx, d.js)
-	if err != nil {
-		return nil, err
-	}
-	rep := archiveReply{Seq: seq, Host: d.cfg.Host, Selected: []archiveFile{}, Skipped: []archiveSkip{}}
-	em := pipeline.NewEmitter(d.js, d.cfg.Host, "archive")
-	pol := d.scanPolicy(nil)
-	token := fmt.Sprint("manual@", seq, "@", time.Now().UnixNano())
-	// Gather first, then publish the selections many at a time: one
-	// publish waits for its acknowledgement, and a large tree has many.
-	var cands []scanner.Candidate
-	selectOne := func(c scanner.Candidate, root string) error {
-		c.Root, c.Reason = root, events.ReasonManual
-		cands = append(cands, c)
-		return nil
-	}
-	for _, p := range req.Paths {
-		root := d.hotRootOf(p)
-		if root == "" {
-			rep.Skipped = append(rep.Skipped, archiveSkip{p, "not inside a configured hot tree"})
-			continue
-		}
-		if pinned, err := d.cat.Pinned(p); err != nil || pinned {
-			rep.Skipped = append(rep.Skipped, archiveSkip{p, "pinned"})
-			continue
-		}
-		fi, err := os.Lstat(p)
-		if err != nil {
-			rep.Skipped = append(rep.Skipped, archiveSkip{p, err.Error()})
-			continue
-		}
-		if !fi.IsDir() {
-			c, err := scanner.Inspect(p, root, events.ReasonManual)
-			if err != nil {
-				rep.Skipped = append(rep.Skipped, archiveSkip{p, err.Error()})
-				continue
-			}
-			if err := selectOne(c, root); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		manual := pol
-		manual.Roots = []string{p}
-		manual.MinSize, manual.MinAtimeAge, manual.MinMtimeAge = 0, 0, 0
-		manual.HighWatermark, manual.LowWatermark = 0, 0
-		if _, err := scanner.Scan(ctx, manual, time.Now(), func(c scanner.Candidate) error {
-			return selectOne(c, root)
-		}); err != nil {
-			return nil, fmt.Errorf("archive %s: %w", p, err)
-		}
-	}
-	if len(cands) > maxArchiveFiles {
-		return nil, fmt.Errorf("archive: %d files in one request; at most %d (archive subdirectories one at a time)", len(cands), maxArchiveFiles)
-	}
-	var mu sync.Mutex
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(32)
-	for _, c := range cands {
-		g.Go(func() error {
-			err := scanner.Select(gctx, em, c, token)
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case errors.Is(err, scanner.ErrPathNotUTF8):
-				rep.Skipped = append(rep.Skipped, archiveSkip{c.Path, "name is not valid UTF-8: it cannot be recorded in an event"})
-			case err != nil:
-				return err
-			default:
-				rep.Selected = append(rep.Selected, archiveFile{FileID: c.FileID, Path: c.Path, Size: c.Stat.Size})
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	return rep, nil
-}
 
 // archiveOutcome is what --wait reports per file.
 type archiveOutcome struct {
@@ -144,12 +24,12 @@ type archiveOutcome struct {
 }
 
 type archiveSummary struct {
-	Selected int              `json:"selected"`
-	Released int              `json:"released"`
-	Skipped  []archiveSkip    `json:"skipped"`
-	Bytes    int64            `json:"bytes_released"`
-	Seconds  float64          `json:"seconds"`
-	Files    []archiveOutcome `json:"files,omitempty"`
+	Selected int                   `json:"selected"`
+	Released int                   `json:"released"`
+	Skipped  []scanner.ArchiveSkip `json:"skipped"`
+	Bytes    int64                 `json:"bytes_released"`
+	Seconds  float64               `json:"seconds"`
+	Files    []archiveOutcome      `json:"files,omitempty"`
 }
 
 func cmdArchive(ctx context.Context, e *env, args []string) error {
@@ -175,8 +55,8 @@ func cmdArchive(ctx context.Context, e *env, args []string) error {
 	}
 	defer nc.Close()
 	start := time.Now()
-	var rep archiveReply
-	if err := requestOn(ctx, nc, *data, "archive", archiveRequest{Paths: paths}, &rep, 6*time.Hour); err != nil {
+	var rep scanner.ArchiveReply
+	if err := requestOn(ctx, nc, *data, "archive", scanner.ArchiveRequest{Paths: paths}, &rep, 6*time.Hour); err != nil {
 		return err
 	}
 	sum := archiveSummary{Selected: len(rep.Selected), Skipped: rep.Skipped}
@@ -216,8 +96,8 @@ func cmdArchive(ctx context.Context, e *env, args []string) error {
 
 // waitArchived follows the log until every selected file is released or
 // skipped.
-func waitArchived(ctx context.Context, e *env, js jetstream.JetStream, rep archiveReply, sum *archiveSummary) error {
-	pending := map[string]archiveFile{}
+func waitArchived(ctx context.Context, e *env, js jetstream.JetStream, rep scanner.ArchiveReply, sum *archiveSummary) error {
+	pending := map[string]scanner.ArchivedFile{}
 	var total int64
 	for _, f := range rep.Selected {
 		pending[f.FileID] = f
@@ -245,7 +125,7 @@ func waitArchived(ctx context.Context, e *env, js jetstream.JetStream, rep archi
 				if f, ok := pending[x.FileID]; ok {
 					delete(pending, x.FileID)
 					done += f.Size
-					sum.Skipped = append(sum.Skipped, archiveSkip{x.Path, x.Reason})
+					sum.Skipped = append(sum.Skipped, scanner.ArchiveSkip{Path: x.Path, Reason: x.Reason})
 					sum.Files = append(sum.Files, archiveOutcome{Path: x.Path, State: "skipped", Reason: x.Reason, Size: f.Size})
 				}
 			}

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -54,7 +53,7 @@ func cmdEvents(ctx context.Context, e *env, args []string) error {
 				fmt.Fprintf(e.stdout, "%s\n", b)
 			} else {
 				fmt.Fprintf(e.stdout, "%d\t%s\t%s\t%s\n", env.Seq, env.Time.Local().Format("2006-01-02 15:04:05.000"),
-					strings.TrimSuffix(strings.TrimPrefix(env.Type, "strata."), ".v1"), summary(env))
+					shortType(env.Type), summary(env))
 			}
 			if !*follow && env.Seq >= last {
 				return pipeline.ErrStop
@@ -93,4 +92,12 @@ func summary(env events.Envelope) string {
 		return x.Entity()
 	}
 	return env.Subject
+}
+
+// shortType is an event type as a person reads it: "file.released".
+func shortType(typ string) string {
+	if k, ok := events.KindOf(typ); ok {
+		return k.Aggregate + "." + k.Name
+	}
+	return typ
 }

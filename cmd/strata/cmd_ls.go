@@ -83,31 +83,10 @@ func (d *daemon) ctlLs(ctx context.Context, raw []byte) (any, error) {
 	return rep, nil
 }
 
-// fileAt returns the catalog's record of the file at path. A file's
-// identity is its id, kept in its xattrs, not its path: a stub renamed or
-// hard-linked elsewhere is found by its id, and a new file created where
-// an archived one was is not taken for it. A file without xattrs (not
-// released yet) is looked up by path.
-func (d *daemon) fileAt(path string) (catalog.File, error) {
-	info, err := stub.ReadPath(path)
-	if err == nil {
-		return d.cat.File(info.FileID)
-	}
-	if !errors.Is(err, stub.ErrNotManaged) {
-		return catalog.File{}, err
-	}
-	f, err := d.cat.FileByPath(path)
-	if err == nil && (f.State == catalog.StateReleased || f.State == catalog.StateArchived) {
-		// Those states come with xattrs: the file here now is another.
-		return catalog.File{}, fmt.Errorf("%s: %w (another file took its path)", path, catalog.ErrNotFound)
-	}
-	return f, err
-}
-
 // lsEntry joins what the filesystem says with what the catalog knows.
 func (d *daemon) lsEntry(path string, size int64) lsEntry {
 	e := lsEntry{Path: path, State: catalog.StateResident.String(), Size: size, Copies: []string{}}
-	f, err := d.fileAt(path)
+	f, err := stub.Find(d.cat, path)
 	if err != nil || f.State == catalog.StateDeleted {
 		return e
 	}

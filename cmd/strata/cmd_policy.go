@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -10,23 +9,6 @@ import (
 
 	"github.com/strata-hsm/strata/workers/scanner"
 )
-
-type previewRequest struct {
-	Limit int `json:"limit"`
-}
-
-// ctlPreview runs the policy as a dry run.
-func (d *daemon) ctlPreview(ctx context.Context, raw []byte) (any, error) {
-	var req previewRequest
-	if err := json.Unmarshal(raw, &req); err != nil {
-		return nil, fmt.Errorf("preview: bad request: %w", err)
-	}
-	roots := d.hotRoots()
-	if len(roots) == 0 {
-		return scanner.Report{Candidates: []scanner.Candidate{}}, nil
-	}
-	return scanner.Preview(ctx, d.scanPolicy(roots), time.Now(), req.Limit)
-}
 
 func cmdPolicy(ctx context.Context, e *env, args []string) error {
 	if len(args) == 0 || args[0] != "preview" {
@@ -44,7 +26,7 @@ func cmdPolicy(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	var rep scanner.Report
-	if err := request(ctx, *data, "preview", previewRequest{Limit: *limit}, &rep, 30*time.Minute); err != nil {
+	if err := request(ctx, *data, "preview", scanner.PreviewRequest{Limit: *limit}, &rep, 30*time.Minute); err != nil {
 		return err
 	}
 	if *asJSON {

@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"runtime/debug"
 	"time"
@@ -57,13 +55,15 @@ func cmdReplay(ctx context.Context, e *env, args []string) error {
 				return err
 			}
 			defer live.Close()
-			rep.Diff, err = verifyCatalog(ctx, srv.JetStream(), dataDir, live, logger, prog)
+			rep.Seq, rep.Diff, err = live.Verify(ctx, srv.JetStream(), dataDir, prog.catalogProgress())
+			prog.Finish()
 			if err != nil {
 				return err
 			}
-			rep.Seq = live.LastSeq()
 		} else {
-			if err := replaceCatalog(ctx, srv, dataDir, last, logger, prog); err != nil {
+			err := catalog.Replace(ctx, srv.JetStream(), catalogDir(dataDir), last, catalog.Options{Logger: logger}, prog.catalogProgress())
+			prog.Finish()
+			if err != nil {
 				return err
 			}
 			rep.Seq = last
@@ -86,38 +86,6 @@ func cmdReplay(ctx context.Context, e *env, args []string) error {
 	return nil
 }
 
-// replaceCatalog rebuilds the catalog from the log into a new directory and
-// swaps it for the old one. A crash at any point leaves either the old or
-// the new catalog in place (and a leftover directory that the next replay
-// removes).
-func replaceCatalog(ctx context.Context, srv *pipeline.Server, dataDir string, upTo uint64, logger *slog.Logger, prog *progress) error {
-	next := catalogDir(dataDir) + ".replay"
-	old := catalogDir(dataDir) + ".old"
-	for _, p := range []string{next, old} {
-		if err := os.RemoveAll(p); err != nil {
-			return err
-		}
-	}
-	cat, err := rebuildCatalog(ctx, srv.JetStream(), next, upTo, logger, prog)
-	if err != nil {
-		os.RemoveAll(next)
-		return err
-	}
-	if err := cat.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(catalogDir(dataDir), old); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	if err := os.Rename(next, catalogDir(dataDir)); err != nil {
-		return err
-	}
-	if err := syncDir(dataDir); err != nil {
-		return err
-	}
-	return os.RemoveAll(old)
-}
-
 // daemonRunning reports whether a daemon answers on dataDir.
 func daemonRunning(ctx context.Context, dataDir string) bool {
 	nc, err := pipeline.Dial(ctx, dataDir)
@@ -132,13 +100,4 @@ func daemonRunning(ctx context.Context, dataDir string) bool {
 // for commands that work on the log while no daemon runs.
 func openOffline(ctx context.Context, dataDir string, logger *slog.Logger) (*pipeline.Server, error) {
 	return pipeline.Open(ctx, pipeline.Config{DataDir: dataDir, Host: "offline", Port: pipeline.NoListener}, logger)
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }

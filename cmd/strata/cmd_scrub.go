@@ -2,146 +2,14 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
-	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
-	"github.com/strata-hsm/strata/projections/catalog"
-	"github.com/strata-hsm/strata/workers/replicator"
 	"github.com/strata-hsm/strata/workers/scrubber"
 )
-
-// scrubRequest starts a scrub in the daemon (control verb "scrub").
-type scrubRequest struct {
-	Tier   string  `json:"tier,omitempty"`
-	Sample float64 `json:"sample,omitempty"` // percent, (0, 100]; 0: 100
-	Rate   int64   `json:"rate,omitempty"`   // bytes/s; 0: the configured rate; -1: unbounded
-}
-
-// scrubStarted is the reply to "scrub".
-type scrubStarted struct {
-	RunID string `json:"run_id"`
-	New   bool   `json:"new"` // false: a scrub was already running; this is its id
-}
-
-// scrubStatusRequest asks for a run's progress (control verb "scrub-status").
-type scrubStatusRequest struct {
-	RunID string `json:"run_id"`
-}
-
-// serveTierControl answers the verbs of the replication stages — scrub,
-// scrub-status and prune — until ctx ends.
-func (d *daemon) serveTierControl(ctx context.Context, s *stages) error {
-	handlers := map[string]ctlHandler{
-		"scrub": func(_ context.Context, raw []byte) (any, error) {
-			var req scrubRequest
-			if err := json.Unmarshal(raw, &req); err != nil {
-				return nil, fmt.Errorf("scrub: bad request: %w", err)
-			}
-			return d.startScrub(ctx, s, req)
-		},
-		"scrub-status": func(_ context.Context, raw []byte) (any, error) {
-			var req scrubStatusRequest
-			if err := json.Unmarshal(raw, &req); err != nil {
-				return nil, fmt.Errorf("scrub-status: bad request: %w", err)
-			}
-			st, ok := s.scrubs.Status(req.RunID)
-			if !ok {
-				return nil, fmt.Errorf("scrub-status: no scrub run %q", req.RunID)
-			}
-			return st, nil
-		},
-		"prune": func(hctx context.Context, raw []byte) (any, error) { return d.ctlPrune(hctx, s, raw) },
-	}
-	var subs []*nats.Subscription
-	defer func() {
-		for _, sub := range subs {
-			_ = sub.Unsubscribe()
-		}
-	}()
-	for verb, h := range handlers {
-		sub, err := d.nc.Subscribe(events.ControlSubject(d.cfg.Host, verb), func(m *nats.Msg) {
-			go d.answer(ctx, verb, h, m)
-		})
-		if err != nil {
-			return fmt.Errorf("subscribe control %s: %w", verb, err)
-		}
-		subs = append(subs, sub)
-	}
-	<-ctx.Done()
-	return nil
-}
-
-// startScrub starts a scrub run (or reports the one in progress).
-func (d *daemon) startScrub(ctx context.Context, s *stages, req scrubRequest) (scrubStarted, error) {
-	if req.Tier != "" {
-		if _, ok := s.targets[req.Tier]; !ok {
-			return scrubStarted{}, fmt.Errorf("scrub: tier %q is not configured (tiers: %s)", req.Tier, strings.Join(d.cfg.tierNames(), ", "))
-		}
-	}
-	if req.Sample < 0 || req.Sample > 100 {
-		return scrubStarted{}, fmt.Errorf("scrub: sample %v%%: want (0, 100]", req.Sample)
-	}
-	sample := req.Sample
-	if sample == 0 {
-		sample = 100
-	}
-	rate := req.Rate
-	switch {
-	case rate == 0:
-		rate = int64(d.cfg.Scrub.Rate)
-	case rate < 0:
-		rate = 0
-	}
-	em := pipeline.NewEmitter(d.js, d.cfg.Host, "scrub")
-	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
-	id, isNew := s.scrubs.Start(ctx, scrubber.Config{
-		Targets: s.targets,
-		Copies: func(fn func(scrubber.Copy) error) error {
-			_, err := d.cat.Scan(catalog.ScanFuncs{Copy: func(c *catalog.Copy) error {
-				return fn(scrubber.Copy{ObjectID: c.ObjectID, Tier: c.Tier, Size: c.Size, PackedSize: c.PackedSize,
-					PackedSum: c.PackedSum, Corrupt: c.State == catalog.CopyCorrupt})
-			}})
-			return err
-		},
-		Repair: func(ctx context.Context, id string, to replicator.Target) (string, string, error) {
-			return s.reader.Repair(ctx, id, to)
-		},
-		Emit: func(ctx context.Context, ev events.Event, parts ...string) error {
-			_, err := em.Emit(ctx, ev, parts...)
-			return err
-		},
-		Tier: req.Tier, Sample: sample / 100, Rate: rate, RunID: runID,
-		Logger: d.logger.With("component", "scrub", "run", runID),
-	})
-	if isNew {
-		d.logger.Info("scrub started", "run", id, "tier", req.Tier, "sample", sample, "rate", rate)
-	}
-	return scrubStarted{RunID: id, New: isNew}, nil
-}
-
-// scheduleScrubs starts a scrub every [scrub] interval.
-func (d *daemon) scheduleScrubs(ctx context.Context, s *stages) error {
-	t := time.NewTicker(time.Duration(d.cfg.Scrub.Interval))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if _, err := d.startScrub(ctx, s, scrubRequest{Sample: float64(d.cfg.Scrub.Sample)}); err != nil {
-				d.logger.Error("scheduled scrub", "err", err)
-			}
-		}
-	}
-}
 
 func cmdScrub(ctx context.Context, e *env, args []string) error {
 	fs := newFlags("scrub", "strata scrub [--tier T] [--sample P%] [--rate 100MiB] [--json] [--data DIR]",
@@ -158,7 +26,7 @@ func cmdScrub(ctx context.Context, e *env, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: scrub: unexpected argument %q", errUsage, fs.Arg(0))
 	}
-	req := scrubRequest{Tier: *tier}
+	req := scrubber.StartRequest{Tier: *tier}
 	p, err := parsePercent(*sample)
 	if err != nil {
 		return fmt.Errorf("%w: scrub: --sample: %w", errUsage, err)
@@ -179,7 +47,7 @@ func cmdScrub(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer nc.Close()
-	var started scrubStarted
+	var started scrubber.Started
 	if err := requestOn(ctx, nc, *data, "scrub", req, &started, 10*time.Second); err != nil {
 		return err
 	}
@@ -196,7 +64,7 @@ func cmdScrub(ctx context.Context, e *env, args []string) error {
 	bar := newProgress(e.stderr, "scrub", "bytes", 0)
 	var st scrubber.Status
 	for {
-		if err := requestOn(ctx, nc, *data, "scrub-status", scrubStatusRequest{RunID: started.RunID}, &st, 10*time.Second); err != nil {
+		if err := requestOn(ctx, nc, *data, "scrub-status", scrubber.StatusRequest{RunID: started.RunID}, &st, 10*time.Second); err != nil {
 			if ctx.Err() != nil {
 				fmt.Fprintf(e.stderr, "\nstrata: the scrub goes on in the daemon (run %s)\n", started.RunID)
 			}

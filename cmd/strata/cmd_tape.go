@@ -13,18 +13,15 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
-	"github.com/strata-hsm/strata/workers/object"
-	"github.com/strata-hsm/strata/workers/replicator"
-	"github.com/strata-hsm/strata/workers/replicator/dir"
+	"github.com/strata-hsm/strata/workers/store"
 	"github.com/strata-hsm/strata/workers/tape"
-	"github.com/strata-hsm/strata/workers/tape/bundle"
 	"github.com/strata-hsm/strata/workers/tape/volume"
 	"github.com/strata-hsm/strata/workers/tapewriter"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/dir"
 )
 
 // ---- daemon side: opening a tape tier ----
@@ -47,11 +44,11 @@ func tapeTierConfig(cfg Config, t TierConfig) tapewriter.TierConfig {
 
 // tapeTierDeps backs a tape tier with the catalog, the daemon's log and
 // an emitter of the tier's store stage.
-func (d *daemon) tapeTierDeps(tier string) tapewriter.TierDeps {
+func (d *daemon) tapeTierDeps(name string) tapewriter.TierDeps {
 	return tapewriter.TierDeps{
-		Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, replicator.StageName(tier)),
-		Logger:  d.logger.With("stage", replicator.StageName(tier)),
-		Copy:    catalogTapeCopy(d.cat, tier),
+		Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, tier.StageName(name)),
+		Logger:  d.logger.With("stage", tier.StageName(name)),
+		Copy:    catalogTapeCopy(d.cat, name),
 	}
 }
 
@@ -77,125 +74,6 @@ func catalogTapeCopy(cat *catalog.Catalog, tier string) func(string) (tapewriter
 
 // ---- rebuild: one mechanism for every tier ----
 
-// rebuildRecord is an object copy found on a tier's media (a tape bundle,
-// a directory tier's manifests): what republishing object.stored needs.
-type rebuildRecord struct {
-	ObjectID   string               `json:"object_id"`
-	Manifest   []byte               `json:"manifest"`
-	PackedSize int64                `json:"packed_size"`
-	PackedSum  string               `json:"packed_sum"`
-	Location   string               `json:"location"`
-	Tape       *events.TapePosition `json:"tape,omitempty"`
-}
-
-// storedEvent turns a record into the object.stored event that puts its
-// copy in the catalog. The manifest must describe the object.
-func storedEvent(tier, kind string, r rebuildRecord) (*events.ObjectStored, error) {
-	m, err := object.DecodeManifest(r.Manifest)
-	if err != nil {
-		return nil, fmt.Errorf("object %s: %w", r.ObjectID, err)
-	}
-	if m.ObjectID != r.ObjectID {
-		return nil, fmt.Errorf("object %s: its manifest describes object %s", r.ObjectID, m.ObjectID)
-	}
-	ev := &events.ObjectStored{ObjectID: r.ObjectID, Tier: tier, TierKind: kind, Location: r.Location,
-		Size: m.Size, PackedSize: r.PackedSize, PackedSum: r.PackedSum, Tape: r.Tape}
-	if err := ev.Validate(); err != nil {
-		return nil, fmt.Errorf("object %s: %w", r.ObjectID, err)
-	}
-	return ev, nil
-}
-
-// publishRebuild publishes object.stored for every record, with the same
-// event ids as the store stages (object, tier, packed sum): a copy the log
-// already knows is deduplicated. It returns the number published and the
-// records skipped (with why).
-func publishRebuild(ctx context.Context, js jetstream.JetStream, host, tier, kind string, recs []rebuildRecord) (int, []string, error) {
-	em := pipeline.NewEmitter(js, host, "rebuild")
-	n := 0
-	var skipped []string
-	for _, r := range recs {
-		ev, err := storedEvent(tier, kind, r)
-		if err != nil {
-			skipped = append(skipped, err.Error())
-			continue
-		}
-		if _, err := em.Emit(ctx, ev, r.ObjectID, tier, r.PackedSum); err != nil {
-			return n, skipped, err
-		}
-		n++
-	}
-	return n, skipped, nil
-}
-
-// tapeRecords reads every volume of a device and returns the records of
-// its verified objects (volume.Rebuild), with the volumes read.
-func tapeRecords(ctx context.Context, dev *tape.Device, prog *progress) ([]rebuildRecord, []volume.Info, error) {
-	barcodes, err := dev.Barcodes()
-	if err != nil {
-		return nil, nil, err
-	}
-	if !dev.Emulated() {
-		barcodes = []string{""}
-	}
-	var recs []rebuildRecord
-	var infos []volume.Info
-	for _, b := range barcodes {
-		if err := ctx.Err(); err != nil {
-			return nil, nil, err
-		}
-		d, err := dev.Mount(ctx, b)
-		if err != nil {
-			return nil, nil, err
-		}
-		vr, info, err := volume.Rebuild(&progressDrive{Drive: d, prog: prog})
-		if errors.Is(err, bundle.ErrFormat) && info.Label.Volume == "" {
-			continue // not a Strata cartridge
-		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("volume %s: %w", b, err)
-		}
-		infos = append(infos, info)
-		for _, r := range vr {
-			pos := r.Pos
-			recs = append(recs, rebuildRecord{ObjectID: r.ObjectID, Manifest: r.Manifest, PackedSize: r.PackedSize,
-				PackedSum: r.PackedSum, Location: tapewriter.Location(pos), Tape: &pos})
-		}
-	}
-	return recs, infos, dev.Dismount(ctx, "")
-}
-
-// dirRecords reads a directory tier's objects and manifests, verifying
-// each object's BLAKE3.
-func dirRecords(ctx context.Context, root string, prog *progress) ([]rebuildRecord, []string, error) {
-	tg, err := dir.Open(dir.Config{Name: "rebuild", Root: root}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		return nil, nil, err
-	}
-	var ids []string
-	if err := tg.List(ctx, func(in replicator.Info) error { ids = append(ids, in.ID); return nil }); err != nil {
-		return nil, nil, err
-	}
-	var recs []rebuildRecord
-	var bad []string
-	for i, id := range ids {
-		prog.Set(int64(i), int64(len(ids)), "")
-		info, err := tg.Verify(ctx, id)
-		if err != nil {
-			bad = append(bad, err.Error())
-			continue
-		}
-		m, err := tg.Manifest(ctx, id)
-		if err != nil {
-			bad = append(bad, err.Error())
-			continue
-		}
-		recs = append(recs, rebuildRecord{ObjectID: id, Manifest: m, PackedSize: info.PackedSize, PackedSum: info.PackedSum,
-			Location: filepath.Join(root, filepath.FromSlash(replicator.ObjectKey(id)))})
-	}
-	return recs, bad, nil
-}
-
 // progressDrive counts the bytes read through a drive for a progress bar.
 type progressDrive struct {
 	tape.Drive
@@ -213,9 +91,9 @@ func (p *progressDrive) ReadBlock(b []byte) (int, error) {
 // tapeRebuildRequest is the body of the tape-rebuild control verb: the
 // daemon publishes object.stored for each record.
 type tapeRebuildRequest struct {
-	Tier    string          `json:"tier"`
-	Kind    string          `json:"kind"`
-	Records []rebuildRecord `json:"records"`
+	Tier    string         `json:"tier"`
+	Kind    string         `json:"kind"`
+	Records []store.Record `json:"records"`
 }
 
 type tapeRebuildReply struct {
@@ -232,7 +110,7 @@ func (d *daemon) ctlTapeRebuild(ctx context.Context, raw []byte) (any, error) {
 	if !events.ValidToken(req.Tier) {
 		return nil, fmt.Errorf("tape-rebuild: bad tier name %q", req.Tier)
 	}
-	n, skipped, err := publishRebuild(ctx, d.js, d.cfg.Host, req.Tier, req.Kind, req.Records)
+	n, skipped, err := store.PublishRecords(ctx, pipeline.NewEmitter(d.js, d.cfg.Host, "rebuild"), req.Tier, req.Kind, req.Records)
 	return tapeRebuildReply{Published: n, Skipped: skipped}, err
 }
 
@@ -352,19 +230,6 @@ func cmdTapeLabel(ctx context.Context, e *env, args []string) error {
 	return nil
 }
 
-// tapeVolume is one line of `strata tape ls`.
-type tapeVolume struct {
-	Barcode   string `json:"barcode"`
-	Volume    string `json:"volume,omitempty"`
-	Pool      string `json:"pool,omitempty"`
-	BlockSize int    `json:"block_size,omitempty"`
-	Sequence  int    `json:"sequence,omitempty"`
-	State     string `json:"state"` // writable, full, write-protected, unlabelled, label-mismatch, error
-	Used      int64  `json:"used_bytes"`
-	Capacity  int64  `json:"capacity_bytes,omitempty"` // emulated cartridges only
-	Error     string `json:"error,omitempty"`
-}
-
 func cmdTapeLs(ctx context.Context, e *env, args []string) error {
 	fs := newFlags("tape ls", "strata tape ls --device DEVICE [--json]", "strata tape ls --device emulator:/srv/tapes")
 	device := fs.String("device", "", "the drive or emulated library (required)")
@@ -380,7 +245,7 @@ func cmdTapeLs(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer dev.Close()
-	vols, err := listVolumes(ctx, dev)
+	vols, err := volume.List(ctx, dev)
 	if err != nil {
 		return err
 	}
@@ -401,62 +266,6 @@ func cmdTapeLs(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Barcode, v.Volume, v.Pool, state, humanBytes(v.Used), fill)
 	}
 	return w.Flush()
-}
-
-// listVolumes reads the label and fill of every cartridge of dev.
-func listVolumes(ctx context.Context, dev *tape.Device) ([]tapeVolume, error) {
-	barcodes, err := dev.Barcodes()
-	if err != nil {
-		return nil, err
-	}
-	if !dev.Emulated() {
-		barcodes = []string{""}
-	}
-	var out []tapeVolume
-	for _, b := range barcodes {
-		v := tapeVolume{Barcode: b}
-		if u, ok, err := dev.Usage(b); ok && err == nil {
-			v.Used, v.Capacity = u.Used, u.Capacity
-		}
-		d, err := dev.Mount(ctx, b)
-		if err != nil {
-			v.State, v.Error = "error", err.Error()
-			out = append(out, v)
-			continue
-		}
-		l, err := bundle.ReadLabel(d)
-		st, serr := d.Status()
-		switch {
-		case serr != nil:
-			v.State, v.Error = "error", serr.Error()
-		case err != nil:
-			v.State = "unlabelled"
-		default:
-			v.Volume, v.Pool, v.BlockSize, v.Sequence = l.Volume, l.Pool, l.BlockSize, l.Sequence
-			v.State = "writable"
-			if b == "" {
-				v.Barcode = l.Volume
-			}
-			if err := d.EndOfData(); err == nil {
-				if st2, err := d.Status(); err == nil && st2.EOT {
-					v.State = "full"
-				}
-				if !dev.Emulated() {
-					if blk, err := d.Tell(); err == nil {
-						v.Used = blk * int64(l.BlockSize) // blocks (and filemarks) × block size: an estimate
-					}
-				}
-			}
-			switch {
-			case st.WriteProtected:
-				v.State = "write-protected"
-			case b != "" && l.Volume != b:
-				v.State, v.Error = "label-mismatch", fmt.Sprintf("label says volume %q", l.Volume)
-			}
-		}
-		out = append(out, v)
-	}
-	return out, dev.Dismount(ctx, "")
 }
 
 // deviceAndVolume resolves "VOLUME|DEVICE" with an optional --device.
@@ -583,13 +392,17 @@ func cmdTapeRebuild(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var recs []rebuildRecord
+	var recs []store.Record
 	var skipped []string
 	kind := events.TierTape
 	if *tierDir != "" {
 		kind = events.TierDirectory
+		tg, err := dir.Open(dir.Config{Name: *tier, Root: *tierDir}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			return err
+		}
 		prog := newProgress(e.stderr, "read tier", "objects", 0)
-		recs, skipped, err = dirRecords(ctx, *tierDir, prog)
+		recs, skipped, err = store.TargetRecords(ctx, tg, func(done, total int) { prog.Set(int64(done), int64(total), "") })
 		prog.Finish()
 		if err != nil {
 			return err
@@ -600,11 +413,16 @@ func cmdTapeRebuild(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		prog := newProgress(e.stderr, "read tape", "bytes", 0)
-		recs, _, err = tapeRecords(ctx, dev, prog)
+		vrecs, _, err := volume.RebuildDevice(ctx, dev, func(d tape.Drive) tape.Drive { return &progressDrive{Drive: d, prog: prog} })
 		prog.Finish()
 		dev.Close()
 		if err != nil {
 			return err
+		}
+		for _, r := range vrecs {
+			pos := r.Pos
+			recs = append(recs, store.Record{ObjectID: r.ObjectID, Manifest: r.Manifest, PackedSize: r.PackedSize,
+				PackedSum: r.PackedSum, Location: tapewriter.Location(pos), Tape: &pos})
 		}
 	}
 	var rep tapeRebuildReply
@@ -638,7 +456,7 @@ func cmdTapeRebuild(ctx context.Context, e *env, args []string) error {
 		if err != nil {
 			return err
 		}
-		rep.Published, rep.Skipped, err = publishRebuild(ctx, srv.JetStream(), host, *tier, kind, recs)
+		rep.Published, rep.Skipped, err = store.PublishRecords(ctx, pipeline.NewEmitter(srv.JetStream(), host, "rebuild"), *tier, kind, recs)
 		srv.Close()
 		if err != nil {
 			return err

@@ -14,8 +14,8 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/workers/glob"
 	"github.com/strata-hsm/strata/workers/interceptor"
-	"github.com/strata-hsm/strata/workers/scanner"
 )
 
 // Config is the daemon's configuration file (TOML). Every key is documented
@@ -544,12 +544,12 @@ func (c *Config) validateTier(key string, t *TierConfig) error {
 		return bad("cost", "%d: want >= 0", t.Cost)
 	}
 	for i, g := range t.Include {
-		if err := checkGlob(g); err != nil {
+		if err := glob.Check(g); err != nil {
 			return bad(fmt.Sprintf("include[%d]", i), "%v", err)
 		}
 	}
 	for i, g := range t.Exclude {
-		if err := checkGlob(g); err != nil {
+		if err := glob.Check(g); err != nil {
 			return bad(fmt.Sprintf("exclude[%d]", i), "%v", err)
 		}
 	}
@@ -597,51 +597,6 @@ func (d *duration) UnmarshalText(b []byte) error {
 }
 
 func (d duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
-
-// tierFilter is a tier's replication policy: which files it takes. Its
-// globs read like the scanner's (without "/": the base name; with "/": the
-// path relative to the hot tree, "**" spanning directories).
-type tierFilter struct {
-	include, exclude scanner.Globs
-	min, max         int64
-}
-
-// checkGlob reports a bad include/exclude pattern.
-func checkGlob(p string) error {
-	if strings.ContainsRune(p, 0) {
-		return fmt.Errorf("invalid pattern %q", p)
-	}
-	if err := scanner.CheckGlob(p); err != nil {
-		return fmt.Errorf("pattern %q: %w", p, err)
-	}
-	return nil
-}
-
-// newTierFilter compiles t's filter (validated: the globs compile); nil
-// when the tier takes every file.
-func newTierFilter(t TierConfig) *tierFilter {
-	if !t.filtered() {
-		return nil
-	}
-	inc, _ := scanner.CompileGlobs(t.Include)
-	exc, _ := scanner.CompileGlobs(t.Exclude)
-	return &tierFilter{include: inc, exclude: exc, min: int64(t.MinSize), max: int64(t.MaxSize)}
-}
-
-// wants reports whether the tier takes a file of size bytes at rel (its
-// path relative to its hot tree, "/"-separated). A nil filter takes all.
-func (f *tierFilter) wants(rel string, size int64) bool {
-	if f == nil {
-		return true
-	}
-	if size < f.min || f.max > 0 && size > f.max {
-		return false
-	}
-	if !f.include.Empty() && !f.include.Match(rel) {
-		return false
-	}
-	return !f.exclude.Match(rel)
-}
 
 // percent is a percentage written as 10, 2.5 or "10%" in TOML.
 type percent float64

@@ -50,8 +50,8 @@ func loadValid(t *testing.T, toml string) Config {
 	return c
 }
 
-// tier returns a one-tier config of kind with extra keys.
-func tier(kind string, keys ...string) string {
+// oneTier returns a one-tier config of kind with extra keys.
+func oneTier(kind string, keys ...string) string {
 	return "[[tier]]\nname = \"t\"\nkind = \"" + kind + "\"\n" + strings.Join(keys, "\n") + "\n"
 }
 
@@ -72,7 +72,7 @@ func TestExampleTiers(t *testing.T) {
 		lines = append(lines, strings.TrimPrefix(strings.TrimPrefix(l, "#"), " "))
 	}
 	dir := t.TempDir()
-	conf := "data_dir = \"" + dir + "\"\n" + tier("directory", `path = "`+filepath.Join(dir, "cold")+`"`) +
+	conf := "data_dir = \"" + dir + "\"\n" + oneTier("directory", `path = "`+filepath.Join(dir, "cold")+`"`) +
 		strings.Join(lines, "\n") + "\n[release]\ncopies = 2\nfrom = [\"t\", \"offsite\", \"lto\"]\n"
 	c := loadValid(t, conf)
 	if len(c.Tiers) != 4 || c.Tiers[1].Kind != "s3" || c.Tiers[1].useTLS() != true || c.Tiers[1].MaxSize != 50<<30 ||
@@ -86,33 +86,6 @@ func TestExampleTiers(t *testing.T) {
 	c.Release.Copies = 3
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "release.copies") {
 		t.Fatalf("3 of t, s3 (max_size), lto: %v", err)
-	}
-}
-
-// TestTierFilter: include/exclude globs and sizes decide which files a
-// tier takes.
-func TestTierFilter(t *testing.T) {
-	f := newTierFilter(TierConfig{Include: []string{"projects/**", "*.iso"}, Exclude: []string{"**/tmp/**", "*.part"},
-		MinSize: 10, MaxSize: 1000})
-	for _, tc := range []struct {
-		rel  string
-		size int64
-		want bool
-	}{
-		{"projects/a/b.dat", 100, true},
-		{"projects/b.dat", 9, false},      // too small
-		{"projects/b.dat", 1001, false},   // too large
-		{"other/b.dat", 100, false},       // not included
-		{"deep/dir/x.iso", 100, true},     // base-name include
-		{"projects/tmp/x", 100, false},    // excluded directory
-		{"projects/a/x.part", 100, false}, // excluded base name
-	} {
-		if got := f.wants(tc.rel, tc.size); got != tc.want {
-			t.Errorf("wants(%q, %d) = %v, want %v", tc.rel, tc.size, got, tc.want)
-		}
-	}
-	if newTierFilter(TierConfig{Name: "all"}) != nil || !(*tierFilter)(nil).wants("x", 0) {
-		t.Fatal("a tier without filters must take every file")
 	}
 }
 
@@ -140,26 +113,26 @@ func TestConfigErrors(t *testing.T) {
 		{"[interceptor]\nwhole_file_programs = [\"\"]", "interceptor.whole_file_programs"},
 		{"[interceptor]\nwhole_file_below = \"big\"", "whole_file_below"},
 		{"[nats]\nport = 70000", "nats.port"},
-		{tier("s3", `endpoint = "http://h:9000"`, `bucket = "b"`, `access_key = "a"`, `secret_key = "s"`), "tier[0].endpoint"},
-		{tier("s3", `endpoint = "h:9000"`, `access_key = "a"`, `secret_key = "s"`), "tier[0].bucket"},
-		{tier("s3", `endpoint = "h:9000"`, `bucket = "b"`, `access_key = "a"`), "tier[0].secret_key"},
-		{tier("s3", `endpoint = "h:9000"`, `bucket = "b"`, `prefix = "/x"`, `access_key = "a"`, `secret_key = "s"`), "tier[0].prefix"},
-		{tier("s3", `endpoint = "h:9000"`, `bucket = "b"`, `access_key = "a"`, `secret_key = "s"`, `path = "/x"`), "tier[0].path"},
-		{tier("s3", `endpoint = "h"`, `bucket = "b"`, `access_key = "a"`, `secret_key = "s"`, `tls = "yes"`), "tls"},
-		{tier("rclone", `remote = "nocolon"`), "tier[0].remote"},
-		{tier("rclone", `remote = "r:p"`, `env = { "A=B" = "c" }`), "tier[0].env"},
-		{tier("rclone", `remote = "r:p"`, `bucket = "b"`), "tier[0].bucket"},
-		{tier("tape", `device = "/dev/st0"`, `pool = "p"`), "tier[0].device"},
-		{tier("tape", `device = "emulator:rel"`, `pool = "p"`), "tier[0].device"},
-		{tier("tape", `device = "/dev/nst0"`, `pool = "a.b"`), "tier[0].pool"},
-		{tier("tape", `device = "/dev/nst0"`, `pool = "p"`, `block_size = 1000`), "tier[0].block_size"},
-		{tier("directory", `path = "/x"`, `include = ["[bad"]`), "tier[0].include[0]"},
-		{tier("directory", `path = "/x"`, `exclude = [""]`), "tier[0].exclude[0]"},
-		{tier("directory", `path = "/x"`, `min_size = "2MiB"`, `max_size = "1MiB"`), "tier[0].max_size"},
-		{tier("directory", `path = "/x"`, `cost = -1`), "tier[0].cost"},
+		{oneTier("s3", `endpoint = "http://h:9000"`, `bucket = "b"`, `access_key = "a"`, `secret_key = "s"`), "tier[0].endpoint"},
+		{oneTier("s3", `endpoint = "h:9000"`, `access_key = "a"`, `secret_key = "s"`), "tier[0].bucket"},
+		{oneTier("s3", `endpoint = "h:9000"`, `bucket = "b"`, `access_key = "a"`), "tier[0].secret_key"},
+		{oneTier("s3", `endpoint = "h:9000"`, `bucket = "b"`, `prefix = "/x"`, `access_key = "a"`, `secret_key = "s"`), "tier[0].prefix"},
+		{oneTier("s3", `endpoint = "h:9000"`, `bucket = "b"`, `access_key = "a"`, `secret_key = "s"`, `path = "/x"`), "tier[0].path"},
+		{oneTier("s3", `endpoint = "h"`, `bucket = "b"`, `access_key = "a"`, `secret_key = "s"`, `tls = "yes"`), "tls"},
+		{oneTier("rclone", `remote = "nocolon"`), "tier[0].remote"},
+		{oneTier("rclone", `remote = "r:p"`, `env = { "A=B" = "c" }`), "tier[0].env"},
+		{oneTier("rclone", `remote = "r:p"`, `bucket = "b"`), "tier[0].bucket"},
+		{oneTier("tape", `device = "/dev/st0"`, `pool = "p"`), "tier[0].device"},
+		{oneTier("tape", `device = "emulator:rel"`, `pool = "p"`), "tier[0].device"},
+		{oneTier("tape", `device = "/dev/nst0"`, `pool = "a.b"`), "tier[0].pool"},
+		{oneTier("tape", `device = "/dev/nst0"`, `pool = "p"`, `block_size = 1000`), "tier[0].block_size"},
+		{oneTier("directory", `path = "/x"`, `include = ["[bad"]`), "tier[0].include[0]"},
+		{oneTier("directory", `path = "/x"`, `exclude = [""]`), "tier[0].exclude[0]"},
+		{oneTier("directory", `path = "/x"`, `min_size = "2MiB"`, `max_size = "1MiB"`), "tier[0].max_size"},
+		{oneTier("directory", `path = "/x"`, `cost = -1`), "tier[0].cost"},
 		// copies = 1, but the only tier takes some files: one could never be released.
-		{tier("directory", `path = "/x"`, `min_size = "1MiB"`), "release.copies"},
-		{tier("directory", `path = "/x"`) + "\n[release]\ncopies = 2", "release.copies"},
+		{oneTier("directory", `path = "/x"`, `min_size = "1MiB"`), "release.copies"},
+		{oneTier("directory", `path = "/x"`) + "\n[release]\ncopies = 2", "release.copies"},
 		{"[scrub]\ninterval = \"10s\"", "scrub.interval"},
 		{"[scrub]\nsample = -5", "scrub.sample"},
 		{"[scrub]\nsample = 101", "scrub.sample"},

@@ -5,28 +5,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/workers/interceptor"
+	"github.com/strata-hsm/strata/workers/recall"
+	"github.com/strata-hsm/strata/workers/scanner"
 )
-
-// The CLI talks to the daemon over NATS request/reply on
-// events.ControlSubject(host, verb). A request body is the verb's JSON
-// request; the reply is a ctlReply.
-
-// ctlReply is the envelope of every control reply.
-type ctlReply struct {
-	Error  string          `json:"error,omitempty"`
-	Result json.RawMessage `json:"result,omitempty"`
-}
-
-// ctlHandler answers one verb.
-type ctlHandler func(ctx context.Context, req []byte) (any, error)
 
 // daemonInfoFile tells the CLI which host token the daemon on a data
 // directory uses (its control subjects contain it).
@@ -38,72 +28,30 @@ type daemonInfo struct {
 	Started time.Time `json:"started"`
 }
 
-// serveControl subscribes the control verbs and returns a function that
-// stops answering.
-func (d *daemon) serveControl() (func(), error) {
+// serveControl writes the daemon info file, subscribes the control verbs
+// and returns a function that stops answering.
+func (d *daemon) serveControl(ctx context.Context) (func(), error) {
 	info, _ := json.Marshal(daemonInfo{Host: d.cfg.Host, PID: os.Getpid(), Started: d.started})
 	if err := writeFileAtomic(filepath.Join(d.cfg.DataDir, daemonInfoFile), info, 0o644); err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var subs []*nats.Subscription
-	stop := func() {
-		for _, s := range subs {
-			_ = s.Unsubscribe()
-		}
-		cancel()
-	}
-	for verb, h := range d.controlHandlers() {
-		sub, err := d.nc.Subscribe(events.ControlSubject(d.cfg.Host, verb), func(m *nats.Msg) {
-			go d.answer(ctx, verb, h, m)
-		})
-		if err != nil {
-			stop()
-			return nil, fmt.Errorf("subscribe control %s: %w", verb, err)
-		}
-		subs = append(subs, sub)
-	}
-	if err := d.nc.Flush(); err != nil {
-		stop()
-		return nil, err
-	}
-	return stop, nil
-}
-
-func (d *daemon) answer(ctx context.Context, verb string, h ctlHandler, m *nats.Msg) {
-	var rep ctlReply
-	res, err := h(ctx, m.Data)
-	if err == nil {
-		rep.Result, err = json.Marshal(res)
-	}
-	if err != nil {
-		rep.Error = err.Error()
-		d.logger.Debug("control request failed", "verb", verb, "err", err)
-	}
-	b, _ := json.Marshal(rep)
-	if err := m.Respond(b); err != nil {
-		d.logger.Warn("control reply", "verb", verb, "bytes", len(b), "err", err)
-		// Tell the caller instead of letting it wait for its timeout.
-		b, _ = json.Marshal(ctlReply{Error: fmt.Sprintf("%s: the reply could not be sent (%d bytes): %v", verb, len(b), err)})
-		_ = m.Respond(b)
-	}
+	return pipeline.ServeControl(ctx, d.nc, d.cfg.Host, d.controlHandlers(), d.logger)
 }
 
 // controlHandlers maps each verb to its handler.
-func (d *daemon) controlHandlers() map[string]ctlHandler {
-	return map[string]ctlHandler{
-		"status":  d.ctlStatus,
-		"ls":      d.ctlLs,
-		"verify":  d.ctlVerify,
-		"export":  d.ctlExport,
-		"archive": d.ctlArchive,
-		"pin":     d.ctlPin,
-		"preview": d.ctlPreview,
-		"recall":  d.ctlRecall,
-		"restore": d.ctlRestore,
-
+func (d *daemon) controlHandlers() map[string]pipeline.ControlHandler {
+	h := map[string]pipeline.ControlHandler{
+		"status":       d.ctlStatus,
+		"ls":           d.ctlLs,
+		"verify":       d.ctlVerify,
+		"export":       d.ctlExport,
+		"recall":       interceptor.RecallVerb(pipeline.NewEmitter(d.js, d.cfg.Host, "recall"), d.hotRoots()),
+		"restore":      recall.RestoreVerb(d.stages.reader, d.cat),
 		"tape-rebuild": d.ctlTapeRebuild,
 	}
+	verbs := scanner.Verbs{Policy: d.scanPolicy(d.hotRoots()), Catalog: d.cat, JS: d.js, Host: d.cfg.Host}
+	maps.Copy(h, verbs.Handlers())
+	return h
 }
 
 // errDaemonRunning is returned by commands that need the data directory to
@@ -130,30 +78,9 @@ func requestOn(ctx context.Context, nc *nats.Conn, dataDir, verb string, req, ou
 	if err := json.Unmarshal(b, &info); err != nil {
 		return fmt.Errorf("daemon info %s: %w", daemonInfoFile, err)
 	}
-	body, err := json.Marshal(req)
-	if err != nil {
-		return err
-	}
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	msg, err := nc.RequestWithContext(rctx, events.ControlSubject(info.Host, verb), body)
-	if err != nil {
-		if errors.Is(err, nats.ErrNoResponders) {
-			return fmt.Errorf("%s: the daemon is not answering yet (still starting?): %w", verb, err)
-		}
-		return fmt.Errorf("%s: %w", verb, err)
-	}
-	var rep ctlReply
-	if err := json.Unmarshal(msg.Data, &rep); err != nil {
-		return fmt.Errorf("%s: bad reply: %w", verb, err)
-	}
-	if rep.Error != "" {
-		return errors.New(rep.Error)
-	}
-	if out != nil {
-		return json.Unmarshal(rep.Result, out)
-	}
-	return nil
+	return pipeline.Request(rctx, nc, info.Host, verb, req, out)
 }
 
 // writeFileAtomic writes b to path through a temp file, fsync and rename.

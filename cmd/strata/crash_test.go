@@ -22,10 +22,10 @@ import (
 	"github.com/strata-hsm/strata/workers/compressor"
 	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/releaser"
-	"github.com/strata-hsm/strata/workers/replicator"
-	"github.com/strata-hsm/strata/workers/replicator/dir"
+	"github.com/strata-hsm/strata/workers/store"
 	"github.com/strata-hsm/strata/workers/stratatest"
 	"github.com/strata-hsm/strata/workers/stub"
+	"github.com/strata-hsm/strata/workers/tier/dir"
 )
 
 // crashPoints are every failpoint of the archive path, in the order a file
@@ -37,8 +37,8 @@ var crashPoints = []string{
 	dir.FailAfterTemp,
 	dir.FailAfterSum,
 	dir.FailAfterRename,
-	replicator.FailAfterPut,
-	replicator.FailAfterPublish,
+	store.FailAfterPut,
+	store.FailAfterPublish,
 	releaser.FailAfterXattr,
 	releaser.FailAfterMark,
 	releaser.FailAfterPunch,

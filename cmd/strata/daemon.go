@@ -3,18 +3,15 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
 )
@@ -37,15 +34,6 @@ type daemon struct {
 
 	cat    *catalog.Catalog
 	stages *stages
-
-	// reconcile remembers the stubs the last scan missed (reconcile.go).
-	reconcile struct {
-		sync.Mutex
-		missing map[string]bool
-	}
-	// projMu is held by the projector while it applies a batch, and by a
-	// verify that needs the catalog to stand still.
-	projMu sync.Mutex
 }
 
 // catalogDir is where the live catalog lives under the data directory.
@@ -89,16 +77,19 @@ func (d *daemon) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := d.catchUp(ctx, last); err != nil {
+	if d.cat.LastSeq() < last {
+		d.logger.Info("catalog catching up", "from", d.cat.LastSeq()+1, "to", last)
+	}
+	if err := d.cat.CatchUp(ctx, d.js, last, nil); err != nil {
 		return err
 	}
 	if err := d.markStubs(ctx, d.stages); err != nil {
 		return err
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return d.project(gctx) })
+	g.Go(func() error { return d.cat.Follow(gctx, d.js, d.logger.With("component", "catalog")) })
 	d.runStages(gctx, d.stages, g)
-	stop, err := d.serveControl()
+	stop, err := d.serveControl(context.Background())
 	if err != nil {
 		return err
 	}
@@ -110,49 +101,6 @@ func (d *daemon) run(ctx context.Context) error {
 		return nil
 	}
 	return err
-}
-
-// catchUp applies the log to the catalog up to seq.
-func (d *daemon) catchUp(ctx context.Context, seq uint64) error {
-	cat := d.cat
-	if cat.LastSeq() >= seq {
-		return nil
-	}
-	d.logger.Info("catalog catching up", "from", cat.LastSeq()+1, "to", seq)
-	err := applyLog(ctx, d.js, cat, seq, nil)
-	if cat.LastSeq() >= seq {
-		return nil
-	}
-	if err == nil {
-		err = ctx.Err()
-	}
-	return fmt.Errorf("catalog catch-up stopped at %d of %d: %w", cat.LastSeq(), seq, err)
-}
-
-// project keeps the catalog following the log until ctx ends.
-func (d *daemon) project(ctx context.Context) error {
-	for {
-		cat := d.cat
-		err := pipeline.FollowRecords(ctx, d.js, cat.LastSeq()+1, pipeline.FollowOptions{}, func(recs []pipeline.Record) error {
-			envs := make([]events.Envelope, len(recs))
-			evs := make([]events.Event, len(recs))
-			for i, r := range recs {
-				envs[i], evs[i] = r.Envelope, r.Event
-			}
-			d.projMu.Lock()
-			defer d.projMu.Unlock()
-			return cat.ApplyDecoded(envs, evs)
-		})
-		if ctx.Err() != nil {
-			return nil
-		}
-		d.logger.Error("catalog projection stopped; restarting", "err", err, "seq", cat.LastSeq())
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(time.Second):
-		}
-	}
 }
 
 // close shuts everything down in order; safe on a partly started daemon.

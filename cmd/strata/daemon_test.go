@@ -251,7 +251,7 @@ func TestReplayEquality(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	short, err := rebuildCatalog(context.Background(), srv.JetStream(), shortDir, last-10, slog.New(slog.DiscardHandler), nil)
+	short, err := catalog.Rebuild(context.Background(), srv.JetStream(), shortDir, last-10, catalog.Options{}, nil)
 	srv.Close()
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/recall"
 	"github.com/strata-hsm/strata/workers/stratatest"
 	"github.com/strata-hsm/strata/workers/stub"
 )
@@ -214,7 +215,7 @@ func TestArchiveAndRecall(t *testing.T) {
 
 			// Restore a version to a new path.
 			dest := filepath.Join(t.TempDir(), "restored.txt")
-			var rr restoreReply
+			var rr recall.RestoreReply
 			txt := filepath.Join(hot, "text.txt")
 			cliJSON(t, &rr, "restore", "--json", "--version", "1", "--to", dest, "--data", data, txt)
 			restored, err := os.ReadFile(dest)

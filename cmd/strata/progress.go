@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/strata-hsm/strata/projections/catalog"
 )
 
 // progress draws a one-line progress bar (done/total, rate, ETA) on a
@@ -97,4 +99,12 @@ func (p *progress) drawLocked(final bool) {
 		line += "\n"
 	}
 	fmt.Fprint(p.w, line+"\x1b[K")
+}
+
+// catalogProgress adapts p to catalog.Progress.
+func (p *progress) catalogProgress() catalog.Progress {
+	if p == nil {
+		return nil
+	}
+	return func(done, total uint64) { p.Set(int64(done), int64(total), "") }
 }

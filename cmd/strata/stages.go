@@ -5,13 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
@@ -24,14 +23,14 @@ import (
 	"github.com/strata-hsm/strata/workers/pruner"
 	"github.com/strata-hsm/strata/workers/recall"
 	"github.com/strata-hsm/strata/workers/releaser"
-	"github.com/strata-hsm/strata/workers/replicator"
-	"github.com/strata-hsm/strata/workers/replicator/dir"
-	"github.com/strata-hsm/strata/workers/replicator/rclone"
-	"github.com/strata-hsm/strata/workers/replicator/s3"
 	"github.com/strata-hsm/strata/workers/scanner"
 	"github.com/strata-hsm/strata/workers/scrubber"
-	"github.com/strata-hsm/strata/workers/stub"
+	"github.com/strata-hsm/strata/workers/store"
 	"github.com/strata-hsm/strata/workers/tapewriter"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/dir"
+	"github.com/strata-hsm/strata/workers/tier/rclone"
+	"github.com/strata-hsm/strata/workers/tier/s3"
 )
 
 // stages holds the daemon's workers, built explicitly from the config (no
@@ -39,29 +38,27 @@ import (
 type stages struct {
 	failpoints  failpoint.Set
 	stagingDir  string
-	targets     map[string]replicator.Target // guarded by guard (Put vs prune)
+	targets     map[string]tier.Target // guarded by guard (Put vs prune)
 	costs       map[string]int
-	filters     map[string]*tierFilter // nil: the tier takes every file
+	filters     map[string]*tier.Filter // nil: the tier takes every file
 	tiers       map[string]*tierState
 	guard       *pruner.Guard
-	scrubs      *scrubber.Jobs
 	tapeTiers   map[string]*tapewriter.Tier // tape tiers bring their own store stage
 	reader      *recall.Reader
 	interceptor *interceptor.Interceptor
 	scanner     *scanner.Loop
 	pipeline    []pipeline.Stage
 	validator   *schemas.Validator
-	recallEv    chan any // interceptor.Completion, interceptor.Failure or an events.Event
 }
 
 // stageNamesFor lists the durable consumers the config creates.
 func stageNamesFor(cfg Config) []string {
-	names := []string{compressor.StageName, releaser.StageName}
+	names := []string{compressor.StageName, releaser.StageName, interceptor.PrefetchStageName}
 	for _, t := range cfg.Tiers {
-		names = append(names, replicator.StageName(t.Name))
+		names = append(names, tier.StageName(t.Name))
 	}
 	if anyFiltered(cfg) {
-		names = append(names, unstageName)
+		names = append(names, store.UnstageName)
 	}
 	return names
 }
@@ -76,14 +73,12 @@ func (d *daemon) buildStages() (*stages, error) {
 	s := &stages{
 		failpoints: failpoint.New(),
 		stagingDir: filepath.Join(cfg.DataDir, "staging"),
-		targets:    map[string]replicator.Target{},
+		targets:    map[string]tier.Target{},
 		costs:      map[string]int{},
-		filters:    map[string]*tierFilter{},
+		filters:    map[string]*tier.Filter{},
 		tiers:      map[string]*tierState{},
 		guard:      pruner.NewGuard(),
 		tapeTiers:  map[string]*tapewriter.Tier{},
-		scrubs:     scrubber.NewJobs(),
-		recallEv:   make(chan any, 4096),
 	}
 	var err error
 	if s.validator, err = schemas.NewValidator(); err != nil {
@@ -96,7 +91,7 @@ func (d *daemon) buildStages() (*stages, error) {
 		return nil, err
 	}
 	for _, t := range cfg.Tiers {
-		var tg replicator.Target
+		var tg tier.Target
 		var err error
 		if t.Kind == events.TierTape {
 			tt, terr := d.openTapeTier(t)
@@ -110,19 +105,15 @@ func (d *daemon) buildStages() (*stages, error) {
 		}
 		s.targets[t.Name] = s.guard.Wrap(tg)
 		s.costs[t.Name] = t.Cost
-		s.filters[t.Name] = newTierFilter(t)
+		if s.filters[t.Name], err = tier.NewFilter(t.Include, t.Exclude, int64(t.MinSize), int64(t.MaxSize)); err != nil {
+			return nil, fmt.Errorf("tier %s: %w", t.Name, err)
+		}
 		s.tiers[t.Name] = &tierState{kind: t.Kind}
 	}
 	s.reader, err = recall.New(recall.Config{
-		Targets: s.targets,
-		Copies:  d.goodCopies(s.costs),
-		OnFailure: func(objectID, tier string, err error) {
-			d.logger.Warn("recall from tier failed", "object", objectID, "tier", tier, "err", err)
-			if errors.Is(err, replicator.ErrCorrupt) || errors.Is(err, replicator.ErrNotFound) {
-				s.recallEv <- &events.ObjectCorrupt{ObjectID: objectID, Tier: tier, Reason: err.Error()}
-			}
-		},
-		Logger: d.logger.With("component", "recall"),
+		Targets: s.targets, Catalog: d.cat, Costs: s.costs,
+		Emitter: pipeline.NewEmitter(d.js, cfg.Host, "recall"),
+		Logger:  d.logger.With("component", "recall"),
 	})
 	if err != nil {
 		return nil, err
@@ -141,8 +132,7 @@ func (d *daemon) buildStages() (*stages, error) {
 			return nil, fmt.Errorf("interceptor: holder socket %s is longer than %d bytes (a unix socket limit): use a shorter data directory, or interceptor.holder = false", icfg.HolderSocket, maxSocketPath)
 		}
 	}
-	icfg.OnComplete = func(c interceptor.Completion) { s.recallEv <- c }
-	icfg.OnFail = func(f interceptor.Failure) { s.recallEv <- f }
+	icfg.Emitter = pipeline.NewEmitter(d.js, cfg.Host, "interceptor")
 	if s.interceptor, err = interceptor.Open(icfg, s.reader, d.logger.With("stage", "interceptor")); err != nil {
 		return nil, fmt.Errorf("interceptor: %w", err)
 	}
@@ -159,11 +149,8 @@ func (d *daemon) buildStages() (*stages, error) {
 		InHotTree: d.inHotTree, Failpoints: s.failpoints, Logger: d.logger.With("stage", compressor.StageName),
 	}))
 	for _, t := range cfg.Tiers {
-		name := replicator.StageName(t.Name)
-		var wants func(p *events.ObjectPacked) bool
-		if f := s.filters[t.Name]; f != nil {
-			wants = func(p *events.ObjectPacked) bool { return f.wants(d.relPath(p.Path), p.Size) }
-		}
+		name := tier.StageName(t.Name)
+		filter := s.filters[t.Name]
 		var st pipeline.Stage
 		if tt := s.tapeTiers[t.Name]; tt != nil {
 			// The tape writer's own stage (bundles, ring, filemarks) and
@@ -172,19 +159,19 @@ func (d *daemon) buildStages() (*stages, error) {
 			if st.Name != name {
 				return nil, fmt.Errorf("tier %s: tape stage is named %q, want %q", t.Name, st.Name, name)
 			}
-			if wants != nil {
-				h := st.Handle
+			if filter != nil {
+				h, roots := st.Handle, d.hotRoots()
 				st.Handle = func(ctx context.Context, env events.Envelope, ev events.Event) error {
-					if p, ok := ev.(*events.ObjectPacked); ok && !wants(p) {
+					if p, ok := ev.(*events.ObjectPacked); ok && !filter.Wants(tier.RelPath(roots, p.Path), p.Size) {
 						return nil
 					}
 					return h(ctx, env, ev)
 				}
 			}
 		} else {
-			st = replicator.Stage(replicator.StageConfig{
+			st = store.Stage(store.StageConfig{
 				Target: s.targets[t.Name], Emitter: pipeline.NewEmitter(d.js, host, name),
-				Failpoints: s.failpoints, Logger: d.logger.With("stage", name), Wants: wants,
+				Failpoints: s.failpoints, Logger: d.logger.With("stage", name), Filter: filter, Roots: d.hotRoots(),
 			})
 			// A tier may be down for days: keep retrying (every 5 minutes
 			// at the end) instead of dead-lettering its copies after a few
@@ -200,8 +187,12 @@ func (d *daemon) buildStages() (*stages, error) {
 	allTiers := cfg.tierNames()
 	if anyFiltered(cfg) {
 		allTiers = nil
-		s.pipeline = append(s.pipeline, d.unstageStage(s))
+		s.pipeline = append(s.pipeline, store.Unstage(store.UnstageConfig{
+			Catalog: d.cat, Host: host, StagingDir: s.stagingDir, Filters: s.filters, Roots: d.hotRoots(),
+			Logger: d.logger.With("stage", store.UnstageName),
+		}))
 	}
+	s.pipeline = append(s.pipeline, interceptor.PrefetchStage(host, d.logger.With("stage", interceptor.PrefetchStageName)))
 	s.pipeline = append(s.pipeline, releaser.Stage(releaser.StageConfig{
 		Catalog: d.cat, Emitter: pipeline.NewEmitter(d.js, host, releaser.StageName),
 		Roots: d.hotRoots(), Copies: cfg.Release.Copies, CountingTiers: cfg.Release.From, AllTiers: allTiers,
@@ -209,10 +200,11 @@ func (d *daemon) buildStages() (*stages, error) {
 		Logger: d.logger.With("stage", releaser.StageName),
 	}))
 	if roots := d.hotRoots(); len(roots) > 0 {
+		em, logger := pipeline.NewEmitter(d.js, host, "scanner"), d.logger.With("stage", "scanner")
 		s.scanner = scanner.NewLoop(scanner.LoopConfig{
-			Policy: d.scanPolicy(roots), Interval: time.Duration(cfg.Policy.ScanInterval),
-			Emitter: pipeline.NewEmitter(d.js, host, "scanner"), Skip: d.beingArchived, Reconcile: d.reconcileStubs,
-			Logger: d.logger.With("stage", "scanner"),
+			Policy: d.scanPolicy(roots), Interval: time.Duration(cfg.Policy.ScanInterval), Emitter: em, Catalog: d.cat,
+			Reconciler: &scanner.Reconciler{Policy: d.scanPolicy(roots), Catalog: d.cat, Marker: s.interceptor, Emitter: em, Logger: logger},
+			Logger:     logger,
 		})
 	}
 	return s, nil
@@ -227,11 +219,27 @@ func (d *daemon) runStages(ctx context.Context, s *stages, g interface{ Go(func(
 	if s.scanner != nil {
 		g.Go(func() error { return s.scanner.Run(ctx) })
 	}
-	g.Go(func() error { return d.publishRecalls(ctx, s) })
-	g.Go(func() error { return d.serveTierControl(ctx, s) })
-	if d.cfg.Scrub.Interval > 0 {
-		g.Go(func() error { return d.scheduleScrubs(ctx, s) })
-	}
+	scrubs := &scrubber.Service{Targets: s.targets, Catalog: d.cat, Repairer: s.reader,
+		Emitter:  pipeline.NewEmitter(d.js, d.cfg.Host, "scrub"),
+		Interval: time.Duration(d.cfg.Scrub.Interval), Sample: float64(d.cfg.Scrub.Sample), Rate: int64(d.cfg.Scrub.Rate),
+		Logger: d.logger.With("component", "scrub")}
+	prunes := &pruner.Service{Catalog: d.cat, JS: d.js, Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, "prune"),
+		Targets: s.targets, Guard: s.guard, StagingDir: s.stagingDir,
+		KeepDeleted: time.Duration(d.cfg.Retention.KeepDeleted), KeepVersions: d.cfg.Retention.KeepVersions,
+		Logger: d.logger.With("component", "prune")}
+	verbs := scrubs.Handlers(ctx)
+	maps.Copy(verbs, prunes.Handlers())
+	g.Go(func() error {
+		// These verbs start work that lives as long as the stages.
+		stop, err := pipeline.ServeControl(ctx, d.nc, d.cfg.Host, verbs, d.logger)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		<-ctx.Done()
+		return nil
+	})
+	g.Go(func() error { return scrubs.Run(ctx) })
 	for name, tt := range s.tapeTiers {
 		// On stop, write what the ring holds and a flushing filemark, so
 		// the handlers waiting for it ack instead of timing out.
@@ -246,9 +254,9 @@ func (d *daemon) runStages(ctx context.Context, s *stages, g interface{ Go(func(
 }
 
 // openTier opens the target of one configured tier.
-func (d *daemon) openTier(t TierConfig) (replicator.Target, error) {
+func (d *daemon) openTier(t TierConfig) (tier.Target, error) {
 	logger := d.logger.With("tier", t.Name)
-	var tg replicator.Target
+	var tg tier.Target
 	var err error
 	switch t.Kind {
 	case events.TierDirectory:
@@ -283,15 +291,6 @@ func anyFiltered(cfg Config) bool {
 		}
 	}
 	return false
-}
-
-// relPath is p relative to its hot tree ("/"-separated), as tier globs
-// see it; a path outside every hot tree is taken without its leading "/".
-func (d *daemon) relPath(p string) string {
-	if r := d.hotRootOf(p); r != "" {
-		return strings.TrimPrefix(strings.TrimPrefix(p, r), "/")
-	}
-	return strings.TrimPrefix(p, "/")
 }
 
 // tierState is what `strata status` shows of a tier's store stage.
@@ -366,7 +365,7 @@ func (d *daemon) tierStatuses(ctx context.Context, st pipeline.Status) []tierSta
 	for i, t := range d.cfg.Tiers {
 		ts := tierStatus{Name: t.Name, Kind: t.Kind, Cost: t.Cost, Objects: counts[t.Name][0], Corrupt: counts[t.Name][1]}
 		for _, c := range st.Consumers {
-			if c.Name == replicator.StageName(t.Name) {
+			if c.Name == tier.StageName(t.Name) {
 				ts.Lag, ts.Pending = c.Lag, c.AckPending
 			}
 		}
@@ -385,7 +384,7 @@ func (d *daemon) tierStatuses(ctx context.Context, st pipeline.Status) []tierSta
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
 			_, err := tg.Stat(pctx, probeID)
-			if err == nil || errors.Is(err, replicator.ErrNotFound) {
+			if err == nil || errors.Is(err, tier.ErrNotFound) {
 				out[i].Reachable = true
 			} else {
 				out[i].Probe = err.Error()
@@ -394,96 +393,6 @@ func (d *daemon) tierStatuses(ctx context.Context, st pipeline.Status) []tierSta
 	}
 	wg.Wait()
 	return out
-}
-
-// unstageName is the durable consumer of the unstage stage.
-const unstageName = "unstage"
-
-// unstageStage removes a staged object once every tier that wants it (by
-// its tier filter, for any file that has the object) holds a good copy.
-func (d *daemon) unstageStage(s *stages) pipeline.Stage {
-	return pipeline.Stage{
-		Name: unstageName,
-		Filter: []string{
-			events.Subject(events.AnyHost, events.KindObjectStored),
-			events.Subject(d.cfg.Host, events.KindObjectPacked),
-		},
-		Concurrency: 1,
-		Handle: func(ctx context.Context, env events.Envelope, ev events.Event) error {
-			var oid string
-			switch e := ev.(type) {
-			case *events.ObjectStored:
-				oid = e.ObjectID
-			case *events.ObjectPacked:
-				oid = e.ObjectID
-			default:
-				return pipeline.Permanent(fmt.Errorf("unstage: unexpected event %s", env.Type))
-			}
-			if err := d.cat.WaitSeq(ctx, env.Seq); err != nil {
-				return err
-			}
-			done, err := d.storedWherever(s, oid)
-			if err != nil || !done {
-				return err
-			}
-			for _, ext := range []string{".zst", ".json"} {
-				p := filepath.Join(s.stagingDir, oid+ext)
-				if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-					d.logger.Warn("remove staged object", "path", p, "err", err)
-				}
-			}
-			return nil
-		},
-	}
-}
-
-// storedWherever reports whether every tier that wants object oid holds a
-// good copy of it.
-func (d *daemon) storedWherever(s *stages, oid string) (bool, error) {
-	cps, err := d.cat.Copies(oid)
-	if err != nil && !errors.Is(err, catalog.ErrNotFound) {
-		return false, err
-	}
-	good := map[string]bool{}
-	for _, c := range cps {
-		good[c.Tier] = good[c.Tier] || c.State == catalog.CopyGood
-	}
-	files, err := d.cat.FilesByObject(oid)
-	if err != nil && !errors.Is(err, catalog.ErrNotFound) {
-		return false, err
-	}
-	// Every path and size the object was packed under: a tier's store
-	// stage decided on one of them.
-	type use struct {
-		rel  string
-		size int64
-	}
-	var uses []use
-	for _, f := range files {
-		uses = append(uses, use{d.relPath(f.Path), f.Stat.Size})
-		vs, err := d.cat.Versions(f.ID)
-		if err != nil && !errors.Is(err, catalog.ErrNotFound) {
-			return false, err
-		}
-		for _, v := range vs {
-			if v.ObjectID == oid {
-				uses = append(uses, use{d.relPath(v.Path), v.Stat.Size})
-			}
-		}
-	}
-	if len(uses) == 0 {
-		return false, nil
-	}
-	for name, f := range s.filters {
-		wanted := false
-		for _, u := range uses {
-			wanted = wanted || f.wants(u.rel, u.size)
-		}
-		if wanted && !good[name] {
-			return false, nil
-		}
-	}
-	return true, nil
 }
 
 // closeStages releases what buildStages opened. The interceptor closes
@@ -507,125 +416,21 @@ func (s *stages) close(logger *slog.Logger) {
 // markStubs puts the interceptor's mark on every stub the catalog knows,
 // before the daemon reports ready.
 func (d *daemon) markStubs(ctx context.Context, s *stages) error {
-	n, missing := 0, 0
-	em := pipeline.NewEmitter(d.js, d.cfg.Host, "interceptor")
-	err := d.cat.Stubs(func(f catalog.File) error {
-		if info, err := stub.ReadPath(f.Path); err == nil && info.FileID == f.ID && info.ObjectID == f.ObjectID && info.State == stub.Archived {
-			// A recall finished (its xattrs say archived only once the
-			// file is proven whole) but the daemon died before
-			// recall.completed was published: publish it now, so the
-			// catalog converges. The Msg-Id is the catalog's sequence, so
-			// another restart before it is applied publishes nothing new.
-			d.logger.Info("recall finished before a crash; recording it", "path", f.Path, "file_id", f.ID)
-			_, err := em.Emit(ctx, &events.RecallCompleted{FileID: f.ID, Path: f.Path, ObjectID: f.ObjectID, SourceTier: "none"},
-				f.ID, "finished-before-crash", fmt.Sprint(f.Seq))
-			return err
-		}
-		if err := s.interceptor.Mark(f.Path); err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				missing++
-				d.logger.Warn("stub in the catalog is missing on disk (moved or deleted while the daemon was down?)", "path", f.Path)
-				return nil
-			}
-			return fmt.Errorf("mark stub %s: %w", f.Path, err)
-		}
-		n++
-		return nil
-	})
+	n, missing, err := s.interceptor.MarkCatalogStubs(d.cat)
 	if err != nil {
 		return err
 	}
 	// Stubs renamed while the daemon was down are not where the catalog
 	// says: find every stub on disk too.
-	found, _, err := d.markFoundStubs(ctx, s)
+	found, _, err := scanner.FindStubs(ctx, d.scanPolicy(d.hotRoots()))
+	if err == nil {
+		err = s.interceptor.MarkFound(found)
+	}
 	if err != nil {
 		return err
 	}
 	d.logger.Info("stubs marked", "catalog", n, "missing_from_catalog_path", missing, "found_on_disk", len(found), "mode", s.interceptor.Mode())
 	return nil
-}
-
-// publishRecalls turns interceptor callbacks into events, off the
-// interceptor's goroutines.
-func (d *daemon) publishRecalls(ctx context.Context, s *stages) error {
-	em := pipeline.NewEmitter(d.js, d.cfg.Host, "interceptor")
-	for {
-		var ev events.Event
-		select {
-		case <-ctx.Done():
-			return nil
-		case x := <-s.recallEv:
-			switch x := x.(type) {
-			case interceptor.Completion:
-				ev = completedEvent(x)
-			case interceptor.Failure:
-				ev = failedEvent(x)
-			case events.Event:
-				ev = x
-			}
-		}
-		if ev == nil {
-			continue
-		}
-		if _, err := em.Emit(ctx, ev, ev.Entity(), fmt.Sprint(time.Now().UnixNano())); err != nil && ctx.Err() == nil {
-			d.logger.Error("publish recall event", "kind", ev.Kind(), "err", err)
-		}
-	}
-}
-
-// completedEvent is recall.completed, or file.modified when the file was
-// cut below its archived size while it was being recalled (its content is
-// no longer the object).
-func completedEvent(c interceptor.Completion) events.Event {
-	if c.Truncated {
-		st, err := statOf(c.Path)
-		if err != nil {
-			return nil
-		}
-		return &events.FileModified{FileID: c.FileID, Path: c.Path, ObjectID: c.ObjectID, Stat: st}
-	}
-	tier := c.Tier
-	if tier == "" {
-		tier = "none"
-	}
-	return &events.RecallCompleted{FileID: c.FileID, Path: c.Path, ObjectID: c.ObjectID, Bytes: c.Bytes,
-		DurationNS: c.Duration.Nanoseconds(), SourceTier: tier, PID: c.PID, Process: c.Process}
-}
-
-func failedEvent(f interceptor.Failure) events.Event {
-	if f.FileID == "" || f.ObjectID == "" || f.Path == "" {
-		return nil
-	}
-	return &events.RecallFailed{FileID: f.FileID, Path: f.Path, ObjectID: f.ObjectID,
-		Reason: f.Err.Error(), PID: f.PID, Process: f.Process}
-}
-
-// statOf is the FileStat of path (generation 0: not needed to describe a
-// modification).
-func statOf(path string) (events.FileStat, error) {
-	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err != nil {
-		return events.FileStat{}, err
-	}
-	return events.FileStat{Size: st.Size, Mode: st.Mode, UID: st.Uid, GID: st.Gid,
-		AtimeNS: st.Atim.Nano(), MtimeNS: st.Mtim.Nano(), CtimeNS: st.Ctim.Nano(), Dev: st.Dev, Inode: st.Ino}, nil
-}
-
-// goodCopies answers the recall reader from the catalog.
-func (d *daemon) goodCopies(costs map[string]int) func(string) ([]recall.Copy, error) {
-	return func(objectID string) ([]recall.Copy, error) {
-		cps, err := d.cat.Copies(objectID)
-		if err != nil {
-			return nil, err
-		}
-		var out []recall.Copy
-		for _, c := range cps {
-			if c.State == catalog.CopyGood {
-				out = append(out, recall.Copy{Tier: c.Tier, Cost: costs[c.Tier]})
-			}
-		}
-		return out, nil
-	}
 }
 
 // hotRoots lists the configured hot trees.
@@ -653,22 +458,13 @@ func (d *daemon) hotRootOf(p string) string {
 	return ""
 }
 
-// beingArchived reports whether the catalog already has c on its way.
-func (d *daemon) beingArchived(c scanner.Candidate) bool {
-	f, err := d.cat.File(c.FileID)
-	return err == nil && f.State == catalog.StateArchiving && f.Stat.SameContent(c.Stat)
-}
-
 // scanPolicy turns the config into the scanner's policy.
 func (d *daemon) scanPolicy(roots []string) scanner.Policy {
 	pc := d.cfg.Policy
 	p := scanner.Policy{
 		Roots: roots, DataDir: d.cfg.DataDir, MinSize: int64(pc.MinSize),
 		Include: pc.Include, Exclude: pc.Exclude, PinnedPaths: pc.Pinned,
-		Pinned: func(path string) bool {
-			ok, err := d.cat.Pinned(path)
-			return err != nil || ok // unsure: treat as pinned
-		},
+		Pinned:   scanner.PinnedByCatalog(d.cat),
 		AgeMatch: scanner.AgeAll,
 	}
 	age := time.Duration(pc.MinAge)

@@ -18,6 +18,7 @@ import (
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/releaser"
 	"github.com/strata-hsm/strata/workers/stratatest"
+	"github.com/strata-hsm/strata/workers/tape/volume"
 	"github.com/strata-hsm/strata/workers/tapewriter"
 )
 
@@ -107,7 +108,7 @@ func TestTapeEndToEnd(t *testing.T) {
 	if _, errs, code := cli(t, "tape", "label", "emulator:"+lib, "--volume", "V1", "--pool", "p"); code == 0 || !strings.Contains(errs, "already labelled") {
 		t.Fatalf("relabel without --force: %d %s", code, errs)
 	}
-	var vols []tapeVolume
+	var vols []volume.Status
 	cliJSON(t, &vols, "tape", "ls", "--json", "--device", "emulator:"+lib)
 	if len(vols) != 2 || vols[0].Volume != "V1" || vols[0].State != "writable" || vols[1].Pool != "p" || vols[0].BlockSize != 256<<10 {
 		t.Fatalf("tape ls: %+v", vols)

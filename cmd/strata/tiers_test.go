@@ -21,12 +21,13 @@ import (
 	"github.com/strata-hsm/strata/events/eventstest"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
-	"github.com/strata-hsm/strata/workers/replicator"
-	"github.com/strata-hsm/strata/workers/replicator/dir"
-	"github.com/strata-hsm/strata/workers/replicator/replicatortest"
+	"github.com/strata-hsm/strata/workers/pruner"
 	"github.com/strata-hsm/strata/workers/scrubber"
 	"github.com/strata-hsm/strata/workers/stratatest"
 	"github.com/strata-hsm/strata/workers/stub"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/dir"
+	"github.com/strata-hsm/strata/workers/tier/tiertest"
 )
 
 // tcpProxy forwards 127.0.0.1:port to a server and can be taken down
@@ -39,7 +40,7 @@ type tcpProxy struct {
 }
 
 func startProxy(t *testing.T, to string) *tcpProxy {
-	p := &tcpProxy{addr: fmt.Sprintf("127.0.0.1:%d", replicatortest.FreePort(t)), to: to, conns: map[net.Conn]bool{}}
+	p := &tcpProxy{addr: fmt.Sprintf("127.0.0.1:%d", tiertest.FreePort(t)), to: to, conns: map[net.Conn]bool{}}
 	p.up(t)
 	t.Cleanup(p.down)
 	return p
@@ -137,7 +138,7 @@ func goodCopyOn(cat *catalog.Catalog, oid, tier string) bool {
 // stage catches up, the files are released, and they read back intact.
 func TestReleaseWaitsForCopies(t *testing.T) {
 	stratatest.NeedRoot(t)
-	srv := replicatortest.StartS3(t)
+	srv := tiertest.StartS3(t)
 	bucket := srv.NewBucket(t)
 	proxy := startProxy(t, srv.Endpoint)
 	proxy.down()
@@ -238,7 +239,7 @@ func TestReleaseWaitsForCopies(t *testing.T) {
 }
 
 // objectPath is where a directory tier keeps an object's packed bytes.
-func objectPath(root, id string) string { return filepath.Join(root, replicator.ObjectKey(id)) }
+func objectPath(root, id string) string { return filepath.Join(root, tier.ObjectKey(id)) }
 
 // TestFallbackAndScrub: a directory tier (cheap) and an rclone webdav
 // remote, copies = 2. A corrupted directory copy: recall falls back to the
@@ -247,7 +248,7 @@ func objectPath(root, id string) string { return filepath.Join(root, replicator.
 // strata scrub, which publishes object.stored again.
 func TestFallbackAndScrub(t *testing.T) {
 	stratatest.NeedRoot(t)
-	dav := replicatortest.StartRclone(t, "webdav")
+	dav := tiertest.StartRclone(t, "webdav")
 	env := map[string]string{}
 	for _, kv := range dav.Env {
 		k, v, _ := strings.Cut(kv, "=")
@@ -298,7 +299,7 @@ func TestFallbackAndScrub(t *testing.T) {
 	})
 
 	// Remove the remote's copy of small.
-	if err := os.Remove(filepath.Join(dav.Dir, "strata", replicator.ObjectKey(fs.ObjectID))); err != nil {
+	if err := os.Remove(filepath.Join(dav.Dir, "strata", tier.ObjectKey(fs.ObjectID))); err != nil {
 		t.Fatal(err)
 	}
 
@@ -321,7 +322,7 @@ func TestFallbackAndScrub(t *testing.T) {
 	if _, err := hdd.Verify(context.Background(), fb.ObjectID); err != nil {
 		t.Fatalf("hdd copy after scrub: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(dav.Dir, "strata", replicator.ObjectKey(fs.ObjectID))); err != nil {
+	if _, err := os.Stat(filepath.Join(dav.Dir, "strata", tier.ObjectKey(fs.ObjectID))); err != nil {
 		t.Fatalf("remote copy after scrub: %v", err)
 	}
 	waitFor(t, 10*time.Second, func() error {
@@ -392,7 +393,7 @@ func TestPrune(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var dry pruneReply
+	var dry pruner.Reply
 	cliJSON(t, &dry, "prune", "--json", "--data", data)
 	want := map[string]bool{oldDel.ObjectID: true, sup.ObjectID: true}
 	if dry.Applied || len(dry.Objects) != 2 || !want[dry.Objects[0].ObjectID] || !want[dry.Objects[1].ObjectID] || dry.Copies != 2 {
@@ -405,7 +406,7 @@ func TestPrune(t *testing.T) {
 		t.Fatalf("prune (text): %d %s", code, out)
 	}
 
-	var rep pruneReply
+	var rep pruner.Reply
 	cliJSON(t, &rep, "prune", "--apply", "--json", "--data", data)
 	if !rep.Applied || rep.Deleted != 2 || rep.Errors != 0 {
 		t.Fatalf("prune --apply: %+v", rep)

@@ -80,11 +80,15 @@ func (o *Options) Validate() error {
 
 // Catalog is an open catalog database.
 //
-// Lock order: applyMu, then mu.
+// Lock order: followMu, then applyMu, then mu.
 type Catalog struct {
 	dir string
 	log *slog.Logger
 	wo  *pebble.WriteOptions
+
+	// followMu is held by Follow while it applies a batch, and by Verify
+	// for as long as it needs the catalog to stand still.
+	followMu sync.Mutex
 
 	// applyMu serialises Apply. Protected by applyMu: cache, filter, st.
 	applyMu sync.Mutex

@@ -1,141 +1,177 @@
-package catalog
+package catalog_test
 
 import (
+	"context"
+	"os"
 	"path/filepath"
-	"strings"
+	"strconv"
 	"testing"
+	"time"
 
-	"github.com/cockroachdb/pebble/v2"
-
-	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/pipeline/pipelinetest"
+	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/projections/catalog/catalogtest"
 )
 
-func applyIn(t *testing.T, c *Catalog, envs []events.Envelope, size int) {
+func openCat(t testing.TB, dir string) *catalog.Catalog {
 	t.Helper()
-	for lo := 0; lo < len(envs); lo += size {
-		if err := c.Apply(envs[lo:min(lo+size, len(envs))]); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-// TestReplayDeterministic applies the same 100k mixed events in different
-// batchings, and with crashes and redeliveries, and requires byte-identical
-// databases.
-func TestReplayDeterministic(t *testing.T) {
-	n := 100_000
-	if testing.Short() {
-		n = 20_000
-	}
-	envs := catalogtest.Generate(n, 42, catalogtest.Options{Invalid: 0.01})
-
-	ref := open(t, "")
-	applyIn(t, ref, envs, 1000)
-	checkStats(t, ref)
-	st, _ := ref.Stats()
-	t.Logf("stats: %+v", st)
-	if st.ByState["released"].Files == 0 || st.ByState["dirty"].Files == 0 || st.ByState["deleted"].Files == 0 ||
-		st.ByState["archived"].Files == 0 || st.ByState["resident"].Files == 0 || st.ByState["archiving"].Files == 0 ||
-		st.CorruptCopies == 0 || st.Pins == 0 || st.Skipped == 0 || st.Versions <= st.Objects/2 {
-		t.Fatalf("the generated stream does not exercise every state: %+v", st)
-	}
-
-	for _, size := range []int{1, 7} {
-		c := open(t, "")
-		if size == 7 {
-			// A tiny key filter: rebuilt many times on the way.
-			c.filterMin = 100
-		}
-		applyIn(t, c, envs, size)
-		if size == 7 && c.filter.cap < 2*int(st.Files) {
-			t.Fatalf("key filter of %d keys was never rebuilt", c.filter.cap)
-		}
-		if d, err := Diff(ref, c); err != nil || d != "" {
-			t.Fatalf("batch size %d: %s %v", size, d, err)
-		}
-		c.Close()
-	}
-
-	// Crashes: close and reopen midway, redeliver overlapping ranges in
-	// other batch sizes.
-	dir := t.TempDir()
-	c := open(t, dir)
-	applyIn(t, c, envs[:n*2/5], 500)
-	c.Close()
-	c = open(t, dir)
-	if c.LastSeq() != uint64(n*2/5) {
-		t.Fatalf("LastSeq %d after reopen", c.LastSeq())
-	}
-	applyIn(t, c, envs[n*3/10:n*7/10], 333)
-	c.Close()
-	c = open(t, dir)
-	applyIn(t, c, envs[:n/2], 999)
-	applyIn(t, c, envs[n/2:], 4096)
-	if d, err := Diff(ref, c); err != nil || d != "" {
-		t.Fatalf("after crashes: %s %v", d, err)
-	}
-	checkStats(t, c)
-
-	// A checkpoint opens as an identical catalog at the same sequence.
-	cp := filepath.Join(t.TempDir(), "checkpoint")
-	if err := c.Checkpoint(cp); err != nil {
-		t.Fatal(err)
-	}
-	copyCat := open(t, cp)
-	if copyCat.LastSeq() != uint64(n) {
-		t.Fatalf("checkpoint at seq %d", copyCat.LastSeq())
-	}
-	if d, err := Diff(c, copyCat); err != nil || d != "" {
-		t.Fatalf("checkpoint differs: %s %v", d, err)
-	}
-	copyCat.Close()
-
-	// Diff names an altered, a missing and an extra key.
-	var fileKey []byte
-	scan(c.mu.db, pfxFile, func(k, v []byte) error {
-		if fileKey == nil {
-			fileKey = append([]byte(nil), k...)
-		}
-		return nil
-	})
-	orig, err := get(c.mu.db, fileKey)
+	c, err := catalog.Open(dir, catalog.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	altered := append([]byte(nil), orig...)
-	altered[len(altered)-1] ^= 1
-	for _, tc := range []struct {
-		name   string
-		change func() error
-		want   string
-	}{
-		{"altered", func() error { return c.mu.db.Set(fileKey, altered, pebble.Sync) }, "key \"" + string(fileKey) + "\": values differ"},
-		{"missing", func() error { return c.mu.db.Delete(fileKey, pebble.Sync) }, "key \"" + string(fileKey) + "\" only in the first"},
-		{"extra", func() error { return c.mu.db.Set([]byte("file/zzz"), nil, pebble.Sync) }, "key \"file/zzz\" only in the second"},
-	} {
-		if err := tc.change(); err != nil {
-			t.Fatal(err)
-		}
-		d, err := Diff(ref, c)
-		if err != nil || !strings.HasPrefix(d, tc.want) {
-			t.Fatalf("%s: Diff = %q, %v; want %q…", tc.name, d, err, tc.want)
-		}
-		// Restore.
-		c.mu.db.Delete([]byte("file/zzz"), pebble.Sync)
-		if err := c.mu.db.Set(fileKey, orig, pebble.Sync); err != nil {
-			t.Fatal(err)
-		}
-		if d, _ := Diff(ref, c); d != "" {
-			t.Fatalf("%s: not restored: %s", tc.name, d)
-		}
-	}
-	if err := c.Apply(envs[:1]); err != nil {
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestReplayFromLog: a catalog rebuilt from a real JetStream log equals one
+// that applied the same events directly; Verify finds nothing on it and
+// names a difference on a catalog that is behind; Replace swaps a rebuilt
+// catalog in; CatchUp of a partial catalog converges.
+func TestReplayFromLog(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srv := pipelinetest.RunServer(t)
+	js := srv.JetStream()
+	envs := catalogtest.Generate(6000, 3, catalogtest.Options{})
+	if err := catalogtest.Publish(js, "test", envs); err != nil {
 		t.Fatal(err)
 	}
-	other := open(t, "")
-	applyIn(t, other, envs[:n-1], 5000)
-	if d, _ := Diff(ref, other); !strings.Contains(d, "sequence differs") {
-		t.Fatalf("Diff at different sequences: %q", d)
+	last, err := pipeline.LastSeq(ctx, js)
+	if err != nil || last != uint64(len(envs)) {
+		t.Fatalf("stream has %d events (%v), want %d", last, err, len(envs))
+	}
+
+	direct := openCat(t, t.TempDir())
+	if err := direct.Apply(envs); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	rebuilt, err := catalog.Rebuild(ctx, js, filepath.Join(dir, "cat"), last, catalog.Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rebuilt.Close() })
+	if diff, err := catalog.Diff(direct, rebuilt); err != nil || diff != "" {
+		t.Fatalf("rebuilt catalog differs from the directly applied one: %q %v", diff, err)
+	}
+	if _, err := catalog.Rebuild(ctx, js, filepath.Join(dir, "cat"), last, catalog.Options{}, nil); err == nil {
+		t.Fatal("rebuild into an existing directory: want an error")
+	}
+	seq, diff, err := rebuilt.Verify(ctx, js, dir, nil)
+	if err != nil || diff != "" || seq != last {
+		t.Fatalf("verify of a rebuilt catalog: seq %d diff %q err %v", seq, diff, err)
+	}
+
+	// A catalog that is behind the log differs from a replay of the log
+	// only up to its own sequence: so alter one by applying a prefix and a
+	// foreign event instead of the rest.
+	partial := openCat(t, t.TempDir())
+	if err := partial.Apply(envs[:4000]); err != nil {
+		t.Fatal(err)
+	}
+	if err := partial.CatchUp(ctx, js, last, nil); err != nil || partial.LastSeq() != last {
+		t.Fatalf("catch up: seq %d, %v", partial.LastSeq(), err)
+	}
+	if diff, _ := catalog.Diff(direct, partial); diff != "" {
+		t.Fatalf("caught-up catalog differs: %s", diff)
+	}
+	other := catalogtest.Generate(6000, 4, catalogtest.Options{})
+	wrong := openCat(t, t.TempDir())
+	if err := wrong.Apply(other); err != nil {
+		t.Fatal(err)
+	}
+	if _, diff, err := wrong.Verify(ctx, js, dir, nil); err != nil || diff == "" {
+		t.Fatalf("verify of a catalog of another log: diff %q err %v; want a difference", diff, err)
+	}
+
+	live := filepath.Join(dir, "live")
+	var calls int
+	if err := catalog.Replace(ctx, js, live, last, catalog.Options{}, func(done, total uint64) {
+		calls++
+		if total != last || done > total {
+			t.Errorf("progress %d/%d", done, total)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if calls == 0 {
+		t.Error("no progress reported")
+	}
+	for _, p := range []string{live + ".replay", live + ".old"} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s left behind (%v)", p, err)
+		}
+	}
+	replaced := openCat(t, live)
+	if diff, _ := catalog.Diff(direct, replaced); diff != "" || replaced.LastSeq() != last {
+		t.Fatalf("replaced catalog: seq %d diff %s", replaced.LastSeq(), diff)
+	}
+}
+
+// TestFollow: the projection follows new events as they are published and
+// stops when its context ends.
+func TestFollow(t *testing.T) {
+	srv := pipelinetest.RunServer(t)
+	js := srv.JetStream()
+	envs := catalogtest.Generate(3000, 5, catalogtest.Options{})
+	cat := openCat(t, t.TempDir())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cat.Follow(ctx, js, pipelinetest.Logger(t)) }()
+	for _, part := range [][2]int{{0, 1000}, {1000, 3000}} {
+		if err := catalogtest.Publish(js, "test", envs[part[0]:part[1]]); err != nil {
+			t.Fatal(err)
+		}
+		wctx, wcancel := context.WithTimeout(context.Background(), time.Minute)
+		err := cat.WaitSeq(wctx, uint64(part[1]))
+		wcancel()
+		if err != nil {
+			t.Fatalf("catalog at seq %d, want %d: %v", cat.LastSeq(), part[1], err)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("follow returned %v, want nil at cancel", err)
+	}
+	direct := openCat(t, t.TempDir())
+	if err := direct.Apply(envs); err != nil {
+		t.Fatal(err)
+	}
+	if diff, _ := catalog.Diff(direct, cat); diff != "" {
+		t.Fatalf("followed catalog differs: %s", diff)
+	}
+}
+
+// BenchmarkReplayLog is `strata replay` end to end: N events (default 1M,
+// STRATA_BENCH_EVENTS to change) in a real JetStream file store, read with
+// the ordered consumer and applied to a fresh Pebble catalog, including
+// the final flush. Reports events/s.
+func BenchmarkReplayLog(b *testing.B) {
+	n := 1_000_000
+	if s := os.Getenv("STRATA_BENCH_EVENTS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	ctx := context.Background()
+	srv := pipelinetest.RunServer(b)
+	js := srv.JetStream()
+	if err := catalogtest.Publish(js, "benchhost", catalogtest.Generate(n, 7, catalogtest.Options{})); err != nil {
+		b.Fatal(err)
+	}
+	last, err := pipeline.LastSeq(ctx, js)
+	if err != nil || last != uint64(n) {
+		b.Fatalf("stream has %d events (%v), want %d", last, err, n)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		start := time.Now()
+		cat, err := catalog.Rebuild(ctx, js, filepath.Join(b.TempDir(), "cat"), last, catalog.Options{}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := cat.Close(); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(n)/time.Since(start).Seconds(), "events/s")
 	}
 }

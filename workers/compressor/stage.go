@@ -1,5 +1,11 @@
 package compressor
 
+// The compressor stage (durable "compressor"):
+//
+//	consumes  strata.<host>.file.selected
+//	emits     strata.<host>.object.packed          the file packed into staging (seekable zstd, BLAKE3)
+//	          strata.<host>.file.release_skipped   the file changed, vanished or cannot be read
+
 import (
 	"context"
 	"errors"
@@ -47,7 +53,7 @@ func Stage(cfg StageConfig) pipeline.Stage {
 		// in parallel); several small files at once keep the cores busy
 		// while others wait on fsync.
 		Concurrency: 4,
-		Handle:      h.handle,
+		Handle:      pipeline.Handle(StageName, h.handle),
 	}
 }
 
@@ -55,11 +61,7 @@ type stageHandler struct {
 	cfg StageConfig
 }
 
-func (h *stageHandler) handle(ctx context.Context, env events.Envelope, ev events.Event) error {
-	sel, ok := ev.(*events.FileSelected)
-	if !ok {
-		return pipeline.Permanent(fmt.Errorf("compressor: unexpected event %s", env.Type))
-	}
+func (h *stageHandler) handle(ctx context.Context, env events.Envelope, sel *events.FileSelected) error {
 	if !h.cfg.InHotTree(sel.Path) {
 		return pipeline.Permanent(fmt.Errorf("compressor: %s is outside every configured hot tree; refusing to read it", sel.Path))
 	}

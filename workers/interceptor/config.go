@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/failpoint"
 )
 
@@ -61,6 +62,9 @@ type Config struct {
 	// busybox applet too) or by the base name of its executable. Nil:
 	// DefaultWholeFilePrograms(); empty: none.
 	WholeFilePrograms []string
+	// Emitter publishes the recall events (see stage.go); nil publishes
+	// none (tests).
+	Emitter *pipeline.Emitter
 	// OnComplete is called once per stub whose whole content is back. It
 	// runs on an interceptor goroutine: it must not block for long.
 	OnComplete func(Completion)

@@ -36,6 +36,7 @@ type Source interface {
 // Completion describes a stub whose whole content is back.
 type Completion struct {
 	FileID, ObjectID string
+	ReleaseID        string        // stub.Info.ReleaseID of the stub
 	Path             string        // path of the file when its recall began
 	Bytes            int64         // bytes written by fills
 	Size             int64         // bytes of archived content now resident
@@ -50,6 +51,7 @@ type Completion struct {
 // failed.
 type Failure struct {
 	FileID, ObjectID string
+	ReleaseID        string // stub.Info.ReleaseID, when the stub is known
 	Path             string
 	Offset, Length   int64 // bytes that could not be filled
 	PID              int32 // 0 for a background fill
@@ -85,6 +87,7 @@ type Interceptor struct {
 	pid  int32
 	jr   *journal    // nil without Config.JournalDir
 	hc   *holderConn // nil without Config.HolderSocket
+	pub  *publisher  // nil without Config.Emitter
 
 	// orph holds the orphaned events of a crashed predecessor until each is
 	// answered (see recover.go).
@@ -165,6 +168,7 @@ func Open(cfg Config, src Source, logger *slog.Logger) (*Interceptor, error) {
 	}
 	i := &Interceptor{
 		cfg: cfg, mode: mode, src: src, log: logger, g: g, pid: int32(os.Getpid()), jr: jr, hc: hc,
+		pub:        newPublisher(cfg.Emitter, logger),
 		bgSem:      make(chan struct{}, cfg.BackgroundFills),
 		readerDone: make(chan struct{}),
 	}
@@ -479,6 +483,7 @@ func (i *Interceptor) Close() error {
 		i.hc.close()
 	}
 	i.jr.close()
+	i.pub.close(5 * time.Second)
 	if err := i.g.close(); err != nil {
 		return fmt.Errorf("close fanotify group: %w", err)
 	}
@@ -619,7 +624,7 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		}
 		nr, err := newRecall(i, ev, key, &st, info)
 		if err != nil {
-			i.fail(Failure{FileID: info.FileID, ObjectID: info.ObjectID, Path: fdPath(ev.fd), PID: ev.pid, Process: comm(ev.pid), Err: err})
+			i.fail(Failure{FileID: info.FileID, ObjectID: info.ObjectID, ReleaseID: info.ReleaseID, Path: fdPath(ev.fd), PID: ev.pid, Process: comm(ev.pid), Err: err})
 			return unix.EIO
 		}
 		i.mu.Lock()
@@ -630,7 +635,14 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		i.mu.Unlock()
 		if r != nr {
 			unix.Close(nr.fd)
-		} else if r.checkComplete() {
+		} else if ev.pid != i.pid {
+			off, n := ev.off, ev.count
+			if !ev.hasRange {
+				off, n = 0, info.Size
+			}
+			i.pub.requested(info, nr.path, off, n, ev.pid, nr.process)
+		}
+		if r == nr && r.checkComplete() {
 			i.work.Add(1)
 			go r.finish()
 		}
@@ -655,7 +667,7 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		// throws it away, a cost only truncate(2) and ftruncate pay:
 		// O_TRUNC raises no event), then no fill may write at or past off.
 		if err := r.ensure(i.fgCtx, ev.off, r.info.Size); err != nil {
-			i.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path,
+			i.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path,
 				Offset: ev.off, Length: r.info.Size - ev.off, PID: ev.pid, Process: comm(ev.pid), Err: err})
 			return errnoFor(err)
 		}
@@ -675,7 +687,7 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		if errors.As(err, &fe) {
 			off, n = fe.off, fe.n
 		}
-		i.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path,
+		i.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path,
 			Offset: off, Length: n, PID: ev.pid, Process: comm(ev.pid), Err: err})
 		return errnoFor(err)
 	}
@@ -694,6 +706,7 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 func (i *Interceptor) fail(f Failure) {
 	i.log.Warn("recall failed", "path", f.Path, "file_id", f.FileID, "offset", f.Offset,
 		"length", f.Length, "background", f.Background, "err", f.Err)
+	i.pub.failed(f)
 	if i.cfg.OnFail != nil {
 		i.cfg.OnFail(f)
 	}

@@ -687,7 +687,7 @@ func (r *recall) background() {
 // failBackground reports a fill that failed with no program waiting for
 // it (the bytes it was for, when err says).
 func (r *recall) failBackground(err error) {
-	f := Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path, Background: true, Err: err}
+	f := Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path, Background: true, Err: err}
 	var fe *fillError
 	if errors.As(err, &fe) {
 		f.Offset, f.Length = fe.off, fe.n
@@ -744,7 +744,7 @@ func (r *recall) finish() {
 		r.mu.Lock()
 		r.mu.done = false
 		r.mu.Unlock()
-		r.in.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path, Background: true,
+		r.in.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path, Background: true,
 			Err: fmt.Errorf("recalled file is not whole: %w", err)})
 		return
 	}
@@ -754,7 +754,7 @@ func (r *recall) finish() {
 	// file would read as holes with no recall to fill them.
 	if err := unix.Fdatasync(r.fd); err != nil {
 		// As below: keep the mark and the recall.
-		r.in.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path, Background: true,
+		r.in.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path, Background: true,
 			Err: fmt.Errorf("sync recalled content: %w", err)})
 		return
 	}
@@ -762,7 +762,7 @@ func (r *recall) finish() {
 		// Keep the mark and the recall (every event is allowed at once):
 		// a restarted daemon sees state released, finds every chunk full
 		// of data and finishes then.
-		r.in.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path, Background: true,
+		r.in.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path, Background: true,
 			Err: fmt.Errorf("set stub state archived: %w", err)})
 		return
 	}
@@ -778,7 +778,7 @@ func (r *recall) finish() {
 	r.closeFD()
 	r.mu.Lock()
 	c := Completion{
-		FileID: r.info.FileID, ObjectID: r.info.ObjectID, Path: r.path,
+		FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path,
 		Bytes: r.mu.bytes, Size: r.mu.limit, Truncated: r.mu.truncated,
 		Duration: time.Since(r.start), Tier: r.mu.tier, PID: r.pid, Process: r.process,
 	}
@@ -786,6 +786,7 @@ func (r *recall) finish() {
 	r.in.stats.completed.Add(1)
 	r.in.log.Info("recall completed", "path", c.Path, "file_id", c.FileID, "bytes", c.Bytes,
 		"duration", c.Duration, "tier", c.Tier, "process", c.Process)
+	r.in.pub.completed(c)
 	if r.in.cfg.OnComplete != nil {
 		r.in.cfg.OnComplete(c)
 	}

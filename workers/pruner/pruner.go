@@ -36,7 +36,7 @@ import (
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/projections/catalog"
-	"github.com/strata-hsm/strata/workers/replicator"
+	"github.com/strata-hsm/strata/workers/tier"
 )
 
 // Policy is the retention policy.
@@ -201,7 +201,7 @@ type ApplyConfig struct {
 	Policy  Policy
 	// Targets are this host's tiers by name; copies on other tiers are
 	// reported as errors and left alone.
-	Targets map[string]replicator.Target
+	Targets map[string]tier.Target
 	// Guard serialises deletes with the store stages' Puts.
 	Guard *Guard
 	// Sync is called with each object's lock held, before the re-check:
@@ -315,14 +315,14 @@ func (g *Guard) Lock(id string) (unlock func()) {
 
 // Wrap returns t with Put taking the object's lock, so that a Put and a
 // prune of one object never overlap. Every other method is t's.
-func (g *Guard) Wrap(t replicator.Target) replicator.Target { return &guarded{Target: t, g: g} }
+func (g *Guard) Wrap(t tier.Target) tier.Target { return &guarded{Target: t, g: g} }
 
 type guarded struct {
-	replicator.Target
+	tier.Target
 	g *Guard
 }
 
-func (t *guarded) Put(ctx context.Context, o replicator.Object) (string, error) {
+func (t *guarded) Put(ctx context.Context, o tier.Object) (string, error) {
 	unlock := t.g.Lock(o.ID)
 	defer unlock()
 	return t.Target.Put(ctx, o)

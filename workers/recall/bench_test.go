@@ -10,8 +10,8 @@ import (
 	"github.com/strata-hsm/strata/workers/object"
 	"github.com/strata-hsm/strata/workers/object/objecttest"
 	"github.com/strata-hsm/strata/workers/recall"
-	"github.com/strata-hsm/strata/workers/replicator"
-	"github.com/strata-hsm/strata/workers/replicator/replicatortest"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/tiertest"
 )
 
 // BenchmarkTTFB measures the time to the first byte of a recall fill: one
@@ -26,11 +26,11 @@ func BenchmarkTTFB(b *testing.B) {
 		b.Fatal(err)
 	}
 	o := pack(b, data, object.DefaultFrameSize)
-	srv := replicatortest.StartS3(b)
+	srv := tiertest.StartS3(b)
 	hdd, cloud := openDir(b, "hdd"), openS3(b, "cloud", srv)
 	o.put(b, hdd)
 	o.put(b, cloud)
-	for _, tier := range []replicator.Target{hdd, cloud} {
+	for _, tier := range []tier.Target{hdd, cloud} {
 		for _, cold := range []bool{false, true} {
 			name := tier.Name() + "/warm"
 			if cold {

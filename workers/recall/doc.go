@@ -31,8 +31,8 @@
 // Each failed attempt on a copy is reported once through Config.OnFailure
 // with the tier and the error. Errors that mean the copy itself is bad (a
 // frame hash mismatch, a truncated copy, a bad or missing manifest) wrap
-// replicator.ErrCorrupt; missing copies wrap replicator.ErrNotFound and
-// unreachable tiers replicator.ErrUnavailable. When no copy is left, the
+// tier.ErrCorrupt; missing copies wrap tier.ErrNotFound and
+// unreachable tiers tier.ErrUnavailable. When no copy is left, the
 // error is a *NoCopyError wrapping ErrNoCopy that lists why each copy
 // failed. A cancelled context stops at once and is never reported as a copy
 // failure.

@@ -14,14 +14,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/object"
 	"github.com/strata-hsm/strata/workers/object/objecttest"
 	"github.com/strata-hsm/strata/workers/recall"
-	"github.com/strata-hsm/strata/workers/replicator"
-	"github.com/strata-hsm/strata/workers/replicator/dir"
-	"github.com/strata-hsm/strata/workers/replicator/replicatortest"
-	"github.com/strata-hsm/strata/workers/replicator/s3"
 	"github.com/strata-hsm/strata/workers/stub"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/dir"
+	"github.com/strata-hsm/strata/workers/tier/s3"
+	"github.com/strata-hsm/strata/workers/tier/tiertest"
 )
 
 const testFrame = 64 << 10
@@ -66,9 +67,9 @@ func mixedObject(t testing.TB, size int, seed uint64) *testObject {
 	return pack(t, data, testFrame)
 }
 
-func (o *testObject) put(t testing.TB, tgt replicator.Target) {
+func (o *testObject) put(t testing.TB, tgt tier.Target) {
 	t.Helper()
-	_, err := tgt.Put(context.Background(), replicator.Object{
+	_, err := tgt.Put(context.Background(), tier.Object{
 		ID: o.m.ObjectID, PackedSize: o.m.PackedSize, PackedSum: o.m.PackedSum, Manifest: o.manifest,
 		Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(o.packed)), nil },
 	})
@@ -86,7 +87,7 @@ func openDir(t testing.TB, name string) *dir.Target {
 	return tgt
 }
 
-func openS3(t testing.TB, name string, srv *replicatortest.S3Server) *s3.Target {
+func openS3(t testing.TB, name string, srv *tiertest.S3Server) *s3.Target {
 	t.Helper()
 	tgt, err := s3.Open(s3.Config{
 		Name: name, Endpoint: srv.Endpoint, Bucket: srv.NewBucket(t),
@@ -99,12 +100,12 @@ func openS3(t testing.TB, name string, srv *replicatortest.S3Server) *s3.Target 
 }
 
 // s3Path is where versitygw's posix backend keeps an object's packed bytes.
-func s3Path(srv *replicatortest.S3Server, tgt *s3.Target, id string) string {
+func s3Path(srv *tiertest.S3Server, tgt *s3.Target, id string) string {
 	return filepath.Join(srv.Dir, tgt.Bucket(), filepath.FromSlash(tgt.Key(id)))
 }
 
 func dirPath(tgt *dir.Target, id string) string {
-	return filepath.Join(tgt.Root(), filepath.FromSlash(replicator.ObjectKey(id)))
+	return filepath.Join(tgt.Root(), filepath.FromSlash(tier.ObjectKey(id)))
 }
 
 // flipByte flips one byte of a file in place (keeping its inode and xattrs)
@@ -164,17 +165,42 @@ func (f *failures) reset() {
 	f.list = nil
 }
 
+// copyList is a catalog that lists the same good copies for every object.
+type copyList []recall.Copy
+
+func (l copyList) Copies(string) ([]catalog.Copy, error) {
+	out := make([]catalog.Copy, len(l))
+	for i, c := range l {
+		out[i] = catalog.Copy{Tier: c.Tier, State: catalog.CopyGood}
+	}
+	return out, nil
+}
+
+func (l copyList) costs() map[string]int {
+	m := map[string]int{}
+	for _, c := range l {
+		m[c.Tier] = c.Cost
+	}
+	return m
+}
+
+// catalogFunc is a catalog whose Copies is a func.
+type catalogFunc func(string) ([]catalog.Copy, error)
+
+func (f catalogFunc) Copies(id string) ([]catalog.Copy, error) { return f(id) }
+
 // newReader returns a Reader over targets; every object has a copy on each
 // target, with the cost given.
-func newReader(t testing.TB, fails *failures, backoff time.Duration, copies []recall.Copy, targets ...replicator.Target) *recall.Reader {
+func newReader(t testing.TB, fails *failures, backoff time.Duration, copies []recall.Copy, targets ...tier.Target) *recall.Reader {
 	t.Helper()
-	m := make(map[string]replicator.Target)
+	m := make(map[string]tier.Target)
 	for _, tgt := range targets {
 		m[tgt.Name()] = tgt
 	}
 	cfg := recall.Config{
 		Targets:        m,
-		Copies:         func(string) ([]recall.Copy, error) { return copies, nil },
+		Catalog:        copyList(copies),
+		Costs:          copyList(copies).costs(),
 		FailureBackoff: backoff,
 	}
 	if fails != nil {
@@ -189,11 +215,11 @@ func newReader(t testing.TB, fails *failures, backoff time.Duration, copies []re
 
 // startVersitygw starts a versitygw that the test can stop, and returns the
 // server and a func that kills it (and waits for it to exit).
-func startVersitygw(t testing.TB) (*replicatortest.S3Server, func()) {
+func startVersitygw(t testing.TB) (*tiertest.S3Server, func()) {
 	t.Helper()
-	bin := replicatortest.LookGoTool(t, "versitygw", "github.com/versity/versitygw/cmd/versitygw@v1.8.0")
-	srv := &replicatortest.S3Server{Dir: t.TempDir(), AccessKey: "recall-test", SecretKey: "recall-test-secret"}
-	srv.Endpoint = fmt.Sprintf("127.0.0.1:%d", replicatortest.FreePort(t))
+	bin := tiertest.LookGoTool(t, "versitygw", "github.com/versity/versitygw/cmd/versitygw@v1.8.0")
+	srv := &tiertest.S3Server{Dir: t.TempDir(), AccessKey: "recall-test", SecretKey: "recall-test-secret"}
+	srv.Endpoint = fmt.Sprintf("127.0.0.1:%d", tiertest.FreePort(t))
 	cmd := exec.Command(bin, "--port", srv.Endpoint, "--quiet", "posix", srv.Dir)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+srv.AccessKey, "ROOT_SECRET_KEY="+srv.SecretKey)
 	var out bytes.Buffer

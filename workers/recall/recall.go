@@ -3,20 +3,27 @@ package recall
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/object"
-	"github.com/strata-hsm/strata/workers/replicator"
 	"github.com/strata-hsm/strata/workers/stub"
+	"github.com/strata-hsm/strata/workers/tier"
 )
 
 // Errors callers test with errors.Is.
@@ -38,20 +45,32 @@ const (
 	manifestTimeout = time.Minute
 )
 
-// Copy is a copy of an object on a tier, as the catalog knows it.
+// Copy is a good copy of an object on a tier, in the order of recall.
 type Copy struct {
 	Tier string // tier name, a key of Config.Targets
 	Cost int    // lower is tried first
 }
 
+// copyLister is what the Reader asks for an object's copies: the catalog.
+// It must be cheap and safe for concurrent use.
+type copyLister interface {
+	Copies(objectID string) ([]catalog.Copy, error)
+}
+
 // Config configures a Reader.
 type Config struct {
 	// Targets are the tiers this host can read, by tier name.
-	Targets map[string]replicator.Target
-	// Copies returns the copies of an object that the catalog believes
-	// good. Called once per ReadVerified, WriteTo, Manifest and Repair call;
-	// it must be cheap and safe for concurrent use.
-	Copies func(objectID string) ([]Copy, error)
+	Targets map[string]tier.Target
+	// Catalog lists the copies of an object; only those it believes good
+	// are read. Asked once per ReadVerified, WriteTo, Manifest and Repair
+	// call.
+	Catalog copyLister
+	// Costs orders the copies: lower first (a tier not listed costs 0).
+	Costs map[string]int
+	// Emitter, if set, publishes object.corrupt for every copy found
+	// corrupt or missing, so the catalog stops offering it and scrub
+	// repairs it.
+	Emitter *pipeline.Emitter
 	// OnFailure, if set, is called once per failed attempt to read a copy,
 	// with the tier and why (see the package doc for the error classes).
 	// It is called synchronously: keep it short and non-blocking.
@@ -98,8 +117,8 @@ func (c *Config) Validate() error {
 	switch {
 	case len(c.Targets) == 0:
 		return &ConfigValidationError{"targets", len(c.Targets), errors.New("want at least one target")}
-	case c.Copies == nil:
-		return &ConfigValidationError{"copies", nil, errors.New("required")}
+	case c.Catalog == nil:
+		return &ConfigValidationError{"catalog", nil, errors.New("required")}
 	case c.ManifestCache < 1:
 		return &ConfigValidationError{"manifest_cache", c.ManifestCache, errors.New("want at least 1")}
 	}
@@ -164,6 +183,8 @@ type Reader struct {
 	log       *slog.Logger
 	manifests *lru
 	fetches   singleflight.Group // manifest fetches, by cache key
+	boot      string             // names this Reader's life in object.corrupt ids
+	corrupt   atomic.Uint64      // object.corrupt events published
 
 	penalty struct {
 		sync.Mutex
@@ -179,28 +200,45 @@ func New(cfg Config) (*Reader, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	r := &Reader{cfg: cfg, log: cfg.Logger, manifests: newLRU(cfg.ManifestCache)}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	r := &Reader{cfg: cfg, log: cfg.Logger, manifests: newLRU(cfg.ManifestCache), boot: hex.EncodeToString(b[:])}
 	r.penalty.until = make(map[string]time.Time)
 	return r, nil
+}
+
+// goodCopies lists the copies of id that the catalog believes good, with
+// their cost.
+func (r *Reader) goodCopies(id string) ([]Copy, error) {
+	cps, err := r.cfg.Catalog.Copies(id)
+	if err != nil && !errors.Is(err, catalog.ErrNotFound) {
+		return nil, err
+	}
+	var out []Copy
+	for _, c := range cps {
+		if c.State == catalog.CopyGood {
+			out = append(out, Copy{Tier: c.Tier, Cost: r.cfg.Costs[c.Tier]})
+		}
+	}
+	return out, nil
 }
 
 // source is a copy this host can read.
 type source struct {
 	tier string
-	t    replicator.Target
+	t    tier.Target
 }
 
 // plan returns the readable copies of id in the order to try them, and the
 // tiers listed by the catalog but not readable here.
 func (r *Reader) plan(id string) (srcs []source, skipped []string, err error) {
-	if err := replicator.ValidateID(id); err != nil {
+	if err := tier.ValidateID(id); err != nil {
 		return nil, nil, fmt.Errorf("recall: %w", err)
 	}
-	copies, err := r.cfg.Copies(id)
+	copies, err := r.goodCopies(id)
 	if err != nil {
 		return nil, nil, fmt.Errorf("recall %s: list copies: %w", id, err)
 	}
-	copies = slices.Clone(copies)
 	slices.SortStableFunc(copies, func(a, b Copy) int {
 		return cmp.Or(cmp.Compare(a.Cost, b.Cost), strings.Compare(a.Tier, b.Tier))
 	})
@@ -240,13 +278,13 @@ func (r *Reader) penalized(tier, id string) bool {
 const maxPenalties = 4096
 
 // failed records and reports a failed attempt on a copy.
-func (r *Reader) failed(id, tier string, err error) {
-	r.manifests.remove(cacheKey(tier, id)) // a repaired copy may differ
-	r.log.Warn("copy failed", "object", id, "tier", tier, "err", err)
+func (r *Reader) failed(id, tierName string, err error) {
+	r.manifests.remove(cacheKey(tierName, id)) // a repaired copy may differ
+	r.log.Warn("copy failed", "object", id, "tier", tierName, "err", err)
 	if r.cfg.FailureBackoff >= 0 {
-		key := tier + "\x00" + id
-		if errors.Is(err, replicator.ErrUnavailable) {
-			key = tier
+		key := tierName + "\x00" + id
+		if errors.Is(err, tier.ErrUnavailable) {
+			key = tierName
 		}
 		now := time.Now()
 		r.penalty.Lock()
@@ -263,8 +301,20 @@ func (r *Reader) failed(id, tier string, err error) {
 		r.penalty.until[key] = now.Add(r.cfg.FailureBackoff)
 		r.penalty.Unlock()
 	}
+	if r.cfg.Emitter != nil && (errors.Is(err, tier.ErrCorrupt) || errors.Is(err, tier.ErrNotFound)) {
+		// Off the reader's path: a slow log must not hold a recall.
+		ev := &events.ObjectCorrupt{ObjectID: id, Tier: tierName, Reason: err.Error()}
+		n := strconv.FormatUint(r.corrupt.Add(1), 10)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if _, err := r.cfg.Emitter.Emit(ctx, ev, id, tierName, r.boot, n); err != nil {
+				r.log.Error("publish object.corrupt", "object", id, "tier", tierName, "err", err)
+			}
+		}()
+	}
 	if r.cfg.OnFailure != nil {
-		r.cfg.OnFailure(id, tier, err)
+		r.cfg.OnFailure(id, tierName, err)
 	}
 }
 
@@ -280,12 +330,12 @@ func (r *Reader) succeeded(id, tier string) {
 
 func cacheKey(tier, id string) string { return tier + "\x00" + id }
 
-// corrupt wraps err with replicator.ErrCorrupt unless it already is.
+// corrupt wraps err with tier.ErrCorrupt unless it already is.
 func corrupt(err error) error {
-	if errors.Is(err, replicator.ErrCorrupt) {
+	if errors.Is(err, tier.ErrCorrupt) {
 		return err
 	}
-	return fmt.Errorf("%w: %w", replicator.ErrCorrupt, err)
+	return fmt.Errorf("%w: %w", tier.ErrCorrupt, err)
 }
 
 // manifestOf returns the manifest of the copy of id on src, checked: valid,
@@ -307,7 +357,7 @@ func (r *Reader) manifestOf(ctx context.Context, src source, id string) (object.
 			return object.Manifest{}, fmt.Errorf("manifest: %w", corrupt(err))
 		}
 		if m.ObjectID != id {
-			return object.Manifest{}, fmt.Errorf("manifest: %w: it describes object %s", replicator.ErrCorrupt, m.ObjectID)
+			return object.Manifest{}, fmt.Errorf("manifest: %w: it describes object %s", tier.ErrCorrupt, m.ObjectID)
 		}
 		r.manifests.put(key, m)
 		return m, nil
@@ -405,7 +455,7 @@ func (r *Reader) readCopy(ctx context.Context, src source, st stub.Info, p []byt
 }
 
 // fetch reads exactly n packed bytes of object id at off from t.
-func fetch(ctx context.Context, t replicator.Target, id string, off, n int64) ([]byte, error) {
+func fetch(ctx context.Context, t tier.Target, id string, off, n int64) ([]byte, error) {
 	rc, err := t.GetRange(ctx, id, off, n)
 	if err != nil {
 		return nil, classifyGet(off, n, err)
@@ -421,7 +471,7 @@ func fetch(ctx context.Context, t replicator.Target, id string, off, n int64) ([
 // classifyGet marks a range the copy does not have (ErrRange: the copy is
 // shorter than its manifest says) as corruption.
 func classifyGet(off, n int64, err error) error {
-	if errors.Is(err, replicator.ErrRange) {
+	if errors.Is(err, tier.ErrRange) {
 		return fmt.Errorf("get %d bytes at %d: %w", n, off, corrupt(err))
 	}
 	return fmt.Errorf("get %d bytes at %d: %w", n, off, err)

@@ -10,13 +10,18 @@ import (
 	"os"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/pipeline/pipelinetest"
+	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/object"
 	"github.com/strata-hsm/strata/workers/recall"
-	"github.com/strata-hsm/strata/workers/replicator"
-	"github.com/strata-hsm/strata/workers/replicator/replicatortest"
-	"github.com/strata-hsm/strata/workers/replicator/s3"
 	"github.com/strata-hsm/strata/workers/stub"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/s3"
+	"github.com/strata-hsm/strata/workers/tier/tiertest"
 )
 
 type span struct{ off, n int64 }
@@ -70,7 +75,7 @@ func checkRead(t *testing.T, r *recall.Reader, o *testObject, sp span, want stri
 
 func TestReadVerifiedExactBytes(t *testing.T) {
 	o := mixedObject(t, 17*testFrame+12345, 1)
-	srv := replicatortest.StartS3(t)
+	srv := tiertest.StartS3(t)
 	hdd, cloud := openDir(t, "hdd"), openS3(t, "cloud", srv)
 	o.put(t, hdd)
 	o.put(t, cloud)
@@ -106,7 +111,7 @@ func TestReadOutsideObject(t *testing.T) {
 
 func TestCorruptCopyFallsBack(t *testing.T) {
 	o := mixedObject(t, 12*testFrame+100, 3)
-	srv := replicatortest.StartS3(t)
+	srv := tiertest.StartS3(t)
 	hdd, cloud := openDir(t, "hdd"), openS3(t, "cloud", srv)
 	o.put(t, hdd)
 	o.put(t, cloud)
@@ -125,7 +130,7 @@ func TestCorruptCopyFallsBack(t *testing.T) {
 		fails.reset()
 		checkRead(t, r, o, sp, "cloud")
 		f := fails.get()
-		if len(f) != 1 || f[0].tier != "hdd" || f[0].id != o.id() || !errors.Is(f[0].err, replicator.ErrCorrupt) || !errors.Is(f[0].err, object.ErrCorrupt) {
+		if len(f) != 1 || f[0].tier != "hdd" || f[0].id != o.id() || !errors.Is(f[0].err, tier.ErrCorrupt) || !errors.Is(f[0].err, object.ErrCorrupt) {
 			t.Fatalf("read [%d, +%d): failures %v, want one ErrCorrupt on hdd", sp.off, sp.n, f)
 		}
 	}
@@ -161,7 +166,7 @@ func TestMissingCopyFallsBack(t *testing.T) {
 	r := newReader(t, fails, 0, []recall.Copy{{Tier: "hdd", Cost: 1}, {Tier: "nas", Cost: 2}}, hdd, nas)
 	checkRead(t, r, o, span{testFrame - 5, 10}, "nas")
 	f := fails.get()
-	if len(f) != 1 || f[0].tier != "hdd" || !errors.Is(f[0].err, replicator.ErrNotFound) {
+	if len(f) != 1 || f[0].tier != "hdd" || !errors.Is(f[0].err, tier.ErrNotFound) {
 		t.Fatalf("failures %v, want one ErrNotFound on hdd", f)
 	}
 
@@ -175,7 +180,7 @@ func TestMissingCopyFallsBack(t *testing.T) {
 	checkRead(t, r, o, span{0, 10}, "hdd")
 	checkRead(t, r, o, span{o.m.Size - 10, 10}, "nas")
 	f = fails.get()
-	if len(f) != 1 || f[0].tier != "hdd" || !errors.Is(f[0].err, replicator.ErrCorrupt) {
+	if len(f) != 1 || f[0].tier != "hdd" || !errors.Is(f[0].err, tier.ErrCorrupt) {
 		t.Fatalf("failures %v (%v), want one ErrCorrupt on hdd", f, errOf(f))
 	}
 }
@@ -188,7 +193,7 @@ func TestUnreachableS3FallsBack(t *testing.T) {
 
 	t.Run("dead port", func(t *testing.T) {
 		dead, err := s3.Open(s3.Config{
-			Name: "cloud", Endpoint: fmt.Sprintf("127.0.0.1:%d", replicatortest.FreePort(t)), Bucket: "strata",
+			Name: "cloud", Endpoint: fmt.Sprintf("127.0.0.1:%d", tiertest.FreePort(t)), Bucket: "strata",
 			AccessKey: "k", SecretKey: "s", NoTLS: true, MaxRetries: 1,
 		}, slog.New(slog.DiscardHandler))
 		if err != nil {
@@ -198,7 +203,7 @@ func TestUnreachableS3FallsBack(t *testing.T) {
 		r := newReader(t, fails, 0, copies, hdd, dead)
 		checkRead(t, r, o, span{100, 3 * testFrame}, "hdd")
 		f := fails.get()
-		if len(f) != 1 || f[0].tier != "cloud" || !errors.Is(f[0].err, replicator.ErrUnavailable) {
+		if len(f) != 1 || f[0].tier != "cloud" || !errors.Is(f[0].err, tier.ErrUnavailable) {
 			t.Fatalf("failures %v (%v), want one ErrUnavailable on cloud", f, errOf(f))
 		}
 	})
@@ -213,7 +218,7 @@ func TestUnreachableS3FallsBack(t *testing.T) {
 		stop()
 		checkRead(t, r, o, span{5, 2 * testFrame}, "hdd")
 		f := fails.get()
-		if len(f) != 1 || f[0].tier != "cloud" || !errors.Is(f[0].err, replicator.ErrUnavailable) {
+		if len(f) != 1 || f[0].tier != "cloud" || !errors.Is(f[0].err, tier.ErrUnavailable) {
 			t.Fatalf("failures %v (%v), want one ErrUnavailable on cloud", f, errOf(f))
 		}
 	})
@@ -233,13 +238,13 @@ func TestAllCopiesBad(t *testing.T) {
 	fails := &failures{}
 	r := newReader(t, fails, 0, []recall.Copy{{Tier: "hdd", Cost: 1}, {Tier: "nas", Cost: 2}, {Tier: "tape", Cost: 9}}, hdd, nas)
 	p := bytes.Repeat([]byte{0xAA}, int(o.m.Size))
-	tier, err := r.ReadVerified(context.Background(), o.stub(), p, 0)
+	served, err := r.ReadVerified(context.Background(), o.stub(), p, 0)
 	if err == nil || !errors.Is(err, recall.ErrNoCopy) {
-		t.Fatalf("read: tier %q, err %v; want ErrNoCopy", tier, err)
+		t.Fatalf("read: tier %q, err %v; want ErrNoCopy", served, err)
 	}
 	var nc *recall.NoCopyError
 	if !errors.As(err, &nc) || len(nc.Failures) != 2 || nc.Failures[0].Tier != "hdd" || nc.Failures[1].Tier != "nas" ||
-		!errors.Is(nc.Failures[0].Err, replicator.ErrCorrupt) || !errors.Is(nc.Failures[1].Err, replicator.ErrNotFound) ||
+		!errors.Is(nc.Failures[0].Err, tier.ErrCorrupt) || !errors.Is(nc.Failures[1].Err, tier.ErrNotFound) ||
 		len(nc.Skipped) != 1 || nc.Skipped[0] != "tape" {
 		t.Fatalf("error %v: want corrupt hdd, missing nas, skipped tape", err)
 	}
@@ -289,13 +294,13 @@ func TestStubSizeMismatch(t *testing.T) {
 
 func errorsAsCorrupt(err error) bool {
 	var nc *recall.NoCopyError
-	return errors.As(err, &nc) && len(nc.Failures) == 1 && errors.Is(nc.Failures[0].Err, replicator.ErrCorrupt)
+	return errors.As(err, &nc) && len(nc.Failures) == 1 && errors.Is(nc.Failures[0].Err, tier.ErrCorrupt)
 }
 
 func TestCopyOrder(t *testing.T) {
 	o := mixedObject(t, 2*testFrame, 9)
 	a, b, c := openDir(t, "a"), openDir(t, "b"), openDir(t, "c")
-	for _, tgt := range []replicator.Target{a, b, c} {
+	for _, tgt := range []tier.Target{a, b, c} {
 		o.put(t, tgt)
 	}
 	for _, tc := range []struct {
@@ -382,12 +387,12 @@ func TestConcurrentReads(t *testing.T) {
 
 func TestConfigValidate(t *testing.T) {
 	hdd := openDir(t, "hdd")
-	copies := func(string) ([]recall.Copy, error) { return nil, nil }
+	copies := copyList(nil)
 	for name, cfg := range map[string]recall.Config{
-		"no targets": {Copies: copies},
-		"no copies":  {Targets: map[string]replicator.Target{"hdd": hdd}},
-		"nil target": {Targets: map[string]replicator.Target{"hdd": nil}, Copies: copies},
-		"bad cache":  {Targets: map[string]replicator.Target{"hdd": hdd}, Copies: copies, ManifestCache: -1},
+		"no targets": {Catalog: copies},
+		"no catalog": {Targets: map[string]tier.Target{"hdd": hdd}},
+		"nil target": {Targets: map[string]tier.Target{"hdd": nil}, Catalog: copies},
+		"bad cache":  {Targets: map[string]tier.Target{"hdd": hdd}, Catalog: copies, ManifestCache: -1},
 	} {
 		if _, err := recall.New(cfg); err == nil {
 			t.Errorf("%s: no error", name)
@@ -395,8 +400,8 @@ func TestConfigValidate(t *testing.T) {
 	}
 	// A failing catalog is an error, not a panic.
 	r, err := recall.New(recall.Config{
-		Targets: map[string]replicator.Target{"hdd": hdd},
-		Copies:  func(string) ([]recall.Copy, error) { return nil, errors.New("catalog closed") },
+		Targets: map[string]tier.Target{"hdd": hdd},
+		Catalog: catalogFunc(func(string) ([]catalog.Copy, error) { return nil, errors.New("catalog closed") }),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -414,3 +419,49 @@ type source interface {
 }
 
 var _ source = (*recall.Reader)(nil)
+
+// TestCatalogCopies: only copies the catalog believes good are read, in the
+// order of their tiers' costs; a copy found corrupt is published as
+// object.corrupt on the log.
+func TestCatalogCopies(t *testing.T) {
+	o := mixedObject(t, 3*testFrame, 6)
+	hdd, nas := openDir(t, "hdd"), openDir(t, "nas")
+	o.put(t, hdd)
+	o.put(t, nas)
+	srv := pipelinetest.RunServer(t)
+	lister := catalogFunc(func(string) ([]catalog.Copy, error) {
+		return []catalog.Copy{{Tier: "hdd", State: catalog.CopyCorrupt}, {Tier: "nas", State: catalog.CopyGood}}, nil
+	})
+	r, err := recall.New(recall.Config{Targets: map[string]tier.Target{"hdd": hdd, "nas": nas}, Catalog: lister,
+		Costs: map[string]int{"hdd": 0, "nas": 9}, Emitter: pipeline.NewEmitter(srv.JetStream(), "test", "recall")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRead(t, r, o, span{0, 10}, "nas") // hdd is cheaper but not good
+
+	// Both good: hdd first; a damaged hdd copy is reported on the log.
+	corruptFrame(t, dirPath(hdd, o.id()), o.m, 1)
+	r, err = recall.New(recall.Config{Targets: map[string]tier.Target{"hdd": hdd, "nas": nas}, Catalog: copyList{{"hdd", 0}, {"nas", 9}},
+		Costs: map[string]int{"hdd": 0, "nas": 9}, Emitter: pipeline.NewEmitter(srv.JetStream(), "test", "recall")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRead(t, r, o, span{testFrame + 5, 10}, "nas")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var got *events.ObjectCorrupt
+	err = pipeline.FollowWith(ctx, srv.JetStream(), 1, pipeline.FollowOptions{}, func(batch []events.Envelope) error {
+		for _, env := range batch {
+			if ev, err := events.DecodeData(env.Type, env.Data); err == nil {
+				if c, ok := ev.(*events.ObjectCorrupt); ok {
+					got = c
+					return pipeline.ErrStop
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil || got == nil || got.ObjectID != o.id() || got.Tier != "hdd" {
+		t.Fatalf("object.corrupt on the log: %+v, %v; want one for hdd", got, err)
+	}
+}

@@ -7,7 +7,7 @@ import (
 	"sync"
 
 	"github.com/strata-hsm/strata/workers/object"
-	"github.com/strata-hsm/strata/workers/replicator"
+	"github.com/strata-hsm/strata/workers/tier"
 )
 
 // Repair re-creates the copy of objectID on to (a missing or corrupt copy)
@@ -19,7 +19,7 @@ import (
 // reads its copy back before it returns). A source that fails is reported
 // through OnFailure and the next is tried; a failure of to itself is
 // returned at once.
-func (r *Reader) Repair(ctx context.Context, objectID string, to replicator.Target) (from, location string, err error) {
+func (r *Reader) Repair(ctx context.Context, objectID string, to tier.Target) (from, location string, err error) {
 	id := objectID
 	srcs, skipped, err := r.plan(id)
 	if err != nil {
@@ -49,7 +49,7 @@ func (r *Reader) Repair(ctx context.Context, objectID string, to replicator.Targ
 
 // repairFrom copies the object from src to to. srcErr is set when the
 // source is at fault; err is set on any failure.
-func (r *Reader) repairFrom(ctx context.Context, src source, id string, to replicator.Target) (loc string, srcErr, err error) {
+func (r *Reader) repairFrom(ctx context.Context, src source, id string, to tier.Target) (loc string, srcErr, err error) {
 	raw, err := src.t.Manifest(ctx, id)
 	if err != nil {
 		return "", fmt.Errorf("manifest: %w", err), err
@@ -60,7 +60,7 @@ func (r *Reader) repairFrom(ctx context.Context, src source, id string, to repli
 		return "", err, err
 	}
 	if m.ObjectID != id {
-		err = fmt.Errorf("manifest: %w: it describes object %s", replicator.ErrCorrupt, m.ObjectID)
+		err = fmt.Errorf("manifest: %w: it describes object %s", tier.ErrCorrupt, m.ObjectID)
 		return "", err, err
 	}
 	var mu sync.Mutex
@@ -79,9 +79,9 @@ func (r *Reader) repairFrom(ctx context.Context, src source, id string, to repli
 			setErr(err)
 			return nil, err
 		}
-		return &sourceReader{rc: rc, v: replicator.NewVerifyingReader(rc, m.PackedSize, m.PackedSum), fail: setErr}, nil
+		return &sourceReader{rc: rc, v: tier.NewVerifyingReader(rc, m.PackedSize, m.PackedSum), fail: setErr}, nil
 	}
-	loc, err = to.Put(ctx, replicator.Object{
+	loc, err = to.Put(ctx, tier.Object{
 		ID:         id,
 		PackedSize: m.PackedSize,
 		PackedSum:  m.PackedSum,
@@ -98,7 +98,7 @@ func (r *Reader) repairFrom(ctx context.Context, src source, id string, to repli
 // its failure (a read error, or bytes that are not the packed sum).
 type sourceReader struct {
 	rc   io.ReadCloser
-	v    *replicator.VerifyingReader
+	v    *tier.VerifyingReader
 	fail func(error)
 }
 

@@ -11,7 +11,7 @@ import (
 	"github.com/zeebo/blake3"
 
 	"github.com/strata-hsm/strata/workers/object"
-	"github.com/strata-hsm/strata/workers/replicator"
+	"github.com/strata-hsm/strata/workers/tier"
 )
 
 // A stream decodes batches of at most streamBatchFrames frames and
@@ -38,7 +38,7 @@ func (e *writeError) Unwrap() error { return e.err }
 // On error, w may have received a prefix of the content (verified frame by
 // frame, but the whole is unconfirmed): callers write to a temporary file
 // and keep it only on success.
-func (r *Reader) WriteTo(ctx context.Context, objectID string, w io.Writer) (tier string, n int64, err error) {
+func (r *Reader) WriteTo(ctx context.Context, objectID string, w io.Writer) (servedBy string, n int64, err error) {
 	id := objectID
 	srcs, skipped, err := r.plan(id)
 	if err != nil {
@@ -61,7 +61,7 @@ func (r *Reader) WriteTo(ctx context.Context, objectID string, w io.Writer) (tie
 			if cerr := ctx.Err(); cerr != nil {
 				return "", st.pos, fmt.Errorf("recall %s: %w", id, cerr)
 			}
-			if got > 0 && !errors.Is(err, replicator.ErrCorrupt) {
+			if got > 0 && !errors.Is(err, tier.ErrCorrupt) {
 				r.log.Warn("copy interrupted, resuming", "object", id, "tier", src.tier, "at", st.pos, "err", err)
 				continue
 			}
@@ -82,20 +82,20 @@ type streamState struct {
 
 // finish checks the content hash and names the main tier.
 func (st *streamState) finish(r *Reader, id string) (string, int64, error) {
-	var tier string
+	var main string
 	for t, n := range st.served {
-		if tier == "" || n > st.served[tier] || n == st.served[tier] && t < tier {
-			tier = t
+		if main == "" || n > st.served[main] || n == st.served[main] && t < main {
+			main = t
 		}
 	}
 	if got := hex.EncodeToString(st.h.Sum(nil)); got != id {
-		err := fmt.Errorf("%w: content blake3 %s differs from the object id", replicator.ErrCorrupt, got)
+		err := fmt.Errorf("%w: content blake3 %s differs from the object id", tier.ErrCorrupt, got)
 		if len(st.served) == 1 {
-			r.failed(id, tier, err)
+			r.failed(id, main, err)
 		}
 		return "", st.pos, fmt.Errorf("recall %s: %w", id, err)
 	}
-	return tier, st.pos, nil
+	return main, st.pos, nil
 }
 
 type packedBatch struct {
@@ -112,7 +112,7 @@ func (r *Reader) streamCopy(ctx context.Context, src source, id string, st *stre
 		return 0, err
 	}
 	if st.size >= 0 && m.Size != st.size {
-		return 0, fmt.Errorf("manifest: %w: size %d, other copies %d", replicator.ErrCorrupt, m.Size, st.size)
+		return 0, fmt.Errorf("manifest: %w: size %d, other copies %d", tier.ErrCorrupt, m.Size, st.size)
 	}
 	st.size = m.Size
 	if st.pos == m.Size {

@@ -12,9 +12,9 @@ import (
 
 	"github.com/strata-hsm/strata/workers/object/objecttest"
 	"github.com/strata-hsm/strata/workers/recall"
-	"github.com/strata-hsm/strata/workers/replicator"
-	"github.com/strata-hsm/strata/workers/replicator/dir"
-	"github.com/strata-hsm/strata/workers/replicator/replicatortest"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/dir"
+	"github.com/strata-hsm/strata/workers/tier/tiertest"
 )
 
 func writeTo(t *testing.T, r *recall.Reader, id string) (string, []byte) {
@@ -32,7 +32,7 @@ func writeTo(t *testing.T, r *recall.Reader, id string) (string, []byte) {
 
 func TestWriteTo(t *testing.T) {
 	o := mixedObject(t, 30*testFrame+999, 20)
-	srv := replicatortest.StartS3(t)
+	srv := tiertest.StartS3(t)
 	hdd, cloud := openDir(t, "hdd"), openS3(t, "cloud", srv)
 	o.put(t, hdd)
 	o.put(t, cloud)
@@ -52,14 +52,14 @@ func TestWriteTo(t *testing.T) {
 		corruptFrame(t, dirPath(hdd, o.id()), o.m, 20)
 		fails := &failures{}
 		r := newReader(t, fails, 0, []recall.Copy{{"hdd", 0}, {"cloud", 1}}, hdd, cloud)
-		tier, data := writeTo(t, r, o.id())
+		served, data := writeTo(t, r, o.id())
 		if !bytes.Equal(data, o.data) {
 			t.Fatal("wrong bytes")
 		}
-		if tier != "hdd" { // frames 0..19 of 31
-			t.Fatalf("tier %q, want hdd (most bytes)", tier)
+		if served != "hdd" { // frames 0..19 of 31
+			t.Fatalf("tier %q, want hdd (most bytes)", served)
 		}
-		if f := fails.get(); len(f) != 1 || f[0].tier != "hdd" || !errors.Is(f[0].err, replicator.ErrCorrupt) {
+		if f := fails.get(); len(f) != 1 || f[0].tier != "hdd" || !errors.Is(f[0].err, tier.ErrCorrupt) {
 			t.Fatalf("failures %v, want one ErrCorrupt on hdd", f)
 		}
 	})
@@ -196,9 +196,9 @@ func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk ful
 
 func TestRepair(t *testing.T) {
 	o := mixedObject(t, 8*testFrame+3, 30)
-	srv := replicatortest.StartS3(t)
+	srv := tiertest.StartS3(t)
 	hdd, nas, cloud := openDir(t, "hdd"), openDir(t, "nas"), openS3(t, "cloud", srv)
-	for _, tgt := range []replicator.Target{hdd, nas, cloud} {
+	for _, tgt := range []tier.Target{hdd, nas, cloud} {
 		o.put(t, tgt)
 	}
 	ctx := context.Background()
@@ -243,7 +243,7 @@ func TestRepair(t *testing.T) {
 			t.Fatalf("repair: from %q, %v", from, err)
 		}
 		verifyHdd(t, r)
-		if f := fails.get(); len(f) != 1 || f[0].tier != "nas" || !errors.Is(f[0].err, replicator.ErrCorrupt) {
+		if f := fails.get(); len(f) != 1 || f[0].tier != "nas" || !errors.Is(f[0].err, tier.ErrCorrupt) {
 			t.Fatalf("failures %v, want nas corrupt", f)
 		}
 	})
@@ -259,7 +259,7 @@ func TestRepair(t *testing.T) {
 		if !errors.Is(err, recall.ErrNoCopy) {
 			t.Fatalf("repair: %v, want ErrNoCopy", err)
 		}
-		if _, err := hdd.Stat(ctx, o.id()); !errors.Is(err, replicator.ErrNotFound) {
+		if _, err := hdd.Stat(ctx, o.id()); !errors.Is(err, tier.ErrNotFound) {
 			t.Fatalf("after a failed repair: stat %v, want ErrNotFound (no partial copy)", err)
 		}
 		if len(fails.get()) != 2 {
@@ -295,7 +295,7 @@ func TestWriteToForgedCopy(t *testing.T) {
 	fails := &failures{}
 	r := newReader(t, fails, 0, []recall.Copy{{"hdd", 0}}, hdd)
 	_, _, err = r.WriteTo(context.Background(), o.id(), io.Discard)
-	if !errors.Is(err, replicator.ErrCorrupt) {
+	if !errors.Is(err, tier.ErrCorrupt) {
 		t.Fatalf("forged copy: err %v, want ErrCorrupt", err)
 	}
 	if f := fails.get(); len(f) != 1 || f[0].tier != "hdd" {

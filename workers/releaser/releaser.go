@@ -113,6 +113,9 @@ type Request struct {
 	Path     string // absolute, clean
 	FileID   string // 32 lowercase hex
 	ObjectID string // BLAKE3-256 of the content, 64 lowercase hex
+	// ReleaseID names this release (stub.Info.ReleaseID): the same for
+	// every redelivery of one request, another for the next release.
+	ReleaseID string
 	// Expect is the file as the compressor read it (or, for an
 	// archived-clean file, as the scanner saw it after its xattrs were set).
 	Expect events.FileStat
@@ -313,7 +316,7 @@ func Release(ctx context.Context, req Request) (Result, error) {
 			return Result{}, fmt.Errorf("%w: interrupted release of %s: %w", ErrChanged, req.Path, err)
 		}
 		// Say released again, in case anything moved the state meanwhile.
-		if err := stub.Write(fd, stub.Info{FileID: req.FileID, ObjectID: req.ObjectID, State: stub.Released, Size: cur.Size, MtimeNS: info.MtimeNS}); err != nil {
+		if err := stub.Write(fd, stub.Info{FileID: req.FileID, ObjectID: req.ObjectID, State: stub.Released, Size: cur.Size, MtimeNS: info.MtimeNS, ReleaseID: req.ReleaseID}); err != nil {
 			return Result{}, fmt.Errorf("set xattrs of %s: %w", req.Path, err)
 		}
 		cur.MtimeNS = info.MtimeNS
@@ -328,7 +331,7 @@ func Release(ctx context.Context, req Request) (Result, error) {
 		if err := ctx.Err(); err != nil {
 			return Result{}, err
 		}
-		err := stub.Write(fd, stub.Info{FileID: req.FileID, ObjectID: req.ObjectID, State: stub.Released, Size: cur.Size, MtimeNS: cur.MtimeNS})
+		err := stub.Write(fd, stub.Info{FileID: req.FileID, ObjectID: req.ObjectID, State: stub.Released, Size: cur.Size, MtimeNS: cur.MtimeNS, ReleaseID: req.ReleaseID})
 		if err != nil {
 			// Some xattrs may be set and some not: a half-written set must
 			// not claim anything.

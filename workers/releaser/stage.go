@@ -1,5 +1,12 @@
 package releaser
 
+// The releaser stage (durable "releaser"):
+//
+//	consumes  strata.*.object.stored (a copy on any host's tier)
+//	          strata.<host>.object.packed (an object already stored everywhere)
+//	emits     strata.<host>.file.released          the file is a stub
+//	          strata.<host>.file.release_skipped   changed, busy or refused: it stays hot
+
 import (
 	"context"
 	"errors"
@@ -8,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/strata-hsm/strata/events"
@@ -69,7 +77,7 @@ func Stage(cfg StageConfig) pipeline.Stage {
 			events.Subject(cfg.Emitter.Host(), events.KindObjectPacked),
 		},
 		Concurrency: 1, // one release at a time: releases of one file never race
-		Handle:      h.handle,
+		Handle:      pipeline.HandleEither[*events.ObjectStored, *events.ObjectPacked](StageName, h.handle),
 	}
 }
 
@@ -78,15 +86,7 @@ type releaseHandler struct {
 }
 
 func (h *releaseHandler) handle(ctx context.Context, env events.Envelope, ev events.Event) error {
-	var oid string
-	switch e := ev.(type) {
-	case *events.ObjectStored:
-		oid = e.ObjectID
-	case *events.ObjectPacked:
-		oid = e.ObjectID
-	default:
-		return pipeline.Permanent(fmt.Errorf("releaser: unexpected event %s", env.Type))
-	}
+	oid := ev.Entity() // the object both event types name
 	if err := h.cfg.Catalog.WaitSeq(ctx, env.Seq); err != nil {
 		return err
 	}
@@ -154,7 +154,8 @@ func (h *releaseHandler) release(ctx context.Context, env events.Envelope, f cat
 	}
 	req := Request{
 		Path: f.Path, FileID: f.ID, ObjectID: f.ObjectID, Expect: expect, Reread: true,
-		Roots: h.cfg.Roots, Mark: h.cfg.Mark, Unhold: h.cfg.Unhold, Failpoints: h.cfg.Failpoints,
+		ReleaseID: strconv.FormatUint(env.Seq, 10),
+		Roots:     h.cfg.Roots, Mark: h.cfg.Mark, Unhold: h.cfg.Unhold, Failpoints: h.cfg.Failpoints,
 	}
 	res, err := Release(ctx, req)
 	if errors.Is(err, ErrBusy) && !errors.Is(err, ErrOpenedDuring) && pipeline.Deliveries(ctx) < busyTries {

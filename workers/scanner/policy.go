@@ -3,11 +3,13 @@ package scanner
 import (
 	"errors"
 	"fmt"
-	"github.com/strata-hsm/strata/workers/stub"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/strata-hsm/strata/workers/glob"
+	"github.com/strata-hsm/strata/workers/stub"
 )
 
 // Age matching modes.
@@ -146,12 +148,12 @@ func (p *Policy) Validate() error {
 		bad("age_match", p.AgeMatch, "want %q or %q", AgeAll, AgeAny)
 	}
 	for i, g := range p.Include {
-		if err := checkGlob(g); err != nil {
+		if err := glob.Check(g); err != nil {
 			bad(fmt.Sprintf("include[%d]", i), g, "%v", err)
 		}
 	}
 	for i, g := range p.Exclude {
-		if err := checkGlob(g); err != nil {
+		if err := glob.Check(g); err != nil {
 			bad(fmt.Sprintf("exclude[%d]", i), g, "%v", err)
 		}
 	}
@@ -219,3 +221,19 @@ func (p *Policy) pinned(path string) bool {
 	}
 	return p.Pinned != nil && p.Pinned(path)
 }
+
+// RootOf returns the hot tree of p.Roots that holds path (absolute and
+// clean), or "" if none does.
+func (p *Policy) RootOf(path string) string {
+	if cleanAbs(path) != nil {
+		return ""
+	}
+	for _, r := range p.Roots {
+		if within(path, r) {
+			return r
+		}
+	}
+	return ""
+}
+
+func (p *Policy) inRoots(path string) bool { return p.RootOf(path) != "" }

@@ -75,30 +75,3 @@ func TestAgeMatch(t *testing.T) {
 		}
 	}
 }
-
-func TestGlob(t *testing.T) {
-	cases := []struct {
-		pat, rel string
-		want     bool
-	}{
-		{"*.log", "a.log", true},
-		{"*.log", "x/y/a.log", true},
-		{"*.log", "x/a.log.gz", false},
-		{"cache/**", "cache", true},
-		{"cache/**", "cache/a/b", true},
-		{"cache/**", "x/cache/a", false},
-		{"**/cache/**", "x/cache/a", true},
-		{"projects/**/raw/*.tif", "projects/raw/a.tif", true},
-		{"projects/**/raw/*.tif", "projects/p1/2024/raw/a.tif", true},
-		{"projects/**/raw/*.tif", "projects/p1/raw/sub/a.tif", false},
-		{"/top/*.bin", "top/a.bin", true},
-		{"top/*.bin", "top/sub/a.bin", false},
-		{"**", "anything/at/all", true},
-	}
-	for _, c := range cases {
-		name := c.rel[strings.LastIndex(c.rel, "/")+1:]
-		if got := matchAny(compileGlobs([]string{c.pat}), c.rel, name); got != c.want {
-			t.Errorf("%q vs %q: got %v", c.pat, c.rel, got)
-		}
-	}
-}

@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/workers/glob"
 	"github.com/strata-hsm/strata/workers/stub"
 )
 
@@ -116,8 +117,14 @@ func Scan(ctx context.Context, p Policy, now time.Time, fn func(Candidate) error
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	w := &walker{p: &p, now: now, fn: fn, ctx: ctx, cancel: cancel,
-		inc: compileGlobs(p.Include), exc: compileGlobs(p.Exclude)}
+	w := &walker{p: &p, now: now, fn: fn, ctx: ctx, cancel: cancel}
+	var err error
+	if w.inc, err = glob.Compile(p.Include); err != nil {
+		return Summary{}, err
+	}
+	if w.exc, err = glob.Compile(p.Exclude); err != nil {
+		return Summary{}, err
+	}
 	w.q.cond = sync.NewCond(&w.q.mu)
 	if err := w.setup(); err != nil {
 		return Summary{}, err
@@ -166,7 +173,7 @@ type dirJob struct {
 type walker struct {
 	p        *Policy
 	now      time.Time
-	inc, exc []glob
+	inc, exc glob.Set
 	fn       func(Candidate) error
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -450,7 +457,7 @@ func (w *walker) subdir(dirfd int, j dirJob, name string) (dirJob, bool) {
 	if path == w.p.DataDir {
 		return dirJob{}, false
 	}
-	if len(w.exc) > 0 && matchAny(w.exc, rel, name) {
+	if w.exc.MatchName(rel, name) {
 		w.n.excluded.Add(1)
 		return dirJob{}, false
 	}
@@ -516,7 +523,7 @@ func (w *walker) entry(dirfd int, j dirJob, name string) {
 		return
 	}
 	rel := joinRel(j.rel, name)
-	if len(w.inc) > 0 && !matchAny(w.inc, rel, name) || len(w.exc) > 0 && matchAny(w.exc, rel, name) {
+	if !w.inc.Empty() && !w.inc.MatchName(rel, name) || w.exc.MatchName(rel, name) {
 		w.n.excluded.Add(1)
 		return
 	}
@@ -624,11 +631,7 @@ func candidateAt(dirfd int, name, path, root string, fsid [8]byte, pre *unix.Sta
 	}
 	c := Candidate{
 		Path: path, Root: root, Reason: reason, Freed: st.Blocks * 512,
-		Stat: events.FileStat{
-			Size: st.Size, Mode: st.Mode, UID: st.Uid, GID: st.Gid,
-			AtimeNS: st.Atim.Nano(), MtimeNS: st.Mtim.Nano(), CtimeNS: st.Ctim.Nano(),
-			Dev: st.Dev, Inode: st.Ino, Generation: uint64(gen),
-		},
+		Stat:  stub.FileStat(&st, uint64(gen)),
 		State: StateNew,
 	}
 	if managed {

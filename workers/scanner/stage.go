@@ -1,5 +1,17 @@
 package scanner
 
+// The scanner stage is not a consumer: it produces events from what it
+// finds on disk.
+//
+//	consumes  the hot trees (a walk every Interval, or when triggered)
+//	emits     strata.<host>.file.selected   a file the policy archives now
+//	          strata.<host>.file.moved      a stub found at a new path  (Reconciler)
+//	          strata.<host>.file.deleted    a stub gone from every hot tree (Reconciler)
+//	          strata.<host>.file.modified   an archived-clean file written since (Reconciler)
+//
+// Its control verbs (verbs.go) select files now (strata archive), record
+// pins and preview the policy.
+
 import (
 	"context"
 	"errors"
@@ -12,6 +24,7 @@ import (
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/projections/catalog"
 )
 
 // ErrPathNotUTF8: a file whose name is not valid UTF-8 cannot be named in
@@ -24,17 +37,36 @@ type LoopConfig struct {
 	Policy   Policy
 	Interval time.Duration
 	Emitter  *pipeline.Emitter
-	// Skip reports whether a candidate is already being archived (the
-	// catalog says so); nil skips nothing.
-	Skip func(c Candidate) bool
-	// Reconcile, if set, is called after every scan that ended without
-	// error (the daemon reconciles the catalog's stubs with the disk).
-	Reconcile func(ctx context.Context)
-	Logger    *slog.Logger
+	// Catalog, if set, skips candidates already on their way (archiving,
+	// same content) and adds the pins it records to Policy.Pinned.
+	Catalog scanCatalog
+	// Reconciler, if set, runs after every scan that ended without error.
+	Reconciler *Reconciler
+	Logger     *slog.Logger
 }
 
-// Loop is the scanner stage. It is not a consumer: it produces events from
-// what it finds on disk.
+// scanCatalog is what the scanner stage reads of the catalog.
+type scanCatalog interface {
+	File(fileID string) (catalog.File, error)
+	Pinned(path string) (bool, error)
+}
+
+// PinnedByCatalog returns a Policy.Pinned that asks cat; a path the
+// catalog cannot answer for is taken as pinned (unsure: do not archive).
+func PinnedByCatalog(cat interface{ Pinned(string) (bool, error) }) func(string) bool {
+	return func(path string) bool {
+		ok, err := cat.Pinned(path)
+		return err != nil || ok
+	}
+}
+
+// beingArchived reports whether the catalog already has c on its way.
+func beingArchived(cat scanCatalog, c Candidate) bool {
+	f, err := cat.File(c.FileID)
+	return err == nil && f.State == catalog.StateArchiving && f.Stat.SameContent(c.Stat)
+}
+
+// Loop is the scanner stage.
 type Loop struct {
 	cfg     LoopConfig
 	trigger chan struct{}
@@ -46,6 +78,9 @@ type Loop struct {
 
 // NewLoop returns a scanner stage; call Run.
 func NewLoop(cfg LoopConfig) *Loop {
+	if cfg.Catalog != nil && cfg.Policy.Pinned == nil {
+		cfg.Policy.Pinned = PinnedByCatalog(cfg.Catalog)
+	}
 	return &Loop{cfg: cfg, trigger: make(chan struct{}, 1)}
 }
 
@@ -106,7 +141,7 @@ func (l *Loop) Last() LastScan {
 // ScanOnce scans every hot tree once and publishes the selections.
 func (l *Loop) ScanOnce(ctx context.Context) (Summary, error) {
 	sum, err := Scan(ctx, l.cfg.Policy, time.Now(), func(c Candidate) error {
-		if l.cfg.Skip != nil && l.cfg.Skip(c) {
+		if l.cfg.Catalog != nil && beingArchived(l.cfg.Catalog, c) {
 			return nil
 		}
 		err := Select(ctx, l.cfg.Emitter, c)
@@ -116,8 +151,8 @@ func (l *Loop) ScanOnce(ctx context.Context) (Summary, error) {
 		}
 		return err
 	})
-	if err == nil && l.cfg.Reconcile != nil {
-		l.cfg.Reconcile(ctx)
+	if err == nil && l.cfg.Reconciler != nil {
+		l.cfg.Reconciler.Run(ctx)
 	}
 	last := LastScan{Summary: sum, At: time.Now()}
 	if err != nil {

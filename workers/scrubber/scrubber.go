@@ -1,5 +1,5 @@
 // Package scrubber re-reads stored copies of objects and checks them
-// against their recorded size and BLAKE3 (replicator.Target.Verify reads
+// against their recorded size and BLAKE3 (tier.Target.Verify reads
 // every byte), publishes object.verified or object.corrupt for each, and
 // re-creates a corrupt or missing copy from a good copy on another tier,
 // publishing object.stored for the new copy.
@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/strata-hsm/strata/events"
-	"github.com/strata-hsm/strata/workers/replicator"
+	"github.com/strata-hsm/strata/workers/tier"
 )
 
 // Copy is one stored copy as the catalog knows it.
@@ -37,12 +37,12 @@ type Copy struct {
 // Config configures one run.
 type Config struct {
 	// Targets are this host's tiers by name.
-	Targets map[string]replicator.Target
+	Targets map[string]tier.Target
 	// Copies lists the copies known to the catalog (fn is called for each).
 	Copies func(fn func(Copy) error) error
 	// Repair re-creates the copy of objectID on to from a good copy
 	// elsewhere (recall.Reader.Repair).
-	Repair func(ctx context.Context, objectID string, to replicator.Target) (from, location string, err error)
+	Repair func(ctx context.Context, objectID string, to tier.Target) (from, location string, err error)
 	// Emit publishes an event with a deterministic id built from parts.
 	Emit func(ctx context.Context, ev events.Event, idParts ...string) error
 	// Tier limits the run to one tier ("" all of Targets).
@@ -191,7 +191,7 @@ func scrubOne(ctx context.Context, cfg Config, c Copy, res *Result) error {
 		return nil
 	case ctx.Err() != nil:
 		return ctx.Err()
-	case errors.Is(err, replicator.ErrCorrupt), errors.Is(err, replicator.ErrNotFound):
+	case errors.Is(err, tier.ErrCorrupt), errors.Is(err, tier.ErrNotFound):
 	default:
 		// Unreachable, or a local error: the copy is not judged.
 		res.Unavailable++
@@ -199,7 +199,7 @@ func scrubOne(ctx context.Context, cfg Config, c Copy, res *Result) error {
 		return nil
 	}
 	res.Corrupt++
-	if errors.Is(err, replicator.ErrNotFound) {
+	if errors.Is(err, tier.ErrNotFound) {
 		res.Missing++
 	}
 	cfg.Logger.Warn("scrub: bad copy", "object", c.ObjectID, "tier", c.Tier, "err", err)

@@ -14,16 +14,16 @@ import (
 	"github.com/zeebo/blake3"
 
 	"github.com/strata-hsm/strata/events"
-	"github.com/strata-hsm/strata/workers/replicator"
-	"github.com/strata-hsm/strata/workers/replicator/dir"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/dir"
 )
 
-func obj(t *testing.T, i int) (replicator.Object, []byte) {
+func obj(t *testing.T, i int) (tier.Object, []byte) {
 	t.Helper()
 	b := bytes.Repeat([]byte(fmt.Sprintf("object %d ", i)), 64<<10/10)
 	sum := blake3.Sum256(b)
 	id := blake3.Sum256([]byte(fmt.Sprint("id", i)))
-	return replicator.Object{ID: fmt.Sprintf("%x", id), PackedSize: int64(len(b)), PackedSum: fmt.Sprintf("%x", sum),
+	return tier.Object{ID: fmt.Sprintf("%x", id), PackedSize: int64(len(b)), PackedSum: fmt.Sprintf("%x", sum),
 		Manifest: []byte(`{}`), Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }}, b
 }
 
@@ -34,7 +34,7 @@ func obj(t *testing.T, i int) (replicator.Object, []byte) {
 func TestRun(t *testing.T) {
 	ctx := context.Background()
 	log := slog.New(slog.DiscardHandler)
-	targets := map[string]replicator.Target{}
+	targets := map[string]tier.Target{}
 	roots := map[string]string{}
 	for _, name := range []string{"a", "b"} {
 		roots[name] = t.TempDir()
@@ -45,7 +45,7 @@ func TestRun(t *testing.T) {
 		targets[name] = tg
 	}
 	var copies []Copy
-	var objs []replicator.Object
+	var objs []tier.Object
 	for i := range 20 {
 		o, _ := obj(t, i)
 		objs = append(objs, o)
@@ -58,11 +58,11 @@ func TestRun(t *testing.T) {
 	}
 	// Damage object 3 and remove object 7 on tier a.
 	aRoot := roots["a"]
-	zst := filepath.Join(aRoot, replicator.ObjectKey(objs[3].ID))
+	zst := filepath.Join(aRoot, tier.ObjectKey(objs[3].ID))
 	if err := os.WriteFile(zst, []byte("garbage"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(filepath.Join(aRoot, replicator.ObjectKey(objs[7].ID))); err != nil {
+	if err := os.Remove(filepath.Join(aRoot, tier.ObjectKey(objs[7].ID))); err != nil {
 		t.Fatal(err)
 	}
 	var evs []events.Event
@@ -76,7 +76,7 @@ func TestRun(t *testing.T) {
 			}
 			return nil
 		},
-		Repair: func(ctx context.Context, id string, to replicator.Target) (string, string, error) {
+		Repair: func(ctx context.Context, id string, to tier.Target) (string, string, error) {
 			for _, o := range objs {
 				if o.ID == id {
 					loc, err := to.Put(ctx, o)

@@ -23,6 +23,11 @@ const (
 	XattrState    = "trusted.strata.state"
 	XattrSize     = "trusted.strata.size"
 	XattrMtime    = "trusted.strata.mtime_ns"
+	// XattrRelease names one release of the file (optional: stubs
+	// released before it existed have none). A recall's events carry it
+	// in their message ids, so each recall is recorded once however often
+	// its events are published, and the next release's recall is another.
+	XattrRelease = "trusted.strata.release"
 )
 
 // State of a managed file.
@@ -47,6 +52,9 @@ type Info struct {
 	State    State
 	Size     int64 // size of the archived content
 	MtimeNS  int64 // mtime of the archived content
+	// ReleaseID names the release that made the file a stub ("" if
+	// unknown); see XattrRelease.
+	ReleaseID string
 }
 
 // Read returns the xattrs of the file at fd. A file without them gives
@@ -112,6 +120,12 @@ func read(get func(string) (string, error)) (Info, error) {
 	if in.MtimeNS, err = strconv.ParseInt(s, 10, 64); err != nil {
 		return Info{}, fmt.Errorf("%s: bad value %q", XattrMtime, s)
 	}
+	switch s, err = get(XattrRelease); {
+	case err == nil:
+		in.ReleaseID = s
+	case !errors.Is(err, unix.ENODATA):
+		return Info{}, fmt.Errorf("read %s: %w", XattrRelease, err)
+	}
 	return in, nil
 }
 
@@ -127,9 +141,13 @@ func Write(fd int, in Info) error {
 		{XattrObjectID, in.ObjectID},
 		{XattrSize, strconv.FormatInt(in.Size, 10)},
 		{XattrMtime, strconv.FormatInt(in.MtimeNS, 10)},
+		{XattrRelease, in.ReleaseID},
 		{XattrState, string(in.State)},
 	}
 	for _, x := range set {
+		if x.val == "" && x.name == XattrRelease {
+			continue
+		}
 		if err := unix.Fsetxattr(fd, x.name, []byte(x.val), 0); err != nil {
 			if errors.Is(err, unix.EOPNOTSUPP) {
 				return ErrNoXattr
@@ -154,7 +172,7 @@ func SetState(fd int, s State) error {
 // Clear removes every Strata xattr (the file is no longer managed, e.g. it
 // was replaced by new content).
 func Clear(fd int) error {
-	for _, name := range []string{XattrState, XattrFileID, XattrObjectID, XattrSize, XattrMtime} {
+	for _, name := range []string{XattrState, XattrFileID, XattrObjectID, XattrSize, XattrMtime, XattrRelease} {
 		if err := unix.Fremovexattr(fd, name); err != nil && !errors.Is(err, unix.ENODATA) {
 			return fmt.Errorf("remove %s: %w", name, err)
 		}

@@ -15,10 +15,10 @@ import (
 	"github.com/zeebo/blake3"
 
 	"github.com/strata-hsm/strata/events"
-	"github.com/strata-hsm/strata/workers/replicator"
 	"github.com/strata-hsm/strata/workers/tape"
 	"github.com/strata-hsm/strata/workers/tape/bundle"
 	tapevolume "github.com/strata-hsm/strata/workers/tape/volume"
+	"github.com/strata-hsm/strata/workers/tier"
 )
 
 // Target returns the read side of the tier, for recall and scrub. Reads
@@ -27,18 +27,18 @@ import (
 // recalls costs one pass over each volume, not a seek per request.
 // Positions, sizes and sums come from the catalog (TierDeps.Copy); every
 // byte comes from the tape.
-func (t *Tier) Target() replicator.Target { return &target{t: t} }
+func (t *Tier) Target() tier.Target { return &target{t: t} }
 
 type target struct{ t *Tier }
 
-var _ replicator.Target = (*target)(nil)
+var _ tier.Target = (*target)(nil)
 
 func (g *target) Name() string { return g.t.cfg.Name }
 func (g *target) Kind() string { return events.TierTape }
 
 // Put is not supported: objects reach tape through the tier's stage,
 // bundled with others.
-func (g *target) Put(context.Context, replicator.Object) (string, error) {
+func (g *target) Put(context.Context, tier.Object) (string, error) {
 	return "", fmt.Errorf("tape tier %s: put: %w; objects reach tape through the tape stage", g.t.cfg.Name, ErrNotSupported)
 }
 
@@ -48,26 +48,26 @@ func (g *target) Delete(context.Context, string) error {
 }
 
 func (g *target) copyOf(id string) (TapeCopy, error) {
-	if err := replicator.ValidateID(id); err != nil {
+	if err := tier.ValidateID(id); err != nil {
 		return TapeCopy{}, err
 	}
 	c, ok, err := g.t.deps.Copy(id)
 	if err != nil {
-		return TapeCopy{}, fmt.Errorf("tape tier %s: catalog: %w: %w", g.t.cfg.Name, replicator.ErrUnavailable, err)
+		return TapeCopy{}, fmt.Errorf("tape tier %s: catalog: %w: %w", g.t.cfg.Name, tier.ErrUnavailable, err)
 	}
 	if !ok {
-		return TapeCopy{}, fmt.Errorf("tape tier %s: object %s: %w", g.t.cfg.Name, id, replicator.ErrNotFound)
+		return TapeCopy{}, fmt.Errorf("tape tier %s: object %s: %w", g.t.cfg.Name, id, tier.ErrNotFound)
 	}
 	return c, nil
 }
 
 // Stat answers from the catalog (no tape movement).
-func (g *target) Stat(_ context.Context, id string) (replicator.Info, error) {
+func (g *target) Stat(_ context.Context, id string) (tier.Info, error) {
 	c, err := g.copyOf(id)
 	if err != nil {
-		return replicator.Info{}, err
+		return tier.Info{}, err
 	}
-	return replicator.Info{ID: id, PackedSize: c.PackedSize, PackedSum: c.PackedSum}, nil
+	return tier.Info{ID: id, PackedSize: c.PackedSize, PackedSum: c.PackedSum}, nil
 }
 
 // GetRange reads n bytes at off of the packed object from tape, reading
@@ -79,7 +79,7 @@ func (g *target) GetRange(ctx context.Context, id string, off, n int64) (io.Read
 		return nil, err
 	}
 	if off < 0 || n < 0 || off > c.PackedSize || n > c.PackedSize-off {
-		return nil, fmt.Errorf("tape tier %s: object %s: bytes [%d, %d) of %d: %w", g.t.cfg.Name, id, off, off+n, c.PackedSize, replicator.ErrRange)
+		return nil, fmt.Errorf("tape tier %s: object %s: bytes [%d, %d) of %d: %w", g.t.cfg.Name, id, off, off+n, c.PackedSize, tier.ErrRange)
 	}
 	if n == 0 {
 		return io.NopCloser(bytes.NewReader(nil)), nil
@@ -106,26 +106,26 @@ func (g *target) Manifest(ctx context.Context, id string) ([]byte, error) {
 
 // Verify reads the whole object from tape and checks its size and BLAKE3
 // against the catalog's record and the bundle's PAX records.
-func (g *target) Verify(ctx context.Context, id string) (replicator.Info, error) {
+func (g *target) Verify(ctx context.Context, id string) (tier.Info, error) {
 	c, err := g.copyOf(id)
 	if err != nil {
-		return replicator.Info{}, err
+		return tier.Info{}, err
 	}
-	info := replicator.Info{ID: id, PackedSize: c.PackedSize, PackedSum: c.PackedSum}
+	info := tier.Info{ID: id, PackedSize: c.PackedSize, PackedSum: c.PackedSum}
 	hres, err := g.t.read(ctx, &readReq{id: id, pos: c.Pos, header: true})
 	if err != nil {
 		return info, err
 	}
 	if hres.header.PackedSize != c.PackedSize || hres.header.PackedSum != c.PackedSum {
 		return info, fmt.Errorf("tape tier %s: object %s: tape records %d bytes %s, catalog %d %s: %w", g.t.cfg.Name, id,
-			hres.header.PackedSize, hres.header.PackedSum, c.PackedSize, c.PackedSum, replicator.ErrCorrupt)
+			hres.header.PackedSize, hres.header.PackedSum, c.PackedSize, c.PackedSum, tier.ErrCorrupt)
 	}
 	h := blake3.New()
 	if _, err := g.t.read(ctx, &readReq{id: id, pos: c.Pos, off: 0, n: c.PackedSize, w: h}); err != nil {
 		return info, err
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != c.PackedSum {
-		return info, fmt.Errorf("tape tier %s: object %s: BLAKE3 %s, want %s: %w", g.t.cfg.Name, id, got, c.PackedSum, replicator.ErrCorrupt)
+		return info, fmt.Errorf("tape tier %s: object %s: BLAKE3 %s, want %s: %w", g.t.cfg.Name, id, got, c.PackedSum, tier.ErrCorrupt)
 	}
 	return info, nil
 }
@@ -133,7 +133,7 @@ func (g *target) Verify(ctx context.Context, id string) (replicator.Info, error)
 // List reads every volume of the pool from end to end (volume.Scan: every
 // byte read and hashed) and reports each object whose hashes check. It is
 // slow by nature: hours per full cartridge.
-func (g *target) List(ctx context.Context, fn func(replicator.Info) error) error {
+func (g *target) List(ctx context.Context, fn func(tier.Info) error) error {
 	r := &listReq{res: make(chan listResult, 1)}
 	if err := g.t.send(ctx, r); err != nil {
 		return err
@@ -178,7 +178,7 @@ type readResult struct {
 type listReq struct{ res chan listResult }
 
 type listResult struct {
-	infos []replicator.Info
+	infos []tier.Info
 	err   error
 }
 
@@ -231,7 +231,7 @@ func (t *Tier) serveVolume(ctx context.Context, vol string, reads []*readReq) {
 	}
 	d, err := t.dev.Mount(ctx, vol)
 	if err != nil {
-		fail(fmt.Errorf("tape tier %s: mount %s: %w: %w", t.cfg.Name, vol, replicator.ErrUnavailable, err))
+		fail(fmt.Errorf("tape tier %s: mount %s: %w: %w", t.cfg.Name, vol, tier.ErrUnavailable, err))
 		return
 	}
 	l, err := bundle.ReadLabel(d)
@@ -239,7 +239,7 @@ func (t *Tier) serveVolume(ctx context.Context, vol string, reads []*readReq) {
 		err = fmt.Errorf("the drive holds volume %q: %w", l.Volume, tape.ErrWrongVolume)
 	}
 	if err != nil {
-		fail(fmt.Errorf("tape tier %s: volume %s: %w: %w", t.cfg.Name, vol, replicator.ErrUnavailable, err))
+		fail(fmt.Errorf("tape tier %s: volume %s: %w: %w", t.cfg.Name, vol, tier.ErrUnavailable, err))
 		return
 	}
 	bs := int64(l.BlockSize)
@@ -258,10 +258,10 @@ func (t *Tier) serveVolume(ctx context.Context, vol string, reads []*readReq) {
 
 func (t *Tier) serveOne(rr *bundle.RangeReader, r *readReq) readResult {
 	classify := func(err error) error {
-		kind := replicator.ErrUnavailable
+		kind := tier.ErrUnavailable
 		if errors.Is(err, bundle.ErrFormat) || errors.Is(err, bundle.ErrChecksum) || errors.Is(err, tape.ErrMedium) ||
 			errors.Is(err, tape.ErrEndOfData) || errors.Is(err, tape.ErrShortBuffer) || errors.Is(err, io.ErrUnexpectedEOF) {
-			kind = replicator.ErrCorrupt
+			kind = tier.ErrCorrupt
 		}
 		return fmt.Errorf("tape tier %s: object %s at %s block %d: %w: %w", t.cfg.Name, r.id, Location(r.pos), r.pos.Block, kind, err)
 	}
@@ -316,16 +316,16 @@ func (t *Tier) list(ctx context.Context) listResult {
 	for _, v := range vols {
 		d, err := t.dev.Mount(ctx, v)
 		if err != nil {
-			return listResult{err: fmt.Errorf("tape tier %s: mount %s: %w: %w", t.cfg.Name, v, replicator.ErrUnavailable, err)}
+			return listResult{err: fmt.Errorf("tape tier %s: mount %s: %w: %w", t.cfg.Name, v, tier.ErrUnavailable, err)}
 		}
 		info, err := tapevolume.Scan(d)
 		if err != nil {
-			return listResult{err: fmt.Errorf("tape tier %s: scan %s: %w: %w", t.cfg.Name, v, replicator.ErrUnavailable, err)}
+			return listResult{err: fmt.Errorf("tape tier %s: scan %s: %w: %w", t.cfg.Name, v, tier.ErrUnavailable, err)}
 		}
 		for _, f := range info.Files {
 			for _, o := range f.Objects {
 				if o.Err == nil {
-					res.infos = append(res.infos, replicator.Info{ID: o.ID, PackedSize: o.PackedSize, PackedSum: o.PackedSum})
+					res.infos = append(res.infos, tier.Info{ID: o.ID, PackedSize: o.PackedSize, PackedSum: o.PackedSum})
 				}
 			}
 		}

@@ -16,9 +16,9 @@ import (
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
-	"github.com/strata-hsm/strata/workers/replicator"
 	"github.com/strata-hsm/strata/workers/tape"
 	"github.com/strata-hsm/strata/workers/tape/bundle"
+	"github.com/strata-hsm/strata/workers/tier"
 )
 
 // TierConfig configures a tape tier: one drive (a real st device or an
@@ -581,18 +581,14 @@ func (t *Tier) volumeEvent(ev VolumeEvent) {
 // when a recall needs the drive.
 func (t *Tier) Stage() pipeline.Stage {
 	return pipeline.Stage{
-		Name:        replicator.StageName(t.cfg.Name),
+		Name:        tier.StageName(t.cfg.Name),
 		Filter:      []string{events.Subject(t.deps.Emitter.Host(), events.KindObjectPacked)},
 		Concurrency: t.cfg.Concurrency,
-		Handle:      t.handle,
+		Handle:      pipeline.Handle(tier.StageName(t.cfg.Name), t.handle),
 	}
 }
 
-func (t *Tier) handle(ctx context.Context, env events.Envelope, ev events.Event) error {
-	p, ok := ev.(*events.ObjectPacked)
-	if !ok {
-		return pipeline.Permanent(fmt.Errorf("tape store: unexpected event %s", env.Type))
-	}
+func (t *Tier) handle(ctx context.Context, env events.Envelope, p *events.ObjectPacked) error {
 	c, have, err := t.deps.Copy(p.ObjectID)
 	if err != nil {
 		return fmt.Errorf("tape store %s: catalog: %w", p.ObjectID, err)

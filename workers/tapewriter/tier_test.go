@@ -18,10 +18,10 @@ import (
 	"github.com/strata-hsm/strata/events/eventstest"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/pipeline/pipelinetest"
-	"github.com/strata-hsm/strata/workers/replicator"
 	"github.com/strata-hsm/strata/workers/tape"
 	"github.com/strata-hsm/strata/workers/tape/bundle"
 	tapevolume "github.com/strata-hsm/strata/workers/tape/volume"
+	"github.com/strata-hsm/strata/workers/tier"
 )
 
 // tierRig runs a Tier's stage against a real embedded JetStream, with an
@@ -274,13 +274,13 @@ func TestTierAcksOnlyAfterFlush(t *testing.T) {
 	if info, err := tg.Verify(ctx, ids[2]); err != nil || info.PackedSize != int64(len(r.data[ids[2]])) {
 		t.Fatalf("verify: %+v %v", info, err)
 	}
-	if _, err := tg.Put(ctx, replicator.Object{}); !errors.Is(err, ErrNotSupported) {
+	if _, err := tg.Put(ctx, tier.Object{}); !errors.Is(err, ErrNotSupported) {
 		t.Fatalf("put: %v", err)
 	}
-	if _, err := tg.Stat(ctx, eventstest.ObjectID(1)); !errors.Is(err, replicator.ErrNotFound) {
+	if _, err := tg.Stat(ctx, eventstest.ObjectID(1)); !errors.Is(err, tier.ErrNotFound) {
 		t.Fatalf("stat of an unknown object: %v", err)
 	}
-	if _, err := tg.GetRange(ctx, ids[0], 1, int64(len(r.data[ids[0]]))); !errors.Is(err, replicator.ErrRange) {
+	if _, err := tg.GetRange(ctx, ids[0], 1, int64(len(r.data[ids[0]]))); !errors.Is(err, tier.ErrRange) {
 		t.Fatalf("range past the end: %v", err)
 	}
 	rc, err := tg.GetRange(ctx, ids[1], 1000, 5000)

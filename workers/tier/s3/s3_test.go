@@ -9,12 +9,12 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/strata-hsm/strata/workers/replicator"
-	"github.com/strata-hsm/strata/workers/replicator/replicatortest"
-	"github.com/strata-hsm/strata/workers/replicator/s3"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/s3"
+	"github.com/strata-hsm/strata/workers/tier/tiertest"
 )
 
-func open(t testing.TB, srv *replicatortest.S3Server, bucket, prefix string) *s3.Target {
+func open(t testing.TB, srv *tiertest.S3Server, bucket, prefix string) *s3.Target {
 	t.Helper()
 	tgt, err := s3.Open(s3.Config{
 		Name: "cloud", Endpoint: srv.Endpoint, Bucket: bucket, Prefix: prefix,
@@ -29,7 +29,7 @@ func open(t testing.TB, srv *replicatortest.S3Server, bucket, prefix string) *s3
 
 // damage truncates or flips a byte of a stored object in versitygw's posix
 // backend directory, behind the server's back.
-func damage(t *testing.T, path string, how replicatortest.Damage) {
+func damage(t *testing.T, path string, how tiertest.Damage) {
 	t.Helper()
 	st, err := os.Stat(path)
 	if err != nil {
@@ -40,9 +40,9 @@ func damage(t *testing.T, path string, how replicatortest.Damage) {
 		t.Fatal(err)
 	}
 	switch how {
-	case replicatortest.Truncate:
+	case tiertest.Truncate:
 		err = os.Truncate(path, st.Size()/2)
-	case replicatortest.FlipByte:
+	case tiertest.FlipByte:
 		b[len(b)/2] ^= 0x40
 		err = os.WriteFile(path, b, 0o644) // keeps the inode and its xattrs
 	}
@@ -52,12 +52,12 @@ func damage(t *testing.T, path string, how replicatortest.Damage) {
 }
 
 func TestConformance(t *testing.T) {
-	srv := replicatortest.StartS3(t)
+	srv := tiertest.StartS3(t)
 	for _, prefix := range []string{"", "strata/archive"} {
 		t.Run(fmt.Sprintf("prefix=%q", prefix), func(t *testing.T) {
-			replicatortest.Run(t, replicatortest.Suite{
-				New: func(t *testing.T) replicator.Target { return open(t, srv, srv.NewBucket(t), prefix) },
-				Damage: func(t *testing.T, tgt replicator.Target, id string, how replicatortest.Damage) {
+			tiertest.Run(t, tiertest.Suite{
+				New: func(t *testing.T) tier.Target { return open(t, srv, srv.NewBucket(t), prefix) },
+				Damage: func(t *testing.T, tgt tier.Target, id string, how tiertest.Damage) {
 					s := tgt.(*s3.Target)
 					damage(t, filepath.Join(srv.Dir, s.Bucket(), filepath.FromSlash(s.Key(id))), how)
 				},
@@ -68,39 +68,39 @@ func TestConformance(t *testing.T) {
 }
 
 func TestMetadataAndFullReadCheck(t *testing.T) {
-	srv := replicatortest.StartS3(t)
+	srv := tiertest.StartS3(t)
 	bucket := srv.NewBucket(t)
 	tgt := open(t, srv, bucket, "p")
-	o, _ := replicatortest.NewObject(5, 100<<10)
+	o, _ := tiertest.NewObject(5, 100<<10)
 	loc, err := tgt.Put(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "s3://" + bucket + "/p/" + replicator.ObjectKey(o.ID); loc != want {
+	if want := "s3://" + bucket + "/p/" + tier.ObjectKey(o.ID); loc != want {
 		t.Fatalf("location %s, want %s", loc, want)
 	}
 	// A full read through GetRange checks the recorded BLAKE3.
-	damage(t, filepath.Join(srv.Dir, bucket, "p", filepath.FromSlash(replicator.ObjectKey(o.ID))), replicatortest.FlipByte)
-	_, err = replicatortest.ReadRange(t, tgt, o.ID, 0, o.PackedSize)
-	if !errors.Is(err, replicator.ErrCorrupt) {
+	damage(t, filepath.Join(srv.Dir, bucket, "p", filepath.FromSlash(tier.ObjectKey(o.ID))), tiertest.FlipByte)
+	_, err = tiertest.ReadRange(t, tgt, o.ID, 0, o.PackedSize)
+	if !errors.Is(err, tier.ErrCorrupt) {
 		t.Fatalf("full read of a damaged object: %v, want ErrCorrupt", err)
 	}
 }
 
 func TestUnavailable(t *testing.T) {
 	tgt, err := s3.Open(s3.Config{
-		Name: "cloud", Endpoint: fmt.Sprintf("127.0.0.1:%d", replicatortest.FreePort(t)), Bucket: "strata",
+		Name: "cloud", Endpoint: fmt.Sprintf("127.0.0.1:%d", tiertest.FreePort(t)), Bucket: "strata",
 		AccessKey: "k", SecretKey: "s", NoTLS: true, MaxRetries: 1,
 	}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	replicatortest.CheckUnavailable(t, tgt)
+	tiertest.CheckUnavailable(t, tgt)
 }
 
 func TestMissingBucketIsUnavailable(t *testing.T) {
-	srv := replicatortest.StartS3(t)
-	replicatortest.CheckUnavailable(t, open(t, srv, "no-such-bucket", ""))
+	srv := tiertest.StartS3(t)
+	tiertest.CheckUnavailable(t, open(t, srv, "no-such-bucket", ""))
 }
 
 func TestConfig(t *testing.T) {

@@ -1,6 +1,6 @@
-// Package dir is the directory tier: a replicator.Target that keeps objects
+// Package dir is the directory tier: a tier.Target that keeps objects
 // as plain files under a root directory (another disk, a NAS mount), laid
-// out as described in package replicator:
+// out as described in package tier:
 //
 //	<root>/objects/<aa>/<id>.zst, <id>.json, <id>.b3
 //
@@ -11,7 +11,7 @@
 // holds complete, verified bytes, and a crash or a full disk leaves at most
 // a temporary file, never a visible partial object.
 //
-// The tier is unavailable (replicator.ErrUnavailable) while <root>/objects
+// The tier is unavailable (tier.ErrUnavailable) while <root>/objects
 // is missing, e.g. when the disk holding it is not mounted; Open creates it.
 package dir
 
@@ -30,7 +30,7 @@ import (
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/workers/failpoint"
-	"github.com/strata-hsm/strata/workers/replicator"
+	"github.com/strata-hsm/strata/workers/tier"
 )
 
 // Failpoints of Put, in the order it reaches them (see package failpoint).
@@ -40,7 +40,7 @@ const (
 	FailAfterRename = "store.dir-after-rename" // object renamed; directory not yet fsynced
 )
 
-var _ replicator.Target = (*Target)(nil)
+var _ tier.Target = (*Target)(nil)
 
 // Config configures a directory tier.
 type Config struct {
@@ -144,10 +144,10 @@ func (t *Target) removeTemps() error {
 	return nil
 }
 
-// Name implements replicator.Target.
+// Name implements tier.Target.
 func (t *Target) Name() string { return t.cfg.Name }
 
-// Kind implements replicator.Target.
+// Kind implements tier.Target.
 func (t *Target) Kind() string { return events.TierDirectory }
 
 // Root returns the tier's root directory.
@@ -155,14 +155,17 @@ func (t *Target) Root() string { return t.cfg.Root }
 
 func (t *Target) path(key string) string { return filepath.Join(t.cfg.Root, filepath.FromSlash(key)) }
 
+// Location is the path of object id's packed bytes on this tier.
+func (t *Target) Location(id string) string { return t.path(tier.ObjectKey(id)) }
+
 // available returns an error wrapping ErrUnavailable if <root>/objects is gone.
 func (t *Target) available() error {
 	st, err := os.Stat(t.objects)
 	if err != nil {
-		return fmt.Errorf("directory tier %s: %w: %w", t.cfg.Name, replicator.ErrUnavailable, err)
+		return fmt.Errorf("directory tier %s: %w: %w", t.cfg.Name, tier.ErrUnavailable, err)
 	}
 	if !st.IsDir() {
-		return fmt.Errorf("directory tier %s: %w: %s is not a directory", t.cfg.Name, replicator.ErrUnavailable, t.objects)
+		return fmt.Errorf("directory tier %s: %w: %s is not a directory", t.cfg.Name, tier.ErrUnavailable, t.objects)
 	}
 	return nil
 }
@@ -176,18 +179,18 @@ func (t *Target) missing(id string, err error) error {
 	if aerr := t.available(); aerr != nil {
 		return aerr
 	}
-	return fmt.Errorf("directory tier %s: object %s: %w", t.cfg.Name, id, replicator.ErrNotFound)
+	return fmt.Errorf("directory tier %s: object %s: %w", t.cfg.Name, id, tier.ErrNotFound)
 }
 
-// Put implements replicator.Target.
-func (t *Target) Put(ctx context.Context, o replicator.Object) (string, error) {
+// Put implements tier.Target.
+func (t *Target) Put(ctx context.Context, o tier.Object) (string, error) {
 	if err := o.Validate(); err != nil {
 		return "", fmt.Errorf("directory tier %s: put: %w", t.cfg.Name, err)
 	}
 	if err := t.available(); err != nil {
 		return "", err
 	}
-	final := t.path(replicator.ObjectKey(o.ID))
+	final := t.path(tier.ObjectKey(o.ID))
 	dir := filepath.Dir(final)
 	info, err := t.Verify(ctx, o.ID)
 	switch {
@@ -196,8 +199,8 @@ func (t *Target) Put(ctx context.Context, o replicator.Object) (string, error) {
 			return "", err
 		}
 		return final, nil
-	case err == nil, errors.Is(err, replicator.ErrNotFound), errors.Is(err, replicator.ErrCorrupt):
-		if err != nil && errors.Is(err, replicator.ErrCorrupt) {
+	case err == nil, errors.Is(err, tier.ErrNotFound), errors.Is(err, tier.ErrCorrupt):
+		if err != nil && errors.Is(err, tier.ErrCorrupt) {
 			t.log.Warn("replacing corrupt copy", "object", o.ID, "err", err)
 		}
 	default:
@@ -218,7 +221,7 @@ func (t *Target) Put(ctx context.Context, o replicator.Object) (string, error) {
 	t.fp.Hit(FailAfterTemp)
 	err = writeAtomic(filepath.Join(dir, o.ID+".json"), o.Manifest)
 	if err == nil {
-		err = writeAtomic(filepath.Join(dir, o.ID+".b3"), replicator.SumFile(o.ID, o.PackedSum))
+		err = writeAtomic(filepath.Join(dir, o.ID+".b3"), tier.SumFile(o.ID, o.PackedSum))
 	}
 	if err == nil {
 		t.fp.Hit(FailAfterSum)
@@ -237,7 +240,7 @@ func (t *Target) Put(ctx context.Context, o replicator.Object) (string, error) {
 
 // writeTemp copies o's bytes to a temporary file in dir, fsyncs it, reads
 // it back from disk and checks it, and returns its path.
-func (t *Target) writeTemp(ctx context.Context, o replicator.Object, dir string) (tmp string, err error) {
+func (t *Target) writeTemp(ctx context.Context, o tier.Object, dir string) (tmp string, err error) {
 	src, err := o.Open()
 	if err != nil {
 		return "", fmt.Errorf("open source: %w", err)
@@ -260,7 +263,7 @@ func (t *Target) writeTemp(ctx context.Context, o replicator.Object, dir string)
 	if ferr := unix.Fallocate(int(f.Fd()), 0, 0, o.PackedSize); ferr != nil && !errors.Is(ferr, unix.EOPNOTSUPP) {
 		return "", fmt.Errorf("allocate %d bytes for %s: %w", o.PackedSize, tmp, ferr)
 	}
-	if _, err := io.CopyBuffer(f, ctxReader{ctx, replicator.NewVerifyingReader(src, o.PackedSize, o.PackedSum)}, make([]byte, 1<<20)); err != nil {
+	if _, err := io.CopyBuffer(f, ctxReader{ctx, tier.NewVerifyingReader(src, o.PackedSize, o.PackedSum)}, make([]byte, 1<<20)); err != nil {
 		return "", fmt.Errorf("write %s: %w", tmp, err)
 	}
 	if err := f.Sync(); err != nil {
@@ -268,7 +271,7 @@ func (t *Target) writeTemp(ctx context.Context, o replicator.Object, dir string)
 	}
 	// Read back from the disk, not from the page cache.
 	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
-	if err := replicator.Check(ctx, io.NewSectionReader(f, 0, 1<<62), o.PackedSize, o.PackedSum); err != nil {
+	if err := tier.Check(ctx, io.NewSectionReader(f, 0, 1<<62), o.PackedSize, o.PackedSum); err != nil {
 		return "", fmt.Errorf("verify %s: %w", tmp, err)
 	}
 	if err := f.Close(); err != nil {
@@ -278,8 +281,8 @@ func (t *Target) writeTemp(ctx context.Context, o replicator.Object, dir string)
 }
 
 // ensureManifest rewrites the manifest of a valid object if it differs.
-func (t *Target) ensureManifest(o replicator.Object) error {
-	p := t.path(replicator.ManifestKey(o.ID))
+func (t *Target) ensureManifest(o tier.Object) error {
+	p := t.path(tier.ManifestKey(o.ID))
 	if b, err := os.ReadFile(p); err == nil && string(b) == string(o.Manifest) {
 		return nil
 	}
@@ -306,9 +309,9 @@ func (t *Target) mkdir(dir string) error {
 	return nil
 }
 
-// GetRange implements replicator.Target.
+// GetRange implements tier.Target.
 func (t *Target) GetRange(ctx context.Context, id string, off, n int64) (io.ReadCloser, error) {
-	if err := replicator.ValidateID(id); err != nil {
+	if err := tier.ValidateID(id); err != nil {
 		return nil, fmt.Errorf("directory tier %s: get: %w", t.cfg.Name, err)
 	}
 	if off < 0 || n < 0 {
@@ -317,7 +320,7 @@ func (t *Target) GetRange(ctx context.Context, id string, off, n int64) (io.Read
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(t.path(replicator.ObjectKey(id)))
+	f, err := os.Open(t.path(tier.ObjectKey(id)))
 	if err != nil {
 		return nil, t.missing(id, err)
 	}
@@ -328,82 +331,82 @@ func (t *Target) GetRange(ctx context.Context, id string, off, n int64) (io.Read
 	}
 	if off+n > st.Size() {
 		f.Close()
-		return nil, fmt.Errorf("directory tier %s: object %s: bytes %d+%d of %d: %w", t.cfg.Name, id, off, n, st.Size(), replicator.ErrRange)
+		return nil, fmt.Errorf("directory tier %s: object %s: bytes %d+%d of %d: %w", t.cfg.Name, id, off, n, st.Size(), tier.ErrRange)
 	}
-	return replicator.ExactReader(struct {
+	return tier.ExactReader(struct {
 		io.Reader
 		io.Closer
 	}{ctxReader{ctx, io.NewSectionReader(f, off, n)}, f}, n), nil
 }
 
-// Manifest implements replicator.Target.
+// Manifest implements tier.Target.
 func (t *Target) Manifest(ctx context.Context, id string) ([]byte, error) {
-	if err := replicator.ValidateID(id); err != nil {
+	if err := tier.ValidateID(id); err != nil {
 		return nil, fmt.Errorf("directory tier %s: manifest: %w", t.cfg.Name, err)
 	}
-	if _, err := os.Stat(t.path(replicator.ObjectKey(id))); err != nil {
+	if _, err := os.Stat(t.path(tier.ObjectKey(id))); err != nil {
 		return nil, t.missing(id, err)
 	}
-	b, err := os.ReadFile(t.path(replicator.ManifestKey(id)))
+	b, err := os.ReadFile(t.path(tier.ManifestKey(id)))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("directory tier %s: object %s: manifest missing: %w", t.cfg.Name, id, replicator.ErrCorrupt)
+			return nil, fmt.Errorf("directory tier %s: object %s: manifest missing: %w", t.cfg.Name, id, tier.ErrCorrupt)
 		}
 		return nil, fmt.Errorf("directory tier %s: object %s: %w", t.cfg.Name, id, err)
 	}
 	return b, nil
 }
 
-// Stat implements replicator.Target.
-func (t *Target) Stat(ctx context.Context, id string) (replicator.Info, error) {
-	if err := replicator.ValidateID(id); err != nil {
-		return replicator.Info{}, fmt.Errorf("directory tier %s: stat: %w", t.cfg.Name, err)
+// Stat implements tier.Target.
+func (t *Target) Stat(ctx context.Context, id string) (tier.Info, error) {
+	if err := tier.ValidateID(id); err != nil {
+		return tier.Info{}, fmt.Errorf("directory tier %s: stat: %w", t.cfg.Name, err)
 	}
-	st, err := os.Stat(t.path(replicator.ObjectKey(id)))
+	st, err := os.Stat(t.path(tier.ObjectKey(id)))
 	if err != nil {
-		return replicator.Info{}, t.missing(id, err)
+		return tier.Info{}, t.missing(id, err)
 	}
 	sum, err := t.readSum(id)
 	if err != nil {
-		return replicator.Info{}, err
+		return tier.Info{}, err
 	}
-	return replicator.Info{ID: id, PackedSize: st.Size(), PackedSum: sum}, nil
+	return tier.Info{ID: id, PackedSize: st.Size(), PackedSum: sum}, nil
 }
 
 func (t *Target) readSum(id string) (string, error) {
-	b, err := os.ReadFile(t.path(replicator.SumKey(id)))
+	b, err := os.ReadFile(t.path(tier.SumKey(id)))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return "", fmt.Errorf("directory tier %s: object %s: sum file missing: %w", t.cfg.Name, id, replicator.ErrCorrupt)
+			return "", fmt.Errorf("directory tier %s: object %s: sum file missing: %w", t.cfg.Name, id, tier.ErrCorrupt)
 		}
 		return "", fmt.Errorf("directory tier %s: object %s: %w", t.cfg.Name, id, err)
 	}
-	sum, err := replicator.ParseSum(id, b)
+	sum, err := tier.ParseSum(id, b)
 	if err != nil {
-		return "", fmt.Errorf("directory tier %s: %w: %w", t.cfg.Name, replicator.ErrCorrupt, err)
+		return "", fmt.Errorf("directory tier %s: %w: %w", t.cfg.Name, tier.ErrCorrupt, err)
 	}
 	return sum, nil
 }
 
-// Verify implements replicator.Target.
-func (t *Target) Verify(ctx context.Context, id string) (replicator.Info, error) {
+// Verify implements tier.Target.
+func (t *Target) Verify(ctx context.Context, id string) (tier.Info, error) {
 	info, err := t.Stat(ctx, id)
 	if err != nil {
 		return info, err
 	}
-	f, err := os.Open(t.path(replicator.ObjectKey(id)))
+	f, err := os.Open(t.path(tier.ObjectKey(id)))
 	if err != nil {
 		return info, t.missing(id, err)
 	}
 	defer f.Close()
-	if err := replicator.Check(ctx, f, info.PackedSize, info.PackedSum); err != nil {
+	if err := tier.Check(ctx, f, info.PackedSize, info.PackedSum); err != nil {
 		return info, fmt.Errorf("directory tier %s: verify %s: %w", t.cfg.Name, id, err)
 	}
 	return info, nil
 }
 
-// List implements replicator.Target.
-func (t *Target) List(ctx context.Context, fn func(replicator.Info) error) error {
+// List implements tier.Target.
+func (t *Target) List(ctx context.Context, fn func(tier.Info) error) error {
 	if err := t.available(); err != nil {
 		return err
 	}
@@ -424,7 +427,7 @@ func (t *Target) List(ctx context.Context, fn func(replicator.Info) error) error
 				return err
 			}
 			id, ok := strings.CutSuffix(e.Name(), ".zst")
-			if !ok || replicator.ValidateID(id) != nil || id[:2] != sub.Name() || !e.Type().IsRegular() {
+			if !ok || tier.ValidateID(id) != nil || id[:2] != sub.Name() || !e.Type().IsRegular() {
 				continue
 			}
 			fi, err := e.Info()
@@ -435,7 +438,7 @@ func (t *Target) List(ctx context.Context, fn func(replicator.Info) error) error
 				return fmt.Errorf("directory tier %s: list: %w", t.cfg.Name, err)
 			}
 			sum, _ := t.readSum(id) // empty when missing: Verify reports it
-			if err := fn(replicator.Info{ID: id, PackedSize: fi.Size(), PackedSum: sum}); err != nil {
+			if err := fn(tier.Info{ID: id, PackedSize: fi.Size(), PackedSum: sum}); err != nil {
 				return err
 			}
 		}
@@ -443,21 +446,21 @@ func (t *Target) List(ctx context.Context, fn func(replicator.Info) error) error
 	return nil
 }
 
-// Delete implements replicator.Target.
+// Delete implements tier.Target.
 func (t *Target) Delete(ctx context.Context, id string) error {
-	if err := replicator.ValidateID(id); err != nil {
+	if err := tier.ValidateID(id); err != nil {
 		return fmt.Errorf("directory tier %s: delete: %w", t.cfg.Name, err)
 	}
 	if err := t.available(); err != nil {
 		return err
 	}
 	// The .zst first: the object stops being visible before its manifest goes.
-	for _, key := range []string{replicator.ObjectKey(id), replicator.ManifestKey(id), replicator.SumKey(id)} {
+	for _, key := range []string{tier.ObjectKey(id), tier.ManifestKey(id), tier.SumKey(id)} {
 		if err := os.Remove(t.path(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("directory tier %s: delete %s: %w", t.cfg.Name, id, err)
 		}
 	}
-	if err := syncDir(filepath.Dir(t.path(replicator.ObjectKey(id)))); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := syncDir(filepath.Dir(t.path(tier.ObjectKey(id)))); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("directory tier %s: delete %s: %w", t.cfg.Name, id, err)
 	}
 	return nil

@@ -1,8 +1,9 @@
-// Package replicator holds the cold-tier plug-in point of Strata: the Target
-// interface that the directory tier (replicator/dir), S3 (replicator/s3) and
-// any rclone remote (replicator/rclone) implement, the naming of objects on
-// every target, and the BLAKE3 checks they share. All targets pass one
-// conformance suite, replicatortest.Run.
+// Package tier is the cold-tier contract of Strata: the Target interface
+// that the directory tier (tier/dir), S3 (tier/s3), any rclone remote
+// (tier/rclone) and tape (workers/tapewriter) implement, its sentinel
+// errors, the naming of objects on every target, and the BLAKE3 checks
+// they share. Every target passes one conformance suite, tiertest.Run.
+// This package imports no stage and no target: both import it.
 //
 // An object is opaque here: an id (64 lowercase hex, the BLAKE3 of the
 // uncompressed content), its packed bytes (a seekable zstd stream whose
@@ -22,7 +23,7 @@
 // without Strata. An object is visible (Stat, List, GetRange find it) exactly
 // when its .zst exists; writers make it appear atomically and only after its
 // manifest and sum are in place.
-package replicator
+package tier
 
 import (
 	"context"
@@ -35,16 +36,16 @@ import (
 // callers test with errors.Is.
 var (
 	// ErrNotFound: the target is reachable and holds no such object.
-	ErrNotFound = errors.New("replicator: object not found")
+	ErrNotFound = errors.New("tier: object not found")
 	// ErrCorrupt: the stored copy (or the bytes offered to Put) does not
 	// match its recorded size or BLAKE3. A Put of a good copy repairs it.
-	ErrCorrupt = errors.New("replicator: object corrupt")
+	ErrCorrupt = errors.New("tier: object corrupt")
 	// ErrUnavailable: the target cannot be reached right now (server down,
 	// network error, directory tier not mounted). Nothing is known about
 	// the object; recall falls back to another copy and the stage retries.
-	ErrUnavailable = errors.New("replicator: target unavailable")
+	ErrUnavailable = errors.New("tier: target unavailable")
 	// ErrRange: a ranged read asked for bytes past the end of the object.
-	ErrRange = errors.New("replicator: range past end of object")
+	ErrRange = errors.New("tier: range past end of object")
 )
 
 // Object is what Put stores.
@@ -86,7 +87,7 @@ type Info struct {
 }
 
 // Target is one cold tier: a place that keeps verified copies of objects.
-// The replicator stage calls Put for each packed object; recall calls
+// The store stage (workers/store) calls Put for each packed object; recall calls
 // Manifest and GetRange on the cheapest copy and falls back on error; scrub
 // calls List and Verify; prune calls Delete. All methods are safe for
 // concurrent use, and every method honours ctx (a cancelled call returns
@@ -149,6 +150,11 @@ type Target interface {
 	// missing object is not an error (idempotent).
 	Delete(ctx context.Context, id string) error
 }
+
+// StageName is the durable consumer name of the store stage of tier name,
+// whichever package runs it (workers/store for directory, S3 and rclone
+// tiers, workers/tapewriter for tape).
+func StageName(name string) string { return "store-" + name }
 
 // ValidateID checks that id is 64 lowercase hex digits.
 func ValidateID(id string) error {

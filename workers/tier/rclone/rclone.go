@@ -1,4 +1,4 @@
-// Package rclone is a replicator.Target on any rclone remote ("remote:path"),
+// Package rclone is a tier.Target on any rclone remote ("remote:path"),
 // driven through the rclone binary: uploads stream into `rclone rcat`,
 // ranged reads use `rclone cat --offset --count`, listings `rclone lsjson`,
 // deletes `rclone deletefile`, renames `rclone moveto`.
@@ -6,7 +6,7 @@
 // rclone offers no BLAKE3, so Strata checks by reading back: every file is
 // uploaded to a temporary name (<name>.tmp-<random>), the object's bytes are
 // read back from the remote and checked against their BLAKE3, and only then
-// moved to the final name. The layout is that of package replicator, with
+// moved to the final name. The layout is that of package tier, with
 // the sum in <id>.b3 (b3sum format) beside the object. An interrupted
 // upload leaves at most a temporary file, never a visible partial object.
 //
@@ -32,10 +32,10 @@ import (
 	"time"
 
 	"github.com/strata-hsm/strata/events"
-	"github.com/strata-hsm/strata/workers/replicator"
+	"github.com/strata-hsm/strata/workers/tier"
 )
 
-var _ replicator.Target = (*Target)(nil)
+var _ tier.Target = (*Target)(nil)
 
 // Config configures an rclone tier.
 type Config struct {
@@ -112,10 +112,10 @@ func Open(cfg Config, logger *slog.Logger) (*Target, error) {
 	return &Target{cfg: cfg, bin: bin, env: env, log: logger.With("tier", cfg.Name)}, nil
 }
 
-// Name implements replicator.Target.
+// Name implements tier.Target.
 func (t *Target) Name() string { return t.cfg.Name }
 
-// Kind implements replicator.Target.
+// Kind implements tier.Target.
 func (t *Target) Kind() string { return events.TierRclone }
 
 // Path returns the rclone path of key (relative to the tier's root).
@@ -162,9 +162,9 @@ func (t *Target) classify(ctx context.Context, op, id string, err error, stderr 
 	}
 	switch {
 	case code == 3 || code == 4 || strings.Contains(stderr, "doesn't exist") || strings.Contains(stderr, "object not found"):
-		sentinel = replicator.ErrNotFound
+		sentinel = tier.ErrNotFound
 	case code == 5 || networkError(stderr):
-		sentinel = replicator.ErrUnavailable
+		sentinel = tier.ErrUnavailable
 	}
 	if sentinel != nil {
 		return fmt.Errorf("rclone tier %s: %s %s: %w: %s", t.cfg.Name, op, id, sentinel, msg)
@@ -212,24 +212,24 @@ func tempSuffix() string {
 	return ".tmp-" + hex.EncodeToString(b[:])
 }
 
-// Put implements replicator.Target.
-func (t *Target) Put(ctx context.Context, o replicator.Object) (string, error) {
+// Put implements tier.Target.
+func (t *Target) Put(ctx context.Context, o tier.Object) (string, error) {
 	if err := o.Validate(); err != nil {
 		return "", fmt.Errorf("rclone tier %s: put: %w", t.cfg.Name, err)
 	}
-	final := t.Path(replicator.ObjectKey(o.ID))
+	final := t.Path(tier.ObjectKey(o.ID))
 	info, err := t.Verify(ctx, o.ID)
 	switch {
 	case err == nil && info.PackedSum == o.PackedSum:
-		if m, err := t.cat(ctx, "get manifest", o.ID, t.Path(replicator.ManifestKey(o.ID))); err == nil && bytes.Equal(m, o.Manifest) {
+		if m, err := t.cat(ctx, "get manifest", o.ID, t.Path(tier.ManifestKey(o.ID))); err == nil && bytes.Equal(m, o.Manifest) {
 			return final, nil
 		}
-		if err := t.putSmall(ctx, o.ID, replicator.ManifestKey(o.ID), o.Manifest); err != nil {
+		if err := t.putSmall(ctx, o.ID, tier.ManifestKey(o.ID), o.Manifest); err != nil {
 			return "", err
 		}
 		return final, nil
-	case err == nil || errors.Is(err, replicator.ErrNotFound):
-	case errors.Is(err, replicator.ErrCorrupt):
+	case err == nil || errors.Is(err, tier.ErrNotFound):
+	case errors.Is(err, tier.ErrCorrupt):
 		t.log.Warn("replacing corrupt copy", "object", o.ID, "err", err)
 	default:
 		return "", err
@@ -244,10 +244,10 @@ func (t *Target) Put(ctx context.Context, o replicator.Object) (string, error) {
 	}
 	err = t.checkRemote(ctx, o, tmp)
 	if err == nil {
-		err = t.putSmall(ctx, o.ID, replicator.ManifestKey(o.ID), o.Manifest)
+		err = t.putSmall(ctx, o.ID, tier.ManifestKey(o.ID), o.Manifest)
 	}
 	if err == nil {
-		err = t.putSmall(ctx, o.ID, replicator.SumKey(o.ID), replicator.SumFile(o.ID, o.PackedSum))
+		err = t.putSmall(ctx, o.ID, tier.SumKey(o.ID), tier.SumFile(o.ID, o.PackedSum))
 	}
 	if err == nil {
 		err = t.move(ctx, o.ID, tmp, final, func() bool {
@@ -275,7 +275,7 @@ func (t *Target) move(ctx context.Context, id, tmp, final string, done func() bo
 		if _, err = t.run(ctx, "move", id, nil, "moveto", "--ignore-times", tmp, final); err == nil {
 			return nil
 		}
-		if ctx.Err() != nil || errors.Is(err, replicator.ErrUnavailable) {
+		if ctx.Err() != nil || errors.Is(err, tier.ErrUnavailable) {
 			return err
 		}
 		if done() {
@@ -288,7 +288,7 @@ func (t *Target) move(ctx context.Context, id, tmp, final string, done func() bo
 // upload streams o's bytes into `rclone rcat tmp`. If the source fails or
 // its bytes do not match, rclone is killed before it sees the end of its
 // input, so it cannot complete the upload.
-func (t *Target) upload(ctx context.Context, o replicator.Object, tmp string) error {
+func (t *Target) upload(ctx context.Context, o tier.Object, tmp string) error {
 	src, err := o.Open()
 	if err != nil {
 		return fmt.Errorf("rclone tier %s: put %s: open source: %w", t.cfg.Name, o.ID, err)
@@ -306,7 +306,7 @@ func (t *Target) upload(ctx context.Context, o replicator.Object, tmp string) er
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("rclone tier %s: put %s: %w", t.cfg.Name, o.ID, err)
 	}
-	_, cerr := io.CopyBuffer(stdin, replicator.NewVerifyingReader(src, o.PackedSize, o.PackedSum), make([]byte, 1<<20))
+	_, cerr := io.CopyBuffer(stdin, tier.NewVerifyingReader(src, o.PackedSize, o.PackedSum), make([]byte, 1<<20))
 	if cerr != nil {
 		kill() // before closing stdin: rclone must not see a clean end of input
 		_ = cmd.Wait()
@@ -329,7 +329,7 @@ func (t *Target) upload(ctx context.Context, o replicator.Object, tmp string) er
 
 // checkRemote reads path back from the remote (streaming) and checks it
 // against o's size and sum.
-func (t *Target) checkRemote(ctx context.Context, o replicator.Object, path string) error {
+func (t *Target) checkRemote(ctx context.Context, o tier.Object, path string) error {
 	cctx, kill := context.WithCancel(ctx)
 	defer kill()
 	cmd := t.command(cctx, "cat", path)
@@ -342,8 +342,8 @@ func (t *Target) checkRemote(ctx context.Context, o replicator.Object, path stri
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("rclone tier %s: read back %s: %w", t.cfg.Name, o.ID, err)
 	}
-	cerr := replicator.Check(ctx, stdout, o.PackedSize, o.PackedSum)
-	if cerr != nil && !errors.Is(cerr, replicator.ErrCorrupt) {
+	cerr := tier.Check(ctx, stdout, o.PackedSize, o.PackedSum)
+	if cerr != nil && !errors.Is(cerr, tier.ErrCorrupt) {
 		kill() // Check read to EOF otherwise: rclone ends by itself
 	}
 	werr := cmd.Wait()
@@ -376,7 +376,7 @@ func (t *Target) putSmall(ctx context.Context, id, key string, b []byte) error {
 func (t *Target) removeTemp(tmp string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := t.run(ctx, "remove temporary", tmp, nil, "deletefile", tmp); err != nil && !errors.Is(err, replicator.ErrNotFound) {
+	if _, err := t.run(ctx, "remove temporary", tmp, nil, "deletefile", tmp); err != nil && !errors.Is(err, tier.ErrNotFound) {
 		t.log.Warn("temporary file left behind", "path", tmp, "err", err)
 	}
 }
@@ -393,7 +393,7 @@ type entry struct {
 
 // size returns the size of the object's .zst.
 func (t *Target) size(ctx context.Context, id string) (int64, error) {
-	out, err := t.run(ctx, "stat", id, nil, "lsjson", "--files-only", "--no-mimetype", "--no-modtime", t.Path(replicator.ObjectKey(id)))
+	out, err := t.run(ctx, "stat", id, nil, "lsjson", "--files-only", "--no-mimetype", "--no-modtime", t.Path(tier.ObjectKey(id)))
 	if err != nil {
 		return 0, err
 	}
@@ -406,12 +406,12 @@ func (t *Target) size(ctx context.Context, id string) (int64, error) {
 			return e.Size, nil
 		}
 	}
-	return 0, fmt.Errorf("rclone tier %s: stat %s: %w", t.cfg.Name, id, replicator.ErrNotFound)
+	return 0, fmt.Errorf("rclone tier %s: stat %s: %w", t.cfg.Name, id, tier.ErrNotFound)
 }
 
-// GetRange implements replicator.Target.
+// GetRange implements tier.Target.
 func (t *Target) GetRange(ctx context.Context, id string, off, n int64) (io.ReadCloser, error) {
-	if err := replicator.ValidateID(id); err != nil {
+	if err := tier.ValidateID(id); err != nil {
 		return nil, fmt.Errorf("rclone tier %s: get: %w", t.cfg.Name, err)
 	}
 	if off < 0 || n < 0 {
@@ -422,7 +422,7 @@ func (t *Target) GetRange(ctx context.Context, id string, off, n int64) (io.Read
 		return nil, err
 	}
 	if off+n > size {
-		return nil, fmt.Errorf("rclone tier %s: get %s: bytes %d+%d of %d: %w", t.cfg.Name, id, off, n, size, replicator.ErrRange)
+		return nil, fmt.Errorf("rclone tier %s: get %s: bytes %d+%d of %d: %w", t.cfg.Name, id, off, n, size, tier.ErrRange)
 	}
 	return t.catRange(ctx, id, off, n)
 }
@@ -433,7 +433,7 @@ func (t *Target) catRange(ctx context.Context, id string, off, n int64) (io.Read
 		return io.NopCloser(strings.NewReader("")), nil
 	}
 	cctx, kill := context.WithCancel(ctx)
-	cmd := t.command(cctx, "cat", "--offset", fmt.Sprint(off), "--count", fmt.Sprint(n), t.Path(replicator.ObjectKey(id)))
+	cmd := t.command(cctx, "cat", "--offset", fmt.Sprint(off), "--count", fmt.Sprint(n), t.Path(tier.ObjectKey(id)))
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		kill()
@@ -446,7 +446,7 @@ func (t *Target) catRange(ctx context.Context, id string, off, n int64) (io.Read
 		return nil, fmt.Errorf("rclone tier %s: get %s: %w", t.cfg.Name, id, err)
 	}
 	r := &catReader{t: t, ctx: ctx, id: id, cmd: cmd, stdout: stdout, stderr: stderr, kill: kill}
-	return replicator.ExactReader(r, n), nil
+	return tier.ExactReader(r, n), nil
 }
 
 // catReader reads the stdout of `rclone cat`; at its end it waits for
@@ -489,46 +489,46 @@ func (c *catReader) Close() error {
 	return nil
 }
 
-// Manifest implements replicator.Target.
+// Manifest implements tier.Target.
 func (t *Target) Manifest(ctx context.Context, id string) ([]byte, error) {
-	if err := replicator.ValidateID(id); err != nil {
+	if err := tier.ValidateID(id); err != nil {
 		return nil, fmt.Errorf("rclone tier %s: manifest: %w", t.cfg.Name, err)
 	}
 	if _, err := t.size(ctx, id); err != nil {
 		return nil, err
 	}
-	m, err := t.cat(ctx, "get manifest", id, t.Path(replicator.ManifestKey(id)))
-	if errors.Is(err, replicator.ErrNotFound) {
-		return nil, fmt.Errorf("rclone tier %s: object %s: manifest missing: %w", t.cfg.Name, id, replicator.ErrCorrupt)
+	m, err := t.cat(ctx, "get manifest", id, t.Path(tier.ManifestKey(id)))
+	if errors.Is(err, tier.ErrNotFound) {
+		return nil, fmt.Errorf("rclone tier %s: object %s: manifest missing: %w", t.cfg.Name, id, tier.ErrCorrupt)
 	}
 	return m, err
 }
 
-// Stat implements replicator.Target.
-func (t *Target) Stat(ctx context.Context, id string) (replicator.Info, error) {
-	if err := replicator.ValidateID(id); err != nil {
-		return replicator.Info{}, fmt.Errorf("rclone tier %s: stat: %w", t.cfg.Name, err)
+// Stat implements tier.Target.
+func (t *Target) Stat(ctx context.Context, id string) (tier.Info, error) {
+	if err := tier.ValidateID(id); err != nil {
+		return tier.Info{}, fmt.Errorf("rclone tier %s: stat: %w", t.cfg.Name, err)
 	}
 	size, err := t.size(ctx, id)
 	if err != nil {
-		return replicator.Info{}, err
+		return tier.Info{}, err
 	}
-	b, err := t.cat(ctx, "get sum", id, t.Path(replicator.SumKey(id)))
-	if errors.Is(err, replicator.ErrNotFound) {
-		return replicator.Info{}, fmt.Errorf("rclone tier %s: object %s: sum file missing: %w", t.cfg.Name, id, replicator.ErrCorrupt)
+	b, err := t.cat(ctx, "get sum", id, t.Path(tier.SumKey(id)))
+	if errors.Is(err, tier.ErrNotFound) {
+		return tier.Info{}, fmt.Errorf("rclone tier %s: object %s: sum file missing: %w", t.cfg.Name, id, tier.ErrCorrupt)
 	}
 	if err != nil {
-		return replicator.Info{}, err
+		return tier.Info{}, err
 	}
-	sum, err := replicator.ParseSum(id, b)
+	sum, err := tier.ParseSum(id, b)
 	if err != nil {
-		return replicator.Info{}, fmt.Errorf("rclone tier %s: %w: %w", t.cfg.Name, replicator.ErrCorrupt, err)
+		return tier.Info{}, fmt.Errorf("rclone tier %s: %w: %w", t.cfg.Name, tier.ErrCorrupt, err)
 	}
-	return replicator.Info{ID: id, PackedSize: size, PackedSum: sum}, nil
+	return tier.Info{ID: id, PackedSize: size, PackedSum: sum}, nil
 }
 
-// Verify implements replicator.Target.
-func (t *Target) Verify(ctx context.Context, id string) (replicator.Info, error) {
+// Verify implements tier.Target.
+func (t *Target) Verify(ctx context.Context, id string) (tier.Info, error) {
 	info, err := t.Stat(ctx, id)
 	if err != nil {
 		return info, err
@@ -538,20 +538,20 @@ func (t *Target) Verify(ctx context.Context, id string) (replicator.Info, error)
 		return info, err
 	}
 	defer rc.Close()
-	if err := replicator.Check(ctx, rc, info.PackedSize, info.PackedSum); err != nil {
+	if err := tier.Check(ctx, rc, info.PackedSize, info.PackedSum); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
-			err = fmt.Errorf("%w: %w", replicator.ErrCorrupt, err)
+			err = fmt.Errorf("%w: %w", tier.ErrCorrupt, err)
 		}
 		return info, fmt.Errorf("rclone tier %s: verify %s: %w", t.cfg.Name, id, err)
 	}
 	return info, nil
 }
 
-// List implements replicator.Target: one lsjson and one cat of all sums.
-func (t *Target) List(ctx context.Context, fn func(replicator.Info) error) error {
+// List implements tier.Target: one lsjson and one cat of all sums.
+func (t *Target) List(ctx context.Context, fn func(tier.Info) error) error {
 	root := t.Path("objects")
 	out, err := t.run(ctx, "list", root, nil, "lsjson", "-R", "--files-only", "--no-mimetype", "--no-modtime", root)
-	if errors.Is(err, replicator.ErrNotFound) {
+	if errors.Is(err, tier.ErrNotFound) {
 		return nil // nothing stored yet
 	}
 	if err != nil {
@@ -561,25 +561,25 @@ func (t *Target) List(ctx context.Context, fn func(replicator.Info) error) error
 	if err := json.Unmarshal(out, &ents); err != nil {
 		return fmt.Errorf("rclone tier %s: list: lsjson output: %w", t.cfg.Name, err)
 	}
-	var found []replicator.Info
+	var found []tier.Info
 	for _, e := range ents {
 		dir, name, _ := strings.Cut(e.Path, "/")
 		id, ok := strings.CutSuffix(name, ".zst")
-		if !ok || replicator.ValidateID(id) != nil || dir != id[:2] {
+		if !ok || tier.ValidateID(id) != nil || dir != id[:2] {
 			continue
 		}
-		found = append(found, replicator.Info{ID: id, PackedSize: e.Size})
+		found = append(found, tier.Info{ID: id, PackedSize: e.Size})
 	}
 	if len(found) == 0 {
 		return nil
 	}
 	sums, err := t.run(ctx, "list sums", root, nil, "cat", "--include", "*.b3", root)
-	if err != nil && !errors.Is(err, replicator.ErrNotFound) {
+	if err != nil && !errors.Is(err, tier.ErrNotFound) {
 		return err
 	}
 	bySum := make(map[string]string)
 	for _, line := range strings.Split(string(sums), "\n") {
-		if m, err := replicator.ParseSums([]byte(line)); err == nil {
+		if m, err := tier.ParseSums([]byte(line)); err == nil {
 			for id, s := range m {
 				bySum[id] = s
 			}
@@ -594,13 +594,13 @@ func (t *Target) List(ctx context.Context, fn func(replicator.Info) error) error
 	return nil
 }
 
-// Delete implements replicator.Target.
+// Delete implements tier.Target.
 func (t *Target) Delete(ctx context.Context, id string) error {
-	if err := replicator.ValidateID(id); err != nil {
+	if err := tier.ValidateID(id); err != nil {
 		return fmt.Errorf("rclone tier %s: delete: %w", t.cfg.Name, err)
 	}
-	for _, key := range []string{replicator.ObjectKey(id), replicator.ManifestKey(id), replicator.SumKey(id)} {
-		if _, err := t.run(ctx, "delete", id, nil, "--retries", "1", "deletefile", t.Path(key)); err != nil && !errors.Is(err, replicator.ErrNotFound) {
+	for _, key := range []string{tier.ObjectKey(id), tier.ManifestKey(id), tier.SumKey(id)} {
+		if _, err := t.run(ctx, "delete", id, nil, "--retries", "1", "deletefile", t.Path(key)); err != nil && !errors.Is(err, tier.ErrNotFound) {
 			return err
 		}
 	}

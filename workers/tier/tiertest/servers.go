@@ -1,4 +1,4 @@
-package replicatortest
+package tiertest
 
 import (
 	"bytes"

@@ -11,10 +11,10 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/strata-hsm/strata/workers/replicator"
-	"github.com/strata-hsm/strata/workers/replicator/dir"
-	"github.com/strata-hsm/strata/workers/replicator/replicatortest"
 	"github.com/strata-hsm/strata/workers/stratatest"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/dir"
+	"github.com/strata-hsm/strata/workers/tier/tiertest"
 )
 
 func open(t *testing.T, root string) *dir.Target {
@@ -27,18 +27,18 @@ func open(t *testing.T, root string) *dir.Target {
 }
 
 // damage truncates or flips a byte of a stored file.
-func damage(t *testing.T, path string, how replicatortest.Damage) {
+func damage(t *testing.T, path string, how tiertest.Damage) {
 	t.Helper()
 	st, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	switch how {
-	case replicatortest.Truncate:
+	case tiertest.Truncate:
 		if err := os.Truncate(path, st.Size()/2); err != nil {
 			t.Fatal(err)
 		}
-	case replicatortest.FlipByte:
+	case tiertest.FlipByte:
 		f, err := os.OpenFile(path, os.O_RDWR, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -56,10 +56,10 @@ func damage(t *testing.T, path string, how replicatortest.Damage) {
 }
 
 func TestConformance(t *testing.T) {
-	replicatortest.Run(t, replicatortest.Suite{
-		New: func(t *testing.T) replicator.Target { return open(t, t.TempDir()) },
-		Damage: func(t *testing.T, tgt replicator.Target, id string, how replicatortest.Damage) {
-			damage(t, filepath.Join(tgt.(*dir.Target).Root(), replicator.ObjectKey(id)), how)
+	tiertest.Run(t, tiertest.Suite{
+		New: func(t *testing.T) tier.Target { return open(t, t.TempDir()) },
+		Damage: func(t *testing.T, tgt tier.Target, id string, how tiertest.Damage) {
+			damage(t, filepath.Join(tgt.(*dir.Target).Root(), tier.ObjectKey(id)), how)
 		},
 	})
 }
@@ -67,7 +67,7 @@ func TestConformance(t *testing.T) {
 func TestLayoutIsPlainFiles(t *testing.T) {
 	root := t.TempDir()
 	tgt := open(t, root)
-	o, data := replicatortest.NewObject(1, 5000)
+	o, data := tiertest.NewObject(1, 5000)
 	loc, err := tgt.Put(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -102,12 +102,12 @@ func TestLayoutIsPlainFiles(t *testing.T) {
 func TestFullDisk(t *testing.T) {
 	mnt := stratatest.LoopMount(t, "ext4", 16<<20)
 	tgt := open(t, mnt)
-	small, smallData := replicatortest.NewObject(2, 1<<20)
+	small, smallData := tiertest.NewObject(2, 1<<20)
 	if _, err := tgt.Put(context.Background(), small); err != nil {
 		t.Fatal(err)
 	}
 	for _, size := range []int64{20 << 20, 14 << 20} {
-		big, data := replicatortest.NewObject(3, size)
+		big, data := tiertest.NewObject(3, size)
 		big.Open = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(string(data))), nil }
 		_, err := tgt.Put(context.Background(), big)
 		if !errors.Is(err, syscall.ENOSPC) {
@@ -116,7 +116,7 @@ func TestFullDisk(t *testing.T) {
 		if !strings.Contains(err.Error(), "no space left on device") {
 			t.Fatalf("error %q does not say the disk is full", err)
 		}
-		if _, err := tgt.Stat(context.Background(), big.ID); !errors.Is(err, replicator.ErrNotFound) {
+		if _, err := tgt.Stat(context.Background(), big.ID); !errors.Is(err, tier.ErrNotFound) {
 			t.Fatalf("stat after full disk: %v, want ErrNotFound", err)
 		}
 		ents, _ := os.ReadDir(filepath.Join(mnt, "objects", big.ID[:2]))
@@ -130,11 +130,11 @@ func TestFullDisk(t *testing.T) {
 	if _, err := tgt.Verify(context.Background(), small.ID); err != nil {
 		t.Fatal(err)
 	}
-	got, err := os.ReadFile(filepath.Join(mnt, replicator.ObjectKey(small.ID)))
+	got, err := os.ReadFile(filepath.Join(mnt, tier.ObjectKey(small.ID)))
 	if err != nil || string(got) != string(smallData) {
 		t.Fatalf("earlier object damaged: %v", err)
 	}
-	again, _ := replicatortest.NewObject(4, 4<<20)
+	again, _ := tiertest.NewObject(4, 4<<20)
 	if _, err := tgt.Put(context.Background(), again); err != nil {
 		t.Fatalf("put after ENOSPC: %v", err)
 	}
@@ -147,7 +147,7 @@ func TestUnavailable(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(root, "objects")); err != nil {
 		t.Fatal(err)
 	}
-	replicatortest.CheckUnavailable(t, tgt)
+	tiertest.CheckUnavailable(t, tgt)
 }
 
 func TestConfig(t *testing.T) {

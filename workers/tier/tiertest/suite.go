@@ -1,10 +1,10 @@
-// Package replicatortest is the conformance suite that every
-// replicator.Target passes (Run), plus helpers that start the real servers
+// Package tiertest is the conformance suite that every
+// tier.Target passes (Run), plus helpers that start the real servers
 // the targets are tested against on loopback: versitygw for S3 and
 // `rclone serve webdav|sftp` for rclone.
 //
 // Only tests import this package.
-package replicatortest
+package tiertest
 
 import (
 	"bytes"
@@ -20,7 +20,7 @@ import (
 
 	"github.com/zeebo/blake3"
 
-	"github.com/strata-hsm/strata/workers/replicator"
+	"github.com/strata-hsm/strata/workers/tier"
 )
 
 // Damage is a way to damage a stored copy.
@@ -42,10 +42,10 @@ func (d Damage) String() string {
 // Suite configures Run for one kind of target.
 type Suite struct {
 	// New returns a fresh, empty target. Required.
-	New func(t *testing.T) replicator.Target
+	New func(t *testing.T) tier.Target
 	// Damage damages the stored packed bytes of object id on tgt (a target
 	// made by New) behind the target's back, in its backing store. Required.
-	Damage func(t *testing.T, tgt replicator.Target, id string, how Damage)
+	Damage func(t *testing.T, tgt tier.Target, id string, how Damage)
 	// LargeSize is the size of the object used for interrupted uploads;
 	// default 2 MiB. S3 sets it above its part size so the upload is
 	// multipart.
@@ -85,16 +85,16 @@ func Run(t *testing.T, s Suite) {
 
 // NewObject returns an object of size pseudo-random bytes (from seed) with
 // a JSON manifest, and its bytes.
-func NewObject(seed uint64, size int64) (replicator.Object, []byte) {
+func NewObject(seed uint64, size int64) (tier.Object, []byte) {
 	data := RandomBytes(seed, size)
 	id := blake3.Sum256(append([]byte(fmt.Sprintf("id-%d-", seed)), data[:min(len(data), 64)]...))
 	return ObjectOf(hex.EncodeToString(id[:]), data), data
 }
 
 // ObjectOf returns an object with the given id whose packed bytes are data.
-func ObjectOf(id string, data []byte) replicator.Object {
+func ObjectOf(id string, data []byte) tier.Object {
 	sum := blake3.Sum256(data)
-	return replicator.Object{
+	return tier.Object{
 		ID:         id,
 		PackedSize: int64(len(data)),
 		PackedSum:  hex.EncodeToString(sum[:]),
@@ -119,7 +119,7 @@ func ctx(t *testing.T) context.Context {
 	return c
 }
 
-func put(t *testing.T, tgt replicator.Target, o replicator.Object) {
+func put(t *testing.T, tgt tier.Target, o tier.Object) {
 	t.Helper()
 	loc, err := tgt.Put(ctx(t), o)
 	if err != nil {
@@ -131,7 +131,7 @@ func put(t *testing.T, tgt replicator.Target, o replicator.Object) {
 }
 
 // ReadRange reads bytes [off, off+n) of object id.
-func ReadRange(t *testing.T, tgt replicator.Target, id string, off, n int64) ([]byte, error) {
+func ReadRange(t *testing.T, tgt tier.Target, id string, off, n int64) ([]byte, error) {
 	t.Helper()
 	rc, err := tgt.GetRange(ctx(t), id, off, n)
 	if err != nil {
@@ -142,13 +142,13 @@ func ReadRange(t *testing.T, tgt replicator.Target, id string, off, n int64) ([]
 }
 
 // checkStored asserts that tgt holds exactly data and manifest for o.
-func checkStored(t *testing.T, tgt replicator.Target, o replicator.Object, data []byte) {
+func checkStored(t *testing.T, tgt tier.Target, o tier.Object, data []byte) {
 	t.Helper()
 	info, err := tgt.Stat(ctx(t), o.ID)
 	if err != nil {
 		t.Fatalf("stat %s: %v", o.ID, err)
 	}
-	want := replicator.Info{ID: o.ID, PackedSize: o.PackedSize, PackedSum: o.PackedSum}
+	want := tier.Info{ID: o.ID, PackedSize: o.PackedSize, PackedSum: o.PackedSum}
 	if info != want {
 		t.Fatalf("stat %s = %+v, want %+v", o.ID, info, want)
 	}
@@ -168,10 +168,10 @@ func checkStored(t *testing.T, tgt replicator.Target, o replicator.Object, data 
 	}
 }
 
-func listAll(t *testing.T, tgt replicator.Target) map[string]replicator.Info {
+func listAll(t *testing.T, tgt tier.Target) map[string]tier.Info {
 	t.Helper()
-	out := make(map[string]replicator.Info)
-	err := tgt.List(ctx(t), func(i replicator.Info) error {
+	out := make(map[string]tier.Info)
+	err := tgt.List(ctx(t), func(i tier.Info) error {
 		if _, dup := out[i.ID]; dup {
 			return fmt.Errorf("object %s listed twice", i.ID)
 		}
@@ -227,7 +227,7 @@ func testRanges(t *testing.T, s Suite) {
 	}
 	for _, r := range []struct{ off, n int64 }{{size - 10, 11}, {size, 1}, {size + 5, 1}, {0, size + 1}} {
 		got, err := ReadRange(t, tgt, o.ID, r.off, r.n)
-		wantErr(t, fmt.Sprintf("range %d+%d past the end (got %d bytes)", r.off, r.n, len(got)), err, replicator.ErrRange)
+		wantErr(t, fmt.Sprintf("range %d+%d past the end (got %d bytes)", r.off, r.n, len(got)), err, tier.ErrRange)
 	}
 	for _, r := range []struct{ off, n int64 }{{-1, 1}, {0, -1}} {
 		if _, err := ReadRange(t, tgt, o.ID, r.off, r.n); err == nil {
@@ -240,13 +240,13 @@ func testMissing(t *testing.T, s Suite) {
 	tgt := s.New(t)
 	o, _ := NewObject(9, 100)
 	_, err := tgt.GetRange(ctx(t), o.ID, 0, 1)
-	wantErr(t, "get missing", err, replicator.ErrNotFound)
+	wantErr(t, "get missing", err, tier.ErrNotFound)
 	_, err = tgt.Manifest(ctx(t), o.ID)
-	wantErr(t, "manifest missing", err, replicator.ErrNotFound)
+	wantErr(t, "manifest missing", err, tier.ErrNotFound)
 	_, err = tgt.Stat(ctx(t), o.ID)
-	wantErr(t, "stat missing", err, replicator.ErrNotFound)
+	wantErr(t, "stat missing", err, tier.ErrNotFound)
 	_, err = tgt.Verify(ctx(t), o.ID)
-	wantErr(t, "verify missing", err, replicator.ErrNotFound)
+	wantErr(t, "verify missing", err, tier.ErrNotFound)
 	if err := tgt.Delete(ctx(t), o.ID); err != nil {
 		t.Fatalf("delete missing: %v", err)
 	}
@@ -280,7 +280,7 @@ func testDamaged(t *testing.T, s Suite, how Damage) {
 	put(t, tgt, o)
 	s.Damage(t, tgt, o.ID, how)
 	_, err := tgt.Verify(ctx(t), o.ID)
-	wantErr(t, "verify damaged", err, replicator.ErrCorrupt)
+	wantErr(t, "verify damaged", err, tier.ErrCorrupt)
 	// Put of the good object repairs the copy.
 	put(t, tgt, o)
 	checkStored(t, tgt, o, data)
@@ -336,12 +336,12 @@ func (f *failingReader) Read(p []byte) (int, error) {
 
 func (f *failingReader) Close() error { return nil }
 
-func checkAbsent(t *testing.T, tgt replicator.Target, id string) {
+func checkAbsent(t *testing.T, tgt tier.Target, id string) {
 	t.Helper()
 	_, err := tgt.Stat(ctx(t), id)
-	wantErr(t, "stat after failed put", err, replicator.ErrNotFound)
+	wantErr(t, "stat after failed put", err, tier.ErrNotFound)
 	_, err = tgt.GetRange(ctx(t), id, 0, 1)
-	wantErr(t, "get after failed put", err, replicator.ErrNotFound)
+	wantErr(t, "get after failed put", err, tier.ErrNotFound)
 	if got := listAll(t, tgt); len(got) != 0 {
 		t.Fatalf("list after failed put: %v, want nothing", got)
 	}
@@ -404,7 +404,7 @@ func testWrongBytes(t *testing.T, s Suite) {
 		bad := o
 		bad.Open = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
 		_, err := tgt.Put(ctx(t), bad)
-		wantErr(t, "put of "+name+" bytes", err, replicator.ErrCorrupt)
+		wantErr(t, "put of "+name+" bytes", err, tier.ErrCorrupt)
 		checkAbsent(t, tgt, o.ID)
 	}
 	put(t, tgt, o)
@@ -430,12 +430,12 @@ func testReplace(t *testing.T, s Suite) {
 
 func testListDelete(t *testing.T, s Suite) {
 	tgt := s.New(t)
-	want := make(map[string]replicator.Info)
+	want := make(map[string]tier.Info)
 	var ids []string
 	for i := range 3 {
 		o, _ := NewObject(uint64(40+i), int64(1000*(i+1)))
 		put(t, tgt, o)
-		want[o.ID] = replicator.Info{ID: o.ID, PackedSize: o.PackedSize, PackedSum: o.PackedSum}
+		want[o.ID] = tier.Info{ID: o.ID, PackedSize: o.PackedSize, PackedSum: o.PackedSum}
 		ids = append(ids, o.ID)
 	}
 	got := listAll(t, tgt)
@@ -444,7 +444,7 @@ func testListDelete(t *testing.T, s Suite) {
 	}
 	stop := errors.New("stop")
 	n := 0
-	if err := tgt.List(ctx(t), func(replicator.Info) error { n++; return stop }); !errors.Is(err, stop) || n != 1 {
+	if err := tgt.List(ctx(t), func(tier.Info) error { n++; return stop }); !errors.Is(err, stop) || n != 1 {
 		t.Fatalf("list with a failing callback: %v after %d calls, want stop after 1", err, n)
 	}
 	if err := tgt.Delete(ctx(t), ids[1]); err != nil {
@@ -455,9 +455,9 @@ func testListDelete(t *testing.T, s Suite) {
 		t.Fatalf("list after delete = %v, want %v", got, want)
 	}
 	_, err := tgt.Stat(ctx(t), ids[1])
-	wantErr(t, "stat deleted", err, replicator.ErrNotFound)
+	wantErr(t, "stat deleted", err, tier.ErrNotFound)
 	_, err = tgt.Manifest(ctx(t), ids[1])
-	wantErr(t, "manifest deleted", err, replicator.ErrNotFound)
+	wantErr(t, "manifest deleted", err, tier.ErrNotFound)
 	if err := tgt.Delete(ctx(t), ids[1]); err != nil {
 		t.Fatalf("second delete: %v", err)
 	}
@@ -465,21 +465,21 @@ func testListDelete(t *testing.T, s Suite) {
 
 // CheckUnavailable asserts that every operation on tgt, a target whose
 // backing store is gone or unreachable, fails with ErrUnavailable.
-func CheckUnavailable(t *testing.T, tgt replicator.Target) {
+func CheckUnavailable(t *testing.T, tgt tier.Target) {
 	t.Helper()
 	o, _ := NewObject(50, 1000)
 	_, err := tgt.Put(ctx(t), o)
-	wantErr(t, "put", err, replicator.ErrUnavailable)
+	wantErr(t, "put", err, tier.ErrUnavailable)
 	_, err = tgt.GetRange(ctx(t), o.ID, 0, 1)
-	wantErr(t, "get", err, replicator.ErrUnavailable)
+	wantErr(t, "get", err, tier.ErrUnavailable)
 	_, err = tgt.Stat(ctx(t), o.ID)
-	wantErr(t, "stat", err, replicator.ErrUnavailable)
+	wantErr(t, "stat", err, tier.ErrUnavailable)
 	_, err = tgt.Verify(ctx(t), o.ID)
-	wantErr(t, "verify", err, replicator.ErrUnavailable)
+	wantErr(t, "verify", err, tier.ErrUnavailable)
 	_, err = tgt.Manifest(ctx(t), o.ID)
-	wantErr(t, "manifest", err, replicator.ErrUnavailable)
-	err = tgt.List(ctx(t), func(replicator.Info) error { return nil })
-	wantErr(t, "list", err, replicator.ErrUnavailable)
+	wantErr(t, "manifest", err, tier.ErrUnavailable)
+	err = tgt.List(ctx(t), func(tier.Info) error { return nil })
+	wantErr(t, "list", err, tier.ErrUnavailable)
 	err = tgt.Delete(ctx(t), o.ID)
-	wantErr(t, "delete", err, replicator.ErrUnavailable)
+	wantErr(t, "delete", err, tier.ErrUnavailable)
 }

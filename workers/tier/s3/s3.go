@@ -1,4 +1,4 @@
-// Package s3 is the S3 tier: a replicator.Target on any S3-compatible
+// Package s3 is the S3 tier: a tier.Target on any S3-compatible
 // object store, through github.com/minio/minio-go/v7.
 //
 // Keys are <prefix>objects/<aa>/<id>.zst (the packed bytes, with their
@@ -33,10 +33,10 @@ import (
 	"github.com/zeebo/blake3"
 
 	"github.com/strata-hsm/strata/events"
-	"github.com/strata-hsm/strata/workers/replicator"
+	"github.com/strata-hsm/strata/workers/tier"
 )
 
-var _ replicator.Target = (*Target)(nil)
+var _ tier.Target = (*Target)(nil)
 
 // metaSum is the user metadata key holding the packed BLAKE3
 // (x-amz-meta-strata-packed-blake3 on the wire).
@@ -150,17 +150,17 @@ func Open(cfg Config, logger *slog.Logger) (*Target, error) {
 	return &Target{cfg: cfg, cl: cl, core: minio.Core{Client: cl}, log: logger.With("tier", cfg.Name)}, nil
 }
 
-// Name implements replicator.Target.
+// Name implements tier.Target.
 func (t *Target) Name() string { return t.cfg.Name }
 
-// Kind implements replicator.Target.
+// Kind implements tier.Target.
 func (t *Target) Kind() string { return events.TierS3 }
 
 // Bucket returns the bucket name.
 func (t *Target) Bucket() string { return t.cfg.Bucket }
 
 // Key returns the key of an object's packed bytes.
-func (t *Target) Key(id string) string { return t.cfg.Prefix + replicator.ObjectKey(id) }
+func (t *Target) Key(id string) string { return t.cfg.Prefix + tier.ObjectKey(id) }
 
 func (t *Target) location(id string) string {
 	return "s3://" + t.cfg.Bucket + "/" + t.Key(id)
@@ -180,23 +180,23 @@ func (t *Target) classify(op, id string, err error) error {
 	resp := minio.ToErrorResponse(err)
 	switch {
 	case resp.Code == minio.NoSuchKey || resp.Code == "NotFound":
-		return wrap(replicator.ErrNotFound)
+		return wrap(tier.ErrNotFound)
 	case resp.Code == "InvalidRange" || resp.StatusCode == http.StatusRequestedRangeNotSatisfiable:
-		return wrap(replicator.ErrRange)
+		return wrap(tier.ErrRange)
 	case resp.Code == minio.NoSuchBucket || resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:
-		return wrap(replicator.ErrUnavailable)
+		return wrap(tier.ErrUnavailable)
 	}
 	var netErr net.Error
 	var urlErr *url.Error
 	if errors.As(err, &netErr) || errors.As(err, &urlErr) || errors.Is(err, syscall.ECONNREFUSED) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return wrap(replicator.ErrUnavailable)
+		return wrap(tier.ErrUnavailable)
 	}
 	return fmt.Errorf("s3 tier %s: %s %s: %w", t.cfg.Name, op, id, err)
 }
 
-// Put implements replicator.Target.
-func (t *Target) Put(ctx context.Context, o replicator.Object) (string, error) {
+// Put implements tier.Target.
+func (t *Target) Put(ctx context.Context, o tier.Object) (string, error) {
 	if err := o.Validate(); err != nil {
 		return "", fmt.Errorf("s3 tier %s: put: %w", t.cfg.Name, err)
 	}
@@ -207,8 +207,8 @@ func (t *Target) Put(ctx context.Context, o replicator.Object) (string, error) {
 			return "", err
 		}
 		return t.location(o.ID), nil
-	case err == nil || errors.Is(err, replicator.ErrNotFound):
-	case errors.Is(err, replicator.ErrCorrupt):
+	case err == nil || errors.Is(err, tier.ErrNotFound):
+	case errors.Is(err, tier.ErrCorrupt):
 		t.log.Warn("replacing corrupt copy", "object", o.ID, "err", err)
 	default:
 		return "", err
@@ -232,22 +232,22 @@ func (t *Target) Put(ctx context.Context, o replicator.Object) (string, error) {
 }
 
 // upload streams o's packed bytes to its key. The source is checked on
-// the way (replicator.VerifyingReader): wrong bytes abort the upload before
+// the way (tier.VerifyingReader): wrong bytes abort the upload before
 // it completes.
-func (t *Target) upload(ctx context.Context, o replicator.Object) error {
+func (t *Target) upload(ctx context.Context, o tier.Object) error {
 	src, err := o.Open()
 	if err != nil {
 		return fmt.Errorf("s3 tier %s: put %s: open source: %w", t.cfg.Name, o.ID, err)
 	}
 	defer src.Close()
-	_, err = t.cl.PutObject(ctx, t.cfg.Bucket, t.Key(o.ID), replicator.NewVerifyingReader(src, o.PackedSize, o.PackedSum), o.PackedSize,
+	_, err = t.cl.PutObject(ctx, t.cfg.Bucket, t.Key(o.ID), tier.NewVerifyingReader(src, o.PackedSize, o.PackedSum), o.PackedSize,
 		minio.PutObjectOptions{
 			PartSize:     uint64(t.cfg.PartSize),
 			UserMetadata: map[string]string{metaSum: o.PackedSum},
 			ContentType:  "application/zstd",
 		})
 	if err != nil {
-		if errors.Is(err, replicator.ErrCorrupt) {
+		if errors.Is(err, tier.ErrCorrupt) {
 			return fmt.Errorf("s3 tier %s: put %s: %w", t.cfg.Name, o.ID, err)
 		}
 		return t.classify("put", o.ID, err)
@@ -255,15 +255,15 @@ func (t *Target) upload(ctx context.Context, o replicator.Object) error {
 	return nil
 }
 
-func (t *Target) manifestKey(id string) string { return t.cfg.Prefix + replicator.ManifestKey(id) }
+func (t *Target) manifestKey(id string) string { return t.cfg.Prefix + tier.ManifestKey(id) }
 
-func (t *Target) putManifest(ctx context.Context, o replicator.Object) error {
+func (t *Target) putManifest(ctx context.Context, o tier.Object) error {
 	_, err := t.cl.PutObject(ctx, t.cfg.Bucket, t.manifestKey(o.ID), strings.NewReader(string(o.Manifest)), int64(len(o.Manifest)),
 		minio.PutObjectOptions{ContentType: "application/json", DisableMultipart: true})
 	return t.classify("put manifest", o.ID, err)
 }
 
-func (t *Target) ensureManifest(ctx context.Context, o replicator.Object) error {
+func (t *Target) ensureManifest(ctx context.Context, o tier.Object) error {
 	if m, err := t.getManifest(ctx, o.ID); err == nil && string(m) == string(o.Manifest) {
 		return nil
 	}
@@ -293,9 +293,9 @@ func recordedSum(oi minio.ObjectInfo) string {
 	return oi.Metadata.Get("X-Amz-Meta-" + metaSum)
 }
 
-// GetRange implements replicator.Target.
+// GetRange implements tier.Target.
 func (t *Target) GetRange(ctx context.Context, id string, off, n int64) (io.ReadCloser, error) {
-	if err := replicator.ValidateID(id); err != nil {
+	if err := tier.ValidateID(id); err != nil {
 		return nil, fmt.Errorf("s3 tier %s: get: %w", t.cfg.Name, err)
 	}
 	if off < 0 || n < 0 {
@@ -307,7 +307,7 @@ func (t *Target) GetRange(ctx context.Context, id string, off, n int64) (io.Read
 			return nil, err
 		}
 		if off > info.PackedSize {
-			return nil, fmt.Errorf("s3 tier %s: get %s: offset %d of %d: %w", t.cfg.Name, id, off, info.PackedSize, replicator.ErrRange)
+			return nil, fmt.Errorf("s3 tier %s: get %s: offset %d of %d: %w", t.cfg.Name, id, off, info.PackedSize, tier.ErrRange)
 		}
 		return io.NopCloser(strings.NewReader("")), nil
 	}
@@ -329,9 +329,9 @@ func (t *Target) GetRange(ctx context.Context, id string, off, n int64) (io.Read
 	}
 	if off+n > total {
 		body.Close()
-		return nil, fmt.Errorf("s3 tier %s: get %s: bytes %d+%d of %d: %w", t.cfg.Name, id, off, n, total, replicator.ErrRange)
+		return nil, fmt.Errorf("s3 tier %s: get %s: bytes %d+%d of %d: %w", t.cfg.Name, id, off, n, total, tier.ErrRange)
 	}
-	rc := replicator.ExactReader(body, n)
+	rc := tier.ExactReader(body, n)
 	if off == 0 && n == total {
 		// A full read: check the whole BLAKE3 at the end.
 		return &checkingReader{rc: rc, h: blake3.New(), want: recordedSum(oi), id: id, name: t.cfg.Name}, nil
@@ -365,7 +365,7 @@ func (c *checkingReader) Read(p []byte) (int, error) {
 	c.h.Write(p[:k])
 	if err == io.EOF {
 		if got := hex.EncodeToString(c.h.Sum(nil)); got != c.want {
-			return k, fmt.Errorf("s3 tier %s: object %s: %w: blake3 %s, recorded %q", c.name, c.id, replicator.ErrCorrupt, got, c.want)
+			return k, fmt.Errorf("s3 tier %s: object %s: %w: blake3 %s, recorded %q", c.name, c.id, tier.ErrCorrupt, got, c.want)
 		}
 	}
 	return k, err
@@ -373,46 +373,46 @@ func (c *checkingReader) Read(p []byte) (int, error) {
 
 func (c *checkingReader) Close() error { return c.rc.Close() }
 
-// Manifest implements replicator.Target.
+// Manifest implements tier.Target.
 func (t *Target) Manifest(ctx context.Context, id string) ([]byte, error) {
 	if _, err := t.Stat(ctx, id); err != nil {
 		return nil, err
 	}
 	m, err := t.getManifest(ctx, id)
-	if errors.Is(err, replicator.ErrNotFound) {
-		return nil, fmt.Errorf("s3 tier %s: object %s: manifest missing: %w", t.cfg.Name, id, replicator.ErrCorrupt)
+	if errors.Is(err, tier.ErrNotFound) {
+		return nil, fmt.Errorf("s3 tier %s: object %s: manifest missing: %w", t.cfg.Name, id, tier.ErrCorrupt)
 	}
 	return m, err
 }
 
-// Stat implements replicator.Target.
-func (t *Target) Stat(ctx context.Context, id string) (replicator.Info, error) {
-	if err := replicator.ValidateID(id); err != nil {
-		return replicator.Info{}, fmt.Errorf("s3 tier %s: stat: %w", t.cfg.Name, err)
+// Stat implements tier.Target.
+func (t *Target) Stat(ctx context.Context, id string) (tier.Info, error) {
+	if err := tier.ValidateID(id); err != nil {
+		return tier.Info{}, fmt.Errorf("s3 tier %s: stat: %w", t.cfg.Name, err)
 	}
 	oi, err := t.cl.StatObject(ctx, t.cfg.Bucket, t.Key(id), minio.StatObjectOptions{})
 	if err != nil {
-		return replicator.Info{}, t.classify("stat", id, err)
+		return tier.Info{}, t.classify("stat", id, err)
 	}
-	return replicator.Info{ID: id, PackedSize: oi.Size, PackedSum: recordedSum(oi)}, nil
+	return tier.Info{ID: id, PackedSize: oi.Size, PackedSum: recordedSum(oi)}, nil
 }
 
-// Verify implements replicator.Target.
-func (t *Target) Verify(ctx context.Context, id string) (replicator.Info, error) {
-	if err := replicator.ValidateID(id); err != nil {
-		return replicator.Info{}, fmt.Errorf("s3 tier %s: verify: %w", t.cfg.Name, err)
+// Verify implements tier.Target.
+func (t *Target) Verify(ctx context.Context, id string) (tier.Info, error) {
+	if err := tier.ValidateID(id); err != nil {
+		return tier.Info{}, fmt.Errorf("s3 tier %s: verify: %w", t.cfg.Name, err)
 	}
 	body, oi, _, err := t.core.GetObject(ctx, t.cfg.Bucket, t.Key(id), minio.GetObjectOptions{})
 	if err != nil {
-		return replicator.Info{}, t.classify("verify", id, err)
+		return tier.Info{}, t.classify("verify", id, err)
 	}
 	defer body.Close()
-	info := replicator.Info{ID: id, PackedSize: oi.Size, PackedSum: recordedSum(oi)}
+	info := tier.Info{ID: id, PackedSize: oi.Size, PackedSum: recordedSum(oi)}
 	if info.PackedSum == "" {
-		return info, fmt.Errorf("s3 tier %s: verify %s: %w: no %s metadata", t.cfg.Name, id, replicator.ErrCorrupt, metaSum)
+		return info, fmt.Errorf("s3 tier %s: verify %s: %w: no %s metadata", t.cfg.Name, id, tier.ErrCorrupt, metaSum)
 	}
-	if err := replicator.Check(ctx, body, oi.Size, info.PackedSum); err != nil {
-		if errors.Is(err, replicator.ErrCorrupt) {
+	if err := tier.Check(ctx, body, oi.Size, info.PackedSum); err != nil {
+		if errors.Is(err, tier.ErrCorrupt) {
 			return info, fmt.Errorf("s3 tier %s: verify %s: %w", t.cfg.Name, id, err)
 		}
 		return info, t.classify("verify", id, err)
@@ -420,9 +420,9 @@ func (t *Target) Verify(ctx context.Context, id string) (replicator.Info, error)
 	return info, nil
 }
 
-// List implements replicator.Target. It costs one HEAD per object to read
+// List implements tier.Target. It costs one HEAD per object to read
 // the recorded sum.
-func (t *Target) List(ctx context.Context, fn func(replicator.Info) error) error {
+func (t *Target) List(ctx context.Context, fn func(tier.Info) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // stops the listing goroutine when fn fails
 	for oi := range t.cl.ListObjects(ctx, t.cfg.Bucket, minio.ListObjectsOptions{Prefix: t.cfg.Prefix + "objects/", Recursive: true}) {
@@ -431,11 +431,11 @@ func (t *Target) List(ctx context.Context, fn func(replicator.Info) error) error
 		}
 		rest := strings.TrimPrefix(oi.Key, t.cfg.Prefix)
 		id, ok := strings.CutSuffix(rest[strings.LastIndexByte(rest, '/')+1:], ".zst")
-		if !ok || replicator.ValidateID(id) != nil || rest != replicator.ObjectKey(id) {
+		if !ok || tier.ValidateID(id) != nil || rest != tier.ObjectKey(id) {
 			continue
 		}
 		info, err := t.Stat(ctx, id)
-		if errors.Is(err, replicator.ErrNotFound) {
+		if errors.Is(err, tier.ErrNotFound) {
 			continue // deleted meanwhile
 		}
 		if err != nil {
@@ -448,14 +448,14 @@ func (t *Target) List(ctx context.Context, fn func(replicator.Info) error) error
 	return ctx.Err()
 }
 
-// Delete implements replicator.Target.
+// Delete implements tier.Target.
 func (t *Target) Delete(ctx context.Context, id string) error {
-	if err := replicator.ValidateID(id); err != nil {
+	if err := tier.ValidateID(id); err != nil {
 		return fmt.Errorf("s3 tier %s: delete: %w", t.cfg.Name, err)
 	}
 	for _, key := range []string{t.Key(id), t.manifestKey(id)} {
 		err := t.cl.RemoveObject(ctx, t.cfg.Bucket, key, minio.RemoveObjectOptions{})
-		if err := t.classify("delete", id, err); err != nil && !errors.Is(err, replicator.ErrNotFound) {
+		if err := t.classify("delete", id, err); err != nil && !errors.Is(err, tier.ErrNotFound) {
 			return err
 		}
 	}

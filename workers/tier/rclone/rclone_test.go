@@ -8,22 +8,22 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/strata-hsm/strata/workers/replicator"
-	"github.com/strata-hsm/strata/workers/replicator/rclone"
-	"github.com/strata-hsm/strata/workers/replicator/replicatortest"
 	"github.com/strata-hsm/strata/workers/stratatest"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/rclone"
+	"github.com/strata-hsm/strata/workers/tier/tiertest"
 )
 
-func damage(t *testing.T, path string, how replicatortest.Damage) {
+func damage(t *testing.T, path string, how tiertest.Damage) {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	switch how {
-	case replicatortest.Truncate:
+	case tiertest.Truncate:
 		b = b[:len(b)/2]
-	case replicatortest.FlipByte:
+	case tiertest.FlipByte:
 		b[len(b)/2] ^= 0x40
 	}
 	if err := os.WriteFile(path, b, 0o644); err != nil {
@@ -37,10 +37,10 @@ func TestConformance(t *testing.T) {
 	for _, proto := range []string{"webdav", "sftp"} {
 		t.Run(proto, func(t *testing.T) {
 			t.Parallel()
-			srv := replicatortest.StartRclone(t, proto)
+			srv := tiertest.StartRclone(t, proto)
 			var n atomic.Int64
-			replicatortest.Run(t, replicatortest.Suite{
-				New: func(t *testing.T) replicator.Target {
+			tiertest.Run(t, tiertest.Suite{
+				New: func(t *testing.T) tier.Target {
 					tgt, err := rclone.Open(rclone.Config{
 						Name: "remote", Remote: fmt.Sprintf("%s:t%d/strata", srv.Remote, n.Add(1)), Env: srv.Env, Flags: testFlags,
 					}, slog.New(slog.DiscardHandler))
@@ -49,8 +49,8 @@ func TestConformance(t *testing.T) {
 					}
 					return tgt
 				},
-				Damage: func(t *testing.T, tgt replicator.Target, id string, how replicatortest.Damage) {
-					p := tgt.(*rclone.Target).Path(replicator.ObjectKey(id))
+				Damage: func(t *testing.T, tgt tier.Target, id string, how tiertest.Damage) {
+					p := tgt.(*rclone.Target).Path(tier.ObjectKey(id))
 					damage(t, filepath.Join(srv.Dir, p[len(srv.Remote)+1:]), how)
 				},
 			})
@@ -60,7 +60,7 @@ func TestConformance(t *testing.T) {
 
 func TestUnavailable(t *testing.T) {
 	stratatest.NeedTool(t, "rclone")
-	addr := fmt.Sprintf("127.0.0.1:%d", replicatortest.FreePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", tiertest.FreePort(t))
 	tgt, err := rclone.Open(rclone.Config{
 		Name: "remote", Remote: "dead:strata",
 		Env:   []string{"RCLONE_CONFIG=/dev/null", "RCLONE_CONFIG_DEAD_TYPE=webdav", "RCLONE_CONFIG_DEAD_URL=http://" + addr},
@@ -69,7 +69,7 @@ func TestUnavailable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	replicatortest.CheckUnavailable(t, tgt)
+	tiertest.CheckUnavailable(t, tgt)
 }
 
 func TestConfig(t *testing.T) {

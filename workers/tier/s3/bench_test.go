@@ -14,24 +14,24 @@ import (
 	"testing"
 	"time"
 
-	"github.com/strata-hsm/strata/workers/replicator"
-	"github.com/strata-hsm/strata/workers/replicator/replicatortest"
-	"github.com/strata-hsm/strata/workers/replicator/s3"
 	"github.com/strata-hsm/strata/workers/stratatest"
+	"github.com/strata-hsm/strata/workers/tier"
+	"github.com/strata-hsm/strata/workers/tier/s3"
+	"github.com/strata-hsm/strata/workers/tier/tiertest"
 )
 
 // BenchmarkVsRclone compares the S3 target with the rclone CLI (an s3
 // remote on the same versitygw) side by side in one run, in alternating
 // rounds, and reports medians and ratios (> 1 means Strata is faster):
 //
-//	go test -run '^$' -bench VsRclone -benchtime 1x ./workers/replicator/s3/
+//	go test -run '^$' -bench VsRclone -benchtime 1x ./workers/tier/s3/
 //
 // Sizes: STRATA_BENCH_OBJECTS (default 4) objects of STRATA_BENCH_MIB
 // (default 64) MiB, STRATA_BENCH_ROUNDS (default 3) rounds.
 func BenchmarkVsRclone(b *testing.B) {
 	nObj, mib, rounds := envInt("STRATA_BENCH_OBJECTS", 4), envInt("STRATA_BENCH_MIB", 64), envInt("STRATA_BENCH_ROUNDS", 3)
 	rcl := stratatest.NeedTool(b, "rclone")
-	srv := replicatortest.StartS3(b)
+	srv := tiertest.StartS3(b)
 	bucket := srv.NewBucket(b)
 	tgt, err := s3.Open(s3.Config{Name: "bench", Endpoint: srv.Endpoint, Bucket: bucket, Prefix: "strata",
 		AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, NoTLS: true}, slog.New(slog.DiscardHandler))
@@ -54,9 +54,9 @@ func BenchmarkVsRclone(b *testing.B) {
 	// The objects, as files on disk (page cache warm for both tools).
 	src := b.TempDir()
 	size := int64(mib) << 20
-	var objs []replicator.Object
+	var objs []tier.Object
 	for i := range nObj {
-		o, data := replicatortest.NewObject(uint64(1000+i), size)
+		o, data := tiertest.NewObject(uint64(1000+i), size)
 		p := filepath.Join(src, o.ID+".zst")
 		if err := os.WriteFile(p, data, 0o644); err != nil {
 			b.Fatal(err)
@@ -108,7 +108,7 @@ func BenchmarkVsRclone(b *testing.B) {
 			if err := cmd.Start(); err != nil {
 				b.Fatal(err)
 			}
-			if err := replicator.Check(ctx, out, o.PackedSize, o.PackedSum); err != nil {
+			if err := tier.Check(ctx, out, o.PackedSize, o.PackedSum); err != nil {
 				b.Fatal(err)
 			}
 			if err := cmd.Wait(); err != nil {
@@ -119,7 +119,7 @@ func BenchmarkVsRclone(b *testing.B) {
 		// Ranged reads of 4 MiB at random offsets: GetRange vs rclone cat.
 		const nRanges = 16
 		type rr struct {
-			o   replicator.Object
+			o   tier.Object
 			off int64
 		}
 		var ranges []rr

@@ -1,0 +1,194 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
+)
+
+// Progress is told how far a replay has come: done of total sequences. It
+// may be nil.
+type Progress func(done, total uint64)
+
+// CatchUp applies the log to c from its next sequence up to and including
+// upTo. Reading and decoding (pipeline.FollowRecords) and applying (Pebble)
+// run on different goroutines, so a replay uses two cores. It returns nil
+// only once c.LastSeq() >= upTo.
+func (c *Catalog) CatchUp(ctx context.Context, js jetstream.JetStream, upTo uint64, progress Progress) error {
+	if c.LastSeq() >= upTo {
+		return nil
+	}
+	type batch struct {
+		envs []events.Envelope
+		evs  []events.Event
+	}
+	ch := make(chan batch, 4)
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		for b := range ch {
+			if err == nil {
+				err = c.ApplyDecoded(b.envs, b.evs)
+				if progress != nil {
+					progress(c.LastSeq(), upTo)
+				}
+			}
+		}
+		done <- err
+	}()
+	ferr := pipeline.FollowRecords(ctx, js, c.LastSeq()+1, pipeline.FollowOptions{Batch: 2000}, func(recs []pipeline.Record) error {
+		b := batch{envs: make([]events.Envelope, 0, len(recs)), evs: make([]events.Event, 0, len(recs))}
+		for _, r := range recs {
+			if r.Seq > upTo {
+				break
+			}
+			b.envs = append(b.envs, r.Envelope)
+			b.evs = append(b.evs, r.Event)
+		}
+		if len(b.envs) > 0 {
+			select {
+			case ch <- b:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if len(b.envs) < len(recs) || b.envs[len(b.envs)-1].Seq >= upTo {
+			return pipeline.ErrStop
+		}
+		return nil
+	})
+	close(ch)
+	err := <-done
+	if c.LastSeq() >= upTo {
+		return nil
+	}
+	err = firstErr(err, ferr, ctx.Err())
+	return fmt.Errorf("catalog catch-up stopped at seq %d of %d: %w", c.LastSeq(), upTo, err)
+}
+
+// firstErr is the first non-nil error, or one saying the log ended early.
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return errors.New("the event log ended first")
+}
+
+// Follow keeps c following the log, batch by batch, until ctx ends; a
+// failure is logged and the projection restarts where it stopped a second
+// later. It returns nil when ctx ends. Verify pauses it (see followMu).
+func (c *Catalog) Follow(ctx context.Context, js jetstream.JetStream, logger *slog.Logger) error {
+	for {
+		err := pipeline.FollowRecords(ctx, js, c.LastSeq()+1, pipeline.FollowOptions{}, func(recs []pipeline.Record) error {
+			envs := make([]events.Envelope, len(recs))
+			evs := make([]events.Event, len(recs))
+			for i, r := range recs {
+				envs[i], evs[i] = r.Envelope, r.Event
+			}
+			c.followMu.Lock()
+			defer c.followMu.Unlock()
+			return c.ApplyDecoded(envs, evs)
+		})
+		if ctx.Err() != nil {
+			return nil
+		}
+		logger.Error("catalog projection stopped; restarting", "err", err, "seq", c.LastSeq())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// Rebuild builds a fresh catalog in dir (which must not exist) from stream
+// sequence 1 up to and including upTo, and returns it open. Replay is
+// deterministic: the result equals any other catalog that applied the same
+// sequences (Diff finds nothing).
+func Rebuild(ctx context.Context, js jetstream.JetStream, dir string, upTo uint64, opts Options, progress Progress) (*Catalog, error) {
+	if _, err := os.Stat(dir); err == nil {
+		return nil, fmt.Errorf("rebuild catalog: %s already exists", dir)
+	}
+	cat, err := Open(dir, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := cat.CatchUp(ctx, js, upTo, progress); err != nil {
+		cat.Close()
+		return nil, fmt.Errorf("rebuild catalog: %w", err)
+	}
+	return cat, nil
+}
+
+// Verify rebuilds the catalog from the log, up to c's last sequence, in a
+// temporary directory under tmpParent, and returns the first difference
+// between the two ("" if none). The projection (Follow) is paused while it
+// runs, so c stands still.
+func (c *Catalog) Verify(ctx context.Context, js jetstream.JetStream, tmpParent string, progress Progress) (seq uint64, diff string, err error) {
+	c.followMu.Lock()
+	defer c.followMu.Unlock()
+	tmp, err := os.MkdirTemp(tmpParent, "catalog.verify-")
+	if err != nil {
+		return 0, "", err
+	}
+	defer os.RemoveAll(tmp)
+	seq = c.LastSeq()
+	fresh, err := Rebuild(ctx, js, filepath.Join(tmp, "db"), seq, Options{Logger: c.log}, progress)
+	if err != nil {
+		return seq, "", err
+	}
+	defer fresh.Close()
+	diff, err = Diff(c, fresh)
+	return seq, diff, err
+}
+
+// Replace rebuilds the catalog of dir from the log (up to upTo) into a new
+// directory beside it and swaps it in. A crash at any point leaves either
+// the old or the new catalog at dir (and a leftover directory that the
+// next Replace removes). No catalog may be open on dir.
+func Replace(ctx context.Context, js jetstream.JetStream, dir string, upTo uint64, opts Options, progress Progress) error {
+	next, old := dir+".replay", dir+".old"
+	for _, p := range []string{next, old} {
+		if err := os.RemoveAll(p); err != nil {
+			return err
+		}
+	}
+	cat, err := Rebuild(ctx, js, next, upTo, opts, progress)
+	if err != nil {
+		os.RemoveAll(next)
+		return err
+	}
+	if err := cat.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(dir, old); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.Rename(next, dir); err != nil {
+		return err
+	}
+	if err := syncDir(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	return os.RemoveAll(old)
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}

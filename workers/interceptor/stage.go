@@ -1,0 +1,349 @@
+//go:build linux
+
+package interceptor
+
+// The recall stage. The interceptor is driven by the kernel, not by a
+// subject, and publishes what happens to stubs itself:
+//
+//	consumes  fanotify events on stubs (every program's access, held)
+//	          strata.<host>.recall.requested, reason prefetch (durable
+//	          "recall", PrefetchStage: reads the stub, which recalls it)
+//	emits     strata.<host>.recall.requested  a program's first access to a stub
+//	          strata.<host>.recall.completed  the whole content back, verified
+//	          strata.<host>.recall.failed     an access denied, or a fill that failed
+//	          strata.<host>.file.modified     a stub truncated during its recall
+//
+// Message ids are deterministic, so a publish retried (or repeated by a
+// restarted daemon) is recorded once: a recall is named by its file,
+// object and release (stub.Info.ReleaseID), so recall.requested and
+// recall.completed are recorded once per release, and a stub released
+// again is recalled anew. recall.failed names each failure: this daemon's
+// life and a counter.
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/workers/stub"
+)
+
+// PrefetchStageName is the durable consumer of PrefetchStage.
+const PrefetchStageName = "recall"
+
+// tierNone is the source tier of a recall that had nothing to fill.
+const tierNone = "none"
+
+// publisher sends the interceptor's events from its own goroutine, so that
+// a slow or unreachable log never holds a program. Events wait in an
+// unbounded queue (a few hundred bytes each) and are retried with their
+// ids until published or until Close gives up on them.
+type publisher struct {
+	em   *pipeline.Emitter
+	log  *slog.Logger
+	boot string        // names this daemon's life in failure ids
+	nth  atomic.Uint64 // failures published in this life
+
+	mu struct {
+		sync.Mutex
+		queue   []pendingEvent
+		closing bool // run returns once the queue is empty
+	}
+	wake    chan struct{}
+	stopped chan struct{}
+	cancel  context.CancelFunc
+}
+
+type pendingEvent struct {
+	ev events.Event
+	id []string
+}
+
+func newPublisher(em *pipeline.Emitter, log *slog.Logger) *publisher {
+	if em == nil {
+		return nil
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &publisher{em: em, log: log, boot: hex.EncodeToString(b[:]), wake: make(chan struct{}, 1),
+		stopped: make(chan struct{}), cancel: cancel}
+	go p.run(ctx)
+	return p
+}
+
+// send queues ev with its id parts. Safe on a nil publisher (no events).
+func (p *publisher) send(ev events.Event, id ...string) {
+	if p == nil || ev == nil {
+		return
+	}
+	p.mu.Lock()
+	p.mu.queue = append(p.mu.queue, pendingEvent{ev, id})
+	p.mu.Unlock()
+	p.poke()
+}
+
+func (p *publisher) poke() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (p *publisher) run(ctx context.Context) {
+	defer close(p.stopped)
+	backoff := time.Second
+	for {
+		p.mu.Lock()
+		var next *pendingEvent
+		if len(p.mu.queue) > 0 {
+			next = &p.mu.queue[0]
+		}
+		closing := p.mu.closing
+		p.mu.Unlock()
+		if next == nil && closing {
+			return
+		}
+		if next == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-p.wake:
+			}
+			continue
+		}
+		if _, err := p.em.Emit(ctx, next.ev, next.id...); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			var invalid bool
+			if invalid = errors.Is(err, events.ErrInvalid); !invalid {
+				p.log.Error("publish recall event; retrying", "kind", next.ev.Kind(), "err", err, "in", backoff)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, time.Minute)
+				continue
+			}
+			p.log.Error("recall event is invalid; dropped", "kind", next.ev.Kind(), "err", err)
+		}
+		backoff = time.Second
+		p.mu.Lock()
+		p.mu.queue = p.mu.queue[1:]
+		p.mu.Unlock()
+	}
+}
+
+// close publishes what is queued for up to timeout, then stops.
+func (p *publisher) close(timeout time.Duration) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	p.mu.closing = true
+	p.mu.Unlock()
+	p.poke()
+	select {
+	case <-p.stopped:
+	case <-time.After(timeout):
+		p.cancel()
+		<-p.stopped
+	}
+	p.cancel()
+	if n := len(p.mu.queue); n > 0 {
+		p.log.Error("recall events not published at stop (the next start records finished recalls again)", "events", n)
+	}
+}
+
+// requested records a program's first access to a stub.
+func (p *publisher) requested(info stub.Info, path string, off, n int64, pid int32, process string) {
+	p.send(&events.RecallRequested{FileID: info.FileID, Path: path, ObjectID: info.ObjectID, Offset: off, Length: n,
+		PID: pid, Process: process, Reason: events.RecallAccess}, info.FileID, info.ObjectID, info.ReleaseID)
+}
+
+// completed records a finished recall: recall.completed, or file.modified
+// when the file was cut below its archived size during the recall (its
+// content is no longer the object).
+func (p *publisher) completed(c Completion) {
+	if p == nil {
+		return
+	}
+	if c.Truncated {
+		st, err := stub.Lstat(c.Path)
+		if err != nil {
+			p.log.Warn("stat of a file truncated during its recall", "path", c.Path, "err", err)
+			return
+		}
+		p.send(&events.FileModified{FileID: c.FileID, Path: c.Path, ObjectID: c.ObjectID, Stat: st},
+			c.FileID, c.ObjectID, c.ReleaseID, "truncated-during-recall")
+		return
+	}
+	p.send(&events.RecallCompleted{FileID: c.FileID, Path: c.Path, ObjectID: c.ObjectID, Bytes: c.Bytes,
+		DurationNS: c.Duration.Nanoseconds(), SourceTier: cmp.Or(c.Tier, tierNone), PID: c.PID, Process: c.Process},
+		c.FileID, c.ObjectID, c.ReleaseID)
+}
+
+// failed records a denied access or a failed fill of a known stub.
+func (p *publisher) failed(f Failure) {
+	if p == nil || f.FileID == "" || f.ObjectID == "" || f.Path == "" {
+		return
+	}
+	p.send(&events.RecallFailed{FileID: f.FileID, Path: f.Path, ObjectID: f.ObjectID, Reason: f.Err.Error(),
+		PID: f.PID, Process: f.Process}, f.FileID, f.ObjectID, f.ReleaseID, p.boot, strconv.FormatUint(p.nth.Add(1), 10))
+}
+
+// FinishedBeforeCrash records the completion of a recall that finished
+// (its xattrs say archived only once the file is proven whole) when the
+// daemon died before recall.completed was published. Its id is that of
+// the completion the dead daemon would have published, so a completion
+// that did get out is not recorded twice.
+func (i *Interceptor) FinishedBeforeCrash(info stub.Info, path string) {
+	i.pub.send(&events.RecallCompleted{FileID: info.FileID, Path: path, ObjectID: info.ObjectID, SourceTier: tierNone},
+		info.FileID, info.ObjectID, info.ReleaseID)
+}
+
+// PrefetchStage reads every stub a prefetch recall.requested names (what
+// `strata recall` publishes): the reads recall it through this daemon's
+// own events. A file that is no longer that stub needs nothing. The
+// message is acknowledged when the whole file was read.
+func PrefetchStage(host string, logger *slog.Logger) pipeline.Stage {
+	return pipeline.Stage{
+		Name:        PrefetchStageName,
+		Filter:      []string{events.Subject(host, events.KindRecallRequested)},
+		Concurrency: 2,
+		Handle: pipeline.Handle(PrefetchStageName, func(ctx context.Context, _ events.Envelope, r *events.RecallRequested) error {
+			if r.Reason != events.RecallPrefetch {
+				return nil // a program's access: the interceptor is on it
+			}
+			info, err := stub.ReadPath(r.Path)
+			if err != nil || info.FileID != r.FileID || info.ObjectID != r.ObjectID || info.State != stub.Released {
+				return nil // gone, replaced or already back
+			}
+			if _, err := ReadAll(ctx, r.Path, nil); err != nil {
+				logger.Warn("prefetch failed", "path", r.Path, "err", err)
+				return fmt.Errorf("prefetch %s: %w", r.Path, err)
+			}
+			return nil
+		}),
+	}
+}
+
+// RecallRequest is the control verb "recall": prefetch every stub under
+// Paths (directories recursively).
+type RecallRequest struct {
+	Paths []string `json:"paths"`
+	// Background: publish a prefetch request per stub (PrefetchStage
+	// reads them); otherwise only list them (the CLI reads them itself,
+	// with a progress bar).
+	Background bool `json:"background"`
+}
+
+// RecallFile is one stub a recall request found.
+type RecallFile struct {
+	Path string `json:"path"`
+	Size int64  `json:"size"`
+}
+
+// RecallReply answers RecallRequest.
+type RecallReply struct {
+	Stubs []RecallFile `json:"stubs"`
+}
+
+// RecallVerb answers the control verb "recall" for the hot trees roots.
+func RecallVerb(em *pipeline.Emitter, roots []string) pipeline.ControlHandler {
+	return pipeline.Verb("recall", func(ctx context.Context, req RecallRequest) (any, error) {
+		if len(req.Paths) == 0 {
+			return nil, errors.New("recall: no path given")
+		}
+		rep := RecallReply{Stubs: []RecallFile{}}
+		type found struct {
+			path string
+			info stub.Info
+		}
+		var stubs []found
+		for _, p := range req.Paths {
+			if !within(roots, p) {
+				return nil, fmt.Errorf("recall: %s is not inside a configured hot tree", p)
+			}
+			err := filepath.WalkDir(p, func(path string, de fs.DirEntry, err error) error {
+				if err != nil || !de.Type().IsRegular() {
+					return err
+				}
+				if info, err := stub.ReadPath(path); err == nil && info.State == stub.Released {
+					stubs = append(stubs, found{path, info})
+				}
+				return ctx.Err()
+			})
+			if err != nil {
+				return nil, fmt.Errorf("recall: %w", err)
+			}
+		}
+		for _, s := range stubs {
+			if req.Background {
+				_, err := em.Emit(ctx, &events.RecallRequested{FileID: s.info.FileID, Path: s.path, ObjectID: s.info.ObjectID,
+					Length: s.info.Size, Reason: events.RecallPrefetch}, s.info.FileID, s.info.ObjectID, s.info.ReleaseID, events.RecallPrefetch)
+				if err != nil {
+					return nil, err
+				}
+			}
+			rep.Stubs = append(rep.Stubs, RecallFile{Path: s.path, Size: s.info.Size})
+		}
+		return rep, nil
+	})
+}
+
+// within reports whether p (absolute, clean) is one of roots or below one.
+func within(roots []string, p string) bool {
+	if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+		return false
+	}
+	for _, r := range roots {
+		if p == r || strings.HasPrefix(p, r+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// ReadAll reads a file to its end in large chunks (a stub is filled by the
+// interceptor as the reads arrive), reporting the bytes of each read.
+func ReadAll(ctx context.Context, path string, progress func(n int64)) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	buf := make([]byte, 4<<20)
+	var total int64
+	for ctx.Err() == nil {
+		n, err := f.Read(buf)
+		total += int64(n)
+		if progress != nil {
+			progress(int64(n))
+		}
+		if errors.Is(err, io.EOF) {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, ctx.Err()
+}
