@@ -1,29 +1,32 @@
-// Package kernelguard loads a pinned BPF guard that makes the kernel fail
-// closed on Strata stubs, so that a program reading a stub gets the
-// original bytes or an error, never zeros.
+// Package kernelguard loads a pinned BPF program that kills a process
+// which asks the kernel where a Strata stub's data is and is about to be
+// told "hole", so that it cannot copy the hole as zeros.
 //
-// A stub is a regular file carrying the xattr security.bpf.strata
-// (SetMarker). While the guard is loaded, and for as long as it stays
-// pinned in bpffs (it outlives every Strata process, not a reboot):
+// Probes of a file's layout — lseek SEEK_DATA/SEEK_HOLE, ioctl FS_IOC_FIEMAP
+// and FIBMAP — raise no fanotify event: the daemon never sees them, and a
+// stub, whose data is punched out, answers "all hole". GNU cp probes every
+// file whose st_blocks is below st_size/512, which a stub always is, and
+// copies what it is told is a hole as a hole: zeros, exit status 0.
 //
-//   - opening a stub that no live fanotify FAN_PRE_ACCESS or FAN_OPEN_PERM
-//     mark guards fails with Config.Errno (EIO), unless the opener is an
-//     exempt Strata process (Guard.Exempt);
-//   - a read, write, mmap or truncate of a stub whose mark died after it
-//     was opened fails the same way;
-//   - extent-map ioctls (FIEMAP, FIBMAP, XFS GETBMAP*, EXT4 GET_ES_CACHE)
-//     on a stub fail with EOPNOTSUPP, guarded or not, so tools fall back to
-//     reading;
-//   - a process that probes a stub with lseek SEEK_DATA/SEEK_HOLE is killed
-//     (SIGKILL before the lseek returns), since lseek has no LSM hook and
-//     the answer cannot be corrected;
-//   - a reader whose held event a dying fanotify group allowed is killed
-//     before its read returns;
-//   - only exempt processes may set or remove the marker.
+// Guarantees, while the guard is loaded (it stays pinned in bpffs across
+// the death of every Strata process, not across a reboot) and for the stubs
+// registered with AddStub on ext4 and XFS:
 //
-// Resident files pay one f_mode test per read and write, and a block-count
-// test per open. The guard needs BPF trampolines (BPF LSM, fentry, fexit):
-// Supported says why a kernel cannot run it. See README.md for the exact
-// errnos, what cannot be covered without kernel changes, and the kernels it
-// was verified on.
+//   - a process that is not exempt (Exempt) and asks SEEK_DATA, SEEK_HOLE,
+//     FIEMAP or FIBMAP about a range of a registered stub in which the
+//     filesystem reports a hole or an unwritten extent before EOF is sent
+//     SIGKILL before the call returns to user space: it never acts on the
+//     answer; a record of it is pushed to a ring buffer (Records);
+//   - nothing else is touched: reads, writes, mmap and every other call on
+//     stubs, every call on other files, and probes of ranges already filled;
+//   - a file that reuses a registered stub's inode number is not taken for
+//     it (the inode generation must match);
+//   - with ActionLog the prober is only recorded.
+//
+// Kernel threads (nfsd, ksmbd answering a remote SEEK) cannot be signalled
+// and are only recorded. The cost on resident files is one load and compare
+// per mapping the filesystem hands to the iomap iterator (XFS uncached
+// reads and buffered writes, direct I/O on both), nothing on cached reads;
+// see docs/BENCHMARKS-guard.md. Supported says why a kernel cannot run the
+// guard; README.md lists what stays uncovered and why.
 package kernelguard

@@ -16,24 +16,12 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	guardMapSgCounters              = "sg_counters"
-	guardMapSgExempt                = "sg_exempt"
-	guardMapSgRecords               = "sg_records"
-	guardMapSgSettings              = "sg_settings"
-	guardMapSgStubs                 = "sg_stubs"
-	guardMapSgVerdicts              = "sg_verdicts"
-	guardProgSgFanotifyReleased     = "sg_fanotify_released"
-	guardProgSgFileIoctl            = "sg_file_ioctl"
-	guardProgSgFileIoctlCompat      = "sg_file_ioctl_compat"
-	guardProgSgFileOpen             = "sg_file_open"
-	guardProgSgFilePermission       = "sg_file_permission"
-	guardProgSgInodePostRemovexattr = "sg_inode_post_removexattr"
-	guardProgSgInodePostSetxattr    = "sg_inode_post_setxattr"
-	guardProgSgInodeRemovexattr     = "sg_inode_removexattr"
-	guardProgSgInodeSetxattr        = "sg_inode_setxattr"
-	guardProgSgLlseek               = "sg_llseek"
-	guardProgSgMmapFile             = "sg_mmap_file"
-	guardProgSgPathTruncate         = "sg_path_truncate"
+	guardMapSgCounters = "sg_counters"
+	guardMapSgExempt   = "sg_exempt"
+	guardMapSgRecords  = "sg_records"
+	guardMapSgSettings = "sg_settings"
+	guardMapSgStubs    = "sg_stubs"
+	guardProgSgProbe   = "sg_probe"
 )
 
 // loadGuard returns the embedded CollectionSpec for guard.
@@ -78,18 +66,7 @@ type guardSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type guardProgramSpecs struct {
-	SgFanotifyReleased     *ebpf.ProgramSpec `ebpf:"sg_fanotify_released"`
-	SgFileIoctl            *ebpf.ProgramSpec `ebpf:"sg_file_ioctl"`
-	SgFileIoctlCompat      *ebpf.ProgramSpec `ebpf:"sg_file_ioctl_compat"`
-	SgFileOpen             *ebpf.ProgramSpec `ebpf:"sg_file_open"`
-	SgFilePermission       *ebpf.ProgramSpec `ebpf:"sg_file_permission"`
-	SgInodePostRemovexattr *ebpf.ProgramSpec `ebpf:"sg_inode_post_removexattr"`
-	SgInodePostSetxattr    *ebpf.ProgramSpec `ebpf:"sg_inode_post_setxattr"`
-	SgInodeRemovexattr     *ebpf.ProgramSpec `ebpf:"sg_inode_removexattr"`
-	SgInodeSetxattr        *ebpf.ProgramSpec `ebpf:"sg_inode_setxattr"`
-	SgLlseek               *ebpf.ProgramSpec `ebpf:"sg_llseek"`
-	SgMmapFile             *ebpf.ProgramSpec `ebpf:"sg_mmap_file"`
-	SgPathTruncate         *ebpf.ProgramSpec `ebpf:"sg_path_truncate"`
+	SgProbe *ebpf.ProgramSpec `ebpf:"sg_probe"`
 }
 
 // guardMapSpecs contains maps before they are loaded into the kernel.
@@ -101,7 +78,6 @@ type guardMapSpecs struct {
 	SgRecords  *ebpf.MapSpec `ebpf:"sg_records"`
 	SgSettings *ebpf.MapSpec `ebpf:"sg_settings"`
 	SgStubs    *ebpf.MapSpec `ebpf:"sg_stubs"`
-	SgVerdicts *ebpf.MapSpec `ebpf:"sg_verdicts"`
 }
 
 // guardVariableSpecs contains global variables before they are loaded into the kernel.
@@ -135,7 +111,6 @@ type guardMaps struct {
 	SgRecords  *ebpf.Map `ebpf:"sg_records"`
 	SgSettings *ebpf.Map `ebpf:"sg_settings"`
 	SgStubs    *ebpf.Map `ebpf:"sg_stubs"`
-	SgVerdicts *ebpf.Map `ebpf:"sg_verdicts"`
 }
 
 func (m *guardMaps) Close() error {
@@ -145,7 +120,6 @@ func (m *guardMaps) Close() error {
 		m.SgRecords,
 		m.SgSettings,
 		m.SgStubs,
-		m.SgVerdicts,
 	)
 }
 
@@ -159,34 +133,12 @@ type guardVariables struct {
 //
 // It can be passed to loadGuardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type guardPrograms struct {
-	SgFanotifyReleased     *ebpf.Program `ebpf:"sg_fanotify_released"`
-	SgFileIoctl            *ebpf.Program `ebpf:"sg_file_ioctl"`
-	SgFileIoctlCompat      *ebpf.Program `ebpf:"sg_file_ioctl_compat"`
-	SgFileOpen             *ebpf.Program `ebpf:"sg_file_open"`
-	SgFilePermission       *ebpf.Program `ebpf:"sg_file_permission"`
-	SgInodePostRemovexattr *ebpf.Program `ebpf:"sg_inode_post_removexattr"`
-	SgInodePostSetxattr    *ebpf.Program `ebpf:"sg_inode_post_setxattr"`
-	SgInodeRemovexattr     *ebpf.Program `ebpf:"sg_inode_removexattr"`
-	SgInodeSetxattr        *ebpf.Program `ebpf:"sg_inode_setxattr"`
-	SgLlseek               *ebpf.Program `ebpf:"sg_llseek"`
-	SgMmapFile             *ebpf.Program `ebpf:"sg_mmap_file"`
-	SgPathTruncate         *ebpf.Program `ebpf:"sg_path_truncate"`
+	SgProbe *ebpf.Program `ebpf:"sg_probe"`
 }
 
 func (p *guardPrograms) Close() error {
 	return _GuardClose(
-		p.SgFanotifyReleased,
-		p.SgFileIoctl,
-		p.SgFileIoctlCompat,
-		p.SgFileOpen,
-		p.SgFilePermission,
-		p.SgInodePostRemovexattr,
-		p.SgInodePostSetxattr,
-		p.SgInodeRemovexattr,
-		p.SgInodeSetxattr,
-		p.SgLlseek,
-		p.SgMmapFile,
-		p.SgPathTruncate,
+		p.SgProbe,
 	)
 }
 

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"testing"
@@ -18,9 +17,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// makeStub writes size random bytes to path, marks the file as a stub and
-// punches its data out, the way Strata releases a file. It returns the
-// original bytes.
+// makeStub writes size random bytes to path and punches its data out (the
+// whole file, rounded up to the block size), the way Strata releases a
+// file. It returns the original bytes. Registering it (AddStub) is up to
+// the caller.
 func makeStub(t testing.TB, path string, size int) []byte {
 	t.Helper()
 	data := make([]byte, size)
@@ -36,9 +36,6 @@ func makeStub(t testing.TB, path string, size int) []byte {
 	}
 	defer unix.Close(fd)
 	if err := unix.Fsync(fd); err != nil {
-		t.Fatal(err)
-	}
-	if err := SetMarker(fd); err != nil {
 		t.Fatal(err)
 	}
 	var st unix.Stat_t
@@ -80,8 +77,6 @@ type fanGroup struct {
 	fd     int
 	mu     sync.Mutex
 	data   map[uint64][]byte // by inode number
-	hold   bool              // leave events unanswered (to test a release)
-	held   chan struct{}     // receives when an event is held
 	done   chan struct{}
 	closed bool
 }
@@ -94,7 +89,7 @@ func newFanGroup(t testing.TB) *fanGroup {
 	if err != nil {
 		t.Fatalf("fanotify_init: %v", err)
 	}
-	g := &fanGroup{t: t, fd: fd, data: map[uint64][]byte{}, held: make(chan struct{}, 16), done: make(chan struct{})}
+	g := &fanGroup{t: t, fd: fd, data: map[uint64][]byte{}, done: make(chan struct{})}
 	go g.serve()
 	t.Cleanup(g.Close)
 	return g
@@ -115,13 +110,6 @@ func (g *fanGroup) Guard(path string, data []byte) {
 	}
 }
 
-// Hold makes the group leave new events unanswered.
-func (g *fanGroup) Hold() {
-	g.mu.Lock()
-	g.hold = true
-	g.mu.Unlock()
-}
-
 // Close closes the group: the kernel destroys its marks and allows every
 // event still pending.
 func (g *fanGroup) Close() {
@@ -139,12 +127,6 @@ func (g *fanGroup) Close() {
 func (g *fanGroup) serve() {
 	defer close(g.done)
 	buf := make([]byte, 64<<10)
-	var pending []int32
-	defer func() {
-		for _, fd := range pending {
-			unix.Close(int(fd))
-		}
-	}()
 	for {
 		var pfd = []unix.PollFd{{Fd: int32(g.fd), Events: unix.POLLIN}}
 		if _, err := unix.Poll(pfd, 100); err != nil && !errors.Is(err, unix.EINTR) {
@@ -170,14 +152,6 @@ func (g *fanGroup) serve() {
 			m := (*unix.FanotifyEventMetadata)(unsafe.Pointer(&buf[off]))
 			off += int(m.Event_len)
 			if m.Fd < 0 {
-				continue
-			}
-			g.mu.Lock()
-			hold := g.hold
-			g.mu.Unlock()
-			if hold {
-				pending = append(pending, m.Fd)
-				g.held <- struct{}{}
 				continue
 			}
 			g.fill(int(m.Fd))
@@ -214,15 +188,6 @@ func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 }
 
 func isZero(b []byte) bool { return len(bytes.Trim(b, "\x00")) == 0 }
-
-func mustAbs(t testing.TB, p string) string {
-	t.Helper()
-	a, err := filepath.Abs(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
 
 // punch punches the whole of path back to a hole (the test's fill made it
 // data).

@@ -15,73 +15,59 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Why the guard cannot run; Supported and Load wrap one of these.
+// Why the guard cannot run, and other errors Load and the Guard methods
+// wrap.
 var (
-	ErrNotRoot   = errors.New("kernelguard: needs root (CAP_SYS_ADMIN and CAP_BPF)")
-	ErrNoBPFLSM  = errors.New("kernelguard: the BPF LSM is not active (bpf missing from /sys/kernel/security/lsm; add it to lsm= on the kernel command line)")
-	ErrNoBTF     = errors.New("kernelguard: the kernel has no BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)")
-	ErrNoKfunc   = errors.New("kernelguard: the kernel lacks what the guard attaches to or calls (bpf_get_file_xattr needs Linux >= 6.13, FAN_PRE_ACCESS 6.14)")
-	ErrNoBPFFS   = errors.New("kernelguard: no bpffs to pin the guard in")
-	ErrNoTramp   = errors.New("kernelguard: the kernel refuses BPF trampoline programs (LSM, fentry, fexit), which the guard is made of")
-	ErrBadConfig = errors.New("kernelguard: invalid configuration")
-	ErrNotLoaded = errors.New("kernelguard: no guard is pinned there")
+	ErrNotRoot      = errors.New("kernelguard: needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)")
+	ErrNoBTF        = errors.New("kernelguard: the kernel has no BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)")
+	ErrNoTracepoint = errors.New("kernelguard: the kernel has no iomap_iter_dstmap tracepoint with the iomap_iter layout the guard reads (needs Linux >= 5.15 and CONFIG_FS_IOMAP)")
+	ErrNoProgType   = errors.New("kernelguard: the kernel refuses a BTF raw tracepoint program that calls bpf_send_signal")
+	ErrNoBPFFS      = errors.New("kernelguard: no bpffs to pin the guard in")
+	ErrBadConfig    = errors.New("kernelguard: invalid configuration")
+	ErrNotLoaded    = errors.New("kernelguard: no guard is pinned there")
+	ErrNotRegular   = errors.New("kernelguard: not a regular file")
+	ErrTableFull    = errors.New("kernelguard: the stub table is full (Config.MaxStubs)")
 )
 
-// kernelSymbols are BTF functions the guard needs: hooks it attaches to and
-// the kfunc it calls.
-var kernelSymbols = []string{
-	"bpf_get_file_xattr",
-	"bpf_lsm_file_open", "bpf_lsm_file_permission", "bpf_lsm_mmap_file", "bpf_lsm_path_truncate",
-	"bpf_lsm_file_ioctl", "bpf_lsm_file_ioctl_compat",
-	"bpf_lsm_inode_setxattr", "bpf_lsm_inode_removexattr",
-	"bpf_lsm_inode_post_setxattr", "bpf_lsm_inode_post_removexattr",
-	"vfs_llseek", "fanotify_handle_event",
-}
-
 // Supported reports why the guard cannot be loaded on this machine, or nil.
-// It mounts securityfs if it is not mounted, and loads (never attaches) a
-// two-instruction LSM program to learn whether the kernel accepts BPF
-// trampolines at all.
+// It checks the kernel's BTF for the tracepoint and the fields the guard
+// reads, and loads (never attaches) a four-instruction program of the
+// guard's type that calls bpf_send_signal, so a kernel that refuses either
+// says so here.
 func Supported() error {
 	if os.Geteuid() != 0 {
 		return ErrNotRoot
-	}
-	lsm, err := activeLSMs()
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrNoBPFLSM, err)
-	}
-	if !strings.Contains(","+lsm+",", ",bpf,") {
-		return fmt.Errorf("%w (active: %s)", ErrNoBPFLSM, lsm)
 	}
 	spec, err := btf.LoadKernelSpec()
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrNoBTF, err)
 	}
-	for _, name := range kernelSymbols {
-		var fn *btf.Func
-		if err := spec.TypeByName(name, &fn); err != nil {
-			return fmt.Errorf("%w: %s: %w", ErrNoKfunc, name, err)
+	var tp *btf.Typedef
+	if err := spec.TypeByName("btf_trace_iomap_iter_dstmap", &tp); err != nil {
+		return fmt.Errorf("%w: %w", ErrNoTracepoint, err)
+	}
+	var it *btf.Struct
+	if err := spec.TypeByName("iomap_iter", &it); err != nil {
+		return fmt.Errorf("%w: %w", ErrNoTracepoint, err)
+	}
+	for _, field := range []string{"flags", "iomap"} {
+		if !hasMember(it, field) {
+			return fmt.Errorf("%w: struct iomap_iter has no %s", ErrNoTracepoint, field)
 		}
 	}
 	if err := bpffsAvailable(); err != nil {
 		return err
 	}
-	return probeTrampoline()
+	return probeProgram()
 }
 
-func activeLSMs() (string, error) {
-	const path = "/sys/kernel/security/lsm"
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		if err := unix.Mount("securityfs", "/sys/kernel/security", "securityfs", 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
-			return "", fmt.Errorf("mount securityfs: %w", err)
+func hasMember(s *btf.Struct, name string) bool {
+	for _, m := range s.Members {
+		if m.Name == name {
+			return true
 		}
-		b, err = os.ReadFile(path)
 	}
-	if err != nil {
-		return "", err
-	}
-	return string(bytes.TrimSpace(b)), nil
+	return false
 }
 
 func bpffsAvailable() error {
@@ -95,21 +81,23 @@ func bpffsAvailable() error {
 	return nil
 }
 
-// probeTrampoline loads a program that returns 0 for lsm/file_open. Loading
-// already asks the kernel for a trampoline target; some kernels (this
-// project's CI machines among them: a locked-down Linux 6.18 without
-// kprobes, whose ftrace refuses root) answer EPERM before the verifier runs.
-func probeTrampoline() error {
+// probeProgram loads `bpf_send_signal(0); return 0` as tp_btf/iomap_iter_dstmap.
+func probeProgram() error {
 	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:         "sg_probe",
-		Type:         ebpf.LSM,
-		AttachType:   ebpf.AttachLSMMac,
-		AttachTo:     "file_open",
-		License:      "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+		Name:       "sg_supported",
+		Type:       ebpf.Tracing,
+		AttachType: ebpf.AttachTraceRawTp,
+		AttachTo:   "iomap_iter_dstmap",
+		License:    "GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R1, 0),
+			asm.FnSendSignal.Call(),
+			asm.Mov.Imm(asm.R0, 0),
+			asm.Return(),
+		},
 	})
 	if err != nil {
-		return fmt.Errorf("%w: loading a 2-instruction lsm/file_open program: %w", ErrNoTramp, err)
+		return fmt.Errorf("%w: %w", ErrNoProgType, err)
 	}
 	return p.Close()
 }

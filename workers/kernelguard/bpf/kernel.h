@@ -3,7 +3,7 @@
  * The few kernel types and fields the Strata kernel guard reads, written by
  * hand instead of a generated vmlinux.h. Every record carries
  * preserve_access_index, so each field access is a CO-RE relocation that the
- * loader resolves against the running kernel's BTF: the offsets below are
+ * loader resolves against the running kernel's BTF: the layouts below are
  * never used, only the names and types.
  */
 #ifndef STRATA_KERNEL_H
@@ -29,56 +29,47 @@ enum {
 	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
-	BPF_MAP_TYPE_LRU_HASH = 9,
 	BPF_MAP_TYPE_RINGBUF = 27,
-	BPF_MAP_TYPE_INODE_STORAGE = 28,
 };
 enum { BPF_ANY = 0 };
 #define BPF_F_NO_PREALLOC 1
-#define BPF_LOCAL_STORAGE_GET_F_CREATE 1
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
 struct super_block {
 	unsigned int s_dev;
-	unsigned char s_blocksize_bits;
-	unsigned long s_magic;
 	__u32 s_fsnotify_mask;
 };
 
 struct inode {
-	unsigned short i_mode;
 	struct super_block *i_sb;
 	unsigned long i_ino;
 	long long i_size;
 	__u32 i_generation;
-	unsigned long long i_blocks;
 	__u32 i_fsnotify_mask;
 };
 
-struct dentry {
-	struct inode *d_inode;
+struct address_space {
+	struct inode *host;
 };
 
-struct path {
-	void *mnt;
-	struct dentry *dentry;
+/* include/linux/iomap.h */
+struct iomap {
+	long long offset;
+	__u64 length;
+	__u16 type;
 };
 
-struct file {
-	unsigned int f_mode;
-	struct inode *f_inode;
-	struct path f_path;
-};
-
-struct fsnotify_group {
-	bool shutdown;
-};
-
-struct file_range {
-	const struct path *path;
+struct iomap_iter {
+	struct inode *inode;
 	long long pos;
-	unsigned long count;
+	__u64 len;
+	unsigned int flags;
+	struct iomap iomap;
+};
+
+struct signal_struct {
+	unsigned int flags;
 };
 
 struct task_struct {
@@ -87,49 +78,41 @@ struct task_struct {
 	unsigned int flags;
 	__u64 start_boottime;
 	struct task_struct *group_leader;
+	struct signal_struct *signal;
 	char comm[16];
 };
 
-struct file_lock_core {
-	struct file *flc_file;
-};
-
-struct file_lock {
-	struct file_lock_core c;
-};
-
-/* fs/xfs/xfs_inode.h: XFS keeps its block counts here, not in i_blocks. */
-struct xfs_inode {
-	__u64 i_delayed_blks;
-	__u64 i_nblocks;
-	struct inode i_vnode;
-};
-
-/* fs/ext4/ext4.h: delayed-allocation blocks are not in i_blocks yet. */
-struct ext4_inode_info {
-	unsigned int i_reserved_data_blocks;
-	struct inode vfs_inode;
-};
-
-struct address_space {
-	struct inode *host;
+/* x86_64's struct pt_regs, as a CO-RE flavor: on other architectures the
+ * fields do not exist and bpf_core_field_exists() is false. */
+struct pt_regs___x86 {
+	unsigned long orig_ax;
+	unsigned long si;
+	unsigned long dx;
 };
 
 #pragma clang attribute pop
 
-struct bpf_dynptr {
-	__u64 __opaque[2];
-} __attribute__((aligned(8)));
+struct pt_regs;
 
-/* include/linux/stat.h */
-#define S_IFMT 00170000
-#define S_IFREG 0100000
-#define S_ISREG(m) (((m) & S_IFMT) == S_IFREG)
+/* include/linux/iomap.h: mapping types and iterator flags (6.18; the flag
+ * value is checked on the running kernel by TestKernelFacts). */
+#define IOMAP_HOLE 0
+#define IOMAP_DELALLOC 1
+#define IOMAP_MAPPED 2
+#define IOMAP_UNWRITTEN 3
+#define IOMAP_INLINE 4
+#define IOMAP_REPORT (1U << 2)
 
-#define XFS_SUPER_MAGIC 0x58465342
-#define EXT4_SUPER_MAGIC 0xEF53
-
-/* include/linux/sched.h */
+/* include/linux/sched.h, include/linux/sched/signal.h */
 #define PF_KTHREAD 0x00200000
+#define SIGNAL_GROUP_EXIT 0x00000004
+
+/* include/linux/fsnotify_backend.h */
+#define FS_PRE_ACCESS 0x00100000
+
+#define SIGKILL 9
+
+/* /proc/PID/stat starttime is in USER_HZ (100) ticks. */
+#define NSEC_PER_TICK 10000000ULL
 
 #endif
