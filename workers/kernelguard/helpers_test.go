@@ -8,10 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"sync"
 	"testing"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -172,18 +170,6 @@ func (g *fanGroup) fill(fd int) {
 	g.mu.Unlock()
 	if data != nil {
 		unix.Pwrite(fd, data, 0)
-	}
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		runtime.Gosched()
 	}
 }
 
