@@ -27,7 +27,8 @@ import (
 // helperEnv makes the re-executed test binary a helper instead of running
 // tests: "load PINDIR STUB" loads a guard, registers STUB, prints "ready"
 // and waits to be killed; "lseek PATH data|hole OFFSET" prints what
-// lseek(2) answers (a prober that is not exempt: another process).
+// lseek(2) answers (a prober that is not exempt: another process); "read
+// PATH" reads the first 64 KiB of PATH once and prints "returned N SHA256".
 const helperEnv = "KERNELGUARD_TEST_HELPER"
 
 func TestMain(m *testing.M) {
@@ -52,6 +53,21 @@ func helper(args []string) int {
 			return 1
 		}
 		fmt.Println(got)
+		return 0
+	}
+	if len(args) == 2 && args[0] == "read" {
+		fd, err := unix.Open(args[1], unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			fmt.Println("error:", err)
+			return 1
+		}
+		buf := make([]byte, 64<<10)
+		n, err := unix.Read(fd, buf)
+		if err != nil {
+			fmt.Println("error:", err)
+			return 1
+		}
+		fmt.Printf("returned %d %x\n", n, sha256.Sum256(buf[:n]))
 		return 0
 	}
 	if len(args) != 3 || args[0] != "load" {
