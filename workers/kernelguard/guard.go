@@ -20,11 +20,14 @@ import (
 // their own names (sg_*).
 const linkPin = "link_" + guardProgSgProbe
 
-// pinNames are every pin a guard directory may hold, links first: Remove
-// deletes only these, so it cannot empty a directory that is not a guard's.
-var pinNames = []string{
-	linkPin,
-	guardMapSgStubs, guardMapSgExempt, guardMapSgSettings, guardMapSgCounters, guardMapSgRecords,
+// pinNames are every pin a guard directory may hold, the link first:
+// Remove deletes only these, so it cannot empty a directory that is not a
+// guard's.
+func pinNames() []string {
+	return []string{
+		linkPin,
+		guardMapSgStubs, guardMapSgExempt, guardMapSgSettings, guardMapSgCounters, guardMapSgRecords,
+	}
 }
 
 // Guard is a loaded guard. Closing it keeps the guard in the kernel (pins);
@@ -173,7 +176,7 @@ func Remove(pinDir string) error {
 		return nil
 	}
 	var errs []error
-	for _, name := range pinNames {
+	for _, name := range pinNames() {
 		p := filepath.Join(pinDir, name)
 		var l link.Link
 		if name == linkPin {

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/workers/stratatest"
@@ -711,13 +712,18 @@ func TestGuardSurvivesLoader(t *testing.T) {
 				t.Errorf("ReadStatus after the loader died: %+v %v", st, err)
 			}
 
-			// The daemon restarts: Load takes the pinned guard over.
+			// The daemon restarts: Load takes the pinned guard over, keeping
+			// the attached link (the same program) and the stub table.
+			before := pinnedLinkID(t, dir)
 			g, err := Load(Config{PinDir: dir})
 			if err != nil {
 				t.Fatal(err)
 			}
 			if s := status(t, g); s.Stubs != 1 {
 				t.Errorf("after a second Load: %d stubs, want the 1 the first loader added", s.Stubs)
+			}
+			if after := pinnedLinkID(t, dir); after != before {
+				t.Errorf("a second Load replaced the link (%d -> %d) of an unchanged program", before, after)
 			}
 			g.Close()
 			if r := run(t, mycopy, stub, filepath.Join(t.TempDir(), "b")); !r.killed() {
@@ -739,6 +745,20 @@ func TestGuardSurvivesLoader(t *testing.T) {
 			}
 		})
 	}
+}
+
+func pinnedLinkID(t testing.TB, dir string) link.ID {
+	t.Helper()
+	l, err := link.LoadPinnedLink(filepath.Join(dir, linkPin), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.ID
 }
 
 // TestGuardLogOnly: with ActionLog the prober lives (and copies zeros) and

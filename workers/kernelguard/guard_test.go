@@ -33,8 +33,8 @@ func TestObject(t *testing.T) {
 		guardMapSgStubs: ebpf.Hash, guardMapSgExempt: ebpf.Hash, guardMapSgSettings: ebpf.Array,
 		guardMapSgCounters: ebpf.PerCPUArray, guardMapSgRecords: ebpf.RingBuf,
 	}
-	if len(spec.Maps) != len(wantMaps) || len(pinNames) != len(wantMaps)+1 {
-		t.Errorf("%d maps in the object, %d pin names; want %d and %d", len(spec.Maps), len(pinNames), len(wantMaps), len(wantMaps)+1)
+	if len(spec.Maps) != len(wantMaps) || len(pinNames()) != len(wantMaps)+1 {
+		t.Errorf("%d maps in the object, %d pin names; want %d and %d", len(spec.Maps), len(pinNames()), len(wantMaps), len(wantMaps)+1)
 	}
 	for name, typ := range wantMaps {
 		m := spec.Maps[name]
