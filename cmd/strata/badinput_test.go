@@ -92,6 +92,7 @@ func loggedDaemon(t *testing.T, cfg Config) (*daemon, *logBuffer) {
 			t.Errorf("daemon run: %v", err)
 		}
 		d.close()
+		stopHolderOf(t, cfg.DataDir)
 		if t.Failed() {
 			t.Logf("daemon log:\n%s", logs.String())
 		}

@@ -50,6 +50,7 @@ type commandLine struct {
 	Export  exportCmd  `cmd:"" help:"Export the catalog to Parquet."`
 
 	Consumers consumersCmd `cmd:"" help:"List and remove the consumers of the event streams (readers', strays)."`
+	Holder    holderCmds   `cmd:"" help:"The holder that guards stubs while no daemon runs: status, stop."`
 	Version   versionCmd   `cmd:"" help:"Print the version."`
 
 	Completion completionCmd `cmd:"" help:"Print a shell completion script (bash, zsh or fish)."`

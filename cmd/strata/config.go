@@ -186,6 +186,11 @@ type InterceptorConfig struct {
 	// read as zeros until it is back. Unset (nil): true; only an explicit
 	// `holder = false` turns it off. Read it with HolderOn.
 	Holder *bool `toml:"holder"`
+	// StoppedGrace: once the daemon has stopped or died, programs touching
+	// stubs wait this long for it to come back (a restart gives them their
+	// bytes); then the holder denies them with EIO until it is back.
+	// Unset: 30s; 0: deny at once.
+	StoppedGrace *duration `toml:"stopped_grace"`
 	// WholeFileBelow: stubs smaller than this are recalled whole when
 	// opened, in mode pre-access (guards them against programs that look
 	// for data with SEEK_DATA/SEEK_HOLE). Default 64 MiB; 1 disables.
@@ -394,6 +399,9 @@ func (c *Config) Validate() error {
 	if c.Interceptor.WholeFileBelow < 0 {
 		return bad("interceptor.whole_file_below", c.Interceptor.WholeFileBelow, "want a size (1 disables)")
 	}
+	if g := c.Interceptor.StoppedGrace; g != nil && *g < 0 {
+		return bad("interceptor.stopped_grace", *g, "want a duration >= 0 (0: deny at once)")
+	}
 	return nil
 }
 
@@ -526,8 +534,12 @@ func (c *Config) compressorConfig(stagingDir string) compressor.Config {
 // interceptorConfig is the [interceptor] section (the holder wiring is the
 // daemon's: see buildStages).
 func (c *Config) interceptorConfig() interceptor.Config {
-	return interceptor.Config{Mode: interceptor.Mode(c.Interceptor.Mode), WholeFileBelow: int64(c.Interceptor.WholeFileBelow),
+	ic := interceptor.Config{Mode: interceptor.Mode(c.Interceptor.Mode), WholeFileBelow: int64(c.Interceptor.WholeFileBelow),
 		WholeFilePrograms: c.Interceptor.WholeFilePrograms}
+	if g := c.Interceptor.StoppedGrace; g != nil {
+		ic.HolderGrace = cmp.Or(time.Duration(*g), -1) // 0: deny at once
+	}
+	return ic
 }
 
 // hotRoots lists the configured hot trees.

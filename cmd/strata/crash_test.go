@@ -285,6 +285,7 @@ func startStrata(t *testing.T, bin, data, hot, cold, failpoints string, extra ..
 	logf.Close()
 	p := &strataProc{cmd: cmd, logPath: logf.Name(), done: make(chan struct{})}
 	go func() { cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() { stopHolderOf(t, data) }) // runs after the stop below
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("log of daemon %d (failpoints %q):\n%s", cmd.Process.Pid, failpoints, p.logs())

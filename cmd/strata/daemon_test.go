@@ -64,6 +64,7 @@ func testDaemon(t *testing.T, cfg Config) (*daemon, context.CancelFunc) {
 			t.Errorf("daemon run: %v", err)
 		}
 		d.close()
+		stopHolderOf(t, cfg.DataDir)
 	}
 	t.Cleanup(stop)
 	waitFor(t, 10*time.Second, func() error {
@@ -485,6 +486,7 @@ func TestDaemonErrors(t *testing.T) {
 func TestSignals(t *testing.T) {
 	bin := buildStrata(t)
 	data := t.TempDir()
+	t.Cleanup(func() { stopHolderOf(t, data) })
 	cmd := exec.Command(bin, "run", "--data", data, "--port", "-2", "--host", "sigtest")
 	var logs bytes.Buffer
 	cmd.Stderr = &logs

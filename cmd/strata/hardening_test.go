@@ -112,6 +112,7 @@ func wantState(d *daemon, path string, s catalog.State) error {
 func TestDataDirPrivate(t *testing.T) {
 	bin := buildStrata(t)
 	data := filepath.Join(t.TempDir(), "data")
+	t.Cleanup(func() { stopHolderOf(t, data) })
 	cmd := exec.Command("sh", "-c", "umask 022; exec "+bin+" run --data "+data+" --port -2 --host permtest")
 	var logs bytes.Buffer
 	cmd.Stderr = &logs

@@ -98,8 +98,8 @@ func (c *versionCmd) Run(e *env) error {
 }
 
 // holderCmd is the hidden subcommand the daemon starts (interceptor.holder
-// = true) to keep its fanotify group alive across a crash. It ends on
-// SIGTERM, or when the daemon stops cleanly and releases it.
+// = true) to keep its fanotify group alive while no daemon runs. It ends on
+// SIGTERM, or on `strata holder stop`.
 type holderCmd struct {
 	Socket string `required:"" placeholder:"PATH" help:"Unix socket the daemon hands the fanotify group over."`
 }
@@ -113,6 +113,14 @@ func (c *holderCmd) Run(ctx context.Context) error {
 	// terminal must not take the guard away with it.
 	hctx, stop := signal.NotifyContext(context.WithoutCancel(ctx), syscall.SIGTERM)
 	defer stop()
-	signal.Ignore(os.Interrupt)
-	return interceptor.HolderMain(hctx, c.Socket, newLogger(false, slog.LevelInfo).With("component", "holder"))
+	// Nor a closed stderr: the daemon that started it may have written to
+	// a pipe that is gone (a log to stderr would otherwise kill it).
+	signal.Ignore(os.Interrupt, syscall.SIGPIPE)
+	// The OOM killer takes the daemon before the holder: the holder is a
+	// few MiB, and while it lives stubs never read as zeros.
+	logger := newLogger(false, slog.LevelInfo).With("component", "holder")
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0); err != nil {
+		logger.Warn("cannot keep the OOM killer away from the holder (needs CAP_SYS_RESOURCE)", "err", err)
+	}
+	return interceptor.HolderMain(hctx, c.Socket, logger)
 }

@@ -11,9 +11,11 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/workers/interceptor"
-	"golang.org/x/sys/unix"
 )
 
 // testRunEnv marks every process this test binary starts, and every
@@ -48,6 +50,26 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// stopHolderOf stops the holder a stopped daemon of data left guarding its
+// stubs (a clean stop parks the fanotify group with it), if one answers.
+func stopHolderOf(t *testing.T, data string) {
+	sock := holderSocket(data)
+	st, err := interceptor.QueryHolder(sock)
+	if err != nil {
+		return
+	}
+	if err := interceptor.StopHolder(sock); err != nil {
+		t.Errorf("stop the holder %d of %s: %v (killed)", st.PID, data, err)
+		syscall.Kill(st.PID, syscall.SIGKILL)
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if s := procState(st.PID); s == 0 || s == 'Z' {
+			return
+		}
+	}
+	t.Errorf("holder %d of %s still running 10s after it was stopped", st.PID, data)
 }
 
 // killHolders kills (SIGKILL, by pid) every interceptor holder whose

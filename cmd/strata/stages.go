@@ -124,10 +124,16 @@ func (d *daemon) buildStages() (*stages, error) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("interceptor directory: %w", err)
 		}
-		icfg.JournalDir, icfg.HolderSocket = dir, filepath.Join(dir, "holder.sock")
+		icfg.JournalDir, icfg.HolderSocket = dir, holderSocket(cfg.DataDir)
 		if len(icfg.HolderSocket) > maxSocketPath {
 			return nil, fmt.Errorf("interceptor: holder socket %s is longer than %d bytes (a unix socket limit): use a shorter data directory, or interceptor.holder = false", icfg.HolderSocket, maxSocketPath)
 		}
+	}
+	if !cfg.Interceptor.HolderOn() {
+		if st, err := interceptor.QueryHolder(holderSocket(cfg.DataDir)); err == nil && st.State != "empty" {
+			return nil, fmt.Errorf("interceptor.holder = false, but the holder of an earlier run (pid %d) guards this data directory's stubs (%s): stop it first with `strata holder stop --unguard`, or run with interceptor.holder = true", st.PID, describeHolder(st))
+		}
+		d.logger.Warn("interceptor.holder = false: while this daemon is stopped or dead, stubs read as zeros, with no error")
 	}
 	icfg.Emitter = pipeline.NewEmitter(d.js, cfg.Host, "interceptor")
 	if s.interceptor, err = interceptor.Open(icfg, s.reader, d.logger.With("stage", "interceptor")); err != nil {

@@ -80,6 +80,7 @@ func tapeDaemon(t *testing.T, cfg Config, lib string) (*daemon, *tapewriter.Tier
 			t.Errorf("daemon run: %v", err)
 		}
 		d.close()
+		stopHolderOf(t, cfg.DataDir)
 		if err := tier.Close(); err != nil {
 			t.Errorf("close tape tier: %v", err)
 		}

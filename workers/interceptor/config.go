@@ -94,6 +94,12 @@ type Config struct {
 	// "interceptor-holder --socket HolderSocket". The holder is started in
 	// its own session and outlives this process.
 	HolderCommand []string
+	// HolderGrace is how long, once this daemon has stopped or died,
+	// programs touching stubs stay blocked waiting for a daemon to come
+	// back (a restart answers them with their bytes); after it the holder
+	// denies them with EIO until a daemon takes the group again. Zero:
+	// DefaultHolderGrace; negative: deny at once.
+	HolderGrace time.Duration
 	// RecoverTimeout bounds the recovery of one orphaned event at Open;
 	// past it the event is denied with EIO.
 	RecoverTimeout time.Duration
@@ -124,6 +130,7 @@ func (c *Config) EnsureDefaults() {
 	c.StopTimeout = cmp.Or(c.StopTimeout, DefaultStopTimeout)
 	c.WholeFileBelow = cmp.Or(c.WholeFileBelow, DefaultWholeFileBelow)
 	c.RecoverTimeout = cmp.Or(c.RecoverTimeout, DefaultRecoverTimeout)
+	c.HolderGrace = cmp.Or(c.HolderGrace, DefaultHolderGrace)
 	if c.WholeFilePrograms == nil {
 		c.WholeFilePrograms = DefaultWholeFilePrograms()
 	}

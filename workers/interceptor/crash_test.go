@@ -36,6 +36,7 @@ const (
 	envJournal = "STRATA_IT_JOURNAL"
 	envMode    = "STRATA_IT_MODE"
 	envBlock   = "STRATA_IT_BLOCK" // a marker path: every source read creates it and blocks forever
+	envGrace   = "STRATA_IT_GRACE" // interceptor.Config.HolderGrace
 )
 
 func holderRole(args []string) int {
@@ -74,6 +75,14 @@ func daemonRole() int {
 	cfg.HolderSocket = os.Getenv(envSocket)
 	cfg.JournalDir = os.Getenv(envJournal)
 	cfg.HolderCommand = nil // the default: this executable, interceptor-holder --socket P
+	if g := os.Getenv(envGrace); g != "" {
+		d, err := time.ParseDuration(g)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "daemon:", err)
+			return 1
+		}
+		cfg.HolderGrace = d
+	}
 	logger := slog.New(slog.NewTextHandler(logOut(), &slog.HandlerOptions{Level: slog.LevelDebug})).With("role", "daemon", "pid", os.Getpid())
 	it, err := interceptor.Open(cfg, src, logger)
 	if err != nil {
@@ -271,18 +280,15 @@ func TestCrashRecovery(t *testing.T) {
 			sameBytes(t, "dd output after a daemon crash", got, data)
 		}
 
-		// A clean stop releases the holder.
+		// A clean stop leaves the group with the holder.
 		d2.stdin.Close()
 		<-d2.done
 		if d2.err != nil {
 			t.Fatalf("daemon close: %v", d2.err)
 		}
-		checkFor(t, 10*time.Second, func() error {
-			if pid, err := interceptor.HolderPID(sock); err == nil {
-				return fmt.Errorf("holder %d still running after a clean stop", pid)
-			}
-			return nil
-		})
+		if st, err := interceptor.QueryHolder(sock); err != nil || st.State != "waiting" {
+			t.Fatalf("holder after a clean stop: %+v, %v; want it waiting with the group", st, err)
+		}
 	})
 }
 

@@ -67,7 +67,9 @@
 // dies, the kernel allows every pending event and drops every mark: blocked
 // readers are released and stubs read as holes — zeros, with no error. With
 // Config.HolderSocket a holder process (HolderMain) keeps a dup of the
-// group fd, so marks and held programs survive a crash of the daemon; with
+// group fd, so marks and held programs survive a crash or a stop of the
+// daemon; once no daemon has taken the group back within HolderGrace, the
+// holder denies every access to a stub with EIO; with
 // Config.JournalDir every event and every chunk store in flight is
 // journaled, so a restarted daemon answers the events its predecessor had
 // read (after filling their ranges) and re-fills chunks it left half

@@ -202,6 +202,11 @@ func obtainGroup(cfg Config, mask uint64, logger *slog.Logger) (g *group, hc *ho
 			hc.close()
 			return nil, nil, false, err
 		}
+		if err := hc.grace(cfg.HolderGrace); err != nil {
+			// A holder of an older version: it keeps the group across a
+			// crash but cannot be parked (Close falls back to a drop).
+			logger.Warn("the holder does not take a grace; stop it (strata holder stop) while no daemon runs to get one that does", "err", err)
+		}
 		if fd >= 0 {
 			if g, err = groupFromFD(fd, mask); err != nil {
 				unix.Close(fd)
@@ -427,9 +432,12 @@ func explainMarkErr(err error) error {
 
 // Close stops the interceptor: it stops fetching in the background, lets
 // fills that hold a program finish for up to StopTimeout (after which
-// those programs get EIO), removes every mark, answers every event still
-// queued, and closes the group. After Close, stubs are unguarded (see the
-// package doc). Close is idempotent.
+// those programs get EIO), answers the events queued, and closes its
+// group fd. With a holder, the holder keeps the group and its marks
+// ("park"): programs touching stubs wait for the next daemon up to
+// HolderGrace, then get EIO. Without one, every mark is removed first,
+// and stubs are unguarded after Close (see the package doc). Close is
+// idempotent.
 func (i *Interceptor) Close() error {
 	if i == nil {
 		return nil
@@ -449,13 +457,17 @@ func (i *Interceptor) Close() error {
 		i.log.Error("stop fanotify reader", "err", err)
 	}
 	<-i.readerDone
-	// No new mark; the events already queued are still answered, with
-	// recalls, as long as fgCtx lives.
-	if err := i.g.flush(); err != nil {
-		i.log.Error("flush fanotify marks", "err", err)
+	// With a holder the marks stay: it keeps them, and the events that
+	// come after this drain, for the next daemon (see park below).
+	// Without one the marks go, so that the drain ends; the events already
+	// queued are answered, with recalls, as long as fgCtx lives.
+	if i.hc == nil {
+		if err := i.g.flush(); err != nil {
+			i.log.Error("flush fanotify marks", "err", err)
+		}
 	}
 	buf := make([]byte, readBufSize)
-	for {
+	for range 64 { // with marks, events may keep coming: what is queued now
 		n, err := i.g.readNow(buf)
 		if err != nil {
 			i.log.Error("drain fanotify queue", "err", err)
@@ -475,10 +487,18 @@ func (i *Interceptor) Close() error {
 	}
 	i.mu.Unlock()
 	if i.hc != nil {
-		// Every mark is gone and every event answered: the holder has
-		// nothing left to keep.
-		if err := i.hc.drop(); err != nil {
-			i.log.Error("release the fanotify group from the holder", "err", err)
+		// Every event this daemon read is answered: the holder keeps the
+		// group, its marks and what is queued, as after a crash.
+		if err := i.hc.park(); err != nil {
+			i.log.Error("park the fanotify group with the holder; releasing it: stubs read as zeros until the next start", "err", err)
+			if err := i.g.flush(); err != nil {
+				i.log.Error("flush fanotify marks", "err", err)
+			}
+			if err := i.hc.drop(); err != nil {
+				i.log.Error("release the fanotify group from the holder", "err", err)
+			}
+		} else {
+			i.log.Info("the holder keeps stubs guarded while no daemon runs", "grace", i.cfg.HolderGrace)
 		}
 		i.hc.close()
 	}
