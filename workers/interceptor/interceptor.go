@@ -70,6 +70,7 @@ type Stats struct {
 	FilledBytes uint64 // bytes written into stubs
 	Completed   uint64
 	Orphans     uint64 // events of a crashed predecessor answered at Open
+	Filling     uint64 // chunk fills in flight now (claimed, not yet filled or given back)
 }
 
 type inodeKey struct{ dev, ino uint64 }
@@ -115,6 +116,7 @@ type Interceptor struct {
 
 	stats struct {
 		events, allowed, denied, overflows, fills, filledBytes, completed, orphans atomic.Uint64
+		filling                                                                    atomic.Int64
 	}
 }
 
@@ -235,7 +237,7 @@ func (i *Interceptor) Stats() Stats {
 		Events: i.stats.events.Load(), Allowed: i.stats.allowed.Load(), Denied: i.stats.denied.Load(),
 		Overflows: i.stats.overflows.Load(), Fills: i.stats.fills.Load(),
 		FilledBytes: i.stats.filledBytes.Load(), Completed: i.stats.completed.Load(),
-		Orphans: i.stats.orphans.Load(),
+		Orphans: i.stats.orphans.Load(), Filling: uint64(max(i.stats.filling.Load(), 0)),
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -57,6 +58,9 @@ type recall struct {
 	process string
 	start   time.Time
 	chunk   int64
+	// blk is the filesystem's block size: holes, and so punches, are
+	// whole blocks.
+	blk int64
 	// finished is closed when finish has run (whether it succeeded or not).
 	finished chan struct{}
 	// finishing makes finish run once: a refill inside finish can complete
@@ -82,7 +86,14 @@ type recall struct {
 		ops   map[int64]*fillOp
 		// INVARIANT: nfilled counts chunks below nchunks(limit) in state
 		// chunkFilled.
-		nfilled   int64
+		nfilled int64
+		// ours[k]: chunk k was one hole when this recall filled it, and
+		// its fill stored all of it. Only a program can have changed such
+		// a chunk since (every access to a chunk waits for its fill).
+		ours []bool
+		// unclean holds, by chunk, segments a failed fill stored and could
+		// not punch back: the chunk's next fill punches them first.
+		unclean   map[int64][][2]int64
 		cursor    int64 // next chunk the background filler looks at
 		bgRunning bool
 		done      bool
@@ -105,24 +116,32 @@ func newRecall(in *Interceptor, ev event, key inodeKey, st *unix.Stat_t, info st
 	}
 	r.fdIdle = sync.NewCond(&r.mu.Mutex)
 	var sfs unix.Statfs_t
-	r.serialBackground = unix.Fstatfs(fd, &sfs) == nil && sfs.Type == unix.XFS_SUPER_MAGIC
+	if err := unix.Fstatfs(fd, &sfs); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("statfs stub: %w", err)
+	}
+	r.serialBackground = sfs.Type == unix.XFS_SUPER_MAGIC
+	r.blk = max(int64(sfs.Bsize), 512)
 	r.mu.limit = min(info.Size, st.Size)
 	r.mu.truncated = r.mu.limit < info.Size
 	r.mu.state = make([]chunkState, r.nchunks(info.Size))
+	r.mu.ours = make([]bool, len(r.mu.state))
 	r.mu.ops = map[int64]*fillOp{}
-	// Chunks a dead process was writing may hold pages it had faulted in
-	// but not yet copied to (zeros that look like data): punch them back
-	// to holes. Nothing else wrote there: every access to a chunk being
-	// filled waits for the fill.
-	blk := max(int64(st.Blksize), 4096)
-	for _, p := range in.jr.takePartial(key) {
+	r.mu.unclean = map[int64][][2]int64{}
+	// Segments a dead process was storing may hold pages it had faulted
+	// in but not yet copied to (zeros that look like data): punch them
+	// back to holes. Nothing else wrote there: every access to a chunk
+	// being filled waits for the fill, and a slot covers only a segment
+	// being stored (pages a program was let go on are not in one).
+	partial := in.jr.takePartial(key)
+	for i, p := range partial {
 		if p.fileID == info.FileID[:min(len(info.FileID), 64)] {
-			end := (p.off + p.n + blk - 1) / blk * blk
-			if err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, p.off, end-p.off); err != nil {
+			if err := r.punch(p.off, p.off+p.n); err != nil {
+				in.jr.keepPartial(key, partial[i:]) // the next recall punches them
 				unix.Close(fd)
-				return nil, fmt.Errorf("punch chunk %d-%d left half written by a crash: %w", p.off, end, err)
+				return nil, fmt.Errorf("punch bytes %d-%d left half written by a crash: %w", p.off, p.off+p.n, err)
 			}
-			in.log.Warn("punched a chunk a crashed fill left half written", "path", r.path, "off", p.off, "len", p.n)
+			in.log.Warn("punched bytes a crashed fill left half written", "path", r.path, "off", p.off, "len", p.n)
 			restoreMtime(fd, st.Mtim) // a punch moves mtime; a recall must not look like a modification
 		}
 		in.jr.endFill(p.slot)
@@ -277,6 +296,7 @@ func (r *recall) claimLocked(k int64) *fillOp {
 	op := &fillOp{done: make(chan struct{})}
 	r.mu.state[k] = chunkFilling
 	r.mu.ops[k] = op
+	r.in.stats.filling.Add(1)
 	return op
 }
 
@@ -286,6 +306,7 @@ func (r *recall) release(k int64, op *fillOp, err error) {
 	r.mu.state[k] = chunkEmpty
 	delete(r.mu.ops, k)
 	r.mu.Unlock()
+	r.in.stats.filling.Add(-1)
 	op.err = err
 	close(op.done)
 }
@@ -330,8 +351,10 @@ func (r *recall) fillChunkFirst(ctx context.Context, k int64, op *fillOp, lo, hi
 	r.mu.Lock()
 	e := min(s+r.chunk, r.mu.limit)
 	r.mu.Unlock()
-	const page = 4096
-	plo, phi := max(lo, s)/page*page, (min(hi, e)+page-1)/page*page
+	// Whole pages, and whole blocks: a block shared by the first part and
+	// the rest could not be punched back if the rest failed.
+	align := max(4096, r.blk)
+	plo, phi := max(lo, s)/align*align, min((min(hi, e)+align-1)/align*align, e)
 	if plo <= s && phi >= e || plo >= phi {
 		return r.fillChunk(ctx, k, op, nil)
 	}
@@ -366,11 +389,16 @@ func (r *recall) fillChunkFirst(ctx context.Context, k int64, op *fillOp, lo, hi
 
 // fillChunk fills the holes of chunk k, which the caller claimed, and
 // completes op. With fp, the pages of fp are stored first (see
-// fillChunkFirst).
+// fillChunkFirst). The chunk is counted filled only when every hole of it
+// was stored whole with the Source's verified bytes; a fill that fails
+// leaves the chunk empty and, of what it stored, only the pages a program
+// was already let go on (fp): the rest is punched back to holes before the
+// error is returned (see storeSegs).
 func (r *recall) fillChunk(ctx context.Context, k int64, op *fillOp, fp *firstPart) error {
 	var tier string
 	var wrote int64
 	var err error
+	all := true // every byte of the chunk was a hole this recall stored
 	s := k * r.chunk
 	for {
 		r.mu.Lock()
@@ -380,8 +408,10 @@ func (r *recall) fillChunk(ctx context.Context, k int64, op *fillOp, fp *firstPa
 			break
 		}
 		var w int64
-		tier, w, err = r.fillRange(ctx, s, e, fp)
+		var whole bool
+		tier, w, whole, err = r.fillRange(ctx, k, s, e, fp)
 		wrote += w
+		all = all && whole
 		if !errors.Is(err, errTruncated) {
 			break
 		}
@@ -389,21 +419,22 @@ func (r *recall) fillChunk(ctx context.Context, k int64, op *fillOp, fp *firstPa
 		if err = unix.Fstat(r.fd, &st); err != nil {
 			break
 		}
-		if st.Size >= e {
-			err = fmt.Errorf("fault writing stub bytes %d-%d below its size %d", s, e, st.Size)
-			break
-		}
 		r.sawSize(st.Size)
 	}
 	if err != nil {
 		e := s + r.chunk
 		err = &fillError{off: s, n: e - s, err: err}
+		r.mu.Lock()
+		r.mu.bytes += wrote // pages a program was let go on stay, and count
+		r.mu.Unlock()
 		r.release(k, op, err)
 		return err
 	}
 	r.mu.Lock()
 	r.mu.state[k] = chunkFilled
+	r.mu.ours[k] = all
 	delete(r.mu.ops, k)
+	r.in.stats.filling.Add(-1)
 	if k < r.nchunks(r.mu.limit) {
 		r.mu.nfilled++
 	}
@@ -421,85 +452,227 @@ func (r *recall) fillChunk(ctx context.Context, k int64, op *fillOp, fp *firstPa
 	return nil
 }
 
-// fillRange writes the verified content into the holes of [s, e). With
-// fp, the holes within fp are stored first and fp is signalled, then the
-// others. Nothing is stored before the whole of [s, e) is verified, and
-// one journal entry covers both stores.
+// fillRange writes the verified content into the holes of [s, e), which
+// lie in chunk k. With fp, the holes within fp are stored first and fp is
+// signalled, then the others. Nothing is stored before the whole of
+// [s, e) is verified. It returns the bytes that stay stored (on error:
+// those of fp, once signalled) and whether [s, e) was one hole.
 //
 // The bytes are stored through a shared mapping of the file, not with
 // pwrite: a store past EOF faults instead of extending the file, so a fill
 // racing with a truncate the kernel has already allowed can never bring
 // truncated bytes back (a truncate to a size that is not page-aligned
 // reaches the interceptor as an ordinary 4 KiB access, indistinguishable
-// from a write). A fault lowers the limit to the file's size and reports
-// errTruncated; the caller retries with the new limit.
-func (r *recall) fillRange(ctx context.Context, s, e int64, fp *firstPart) (tier string, wrote int64, err error) {
+// from a write). A fault at or past EOF lowers the limit to the file's
+// size and reports errTruncated; the caller retries with the new limit. A
+// fault below EOF is a block that could not be allocated (ENOSPC, EDQUOT):
+// see storeSegs.
+func (r *recall) fillRange(ctx context.Context, k, s, e int64, fp *firstPart) (tier string, wrote int64, whole bool, err error) {
+	if err := r.punchUnclean(k); err != nil {
+		return "", 0, false, err
+	}
 	holes, err := holeSegments(r.fd, s, e)
 	if err != nil {
-		return "", 0, fmt.Errorf("find holes: %w", err)
+		return "", 0, false, fmt.Errorf("find holes: %w", err)
 	}
 	if len(holes) == 0 {
-		return "", 0, nil
+		return "", 0, false, nil
 	}
+	whole = len(holes) == 1 && holes[0] == [2]int64{s, e}
 	bp := r.in.bufs.Get().(*[]byte)
 	defer r.in.bufs.Put(bp)
 	buf := (*bp)[:e-s]
 	tier, err = r.in.src.ReadVerified(ctx, r.info, buf, s)
 	if err != nil {
-		return "", 0, fmt.Errorf("source: %w", err)
+		return "", 0, false, fmt.Errorf("source: %w", err)
 	}
 	r.in.stats.fills.Add(1)
-	slot, err := r.in.jr.beginFill(r.key, r.info.FileID, s, e-s)
-	if err != nil {
-		return "", 0, err
-	}
-	defer r.in.jr.endFill(slot)
-	// Filling moves mtime (the kernel stamps it when a mapped page is
-	// first written); a recall must not look like a modification to make,
-	// rsync or backup tools, so put back the mtime the file had before.
-	// A user write racing with this fill between the two calls would lose
-	// its mtime stamp (not its bytes); every release re-reads and hashes
-	// the content, so that can never lose data.
 	r.storeMu.Lock()
 	defer r.storeMu.Unlock()
-	var before unix.Stat_t
-	if err := unix.Fstat(r.fd, &before); err != nil {
-		return "", 0, fmt.Errorf("stat stub: %w", err)
-	}
-	defer restoreMtime(r.fd, before.Mtim)
 	m, err := unix.Mmap(r.fd, s, int(e-s), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		return "", 0, fmt.Errorf("map stub at %d: %w", s, err)
+		return "", 0, false, fmt.Errorf("map stub at %d: %w", s, err)
 	}
 	defer unix.Munmap(m)
-	store := func(parts [][2]int64) bool {
-		for _, h := range parts {
-			// Fault the pages in writable with one call (fewer faults than
-			// the copy would take, measured); an error (e.g. past EOF)
-			// shows up in copyFaulting.
-			_ = unix.Madvise(m[(h[0]-s)/4096*4096:h[1]-s], unix.MADV_POPULATE_WRITE)
-			if !copyFaulting(m[h[0]-s:h[1]-s], buf[h[0]-s:h[1]-s]) {
-				return false
-			}
-			wrote += h[1] - h[0]
-		}
-		return true
-	}
 	rest := holes
 	if fp != nil {
 		var first [][2]int64
 		first, rest = splitSegments(holes, fp.lo, fp.hi)
-		if !store(first) {
-			return "", wrote, errTruncated
+		w, err := r.storeSegs(k, m, s, buf, first)
+		if err != nil {
+			return "", 0, false, err
 		}
-		restoreMtime(r.fd, before.Mtim)
+		wrote += w
 		fp.signal()
 	}
-	if !store(rest) {
-		return "", wrote, errTruncated
+	w, err := r.storeSegs(k, m, s, buf, rest)
+	if err != nil {
+		return "", wrote, false, err
 	}
+	wrote += w
 	r.in.stats.filledBytes.Add(uint64(wrote))
-	return tier, wrote, nil
+	return tier, wrote, whole, nil
+}
+
+// storeSegs copies the bytes of segs (holes of the range that m maps from
+// file offset s, and buf holds) into the file, and returns how many it
+// stored. The caller holds storeMu.
+//
+// Each segment is journaled while it is stored (a process killed mid-copy
+// leaves the next daemon the segment to punch, see journal.go), and the
+// file's mtime is put back after each store: a recall is not a
+// modification (page faults stamp it).
+//
+// INVARIANT: a store that fails leaves holes, never data. A store faults
+// (SIGBUS) when a page cannot be written: past EOF, or below EOF when the
+// filesystem cannot allocate its block (full disk, quota). By then the
+// segment holds data that is not the object's: pages faulted in writable
+// ahead of the copy are allocated zeros, pages written back and
+// write-protected again fault earlier than the copy reached, and a copy
+// need not store in address order (Go's memmove stores the head of a large
+// copy last on some CPUs). Counted as filled, or skipped by the next fill
+// as data, they would be read as the file's bytes. So every segment of
+// segs is punched back to a hole (block-aligned: holes are whole blocks)
+// before the error is returned, and a segment whose punch failed is
+// punched again before the chunk's next fill.
+func (r *recall) storeSegs(k int64, m []byte, s int64, buf []byte, segs [][2]int64) (int64, error) {
+	var wrote int64
+	for i, h := range segs {
+		slot, err := r.in.jr.beginFill(r.key, r.info.FileID, h[0], h[1]-h[0])
+		if err != nil {
+			r.punchSegs(k, segs[:i])
+			return 0, err
+		}
+		var before unix.Stat_t
+		if err := unix.Fstat(r.fd, &before); err != nil {
+			r.in.jr.endFill(slot)
+			r.punchSegs(k, segs[:i])
+			return 0, fmt.Errorf("stat stub: %w", err)
+		}
+		for try := 0; ; try++ {
+			// Fault the pages in writable with one call (fewer faults
+			// than the copy would take, measured); a page that cannot be
+			// written shows up in copyFaulting.
+			_ = unix.Madvise(m[(h[0]-s)/4096*4096:h[1]-s], unix.MADV_POPULATE_WRITE)
+			at, ok := copyFaulting(m[h[0]-s:h[1]-s], buf[h[0]-s:h[1]-s])
+			if ok {
+				break
+			}
+			ferr := r.faultCause(h[0]+at, h[1])
+			if ferr == nil && try == 0 {
+				continue // the rest of the segment is allocated now: copy it again
+			}
+			if ferr == nil {
+				ferr = &faultError{off: h[0] + at, err: errors.New("faulted again once its blocks were allocated")}
+			}
+			r.punchSegs(k, segs[:i+1])
+			r.restoreMtime(before.Mtim)
+			r.in.jr.endFill(slot) // after the punch: a kill before it leaves the slot to the next daemon
+			return 0, ferr
+		}
+		r.restoreMtime(before.Mtim)
+		r.in.jr.endFill(slot)
+		wrote += h[1] - h[0]
+	}
+	return wrote, nil
+}
+
+// faultError is a store that faulted below EOF.
+type faultError struct {
+	off int64
+	err error
+}
+
+func (e *faultError) Error() string {
+	return fmt.Sprintf("store faulted at byte %d below EOF: %v", e.off, e.err)
+}
+func (e *faultError) Unwrap() error { return e.err }
+
+// faultCause says why a store faulted at byte off of a segment that ends
+// at end: errTruncated if off is at or past EOF; else it allocates the
+// blocks of [off, end) (fallocate, which returns the errno a page fault
+// cannot: ENOSPC, EDQUOT) and returns that error, or nil once they are
+// allocated. A delayed allocation at a page fault can fail where this one
+// does not (XFS reserves room for the extent tree too, measured): the
+// caller then copies again, into blocks that need no allocation. The
+// blocks lie in the segment being stored, which the caller punches if it
+// fails.
+func (r *recall) faultCause(off, end int64) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(r.fd, &st); err != nil {
+		return fmt.Errorf("stat stub after a fault at %d: %w", off, err)
+	}
+	if off >= st.Size {
+		return errTruncated
+	}
+	a, b := off/r.blk*r.blk, (end+r.blk-1)/r.blk*r.blk
+	if err := unix.Fallocate(r.fd, unix.FALLOC_FL_KEEP_SIZE, a, b-a); err != nil {
+		return &faultError{off: off, err: fmt.Errorf("allocate bytes %d-%d: %w", a, b, err)}
+	}
+	return nil
+}
+
+// punchSegs punches the segments of chunk k back to holes and puts the
+// mtime back. A segment that still holds data after it (the punch failed)
+// is kept in r.mu.unclean: the chunk's next fill punches it first.
+func (r *recall) punchSegs(k int64, segs [][2]int64) {
+	if len(segs) == 0 {
+		return
+	}
+	var before unix.Stat_t
+	haveMtime := unix.Fstat(r.fd, &before) == nil
+	var left [][2]int64
+	for _, h := range segs {
+		if err := r.punch(h[0], h[1]); err != nil {
+			r.in.log.Error("punch back bytes a failed fill stored", "path", r.path, "off", h[0], "len", h[1]-h[0], "err", err)
+			left = append(left, h)
+		}
+	}
+	if haveMtime {
+		r.restoreMtime(before.Mtim)
+	}
+	if len(left) > 0 {
+		r.mu.Lock()
+		r.mu.unclean[k] = append(r.mu.unclean[k], left...)
+		r.mu.Unlock()
+	}
+}
+
+// punch frees the blocks of [lo, hi) (rounded out to whole blocks) and
+// checks that no data is left there.
+func (r *recall) punch(lo, hi int64) error {
+	a, b := lo/r.blk*r.blk, (hi+r.blk-1)/r.blk*r.blk
+	if err := unix.Fallocate(r.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, a, b-a); err != nil {
+		return fmt.Errorf("punch %d-%d: %w", a, b, err)
+	}
+	d, err := unix.Seek(r.fd, a, unix.SEEK_DATA)
+	if err == nil && d < min(b, hi) {
+		return fmt.Errorf("punch %d-%d: data left at %d", a, b, d)
+	}
+	if err != nil && !errors.Is(err, unix.ENXIO) {
+		return fmt.Errorf("punch %d-%d: seek data: %w", a, b, err)
+	}
+	return nil
+}
+
+// punchUnclean punches the segments of chunk k an earlier failed fill
+// could not punch.
+func (r *recall) punchUnclean(k int64) error {
+	r.mu.Lock()
+	segs := r.mu.unclean[k]
+	delete(r.mu.unclean, k)
+	r.mu.Unlock()
+	if len(segs) == 0 {
+		return nil
+	}
+	r.punchSegs(k, segs)
+	r.mu.Lock()
+	_, left := r.mu.unclean[k]
+	r.mu.Unlock()
+	if left {
+		return fmt.Errorf("bytes %d-%d a failed fill stored could not be punched", segs[0][0], segs[len(segs)-1][1])
+	}
+	return nil
 }
 
 // splitSegments splits segs into their parts inside [lo, hi) and outside.
@@ -524,23 +697,32 @@ func splitSegments(segs [][2]int64, lo, hi int64) (in, out [][2]int64) {
 var errTruncated = errors.New("stub truncated during fill")
 
 // restoreMtime sets the file's mtime back to mtim, leaving atime alone.
+func (r *recall) restoreMtime(mtim unix.Timespec) { restoreMtime(r.fd, mtim) }
+
 func restoreMtime(fd int, mtim unix.Timespec) {
 	ts := []unix.Timespec{{Sec: 0, Nsec: unix.UTIME_OMIT}, mtim}
 	_ = unix.UtimesNanoAt(fd, "", ts, unix.AT_EMPTY_PATH)
 }
 
 // copyFaulting copies src into the mapped dst and reports false if a store
-// faulted (SIGBUS: the page lies past EOF).
-func copyFaulting(dst, src []byte) (ok bool) {
+// faulted (SIGBUS), with the offset in dst of the faulting address (0 if
+// unknown).
+func copyFaulting(dst, src []byte) (at int64, ok bool) {
 	old := debug.SetPanicOnFault(true)
 	defer debug.SetPanicOnFault(old)
 	defer func() {
-		if recover() != nil {
+		if p := recover(); p != nil {
 			ok = false
+			if f, isFault := p.(interface{ Addr() uintptr }); isFault {
+				a := int64(f.Addr()) - int64(uintptr(unsafe.Pointer(unsafe.SliceData(dst))))
+				if a >= 0 && a < int64(len(dst)) {
+					at = a
+				}
+			}
 		}
 	}()
 	copy(dst, src)
-	return true
+	return 0, true
 }
 
 // lowerLimit makes x the limit if it is lower, and recounts the chunks.
