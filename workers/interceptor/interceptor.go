@@ -41,7 +41,9 @@ type Completion struct {
 	Bytes            int64         // bytes written by fills
 	Size             int64         // bytes of archived content now resident
 	Truncated        bool          // the file was truncated below its archived size: its content is no longer the object
+	Modified         bool          // a program wrote the file during (or before) its recall: its content is no longer the object
 	Duration         time.Duration // from the first event to completion
+	Proof            time.Duration // of Duration: reading the file back and hashing it, before it was archived
 	Tier             string        // tier of the last fill ("" if nothing had to be filled)
 	PID              int32         // pid of the first program that touched the stub
 	Process          string        // its /proc/<pid>/comm, read at that event
@@ -407,7 +409,7 @@ func (i *Interceptor) dropStale(key inodeKey) {
 		return
 	}
 	r.mu.Lock()
-	done := r.mu.done
+	done := r.mu.done && !r.mu.finishing
 	r.mu.Unlock()
 	if done || !r.useFD() {
 		delete(i.mu.recalls, key)
@@ -655,7 +657,7 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 	whole := false
 	switch {
 	case ev.mask&unix.FAN_OPEN_PERM != 0:
-		if i.mode == ModePreAccess && r.info.Size >= i.cfg.WholeFileBelow && !i.probesHoles(ev.pid) {
+		if i.mode == ModePreAccess && r.info.Size >= i.cfg.WholeFileBelow && !i.isProgram(ev.pid, i.cfg.WholeFilePrograms) {
 			return 0 // large: recalled range by range as it is accessed
 		}
 		lo, hi, whole = 0, r.info.Size, true
@@ -695,10 +697,14 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 	}
 	i.failpoint(FailAfterFill, ev.pid)
 	if whole {
-		// Recalled at open: let the stub lose its mark and close every
-		// writable fd before the program goes on (an exec must not find a
-		// writer).
-		<-r.finished
+		// Recalled at open: let the stub be proven, lose its mark and
+		// close every writable fd before the program goes on (an exec
+		// must not find a writer).
+		if err := r.awaitProof(i.fgCtx); err != nil {
+			i.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path,
+				Offset: lo, Length: hi - lo, PID: ev.pid, Process: comm(ev.pid), Err: err})
+			return errnoFor(err)
+		}
 		return 0
 	}
 	r.kick(hi)
@@ -734,16 +740,17 @@ func fdPath(fd int) string {
 	return p
 }
 
-// probesHoles reports whether the process pid is one of
-// Config.WholeFilePrograms, by its name or its executable's base name.
-func (i *Interceptor) probesHoles(pid int32) bool {
-	if len(i.cfg.WholeFilePrograms) == 0 || pid <= 0 {
+// isProgram reports whether the process pid is one of programs
+// (Config.WholeFilePrograms, Config.MtimeCheckPrograms), by its name or its
+// executable's base name.
+func (i *Interceptor) isProgram(pid int32, programs []string) bool {
+	if len(programs) == 0 || pid <= 0 {
 		return false
 	}
 	name := comm(pid)
 	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 	exe = filepath.Base(exe)
-	return slices.ContainsFunc(i.cfg.WholeFilePrograms, func(p string) bool { return p == name || p == exe })
+	return slices.ContainsFunc(programs, func(p string) bool { return p == name || p == exe })
 }
 
 func comm(pid int32) string {

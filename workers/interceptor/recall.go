@@ -3,15 +3,21 @@
 package interceptor
 
 import (
+	"bytes"
+	"cmp"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
 
+	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/workers/stub"
@@ -61,11 +67,6 @@ type recall struct {
 	// blk is the filesystem's block size: holes, and so punches, are
 	// whole blocks.
 	blk int64
-	// finished is closed when finish has run (whether it succeeded or not).
-	finished chan struct{}
-	// finishing makes finish run once: a refill inside finish can complete
-	// the recall again and start another.
-	finishing sync.Once
 	// storeMu makes the stores into this file one at a time (fills still
 	// read and verify in parallel): concurrent page faults on one inode
 	// contend in the filesystem (XFS: measured slower than one at a time).
@@ -96,7 +97,21 @@ type recall struct {
 		unclean   map[int64][][2]int64
 		cursor    int64 // next chunk the background filler looks at
 		bgRunning bool
-		done      bool
+		// done: every chunk below the limit is filled and finish has
+		// started (finishing) or ended. A finish that fails to prove the
+		// content (holes, bytes that are not the object's) clears it, so
+		// that the fill that completes the recall again starts another;
+		// one that fails after the proof (sync, xattrs) leaves it set, and
+		// the recall is finished by a restarted daemon.
+		done bool
+		// finishing: a finish runs; at most one does (completeLocked
+		// starts one only when none runs). finishEnd is closed when it
+		// ends.
+		finishing bool
+		finishEnd chan struct{}
+		// proven: a finish proved the file is the object (or, truncated,
+		// whole); it is archived and unmarked, or about to be.
+		proven    bool
 		bytes     int64
 		tier      string
 		truncated bool
@@ -112,7 +127,7 @@ func newRecall(in *Interceptor, ev event, key inodeKey, st *unix.Stat_t, info st
 	}
 	r := &recall{
 		in: in, key: key, info: info, fd: fd, path: fdPath(fd), pid: ev.pid, process: comm(ev.pid),
-		start: time.Now(), chunk: in.cfg.ChunkSize, finished: make(chan struct{}),
+		start: time.Now(), chunk: in.cfg.ChunkSize,
 	}
 	r.fdIdle = sync.NewCond(&r.mu.Mutex)
 	var sfs unix.Statfs_t
@@ -207,11 +222,44 @@ func (r *recall) checkComplete() bool {
 }
 
 func (r *recall) completeLocked() bool {
-	if r.mu.done || r.mu.nfilled != r.nchunks(r.mu.limit) {
+	if r.mu.done || r.mu.finishing || r.mu.nfilled != r.nchunks(r.mu.limit) {
 		return false
 	}
 	r.mu.done = true
+	r.mu.finishing = true
+	r.mu.finishEnd = make(chan struct{})
 	return true
+}
+
+// awaitProof returns once a finish has proved the file (or failed after
+// its proof, for a cause that leaves the content whole: sync, xattrs),
+// filling again what a failed proof left to fill, up to 3 times. A
+// whole-file recall at open waits for it: the program must not go on
+// before the content is proven (in mode open-perm its reads raise no
+// event) nor while the recall holds a writable fd (exec).
+func (r *recall) awaitProof(ctx context.Context) error {
+	for try := 0; ; {
+		r.mu.Lock()
+		finishing, end, done, proven, limit := r.mu.finishing, r.mu.finishEnd, r.mu.done, r.mu.proven, r.mu.limit
+		r.mu.Unlock()
+		if finishing {
+			select {
+			case <-end:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			continue
+		}
+		if proven || done {
+			return nil
+		}
+		if try++; try > 3 {
+			return errors.New("recalled file could not be proven to be its object")
+		}
+		if err := r.ensure(ctx, 0, limit); err != nil {
+			return err
+		}
+	}
 }
 
 // ensure returns once every byte of [lo, hi) below the limit is filled, or
@@ -883,17 +931,28 @@ func (r *recall) stopBackground() {
 	r.mu.Unlock()
 }
 
-// finish runs once, when every chunk is filled: the stub becomes archived,
-// loses its mark, and the completion is reported. It waits for fills still
-// in flight (beyond a truncated limit) before closing the fd.
+// finish runs when every chunk below the limit is filled (completeLocked
+// starts it, one at a time): it proves that the file is its object, and
+// only then the stub becomes archived, loses its mark and the completion
+// is reported. It waits for fills still in flight (beyond a truncated
+// limit) before closing the fd.
+//
+// INVARIANT: a stub is archived and unmarked only once its whole content,
+// as it is on disk, was read back (through r.fd, which raises no event)
+// and found to be the object: its size and BLAKE3 are the object's. A
+// chunk that differs and that no program can have written (see prove) is
+// punched and filled again; after that fails 3 times the chunks that
+// differ are punched, the mark stays and the failure is reported: the
+// next access recalls them again. Counting chunks filled is not proof:
+// that count was wrong when a failed fill left zeros that looked filled.
+//
+// The proof reads and hashes the whole file (measured in
+// docs/BENCHMARKS-hotpath.md); it runs after the programs that waited for
+// fills were answered, except a whole-file recall at open (awaitProof).
 func (r *recall) finish() {
 	defer r.in.work.Done()
-	first := false
-	r.finishing.Do(func() { first = true })
-	if !first {
-		return
-	}
-	defer close(r.finished)
+	var ok, keepDone bool
+	defer func() { r.endFinish(ok, keepDone) }()
 	r.mu.Lock()
 	var ops []*fillOp
 	for _, op := range r.mu.ops {
@@ -903,52 +962,86 @@ func (r *recall) finish() {
 	for _, op := range ops {
 		<-op.done
 	}
-	// Prove the file whole before it loses its guard: a chunk counted
-	// filled may have been punched after the recall began.
+	fail := func(err error) {
+		r.in.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path, Background: true, Err: err})
+	}
+	ctx := r.in.bgCtx
+	var pr proof
+	var proofTime time.Duration
 	for attempt := 0; ; attempt++ {
 		r.mu.Lock()
 		limit := r.mu.limit
 		r.mu.Unlock()
+		// A chunk counted filled may have been punched after the recall
+		// began: fill it (the proof would fail on it anyway).
 		holes, err := holeSegments(r.fd, 0, limit)
-		if err == nil && len(holes) == 0 {
-			break
-		}
-		if err == nil && attempt < 3 {
-			err = r.ensure(context.Background(), 0, limit)
-			if err == nil {
+		if err == nil && len(holes) > 0 && attempt < 3 {
+			if err = r.ensure(context.Background(), 0, limit); err == nil {
 				continue
 			}
 		}
-		if err == nil {
+		if err == nil && len(holes) > 0 {
 			err = fmt.Errorf("holes remain after %d refills", attempt)
 		}
-		// Keep the mark and the recall: later accesses fill what is missing.
-		r.mu.Lock()
-		r.mu.done = false
-		r.mu.Unlock()
-		r.in.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path, Background: true,
-			Err: fmt.Errorf("recalled file is not whole: %w", err)})
-		return
+		if err != nil {
+			// Keep the mark and the recall: later accesses fill what is
+			// missing.
+			fail(fmt.Errorf("recalled file is not whole: %w", err))
+			return
+		}
+		// The content must be on disk before the state that says so: with
+		// delayed allocation a journal commit could otherwise make the
+		// state durable while the filled bytes are not, and after a power
+		// loss the file would read as holes with no recall to fill them.
+		// It also comes before the proof: a write-back that failed may
+		// have dropped pages the proof must not find in the cache.
+		if err := unix.Fdatasync(r.fd); err != nil {
+			// Keep the mark and the recall (every event is allowed at
+			// once): a restarted daemon finds every chunk full of data and
+			// finishes then.
+			keepDone = true
+			fail(fmt.Errorf("sync recalled content: %w", err))
+			return
+		}
+		t0 := time.Now()
+		pr, err = r.prove(ctx, limit)
+		proofTime += time.Since(t0)
+		if err != nil {
+			keepDone = true // as above: nothing is known to be wrong with the content
+			fail(fmt.Errorf("prove recalled content: %w", err))
+			return
+		}
+		if len(pr.bad) == 0 {
+			break
+		}
+		r.in.log.Warn("recalled content differs from its object; filling those chunks again",
+			"path", r.path, "chunks", pr.bad, "attempt", attempt+1)
+		if attempt == 3 {
+			err := r.punchChunks(pr.bad)
+			fail(fmt.Errorf("recalled chunks %v differ from the object after %d refills (punched: %v)", pr.bad, attempt, err))
+			return
+		}
+		if err := r.redo(ctx, pr.bad); err != nil {
+			fail(fmt.Errorf("fill again chunks that differ from the object: %w", err))
+			return
+		}
 	}
-	// The content must be on disk before the state that says so: with
-	// delayed allocation a journal commit could otherwise make the state
-	// durable while the filled bytes are not, and after a power loss the
-	// file would read as holes with no recall to fill them.
-	if err := unix.Fdatasync(r.fd); err != nil {
-		// As below: keep the mark and the recall.
-		r.in.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path, Background: true,
-			Err: fmt.Errorf("sync recalled content: %w", err)})
-		return
+	if pr.modified {
+		r.in.log.Warn("recalled file was changed by a program during its recall: it is no longer its object", "path", r.path)
 	}
 	if err := stub.SetState(r.fd, stub.Archived); err != nil {
 		// Keep the mark and the recall (every event is allowed at once):
 		// a restarted daemon sees state released, finds every chunk full
 		// of data and finishes then.
-		r.in.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path, Background: true,
-			Err: fmt.Errorf("set stub state archived: %w", err)})
+		keepDone = true
+		fail(fmt.Errorf("set stub state archived: %w", err))
 		return
 	}
 	r.in.failpoint(FailInFinish, r.pid)
+	r.mu.Lock()
+	r.mu.proven = true
+	r.mu.Unlock()
+	ok = true
 	if err := r.in.g.unmarkFD(r.fd); err != nil && !errors.Is(err, unix.ENOENT) {
 		r.in.log.Warn("unmark recalled file", "path", r.path, "err", err)
 	}
@@ -961,17 +1054,251 @@ func (r *recall) finish() {
 	r.mu.Lock()
 	c := Completion{
 		FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path,
-		Bytes: r.mu.bytes, Size: r.mu.limit, Truncated: r.mu.truncated,
-		Duration: time.Since(r.start), Tier: r.mu.tier, PID: r.pid, Process: r.process,
+		Bytes: r.mu.bytes, Size: r.mu.limit, Truncated: r.mu.truncated, Modified: pr.modified,
+		Duration: time.Since(r.start), Proof: proofTime, Tier: r.mu.tier, PID: r.pid, Process: r.process,
 	}
 	r.mu.Unlock()
 	r.in.stats.completed.Add(1)
 	r.in.log.Info("recall completed", "path", c.Path, "file_id", c.FileID, "bytes", c.Bytes,
-		"duration", c.Duration, "tier", c.Tier, "process", c.Process)
+		"duration", c.Duration, "proof", c.Proof, "tier", c.Tier, "process", c.Process, "modified", c.Modified)
 	r.in.pub.completed(c)
 	if r.in.cfg.OnComplete != nil {
 		r.in.cfg.OnComplete(c)
 	}
+}
+
+// endFinish ends a finish: ok, it proved and archived the file; keepDone,
+// it failed after the content was found whole (the recall stays done:
+// nothing to fill, a restarted daemon finishes it). Otherwise the recall
+// is not done: the fill that completes it again starts another finish.
+func (r *recall) endFinish(ok, keepDone bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !ok && !keepDone {
+		r.mu.done = false
+	}
+	r.mu.finishing = false
+	close(r.mu.finishEnd)
+}
+
+// proof is what prove found.
+type proof struct {
+	// modified: a program changed the file during or before this recall
+	// (its size is not the object's, or chunks it may have written
+	// differ): the file is no longer its object (Completion.Modified).
+	modified bool
+	// bad are chunks that differ from the object although no program can
+	// have written them: a fill's fault.
+	bad []int64
+}
+
+// prove reads the file (limit bytes of it) back through r.fd and checks
+// that it is the object: its size, then its BLAKE3 against the object id.
+// If that fails it compares each chunk with the Source's verified bytes
+// and sorts the chunks that differ: a chunk this recall filled whole
+// (r.mu.ours) can only have changed since by a program's write (every
+// access to a chunk waits for its fill, and a store that completed wrote
+// the verified bytes); a chunk that held data when the recall began, by a
+// write that moved the mtime away from the archived one, if it moved
+// (fills keep it, see storeSegs). Others are bad. A truncated file is not
+// its object (Completion.Truncated): only its wholeness was checked.
+func (r *recall) prove(ctx context.Context, limit int64) (proof, error) {
+	var pr proof
+	r.mu.Lock()
+	truncated := r.mu.truncated
+	ours := slices.Clone(r.mu.ours)
+	r.mu.Unlock()
+	if truncated {
+		return pr, nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(r.fd, &st); err != nil {
+		return pr, fmt.Errorf("stat: %w", err)
+	}
+	if st.Size != r.info.Size {
+		pr.modified = true // fills never change the size
+		return pr, nil
+	}
+	want, err := hex.DecodeString(r.info.ObjectID)
+	if err != nil || len(want) != 32 {
+		return pr, fmt.Errorf("object id %q is not a BLAKE3-256", r.info.ObjectID)
+	}
+	sum, err := r.hashFile(ctx, st.Size)
+	if err != nil {
+		return pr, err
+	}
+	if bytes.Equal(sum, want) {
+		return pr, nil
+	}
+	moved := st.Mtim.Nano() != r.info.MtimeNS
+	disk := r.in.bufs.Get().(*[]byte)
+	defer r.in.bufs.Put(disk)
+	obj := r.in.bufs.Get().(*[]byte)
+	defer r.in.bufs.Put(obj)
+	for k := range r.nchunks(st.Size) {
+		s, e := k*r.chunk, min((k+1)*r.chunk, st.Size)
+		d, o := (*disk)[:e-s], (*obj)[:e-s]
+		if err := preadFull(r.fd, d, s); err != nil {
+			return pr, fmt.Errorf("read bytes %d-%d: %w", s, e, err)
+		}
+		if _, err := r.in.src.ReadVerified(ctx, r.info, o, s); err != nil {
+			return pr, fmt.Errorf("source bytes %d-%d: %w", s, e, err)
+		}
+		if bytes.Equal(d, o) {
+			continue
+		}
+		if ours[k] || moved {
+			pr.modified = true
+		} else {
+			pr.bad = append(pr.bad, k)
+		}
+	}
+	if !pr.modified && len(pr.bad) == 0 {
+		return pr, fmt.Errorf("the verified bytes of every chunk are on disk but do not hash to object id %s", r.info.ObjectID)
+	}
+	return pr, nil
+}
+
+// hashFile returns the BLAKE3-256 of the first size bytes of the file. It
+// reads the next piece while it hashes one (two buffers): reads from the
+// page cache take about a fifth of the time (measured).
+func (r *recall) hashFile(ctx context.Context, size int64) ([]byte, error) {
+	type piece struct {
+		b   *[]byte
+		n   int64
+		err error
+	}
+	free := make(chan *[]byte, 2)
+	for range 2 {
+		free <- r.in.bufs.Get().(*[]byte)
+	}
+	full := make(chan piece, 2)
+	go func() {
+		defer close(full)
+		for off := int64(0); off < size; {
+			b := <-free
+			n := min(int64(len(*b)), size-off)
+			err := ctx.Err()
+			if err == nil {
+				if err = preadFull(r.fd, (*b)[:n], off); err != nil {
+					err = fmt.Errorf("read bytes %d-%d: %w", off, off+n, err)
+				}
+			}
+			full <- piece{b, n, err}
+			if err != nil {
+				return
+			}
+			off += n
+		}
+	}()
+	h := blake3.New()
+	var err error
+	for p := range full {
+		if err = cmp.Or(err, p.err); err == nil {
+			h.Write((*p.b)[:p.n])
+		}
+		free <- p.b
+	}
+	for range 2 { // every buffer is back once full is closed
+		r.in.bufs.Put(<-free)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return h.Sum(nil), nil
+}
+
+// preadFull reads all of p at off.
+func preadFull(fd int, p []byte, off int64) error {
+	for len(p) > 0 {
+		n, err := unix.Pread(fd, p, off)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.ErrUnexpectedEOF
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
+}
+
+// redo fills chunks ks (filled ones) again: it claims them, so accesses
+// to them wait as for any fill, punches them and fills them from the
+// Source.
+func (r *recall) redo(ctx context.Context, ks []int64) error {
+	ops := r.reclaim(ks)
+	var first error
+	for i, k := range ks {
+		if first == nil {
+			first = r.punchChunk(k)
+		}
+		if first != nil {
+			r.release(k, ops[i], first)
+			continue
+		}
+		first = r.fillChunk(ctx, k, ops[i], nil)
+	}
+	return first
+}
+
+// punchChunks punches chunks ks (filled ones) back to holes and leaves
+// them empty: the next access to them fills them again. Accesses waiting
+// meanwhile get the error of the proof.
+func (r *recall) punchChunks(ks []int64) error {
+	ops := r.reclaim(ks)
+	var first error
+	for i, k := range ks {
+		err := r.punchChunk(k)
+		if err != nil {
+			// Data that may not be the object's stays: the next fill of
+			// the chunk punches it first.
+			r.mu.Lock()
+			r.mu.unclean[k] = append(r.mu.unclean[k], r.chunkRangeLocked(k))
+			r.mu.Unlock()
+		}
+		first = cmp.Or(first, err)
+		r.release(k, ops[i], errors.New("recalled bytes differ from the object"))
+	}
+	return first
+}
+
+// reclaim claims chunks ks, which are filled, for a fill again.
+func (r *recall) reclaim(ks []int64) []*fillOp {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ops := make([]*fillOp, len(ks))
+	for i, k := range ks {
+		if r.mu.state[k] == chunkFilled && k < r.nchunks(r.mu.limit) {
+			r.mu.nfilled--
+		}
+		r.mu.ours[k] = false
+		ops[i] = r.claimLocked(k)
+	}
+	return ops
+}
+
+// punchChunk punches chunk k (claimed) whole back to a hole, keeping the
+// mtime.
+func (r *recall) punchChunk(k int64) error {
+	r.mu.Lock()
+	c := r.chunkRangeLocked(k)
+	r.mu.Unlock()
+	var before unix.Stat_t
+	if err := unix.Fstat(r.fd, &before); err != nil {
+		return fmt.Errorf("stat stub: %w", err)
+	}
+	err := r.punch(c[0], c[1])
+	r.restoreMtime(before.Mtim)
+	return err
+}
+
+// chunkRangeLocked returns the bytes of chunk k below the limit.
+func (r *recall) chunkRangeLocked(k int64) [2]int64 {
+	return [2]int64{k * r.chunk, min((k+1)*r.chunk, r.mu.limit)}
 }
 
 // dataSegments calls fn for each data segment of the file within [s, e).
