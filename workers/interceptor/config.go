@@ -62,6 +62,16 @@ type Config struct {
 	// busybox applet too) or by the base name of its executable. Nil:
 	// DefaultWholeFilePrograms(); empty: none.
 	WholeFilePrograms []string
+	// MtimeCheckPrograms: in mode pre-access, on a filesystem where fills
+	// cannot keep a stub's mtime still (ext4: the kernel stamps it at the
+	// first write fault of every store, until the store puts it back; XFS
+	// stores through a fd that leaves it alone), a stub of any size opened
+	// by one of these programs is recalled whole before its open returns.
+	// These programs compare a file's mtime before each read with the one
+	// they listed and give up when it moved: rclone ("source file is being
+	// updated"). Matched as WholeFilePrograms. Nil:
+	// DefaultMtimeCheckPrograms(); empty: none.
+	MtimeCheckPrograms []string
 	// Emitter publishes the recall events (see stage.go); nil publishes
 	// none (tests).
 	Emitter *pipeline.Emitter
@@ -108,6 +118,13 @@ func DefaultWholeFilePrograms() []string {
 	return []string{"cp", "mv", "install", "tar", "bsdtar", "rsync", "qemu-img", "ddrescue"}
 }
 
+// DefaultMtimeCheckPrograms returns the programs known to fail a copy
+// when the source's mtime moves while they read it (rclone checks it
+// before every read).
+func DefaultMtimeCheckPrograms() []string {
+	return []string{"rclone"}
+}
+
 // NewConfig returns a Config with every default set.
 func NewConfig() Config {
 	var c Config
@@ -137,6 +154,9 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.WholeFilePrograms == nil {
 		c.WholeFilePrograms = DefaultWholeFilePrograms()
+	}
+	if c.MtimeCheckPrograms == nil {
+		c.MtimeCheckPrograms = DefaultMtimeCheckPrograms()
 	}
 	if c.HolderSocket != "" && len(c.HolderCommand) == 0 {
 		if exe, err := os.Executable(); err == nil {
@@ -174,6 +194,11 @@ func (c *Config) Validate() error {
 	for _, p := range c.WholeFilePrograms {
 		if p == "" || strings.Contains(p, "/") {
 			return &ConfigValidationError{"WholeFilePrograms", c.WholeFilePrograms, fmt.Errorf("%q: want a program's name, without a directory", p)}
+		}
+	}
+	for _, p := range c.MtimeCheckPrograms {
+		if p == "" || strings.Contains(p, "/") {
+			return &ConfigValidationError{"MtimeCheckPrograms", c.MtimeCheckPrograms, fmt.Errorf("%q: want a program's name, without a directory", p)}
 		}
 	}
 	if c.HolderSocket != "" && c.JournalDir == "" {

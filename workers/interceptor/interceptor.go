@@ -99,6 +99,16 @@ type Interceptor struct {
 		m map[int]*orphanState // by fd number
 	}
 
+	// self holds, by stub, byte ranges this process is storing into or
+	// punching through a fd that raises events (openNoCmtime): an event of
+	// this process within one is that store's own, allowed at once (it
+	// can wait for nothing: the chunk is claimed by the fill that raised
+	// it).
+	self struct {
+		sync.Mutex
+		m map[inodeKey][][2]int64
+	}
+
 	bgSem      chan struct{}
 	bgCtx      context.Context // cancelled at the start of Close
 	bgCancel   context.CancelFunc
@@ -144,7 +154,7 @@ func Open(cfg Config, src Source, logger *slog.Logger) (*Interceptor, error) {
 		}
 	}
 	var mask uint64 = unix.FAN_PRE_ACCESS
-	if cfg.WholeFileBelow > 0 || len(cfg.WholeFilePrograms) > 0 {
+	if cfg.WholeFileBelow > 0 || len(cfg.WholeFilePrograms) > 0 || len(cfg.MtimeCheckPrograms) > 0 {
 		mask |= unix.FAN_OPEN_PERM
 	}
 	if mode == ModeOpenPerm {
@@ -180,6 +190,7 @@ func Open(cfg Config, src Source, logger *slog.Logger) (*Interceptor, error) {
 	i.mu.recalls = map[inodeKey]*recall{}
 	i.mu.releasing = map[inodeKey]chan struct{}{}
 	i.mu.held = map[string]inodeKey{}
+	i.self.m = map[inodeKey][][2]int64{}
 	i.bgCtx, i.bgCancel = context.WithCancel(context.Background())
 	i.fgCtx, i.fgCancel = context.WithCancel(context.Background())
 	if recovered {
@@ -581,6 +592,9 @@ func (i *Interceptor) answer(ev event, errno unix.Errno, seq uint64) {
 // to deny with.
 func (i *Interceptor) decide(ev event) unix.Errno {
 	i.log.Debug("event", "mask", ev.mask, "pid", ev.pid, "has_range", ev.hasRange, "off", ev.off, "count", ev.count)
+	if ev.pid == i.pid && i.isSelf(ev) {
+		return 0 // a store of this process through a fd that raises events
+	}
 	if i.mode == ModePreAccess && ev.mask&unix.FAN_OPEN_PERM != 0 && ev.pid == i.pid {
 		// The daemon's own opens (the scanner reading an inode generation
 		// just as the file became a stub) recall nothing: in this mode the
@@ -638,7 +652,7 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		}
 		i.mu.Unlock()
 		if r != nr {
-			unix.Close(nr.fd)
+			nr.closeFD() // another event's recall won
 		} else if ev.pid != i.pid {
 			off, n := ev.off, ev.count
 			if !ev.hasRange {
@@ -657,7 +671,8 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 	whole := false
 	switch {
 	case ev.mask&unix.FAN_OPEN_PERM != 0:
-		if i.mode == ModePreAccess && r.info.Size >= i.cfg.WholeFileBelow && !i.isProgram(ev.pid, i.cfg.WholeFilePrograms) {
+		if i.mode == ModePreAccess && r.info.Size >= i.cfg.WholeFileBelow && !i.isProgram(ev.pid, i.cfg.WholeFilePrograms) &&
+			(r.nocm >= 0 || !i.isProgram(ev.pid, i.cfg.MtimeCheckPrograms)) {
 			return 0 // large: recalled range by range as it is accessed
 		}
 		lo, hi, whole = 0, r.info.Size, true
@@ -709,6 +724,54 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 	}
 	r.kick(hi)
 	return 0
+}
+
+// selfAccess records that this process is about to access [lo, hi) of
+// the stub key through a fd that raises events; call the result when done.
+func (i *Interceptor) selfAccess(key inodeKey, lo, hi int64) (done func()) {
+	r := [2]int64{lo &^ 4095, (hi + 4095) &^ 4095} // events report whole pages
+	i.self.Lock()
+	i.self.m[key] = append(i.self.m[key], r)
+	i.self.Unlock()
+	return func() {
+		i.self.Lock()
+		defer i.self.Unlock()
+		rs := i.self.m[key]
+		if j := slices.Index(rs, r); j >= 0 {
+			rs = slices.Delete(rs, j, j+1)
+		}
+		if len(rs) == 0 {
+			delete(i.self.m, key)
+		} else {
+			i.self.m[key] = rs
+		}
+	}
+}
+
+// isSelf reports whether ev, an event of this process, lies within an
+// access recorded by selfAccess.
+func (i *Interceptor) isSelf(ev event) bool {
+	if ev.mask&unix.FAN_PRE_ACCESS == 0 || !ev.hasRange {
+		return false
+	}
+	i.self.Lock()
+	empty := len(i.self.m) == 0
+	i.self.Unlock()
+	if empty {
+		return false
+	}
+	var st unix.Stat_t
+	if unix.Fstat(ev.fd, &st) != nil {
+		return false
+	}
+	i.self.Lock()
+	defer i.self.Unlock()
+	for _, r := range i.self.m[inodeKey{st.Dev, st.Ino}] {
+		if r[0] <= ev.off && ev.off+ev.count <= r[1] {
+			return true
+		}
+	}
+	return false
 }
 
 func (i *Interceptor) fail(f Failure) {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -67,6 +68,12 @@ type recall struct {
 	// blk is the filesystem's block size: holes, and so punches, are
 	// whole blocks.
 	blk int64
+	// nocm is -1, or a fd of the file with FMODE_NOCMTIME (XFS, mode
+	// pre-access; see openNoCmtime): stores and punches go through it and
+	// leave mtime alone, so no stat ever sees it move. Without it every
+	// store moves mtime (the kernel stamps it at the first write fault)
+	// until storeSegs puts it back. Closed with fd.
+	nocm int
 	// storeMu makes the stores into this file one at a time (fills still
 	// read and verify in parallel): concurrent page faults on one inode
 	// contend in the filesystem (XFS: measured slower than one at a time).
@@ -127,7 +134,7 @@ func newRecall(in *Interceptor, ev event, key inodeKey, st *unix.Stat_t, info st
 	}
 	r := &recall{
 		in: in, key: key, info: info, fd: fd, path: fdPath(fd), pid: ev.pid, process: comm(ev.pid),
-		start: time.Now(), chunk: in.cfg.ChunkSize,
+		start: time.Now(), chunk: in.cfg.ChunkSize, nocm: -1,
 	}
 	r.fdIdle = sync.NewCond(&r.mu.Mutex)
 	var sfs unix.Statfs_t
@@ -175,7 +182,31 @@ func newRecall(in *Interceptor, ev event, key inodeKey, st *unix.Stat_t, info st
 		unix.Close(fd)
 		return nil, fmt.Errorf("scan data of stub: %w", err)
 	}
+	if sfs.Type == unix.XFS_SUPER_MAGIC && in.mode == ModePreAccess {
+		if nfd, err := openNoCmtime(fd, filepath.Dir(r.path)); err == nil {
+			r.nocm = nfd
+		} else {
+			in.log.Debug("no fd that keeps mtime; fills put it back after each store", "path", r.path, "err", err)
+		}
+	}
 	return r, nil
+}
+
+// storeFD is the fd that fills store and punch through.
+func (r *recall) storeFD() int {
+	if r.nocm >= 0 {
+		return r.nocm
+	}
+	return r.fd
+}
+
+// selfAccess lets the events raised by an access to [lo, hi) through
+// storeFD through at once (only nocm raises any); call the result after.
+func (r *recall) selfAccess(lo, hi int64) (done func()) {
+	if r.nocm < 0 {
+		return func() {}
+	}
+	return r.in.selfAccess(r.key, lo, hi)
 }
 
 func (r *recall) nchunks(size int64) int64 { return (size + r.chunk - 1) / r.chunk }
@@ -210,6 +241,9 @@ func (r *recall) closeFD() {
 	}
 	r.mu.Unlock()
 	unix.Close(r.fd)
+	if r.nocm >= 0 {
+		unix.Close(r.nocm)
+	}
 }
 
 // checkComplete marks the recall done if every chunk below the limit is
@@ -537,7 +571,9 @@ func (r *recall) fillRange(ctx context.Context, k, s, e int64, fp *firstPart) (t
 	r.in.stats.fills.Add(1)
 	r.storeMu.Lock()
 	defer r.storeMu.Unlock()
-	m, err := unix.Mmap(r.fd, s, int(e-s), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mapped := r.selfAccess(s, e)
+	m, err := unix.Mmap(r.storeFD(), s, int(e-s), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mapped()
 	if err != nil {
 		return "", 0, false, fmt.Errorf("map stub at %d: %w", s, err)
 	}
@@ -654,7 +690,10 @@ func (r *recall) faultCause(off, end int64) error {
 		return errTruncated
 	}
 	a, b := off/r.blk*r.blk, (end+r.blk-1)/r.blk*r.blk
-	if err := unix.Fallocate(r.fd, unix.FALLOC_FL_KEEP_SIZE, a, b-a); err != nil {
+	done := r.selfAccess(a, b)
+	err := unix.Fallocate(r.storeFD(), unix.FALLOC_FL_KEEP_SIZE, a, b-a)
+	done()
+	if err != nil {
 		return &faultError{off: off, err: fmt.Errorf("allocate bytes %d-%d: %w", a, b, err)}
 	}
 	return nil
@@ -690,7 +729,10 @@ func (r *recall) punchSegs(k int64, segs [][2]int64) {
 // checks that no data is left there.
 func (r *recall) punch(lo, hi int64) error {
 	a, b := lo/r.blk*r.blk, (hi+r.blk-1)/r.blk*r.blk
-	if err := unix.Fallocate(r.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, a, b-a); err != nil {
+	done := r.selfAccess(a, b)
+	err := unix.Fallocate(r.storeFD(), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, a, b-a)
+	done()
+	if err != nil {
 		return fmt.Errorf("punch %d-%d: %w", a, b, err)
 	}
 	d, err := unix.Seek(r.fd, a, unix.SEEK_DATA)
@@ -744,8 +786,14 @@ func splitSegments(segs [][2]int64, lo, hi int64) (in, out [][2]int64) {
 
 var errTruncated = errors.New("stub truncated during fill")
 
-// restoreMtime sets the file's mtime back to mtim, leaving atime alone.
-func (r *recall) restoreMtime(mtim unix.Timespec) { restoreMtime(r.fd, mtim) }
+// restoreMtime sets the file's mtime back to mtim, leaving atime alone,
+// after a store or punch through r.fd. Through nocm nothing moved it, and
+// nothing is put back: a program's write keeps its stamp.
+func (r *recall) restoreMtime(mtim unix.Timespec) {
+	if r.nocm < 0 {
+		restoreMtime(r.fd, mtim)
+	}
+}
 
 func restoreMtime(fd int, mtim unix.Timespec) {
 	ts := []unix.Timespec{{Sec: 0, Nsec: unix.UTIME_OMIT}, mtim}
