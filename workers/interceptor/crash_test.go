@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/interceptor"
 	"github.com/strata-hsm/strata/workers/stratatest"
 )
@@ -74,6 +75,7 @@ func daemonRole() int {
 	cfg.HolderSocket = os.Getenv(envSocket)
 	cfg.JournalDir = os.Getenv(envJournal)
 	cfg.HolderCommand = nil // the default: this executable, interceptor-holder --socket P
+	cfg.Failpoints = failpoint.New()
 	logger := slog.New(slog.NewTextHandler(logOut(), &slog.HandlerOptions{Level: slog.LevelDebug})).With("role", "daemon", "pid", os.Getpid())
 	it, err := interceptor.Open(cfg, src, logger)
 	if err != nil {

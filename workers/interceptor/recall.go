@@ -649,6 +649,9 @@ func (r *recall) storeSegs(k int64, m []byte, s int64, buf []byte, segs [][2]int
 			if ferr == nil {
 				ferr = &faultError{off: h[0] + at, err: errors.New("faulted again once its blocks were allocated")}
 			}
+			if !errors.Is(ferr, errTruncated) {
+				r.in.failpoint(FailStoreFaulted, r.pid)
+			}
 			r.punchSegs(k, segs[:i+1])
 			r.restoreMtime(before.Mtim)
 			r.in.jr.endFill(slot) // after the punch: a kill before it leaves the slot to the next daemon
