@@ -414,23 +414,37 @@ func (i *Interceptor) Release(path string) (retErr error) {
 // with a new recall of the same file.
 func (i *Interceptor) dropStale(key inodeKey) {
 	i.mu.Lock()
-	defer i.mu.Unlock()
 	r := i.mu.recalls[key]
 	if r == nil {
+		i.mu.Unlock()
 		return
 	}
 	r.mu.Lock()
 	done := r.mu.done && !r.mu.finishing
 	r.mu.Unlock()
-	if done || !r.useFD() {
-		delete(i.mu.recalls, key)
-		return
+	stale := false
+	switch {
+	case done || !r.useFD():
+		stale = true
+	default:
+		var st unix.Stat_t
+		stale = unix.Fstat(r.fd, &st) == nil && st.Nlink == 0
+		r.doneFD()
 	}
-	var st unix.Stat_t
-	if unix.Fstat(r.fd, &st) == nil && st.Nlink == 0 {
+	if stale {
 		delete(i.mu.recalls, key)
 	}
-	r.doneFD()
+	i.mu.Unlock()
+	if stale {
+		// Its fds (a finish that failed after the proof left them open,
+		// and a deleted file may still be filling) close after their
+		// last use; not under i.mu, which a finish may be waiting for.
+		i.work.Add(1)
+		go func() {
+			defer i.work.Done()
+			r.closeFD()
+		}()
+	}
 }
 
 func explainMarkErr(err error) error {

@@ -232,9 +232,14 @@ func (r *recall) doneFD() {
 	r.mu.Unlock()
 }
 
-// closeFD closes r.fd after its last use; no use starts after it.
+// closeFD closes r.fd (and nocm) after its last use; no use starts after
+// it. Once is enough: later calls do nothing.
 func (r *recall) closeFD() {
 	r.mu.Lock()
+	if r.mu.fdClosed {
+		r.mu.Unlock()
+		return
+	}
 	r.mu.fdClosed = true
 	for r.mu.fdUsers > 0 {
 		r.fdIdle.Wait()
