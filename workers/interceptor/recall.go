@@ -681,10 +681,10 @@ func (e *faultError) Error() string {
 func (e *faultError) Unwrap() error { return e.err }
 
 // faultCause says why a store faulted at byte off of a segment that ends
-// at end: errTruncated if off is at or past EOF; else it allocates the
-// blocks of [off, end) (fallocate, which returns the errno a page fault
-// cannot: ENOSPC, EDQUOT) and returns that error, or nil once they are
-// allocated. A delayed allocation at a page fault can fail where this one
+// at end: errTruncated if off is at or past EOF (the limit is lowered to
+// the size); else it allocates the blocks of [off, end) (fallocate, which
+// returns the errno a page fault cannot: ENOSPC, EDQUOT) and returns that
+// error, or nil once they are allocated. A delayed allocation at a page fault can fail where this one
 // does not (XFS reserves room for the extent tree too, measured): the
 // caller then copies again, into blocks that need no allocation. The
 // blocks lie in the segment being stored, which the caller punches if it
@@ -695,6 +695,10 @@ func (r *recall) faultCause(off, end int64) error {
 		return fmt.Errorf("stat stub after a fault at %d: %w", off, err)
 	}
 	if off >= st.Size {
+		// The limit comes down to the size seen here, not to a size seen
+		// later: the file may have been extended again since, and bytes
+		// past the truncate must not come back.
+		r.sawSize(st.Size)
 		return errTruncated
 	}
 	a, b := off/r.blk*r.blk, (end+r.blk-1)/r.blk*r.blk
@@ -1009,6 +1013,18 @@ func (r *recall) finish() {
 	defer r.in.work.Done()
 	var ok, keepDone bool
 	defer func() { r.endFinish(ok, keepDone) }()
+	// Hold a use of r.fd until it is closed below: a recall dropped as
+	// stale (its file deleted) closes its fds after their last use, and a
+	// number closed under the proof could name another file by then.
+	if !r.useFD() {
+		return
+	}
+	using := true
+	defer func() {
+		if using {
+			r.doneFD()
+		}
+	}()
 	r.mu.Lock()
 	var ops []*fillOp
 	for _, op := range r.mu.ops {
@@ -1106,6 +1122,8 @@ func (r *recall) finish() {
 		delete(r.in.mu.recalls, r.key)
 	}
 	r.in.mu.Unlock()
+	using = false
+	r.doneFD()
 	r.closeFD()
 	r.mu.Lock()
 	c := Completion{
