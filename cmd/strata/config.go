@@ -200,6 +200,10 @@ type InterceptorConfig struct {
 	// Unset: cp, mv, install, tar, bsdtar, rsync, qemu-img, ddrescue;
 	// [] for none.
 	WholeFilePrograms []string `toml:"whole_file_programs"`
+	// MtimeCheckPrograms: on ext4 (where a fill moves mtime for a moment)
+	// a stub of any size opened by one of these programs is recalled whole
+	// before its open returns. Unset: rclone; [] for none.
+	MtimeCheckPrograms []string `toml:"mtime_check_programs"`
 }
 
 // HolderOn reports whether the holder process is used (the default).
@@ -285,6 +289,9 @@ func (c *Config) EnsureDefaults() {
 		c.Interceptor.Holder = &on
 	}
 	c.Interceptor.WholeFileBelow = cmp.Or(c.Interceptor.WholeFileBelow, size(interceptor.DefaultWholeFileBelow))
+	if c.Interceptor.MtimeCheckPrograms == nil {
+		c.Interceptor.MtimeCheckPrograms = interceptor.DefaultMtimeCheckPrograms()
+	}
 	if c.Interceptor.WholeFilePrograms == nil {
 		c.Interceptor.WholeFilePrograms = interceptor.DefaultWholeFilePrograms()
 	}
@@ -535,7 +542,7 @@ func (c *Config) compressorConfig(stagingDir string) compressor.Config {
 // daemon's: see buildStages).
 func (c *Config) interceptorConfig() interceptor.Config {
 	ic := interceptor.Config{Mode: interceptor.Mode(c.Interceptor.Mode), WholeFileBelow: int64(c.Interceptor.WholeFileBelow),
-		WholeFilePrograms: c.Interceptor.WholeFilePrograms}
+		WholeFilePrograms: c.Interceptor.WholeFilePrograms, MtimeCheckPrograms: c.Interceptor.MtimeCheckPrograms}
 	if g := c.Interceptor.StoppedGrace; g != nil {
 		ic.HolderGrace = cmp.Or(time.Duration(*g), -1) // 0: deny at once
 	}

@@ -741,7 +741,8 @@ func recallBench(bb *testing.B, b *benchFS, zstdCLI string, rounds int) {
 	rs := b.rs
 	done := make(chan string, 4)
 	cfg := interceptor.NewConfig()
-	cfg.OnComplete = func(c interceptor.Completion) { done <- c.Path }
+	var proofs []time.Duration
+	cfg.OnComplete = func(c interceptor.Completion) { proofs = append(proofs, c.Proof); done <- c.Path }
 	// cat: until cat exits (what a user waits for); done: until the recall
 	// completes (content fsynced, state archived durably, mark removed).
 	// zstd: zstd -d exits; zstdSync: then `sync FILE` (fsync) returns.
@@ -822,7 +823,8 @@ func recallBench(bb *testing.B, b *benchFS, zstdCLI string, rounds int) {
 	mbs := func(d time.Duration) float64 { return float64(benchBig) / d.Seconds() / 1e6 }
 	bb.Logf("| RECALL 1 GiB, cat exits | %v (%.0f MB/s) | zstd -d %v (%.0f MB/s) | ratio %.3f |", mc, mbs(mc), mz, mbs(mz), float64(mz)/float64(mc))
 	bb.Logf("| RECALL 1 GiB, recall complete (durable) | %v (%.0f MB/s) | zstd -d + sync FILE %v (%.0f MB/s) | ratio %.3f |", md, mbs(md), ms, mbs(ms), float64(ms)/float64(md))
-	bb.Logf("raw cat %v complete %v", cat, complete)
+	bb.Logf("| RECALL 1 GiB, proof (read back + BLAKE3, in complete) | %v | | |", median(proofs))
+	bb.Logf("raw cat %v complete %v proof %v", cat, complete, proofs)
 	bb.Logf("raw zstd %v zstd+sync %v", zstdD, zstdSync)
 	mrc, mzc := median(recallCPU), median(zstdCPU)
 	bb.Logf("| RECALL 1 GiB, CPU time until cat exits | interceptor + cat %v | zstd -d %v | ratio %.3f |", mrc, mzc, float64(mzc)/float64(mrc))

@@ -63,6 +63,16 @@ type Config struct {
 	// busybox applet too) or by the base name of its executable. Nil:
 	// DefaultWholeFilePrograms(); empty: none.
 	WholeFilePrograms []string
+	// MtimeCheckPrograms: in mode pre-access, on a filesystem where fills
+	// cannot keep a stub's mtime still (ext4: the kernel stamps it at the
+	// first write fault of every store, until the store puts it back; XFS
+	// stores through a fd that leaves it alone), a stub of any size opened
+	// by one of these programs is recalled whole before its open returns.
+	// These programs compare a file's mtime before each read with the one
+	// they listed and give up when it moved: rclone ("source file is being
+	// updated"). Matched as WholeFilePrograms. Nil:
+	// DefaultMtimeCheckPrograms(); empty: none.
+	MtimeCheckPrograms []string
 	// Emitter publishes the recall events (see stage.go); nil publishes
 	// none (tests).
 	Emitter *pipeline.Emitter
@@ -115,6 +125,13 @@ func DefaultWholeFilePrograms() []string {
 	return []string{"cp", "mv", "install", "tar", "bsdtar", "rsync", "qemu-img", "ddrescue"}
 }
 
+// DefaultMtimeCheckPrograms returns the programs known to fail a copy
+// when the source's mtime moves while they read it (rclone checks it
+// before every read).
+func DefaultMtimeCheckPrograms() []string {
+	return []string{"rclone"}
+}
+
 // NewConfig returns a Config with every default set.
 func NewConfig() Config {
 	var c Config
@@ -133,6 +150,9 @@ func (c *Config) EnsureDefaults() {
 	c.HolderGrace = cmp.Or(c.HolderGrace, DefaultHolderGrace)
 	if c.WholeFilePrograms == nil {
 		c.WholeFilePrograms = DefaultWholeFilePrograms()
+	}
+	if c.MtimeCheckPrograms == nil {
+		c.MtimeCheckPrograms = DefaultMtimeCheckPrograms()
 	}
 	if c.HolderSocket != "" && len(c.HolderCommand) == 0 {
 		if exe, err := os.Executable(); err == nil {
@@ -154,9 +174,11 @@ func (c *Config) Validate() error {
 	if c.BackgroundFills < 1 {
 		return pipeline.NewConfigError("background_fills", c.BackgroundFills, fmt.Errorf("want at least 1"))
 	}
-	for _, p := range c.WholeFilePrograms {
-		if p == "" || strings.Contains(p, "/") {
-			return pipeline.NewConfigError("whole_file_programs", c.WholeFilePrograms, fmt.Errorf("%q: want a program's name, without a directory", p))
+	for key, list := range map[string][]string{"whole_file_programs": c.WholeFilePrograms, "mtime_check_programs": c.MtimeCheckPrograms} {
+		for _, p := range list {
+			if p == "" || strings.Contains(p, "/") {
+				return pipeline.NewConfigError(key, list, fmt.Errorf("%q: want a program's name, without a directory", p))
+			}
 		}
 	}
 	if c.HolderSocket != "" && c.JournalDir == "" {

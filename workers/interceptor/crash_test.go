@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/interceptor"
 	"github.com/strata-hsm/strata/workers/stratatest"
 )
@@ -83,6 +84,7 @@ func daemonRole() int {
 		}
 		cfg.HolderGrace = d
 	}
+	cfg.Failpoints = failpoint.New()
 	logger := slog.New(slog.NewTextHandler(logOut(), &slog.HandlerOptions{Level: slog.LevelDebug})).With("role", "daemon", "pid", os.Getpid())
 	it, err := interceptor.Open(cfg, src, logger)
 	if err != nil {

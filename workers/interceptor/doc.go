@@ -25,19 +25,30 @@
 // starting right after the last access (the read-ahead), up to
 // BackgroundFills at once across all stubs (one at a time per stub on XFS,
 // where concurrent stores into one file were measured slower). Fills keep
-// the file's mtime: a recall is not a modification. The content is
-// fdatasynced before the state says archived. Per stub (keyed by device and
-// inode) the interceptor keeps each chunk's state — empty, filling, filled — so a
-// repeated event for filled bytes is answered at once, and concurrent events
-// on one chunk wait for the one fill in flight: one recall per stub.
+// the file's mtime: a recall is not a modification. On XFS they store
+// through a second fd opened by XFS_IOC_OPEN_BY_HANDLE, which carries
+// FMODE_NOCMTIME, so no stat ever sees the mtime move; ext4 has no such
+// fd, the kernel stamps the mtime at every store and the fill puts it back
+// right after (a stat in between sees the stamp: README.md), and programs
+// that give up when it moves (Config.MtimeCheckPrograms: rclone) get such
+// stubs recalled whole at open. Per stub (keyed by device and inode) the
+// interceptor keeps each chunk's state — empty, filling, filled — so a
+// repeated event for filled bytes is answered at once, and concurrent
+// events on one chunk wait for the one fill in flight: one recall per stub.
 //
 // Safety rules, each enforced here:
 //
 //   - Bytes written are only those the Source returned without error; the
 //     Source promises they are verified against the object's hashes.
-//   - A failed fill answers FAN_DENY with EIO (ENOSPC/EDQUOT when the local
-//     write failed for lack of space): the program gets an error, never
-//     zeros. The next access retries.
+//   - A failed fill answers FAN_DENY with EIO, or ENOSPC/EDQUOT when the
+//     local store failed for lack of space (a store through the mapping
+//     faults with SIGBUS and no errno; fallocate of its block says which):
+//     the program gets an error, never zeros. A fill that fails leaves
+//     holes, never data: what it stored (pages faulted in writable, half
+//     copied) is punched back before the failure is reported, and a chunk
+//     counts as filled only once every hole of it was stored whole. Each
+//     segment being stored is journaled, so that a daemon killed mid-store
+//     leaves the next one the segment to punch. The next access retries.
 //   - Fills never go past the archived size, nor past a size the file was
 //     truncated to, and only write into holes (SEEK_DATA/SEEK_HOLE): a range
 //     that holds data — filled by an earlier daemon, or written by the user
@@ -58,8 +69,13 @@
 //   - mmap and exec raise one event for the whole mapped range: it is filled
 //     before ALLOW, like any range. Writes raise the same event as reads.
 //
-// When every chunk below the limit is filled, the stub's state becomes
-// archived, its mark is removed and Config.OnComplete is called.
+// When every chunk below the limit is filled, the content is fdatasynced
+// and proven: the whole file is read back through the recall's fd (no
+// event) and its size and BLAKE3 must be the object's. Only then the
+// stub's state becomes archived, its mark is removed and Config.OnComplete
+// is called. Chunks that differ and that no program can have written are
+// filled again (finish); chunks a program wrote make the completion a
+// modification (Completion.Modified, file.modified).
 //
 // # When the daemon is gone
 //

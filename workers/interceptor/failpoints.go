@@ -23,6 +23,11 @@ const (
 	// FailInFinish: the whole file is back and its xattrs say archived
 	// (resident); its mark is still on and its completion not reported.
 	FailInFinish = "interceptor.in-finish"
+	// FailStoreFaulted: a store into a stub faulted below EOF and no
+	// space could be allocated for it: pages of its segment are faulted
+	// in writable and partly copied (zeros that look like data), the
+	// segment's journal slot names them, and nothing is punched back yet.
+	FailStoreFaulted = "interceptor.store-faulted"
 )
 
 // failpoint kills the process at name if it is armed and pid, the process

@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/zeebo/blake3"
+
 	"github.com/strata-hsm/strata/workers/interceptor"
 	"github.com/strata-hsm/strata/workers/stratatest"
 	"github.com/strata-hsm/strata/workers/stub"
@@ -137,7 +139,7 @@ func makeStub(t *testing.T, it *interceptor.Interceptor, src *testSource, path s
 	if err := os.Chmod(path, mode); err != nil {
 		t.Fatal(err)
 	}
-	sum := sha256.Sum256(data)
+	sum := blake3.Sum256(data) // an object id is the BLAKE3 of the content: the recall proves it
 	id := hex.EncodeToString(sum[:])
 	o := &object{path: filepath.Join(src.dir, id)}
 	if err := os.WriteFile(o.path, data, 0o600); err != nil {
@@ -162,6 +164,11 @@ func makeStub(t *testing.T, it *interceptor.Interceptor, src *testSource, path s
 		t.Fatal(err)
 	}
 	if err := it.Release(path); err != nil {
+		t.Fatal(err)
+	}
+	// As the releaser does: the punch moved mtime; a stub keeps its
+	// times (the path is not opened: no event).
+	if err := os.Chtimes(path, fi.ModTime(), fi.ModTime()); err != nil {
 		t.Fatal(err)
 	}
 	// Release itself checks that no data is left (SEEK_DATA); opening

@@ -41,7 +41,9 @@ type Completion struct {
 	Bytes            int64         // bytes written by fills
 	Size             int64         // bytes of archived content now resident
 	Truncated        bool          // the file was truncated below its archived size: its content is no longer the object
+	Modified         bool          // a program wrote the file during (or before) its recall: its content is no longer the object
 	Duration         time.Duration // from the first event to completion
+	Proof            time.Duration // of Duration: reading the file back and hashing it, before it was archived
 	Tier             string        // tier of the last fill ("" if nothing had to be filled)
 	PID              int32         // pid of the first program that touched the stub
 	Process          string        // its /proc/<pid>/comm, read at that event
@@ -70,6 +72,7 @@ type Stats struct {
 	FilledBytes uint64 // bytes written into stubs
 	Completed   uint64
 	Orphans     uint64 // events of a crashed predecessor answered at Open
+	Filling     uint64 // chunk fills in flight now (claimed, not yet filled or given back)
 }
 
 type inodeKey struct{ dev, ino uint64 }
@@ -96,6 +99,16 @@ type Interceptor struct {
 		m map[int]*orphanState // by fd number
 	}
 
+	// self holds, by stub, byte ranges this process is storing into or
+	// punching through a fd that raises events (openNoCmtime): an event of
+	// this process within one is that store's own, allowed at once (it
+	// can wait for nothing: the chunk is claimed by the fill that raised
+	// it).
+	self struct {
+		sync.Mutex
+		m map[inodeKey][][2]int64
+	}
+
 	bgSem      chan struct{}
 	bgCtx      context.Context // cancelled at the start of Close
 	bgCancel   context.CancelFunc
@@ -115,6 +128,7 @@ type Interceptor struct {
 
 	stats struct {
 		events, allowed, denied, overflows, fills, filledBytes, completed, orphans atomic.Uint64
+		filling                                                                    atomic.Int64
 	}
 }
 
@@ -140,7 +154,7 @@ func Open(cfg Config, src Source, logger *slog.Logger) (*Interceptor, error) {
 		}
 	}
 	var mask uint64 = unix.FAN_PRE_ACCESS
-	if cfg.WholeFileBelow > 0 || len(cfg.WholeFilePrograms) > 0 {
+	if cfg.WholeFileBelow > 0 || len(cfg.WholeFilePrograms) > 0 || len(cfg.MtimeCheckPrograms) > 0 {
 		mask |= unix.FAN_OPEN_PERM
 	}
 	if mode == ModeOpenPerm {
@@ -176,6 +190,7 @@ func Open(cfg Config, src Source, logger *slog.Logger) (*Interceptor, error) {
 	i.mu.recalls = map[inodeKey]*recall{}
 	i.mu.releasing = map[inodeKey]chan struct{}{}
 	i.mu.held = map[string]inodeKey{}
+	i.self.m = map[inodeKey][][2]int64{}
 	i.bgCtx, i.bgCancel = context.WithCancel(context.Background())
 	i.fgCtx, i.fgCancel = context.WithCancel(context.Background())
 	if recovered {
@@ -240,7 +255,7 @@ func (i *Interceptor) Stats() Stats {
 		Events: i.stats.events.Load(), Allowed: i.stats.allowed.Load(), Denied: i.stats.denied.Load(),
 		Overflows: i.stats.overflows.Load(), Fills: i.stats.fills.Load(),
 		FilledBytes: i.stats.filledBytes.Load(), Completed: i.stats.completed.Load(),
-		Orphans: i.stats.orphans.Load(),
+		Orphans: i.stats.orphans.Load(), Filling: uint64(max(i.stats.filling.Load(), 0)),
 	}
 }
 
@@ -404,23 +419,37 @@ func (i *Interceptor) Release(path string) (retErr error) {
 // with a new recall of the same file.
 func (i *Interceptor) dropStale(key inodeKey) {
 	i.mu.Lock()
-	defer i.mu.Unlock()
 	r := i.mu.recalls[key]
 	if r == nil {
+		i.mu.Unlock()
 		return
 	}
 	r.mu.Lock()
-	done := r.mu.done
+	done := r.mu.done && !r.mu.finishing
 	r.mu.Unlock()
-	if done || !r.useFD() {
-		delete(i.mu.recalls, key)
-		return
+	stale := false
+	switch {
+	case done || !r.useFD():
+		stale = true
+	default:
+		var st unix.Stat_t
+		stale = unix.Fstat(r.fd, &st) == nil && st.Nlink == 0
+		r.doneFD()
 	}
-	var st unix.Stat_t
-	if unix.Fstat(r.fd, &st) == nil && st.Nlink == 0 {
+	if stale {
 		delete(i.mu.recalls, key)
 	}
-	r.doneFD()
+	i.mu.Unlock()
+	if stale {
+		// Its fds (a finish that failed after the proof left them open,
+		// and a deleted file may still be filling) close after their
+		// last use; not under i.mu, which a finish may be waiting for.
+		i.work.Add(1)
+		go func() {
+			defer i.work.Done()
+			r.closeFD()
+		}()
+	}
 }
 
 func explainMarkErr(err error) error {
@@ -597,6 +626,9 @@ func (i *Interceptor) answer(ev event, errno unix.Errno, seq uint64) {
 // to deny with.
 func (i *Interceptor) decide(ev event) unix.Errno {
 	i.log.Debug("event", "mask", ev.mask, "pid", ev.pid, "has_range", ev.hasRange, "off", ev.off, "count", ev.count)
+	if ev.pid == i.pid && i.isSelf(ev) {
+		return 0 // a store of this process through a fd that raises events
+	}
 	if i.mode == ModePreAccess && ev.mask&unix.FAN_OPEN_PERM != 0 && ev.pid == i.pid {
 		// The daemon's own opens (the scanner reading an inode generation
 		// just as the file became a stub) recall nothing: in this mode the
@@ -654,7 +686,7 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		}
 		i.mu.Unlock()
 		if r != nr {
-			unix.Close(nr.fd)
+			nr.closeFD() // another event's recall won
 		} else if ev.pid != i.pid {
 			off, n := ev.off, ev.count
 			if !ev.hasRange {
@@ -673,7 +705,8 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 	whole := false
 	switch {
 	case ev.mask&unix.FAN_OPEN_PERM != 0:
-		if i.mode == ModePreAccess && r.info.Size >= i.cfg.WholeFileBelow && !i.probesHoles(ev.pid) {
+		if i.mode == ModePreAccess && r.info.Size >= i.cfg.WholeFileBelow && !i.isProgram(ev.pid, i.cfg.WholeFilePrograms) &&
+			(r.nocm >= 0 || !i.isProgram(ev.pid, i.cfg.MtimeCheckPrograms)) {
 			return 0 // large: recalled range by range as it is accessed
 		}
 		lo, hi, whole = 0, r.info.Size, true
@@ -713,14 +746,66 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 	}
 	i.failpoint(FailAfterFill, ev.pid)
 	if whole {
-		// Recalled at open: let the stub lose its mark and close every
-		// writable fd before the program goes on (an exec must not find a
-		// writer).
-		<-r.finished
+		// Recalled at open: let the stub be proven, lose its mark and
+		// close every writable fd before the program goes on (an exec
+		// must not find a writer).
+		if err := r.awaitProof(i.fgCtx); err != nil {
+			i.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path,
+				Offset: lo, Length: hi - lo, PID: ev.pid, Process: comm(ev.pid), Err: err})
+			return errnoFor(err)
+		}
 		return 0
 	}
 	r.kick(hi)
 	return 0
+}
+
+// selfAccess records that this process is about to access [lo, hi) of
+// the stub key through a fd that raises events; call the result when done.
+func (i *Interceptor) selfAccess(key inodeKey, lo, hi int64) (done func()) {
+	r := [2]int64{lo &^ 4095, (hi + 4095) &^ 4095} // events report whole pages
+	i.self.Lock()
+	i.self.m[key] = append(i.self.m[key], r)
+	i.self.Unlock()
+	return func() {
+		i.self.Lock()
+		defer i.self.Unlock()
+		rs := i.self.m[key]
+		if j := slices.Index(rs, r); j >= 0 {
+			rs = slices.Delete(rs, j, j+1)
+		}
+		if len(rs) == 0 {
+			delete(i.self.m, key)
+		} else {
+			i.self.m[key] = rs
+		}
+	}
+}
+
+// isSelf reports whether ev, an event of this process, lies within an
+// access recorded by selfAccess.
+func (i *Interceptor) isSelf(ev event) bool {
+	if ev.mask&unix.FAN_PRE_ACCESS == 0 || !ev.hasRange {
+		return false
+	}
+	i.self.Lock()
+	empty := len(i.self.m) == 0
+	i.self.Unlock()
+	if empty {
+		return false
+	}
+	var st unix.Stat_t
+	if unix.Fstat(ev.fd, &st) != nil {
+		return false
+	}
+	i.self.Lock()
+	defer i.self.Unlock()
+	for _, r := range i.self.m[inodeKey{st.Dev, st.Ino}] {
+		if r[0] <= ev.off && ev.off+ev.count <= r[1] {
+			return true
+		}
+	}
+	return false
 }
 
 func (i *Interceptor) fail(f Failure) {
@@ -752,16 +837,17 @@ func fdPath(fd int) string {
 	return p
 }
 
-// probesHoles reports whether the process pid is one of
-// Config.WholeFilePrograms, by its name or its executable's base name.
-func (i *Interceptor) probesHoles(pid int32) bool {
-	if len(i.cfg.WholeFilePrograms) == 0 || pid <= 0 {
+// isProgram reports whether the process pid is one of programs
+// (Config.WholeFilePrograms, Config.MtimeCheckPrograms), by its name or its
+// executable's base name.
+func (i *Interceptor) isProgram(pid int32, programs []string) bool {
+	if len(programs) == 0 || pid <= 0 {
 		return false
 	}
 	name := comm(pid)
 	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 	exe = filepath.Base(exe)
-	return slices.ContainsFunc(i.cfg.WholeFilePrograms, func(p string) bool { return p == name || p == exe })
+	return slices.ContainsFunc(programs, func(p string) bool { return p == name || p == exe })
 }
 
 func comm(pid int32) string {

@@ -28,11 +28,16 @@ import (
 //     and writes every answer still recorded again, before its first read:
 //     the kernel refuses it if the first went through (ENOENT), and no new
 //     event can hold the number yet.
-//   - fill slots: a chunk whose bytes are being stored. A process killed
-//     mid-copy leaves a half-written chunk whose written pages are data
-//     (zeros past the copy point, since pages are faulted in writable
-//     before the copy): recall would take them for filled bytes. The next
-//     recall of that stub punches such chunks back to holes first.
+//   - fill slots: a segment (a run of holes of one chunk) whose bytes are
+//     being stored, from before its pages are faulted in until the store
+//     is complete, or until a failed store was punched back. A process
+//     killed in between leaves a half-written segment whose written pages
+//     are data (zeros past the copy point, since pages are faulted in
+//     writable before the copy): recall would take them for filled bytes.
+//     The next recall of that stub punches such segments back to holes
+//     first. A slot never covers bytes that are not being stored (data
+//     the file held before, pages a program was already let go on): the
+//     punch must not destroy what a program may have written there.
 //
 // Layout: a 4 KiB header, then journalEventSlots × eventSlotSize, then
 // journalFillSlots × fillSlotSize. Fields are native-endian.
@@ -64,7 +69,7 @@ type orphan struct {
 	handleBytes []byte
 }
 
-// partialFill is a chunk a previous process was writing when it died.
+// partialFill is a segment a previous process was writing when it died.
 type partialFill struct {
 	slot   int
 	fileID string
@@ -295,8 +300,8 @@ func (j *journal) end(fd int, seq uint64) {
 
 var errJournalFull = errors.New("interceptor: no free fill slot in the journal")
 
-// beginFill records that chunk [off, off+n) of the stub key is about to be
-// written. It returns the slot for endFill, or -1 without a journal.
+// beginFill records that the holes [off, off+n) of the stub key are about
+// to be written. It returns the slot for endFill, or -1 without a journal.
 func (j *journal) beginFill(key inodeKey, fileID string, off, n int64) (int, error) {
 	if j == nil {
 		return -1, nil
@@ -334,8 +339,9 @@ func (j *journal) endFill(s int) {
 	j.mu.Unlock()
 }
 
-// takePartial returns the chunks of key a dead process left half written.
-// The caller punches them, then calls endFill for each slot.
+// takePartial returns the segments of key a dead process left half
+// written. The caller punches them, then calls endFill for each slot (or
+// keepPartial for those it could not punch).
 func (j *journal) takePartial(key inodeKey) []partialFill {
 	if j == nil {
 		return nil
@@ -345,6 +351,17 @@ func (j *journal) takePartial(key inodeKey) []partialFill {
 	p := j.mu.partial[key]
 	delete(j.mu.partial, key)
 	return p
+}
+
+// keepPartial gives back partial fills of key that takePartial returned
+// and the caller could not punch: the next recall of key gets them again.
+func (j *journal) keepPartial(key inodeKey, p []partialFill) {
+	if j == nil || len(p) == 0 {
+		return
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.mu.partial[key] = append(j.mu.partial[key], p...)
 }
 
 func (j *journal) close() {

@@ -5,6 +5,7 @@ package interceptor
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/workers/stratatest"
@@ -57,7 +59,8 @@ func TestJournalPunchesHalfWrittenChunk(t *testing.T) {
 	}
 	var st unix.Stat_t
 	unix.Fstat(int(f.Fd()), &st)
-	err = stub.Write(int(f.Fd()), stub.Info{FileID: "file-f", ObjectID: "obj-f", State: stub.Released, Size: int64(len(data))})
+	sum := blake3.Sum256(data)
+	err = stub.Write(int(f.Fd()), stub.Info{FileID: "file-f", ObjectID: hex.EncodeToString(sum[:]), State: stub.Released, Size: int64(len(data))})
 	f.Close()
 	if err != nil {
 		t.Fatal(err)

@@ -179,20 +179,24 @@ func (p *publisher) requested(info stub.Info, path string, off, n int64, pid int
 }
 
 // completed records a finished recall: recall.completed, or file.modified
-// when the file was cut below its archived size during the recall (its
-// content is no longer the object).
+// when the file was cut below its archived size, or written by a program,
+// during the recall (its content is no longer the object).
 func (p *publisher) completed(c Completion) {
 	if p == nil {
 		return
 	}
-	if c.Truncated {
+	if c.Truncated || c.Modified {
 		st, err := stub.Lstat(c.Path)
 		if err != nil {
-			p.log.Warn("stat of a file truncated during its recall", "path", c.Path, "err", err)
+			p.log.Warn("stat of a file changed during its recall", "path", c.Path, "err", err)
 			return
 		}
+		why := "truncated-during-recall"
+		if !c.Truncated {
+			why = "modified-during-recall"
+		}
 		p.send(&events.FileModified{FileID: c.FileID, Path: c.Path, ObjectID: c.ObjectID, Stat: st},
-			c.FileID, c.ObjectID, c.ReleaseID, "truncated-during-recall")
+			c.FileID, c.ObjectID, c.ReleaseID, why)
 		return
 	}
 	p.send(&events.RecallCompleted{FileID: c.FileID, Path: c.Path, ObjectID: c.ObjectID, Bytes: c.Bytes,
