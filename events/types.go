@@ -313,6 +313,10 @@ const (
 	RecallAccess   = "access"   // a program touched a stub
 	RecallPrefetch = "prefetch" // strata recall
 	RecallRestore  = "restore"  // strata restore
+	// RecallProbe: a program asked where a stub's data is (SEEK_DATA,
+	// FIEMAP) and the probe guard stopped it; the stub is recalled whole
+	// so that its retry gets the bytes.
+	RecallProbe = "probe"
 )
 
 // RecallRequested: bytes of a stub are wanted back.
@@ -332,7 +336,7 @@ func (e *RecallRequested) Entity() string { return e.FileID }
 func (e *RecallRequested) Validate() error {
 	return all(fileID(e.FileID), absPath("path", e.Path), hash("object_id", e.ObjectID),
 		nonNegative("offset", e.Offset), nonNegative("length", e.Length),
-		oneOf("reason", e.Reason, RecallAccess, RecallPrefetch, RecallRestore))
+		oneOf("reason", e.Reason, RecallAccess, RecallPrefetch, RecallRestore, RecallProbe))
 }
 
 // RecallCompleted: the whole content of a stub is back and verified; the

@@ -204,7 +204,20 @@ type InterceptorConfig struct {
 	// a stub of any size opened by one of these programs is recalled whole
 	// before its open returns. Unset: rclone; [] for none.
 	MtimeCheckPrograms []string `toml:"mtime_check_programs"`
+	// ProbeGuard: what the probe guard (workers/kernelguard) does to a
+	// program that asks a stub where its data is (SEEK_DATA, FIEMAP):
+	// "kill" (default: SIGKILL before it acts on the answer, and the stub
+	// is recalled whole for its retry), "log" (only logged and recalled),
+	// "off" (not loaded: such a program copies a large stub as zeros).
+	ProbeGuard string `toml:"probe_guard"`
 }
+
+// interceptor.probe_guard values.
+const (
+	probeGuardKill = "kill"
+	probeGuardLog  = "log"
+	probeGuardOff  = "off"
+)
 
 // HolderOn reports whether the holder process is used (the default).
 func (c InterceptorConfig) HolderOn() bool { return c.Holder == nil || *c.Holder }
@@ -284,6 +297,7 @@ func (c *Config) EnsureDefaults() {
 	c.Compressor.Level = cmp.Or(c.Compressor.Level, object.DefaultLevel)
 	c.Compressor.FrameSize = cmp.Or(c.Compressor.FrameSize, size(object.DefaultFrameSize))
 	c.Interceptor.Mode = cmp.Or(c.Interceptor.Mode, string(interceptor.ModeAuto))
+	c.Interceptor.ProbeGuard = cmp.Or(c.Interceptor.ProbeGuard, probeGuardKill)
 	if c.Interceptor.Holder == nil {
 		on := true
 		c.Interceptor.Holder = &on
@@ -405,6 +419,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Interceptor.WholeFileBelow < 0 {
 		return bad("interceptor.whole_file_below", c.Interceptor.WholeFileBelow, "want a size (1 disables)")
+	}
+	switch c.Interceptor.ProbeGuard {
+	case probeGuardKill, probeGuardLog, probeGuardOff:
+	default:
+		return bad("interceptor.probe_guard", c.Interceptor.ProbeGuard, `want "kill", "log" or "off"`)
 	}
 	if g := c.Interceptor.StoppedGrace; g != nil && *g < 0 {
 		return bad("interceptor.stopped_grace", *g, "want a duration >= 0 (0: deny at once)")

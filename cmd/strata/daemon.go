@@ -14,6 +14,7 @@ import (
 
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/kernelguard"
 	"github.com/strata-hsm/strata/workers/scanner"
 )
 
@@ -35,6 +36,7 @@ type daemon struct {
 
 	cat    *catalog.Catalog
 	stages *stages
+	guard  *kernelguard.Guard // nil: no probe guard (guard.go)
 
 	unclaim func() // releases the hot trees (scanner.Claim)
 }
@@ -64,6 +66,7 @@ func startDaemon(ctx context.Context, cfg Config, logger *slog.Logger) (_ *daemo
 	if err != nil {
 		return nil, err
 	}
+	d.guard = d.loadProbeGuard()
 	if d.stages, err = d.buildStages(); err != nil {
 		return nil, err
 	}
@@ -89,6 +92,9 @@ func (d *daemon) run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.cat.Follow(gctx, d.js, d.logger.With("component", "catalog")) })
 	d.runStages(gctx, d.stages, g)
+	if d.guard != nil {
+		g.Go(func() error { return d.serveProbeRecords(gctx, d.guard) })
+	}
 	stop, err := d.serveControl(context.Background())
 	if err != nil {
 		return err
@@ -106,6 +112,9 @@ func (d *daemon) run(ctx context.Context) error {
 // close shuts everything down in order; safe on a partly started daemon.
 func (d *daemon) close() {
 	d.stages.close(d.logger)
+	if d.guard != nil {
+		d.guard.Close() // it stays in the kernel, guarding stubs while no daemon runs
+	}
 	if d.cat != nil {
 		if err := d.cat.Close(); err != nil {
 			d.logger.Error("close catalog", "err", err)

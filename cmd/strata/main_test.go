@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/workers/interceptor"
+	"github.com/strata-hsm/strata/workers/kernelguard"
 )
 
 // testRunEnv marks every process this test binary starts, and every
@@ -42,7 +44,15 @@ func TestMain(m *testing.M) {
 	rand.Read(tok[:])
 	token := hex.EncodeToString(tok[:])
 	os.Setenv(testRunEnv, token)
+	// The daemons of this run share one probe guard of their own, taken
+	// out of the kernel at the end (pins outlive processes).
+	guardDir := "/sys/fs/bpf/strata-test-" + token
+	os.Setenv(guardDirEnv, guardDir)
 	code := m.Run()
+	if err := kernelguard.Remove(guardDir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(os.Stderr, "FAIL: remove the tests' probe guard %s: %v\n", guardDir, err)
+		code = 1
+	}
 	if leaked := killHolders(token); len(leaked) > 0 {
 		fmt.Fprintf(os.Stderr, "FAIL: %d interceptor holder process(es) left running by the tests (killed now): %v\n", len(leaked), leaked)
 		if code == 0 {

@@ -36,7 +36,8 @@ func TestRecallDiskFull(t *testing.T) {
 
 func recallDiskFull(t *testing.T, bin, fstype string, seed uint64) {
 	hot := stratatest.LoopMount(t, fstype, 512<<20)
-	data, cold := t.TempDir(), t.TempDir()
+	data := t.TempDir()
+	cold := filepath.Join(data, "cold") // inside the data directory: created, no mount required
 	sock := filepath.Join(data, "interceptor", "holder.sock")
 	t.Cleanup(func() { killHolder(t, sock) })
 	// The filler fills the disk on purpose: no watermark may archive it.

@@ -136,6 +136,9 @@ func (d *daemon) buildStages() (*stages, error) {
 		d.logger.Warn("interceptor.holder = false: while this daemon is stopped or dead, stubs read as zeros, with no error")
 	}
 	icfg.Emitter = pipeline.NewEmitter(d.js, cfg.Host, "interceptor")
+	if d.guard != nil {
+		icfg.Guard = d.guard
+	}
 	if s.interceptor, err = interceptor.Open(icfg, s.reader, d.logger.With("stage", "interceptor")); err != nil {
 		return nil, fmt.Errorf("interceptor: %w", err)
 	}
@@ -198,7 +201,7 @@ func (d *daemon) buildStages() (*stages, error) {
 	s.pipeline = append(s.pipeline, releaser.Stage(releaser.StageConfig{
 		Catalog: d.cat, Emitter: pipeline.NewEmitter(d.js, host, releaser.StageName),
 		Roots: d.cfg.hotRoots(), Copies: cfg.Release.Copies, CountingTiers: cfg.Release.From, AllTiers: allTiers,
-		StagingDir: s.stagingDir, Mark: s.interceptor.Hold, Unhold: s.interceptor.Unhold, Failpoints: s.failpoints,
+		StagingDir: s.stagingDir, Mark: s.interceptor.Hold, Unhold: s.interceptor.Unhold, Guard: s.interceptor.GuardStub, Failpoints: s.failpoints,
 		Logger: d.logger.With("stage", releaser.StageName),
 	}))
 	if roots := d.cfg.hotRoots(); len(roots) > 0 {

@@ -73,6 +73,10 @@ type Config struct {
 	// updated"). Matched as WholeFilePrograms. Nil:
 	// DefaultMtimeCheckPrograms(); empty: none.
 	MtimeCheckPrograms []string
+	// Guard, if set, is told which files are stubs: Mark and Release
+	// register each one before its hole is punched, and a recall that
+	// makes a stub whole unregisters it. workers/kernelguard implements it.
+	Guard ProbeGuard
 	// Emitter publishes the recall events (see stage.go); nil publishes
 	// none (tests).
 	Emitter *pipeline.Emitter
@@ -123,6 +127,14 @@ type Config struct {
 // a whole file anyway, so recalling it whole at open costs them nothing.
 func DefaultWholeFilePrograms() []string {
 	return []string{"cp", "mv", "install", "tar", "bsdtar", "rsync", "qemu-img", "ddrescue"}
+}
+
+// ProbeGuard stops programs that ask a stub where its data is
+// (SEEK_DATA, SEEK_HOLE, FIEMAP): those raise no fanotify event and would
+// take a stub for one hole. The fd is any open fd of the file.
+type ProbeGuard interface {
+	AddStub(fd int) error
+	RemoveStub(fd int) error
 }
 
 // DefaultMtimeCheckPrograms returns the programs known to fail a copy

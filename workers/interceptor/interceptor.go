@@ -270,11 +270,81 @@ func (i *Interceptor) Mark(path string) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return fmt.Errorf("mark %s: not a regular file", path)
 	}
-	i.dropStale(inodeKey{st.Dev, st.Ino})
+	key := inodeKey{st.Dev, st.Ino}
+	if err := i.mark(path, key); err != nil {
+		return err
+	}
+	if err := i.guardPath(path, key); err != nil {
+		i.log.Error("register a stub with the probe guard: programs that probe its holes are not stopped", "path", path, "err", err)
+	}
+	return nil
+}
+
+func (i *Interceptor) mark(path string, key inodeKey) error {
+	i.dropStale(key)
 	if err := i.g.mark(path); err != nil {
 		return fmt.Errorf("mark %s: %w", path, explainMarkErr(err))
 	}
 	return nil
+}
+
+// GuardStub registers the file open at fd with Config.Guard (a no-op
+// without one). The releaser calls it between Hold and the punch, with
+// the fd it punches through.
+func (i *Interceptor) GuardStub(fd int) error {
+	if i.cfg.Guard == nil {
+		return nil
+	}
+	return i.cfg.Guard.AddStub(fd)
+}
+
+// unguard unregisters the file open at fd (a stub made whole).
+func (i *Interceptor) unguard(fd int, path string) {
+	if i.cfg.Guard == nil {
+		return
+	}
+	if err := i.cfg.Guard.RemoveStub(fd); err != nil {
+		i.log.Warn("unregister a recalled file from the probe guard", "path", path, "err", err)
+	}
+}
+
+// guardPath registers the stub at path with Config.Guard. It opens the
+// file, which raises an open event once the file is marked: a releasing
+// entry lets this process's event through at once (other programs' wait
+// the few microseconds it takes).
+func (i *Interceptor) guardPath(path string, key inodeKey) error {
+	if i.cfg.Guard == nil {
+		return nil
+	}
+	i.mu.Lock()
+	done := make(chan struct{})
+	if _, busy := i.mu.releasing[key]; busy {
+		done = nil // a release or another registration holds it already
+	} else {
+		i.mu.releasing[key] = done
+	}
+	i.mu.Unlock()
+	if done != nil {
+		defer func() {
+			i.mu.Lock()
+			delete(i.mu.releasing, key)
+			i.mu.Unlock()
+			close(done)
+		}()
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC|unix.O_LARGEFILE, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if (inodeKey{st.Dev, st.Ino}) != key {
+		return fmt.Errorf("%s was replaced while being marked", path)
+	}
+	return i.cfg.Guard.AddStub(fd)
 }
 
 // Hold marks the file at path for a release that punches its hole itself
@@ -301,7 +371,13 @@ func (i *Interceptor) Hold(path string) error {
 	i.mu.releasing[key] = make(chan struct{})
 	i.mu.held[path] = key
 	i.mu.Unlock()
-	if err := i.Mark(path); err != nil {
+	// No guard registration here: an open would break the releaser's write
+	// lease. The releaser calls GuardStub with its own fd before the punch.
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		i.Unhold(path)
+		return fmt.Errorf("mark %s: not a regular file", path)
+	}
+	if err := i.mark(path, key); err != nil {
 		i.Unhold(path)
 		return err
 	}
@@ -391,6 +467,11 @@ func (i *Interceptor) Release(path string) (retErr error) {
 	}
 	if err := unix.FanotifyMark(i.g.fd, unix.FAN_MARK_ADD, i.g.mask, fd, ""); err != nil {
 		return fmt.Errorf("release %s: mark: %w", path, explainMarkErr(err))
+	}
+	if err := i.GuardStub(fd); err != nil {
+		// Nothing punched: the file is whole and marked; its first access
+		// finds every chunk full and clears the state.
+		return fmt.Errorf("release %s: register with the probe guard: %w", path, err)
 	}
 	defer func() {
 		// A stub must hold no data at all (see fillRange): check it.

@@ -1114,6 +1114,7 @@ func (r *recall) finish() {
 	r.mu.proven = true
 	r.mu.Unlock()
 	ok = true
+	r.in.unguard(r.fd, r.path)
 	if err := r.in.g.unmarkFD(r.fd); err != nil && !errors.Is(err, unix.ENOENT) {
 		r.in.log.Warn("unmark recalled file", "path", r.path, "err", err)
 	}

@@ -233,7 +233,7 @@ func PrefetchStage(host string, logger *slog.Logger) pipeline.Stage {
 		Filter:      []string{events.Subject(host, events.KindRecallRequested)},
 		Concurrency: 2,
 		Handle: pipeline.Handle(PrefetchStageName, func(ctx context.Context, _ events.Envelope, r *events.RecallRequested) error {
-			if r.Reason != events.RecallPrefetch {
+			if r.Reason != events.RecallPrefetch && r.Reason != events.RecallProbe {
 				return nil // a program's access: the interceptor is on it
 			}
 			info, err := stub.ReadPath(r.Path)

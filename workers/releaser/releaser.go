@@ -145,6 +145,12 @@ type Request struct {
 	// until then, so none can read it between the mark and the punch and
 	// take data that is about to vanish for filled.
 	Unhold func(path string)
+	// Guard, if set, is called with the release's fd after Mark and before
+	// the punch (and again when a resumed release finds the hole punched):
+	// it registers the stub with the probe guard (workers/kernelguard),
+	// which stops programs that ask a stub where its data is. If it fails
+	// nothing is punched.
+	Guard func(fd int) error
 	// Failpoints armed for crash tests; the zero value arms none.
 	Failpoints failpoint.Set
 }
@@ -284,6 +290,11 @@ func Release(ctx context.Context, req Request) (Result, error) {
 					return Result{}, fmt.Errorf("mark stub %s: %w", req.Path, err)
 				}
 			}
+			if req.Guard != nil {
+				if err := req.Guard(fd); err != nil {
+					return Result{}, fmt.Errorf("register stub %s with the probe guard: %w", req.Path, err)
+				}
+			}
 			cur.MtimeNS = info.MtimeNS
 			st, err := finish(fd, req.Path, cur)
 			if err != nil {
@@ -369,6 +380,15 @@ func Release(ctx context.Context, req Request) (Result, error) {
 				return Result{}, fmt.Errorf("%w; reset state: %w", err, serr)
 			}
 			return Result{}, err
+		}
+	}
+	if req.Guard != nil {
+		if err := req.Guard(fd); err != nil {
+			// Nothing punched: whole, archived-clean, released on a later try.
+			if serr := stub.SetState(fd, stub.Archived); serr != nil {
+				err = errors.Join(err, fmt.Errorf("reset state to archived: %w", serr))
+			}
+			return Result{}, fmt.Errorf("register %s with the probe guard: %w", req.Path, err)
 		}
 	}
 	if err := unix.Fstat(fd, &st); err != nil { // blocks with the xattrs

@@ -58,7 +58,8 @@ type StageConfig struct {
 	// Mark puts the interceptor's mark on a file before its hole is
 	// punched.
 	Mark       func(path string) error
-	Unhold     func(path string) // see Request.Unhold
+	Unhold     func(path string)  // see Request.Unhold
+	Guard      func(fd int) error // see Request.Guard
 	Failpoints failpoint.Set
 	Logger     *slog.Logger
 }
@@ -155,7 +156,7 @@ func (h *releaseHandler) release(ctx context.Context, env events.Envelope, f cat
 	req := Request{
 		Path: f.Path, FileID: f.ID, ObjectID: f.ObjectID, Expect: expect, Reread: true,
 		ReleaseID: strconv.FormatUint(env.Seq, 10),
-		Roots:     h.cfg.Roots, Mark: h.cfg.Mark, Unhold: h.cfg.Unhold, Failpoints: h.cfg.Failpoints,
+		Roots:     h.cfg.Roots, Mark: h.cfg.Mark, Unhold: h.cfg.Unhold, Guard: h.cfg.Guard, Failpoints: h.cfg.Failpoints,
 	}
 	res, err := Release(ctx, req)
 	if errors.Is(err, ErrBusy) && !errors.Is(err, ErrOpenedDuring) && pipeline.Deliveries(ctx) < busyTries {
