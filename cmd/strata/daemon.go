@@ -16,6 +16,7 @@ import (
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/kernelguard"
 	"github.com/strata-hsm/strata/workers/scanner"
+	"github.com/strata-hsm/strata/workers/store"
 )
 
 // daemon is a running `strata run`: the embedded NATS server, the catalog
@@ -37,6 +38,9 @@ type daemon struct {
 	cat    *catalog.Catalog
 	stages *stages
 	guard  *kernelguard.Guard // nil: no probe guard (guard.go)
+	// removedTiers: tiers not configured that objects depend on, with how
+	// many (checkRemovedTiers).
+	removedTiers map[string]int
 
 	unclaim func() // releases the hot trees (scanner.Claim)
 }
@@ -86,6 +90,7 @@ func (d *daemon) run(ctx context.Context) error {
 	if err := d.cat.CatchUp(ctx, d.js, last, nil); err != nil {
 		return err
 	}
+	d.checkRemovedTiers()
 	if err := d.markStubs(ctx, d.stages); err != nil {
 		return err
 	}
@@ -107,6 +112,26 @@ func (d *daemon) run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// checkRemovedTiers says, loudly, when objects depend on a tier that is no
+// longer configured (removed without strata tier drain): their files
+// cannot be recalled until it is back.
+func (d *daemon) checkRemovedTiers() {
+	var names []string
+	for _, t := range d.cfg.Tiers {
+		names = append(names, t.Name)
+	}
+	deps, err := store.Dependents(d.cat, names, d.cfg.Release.From, d.cfg.Release.Copies)
+	if err != nil {
+		d.logger.Error("check for objects on removed tiers", "err", err)
+		return
+	}
+	for t, n := range deps {
+		d.logger.Error("a tier was removed from the configuration while objects depend on it: their files cannot be recalled; add it back, run strata tier drain, then remove it",
+			"tier", t, "objects", n)
+	}
+	d.removedTiers = deps
 }
 
 // close shuts everything down in order; safe on a partly started daemon.
