@@ -180,10 +180,6 @@ func (d *daemon) buildStages() (*stages, error) {
 				Failpoints: s.failpoints, Logger: d.logger.With("stage", name), Filter: filter, Roots: d.cfg.hotRoots(),
 				Repairer: s.reader,
 			})
-			// A tier may be down for days: keep retrying (every 5 minutes
-			// at the end) instead of dead-lettering its copies after a few
-			// tries. Permanent errors are still dead-lettered at once.
-			st.MaxDeliver, st.Backoff = storeMaxDeliver, storeBackoff
 		}
 		st.Handle = s.outcomes[t.Name].Track(st.Handle)
 		s.pipeline = append(s.pipeline, st)
@@ -303,11 +299,6 @@ func (d *daemon) openTier(t TierConfig) (tier.Target, error) {
 	}
 	return tg, nil
 }
-
-// The store stages' retry policy: about two weeks of retries.
-var storeBackoff = []time.Duration{time.Second, 5 * time.Second, 30 * time.Second, time.Minute, 5 * time.Minute}
-
-const storeMaxDeliver = 4000
 
 // anyFiltered reports whether some tier takes only some files.
 func anyFiltered(cfg Config) bool {

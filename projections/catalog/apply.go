@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -23,6 +24,7 @@ const (
 	pfxCopy    = "copy/"
 	pfxStub    = "stub/"
 	pfxPin     = "pin/"
+	pfxFail    = "storefail/" // <object>/<tier>: why the tier has no copy yet
 )
 
 func versionKey(fileID string, n uint32) string {
@@ -372,6 +374,12 @@ func (a *applier) apply(env *events.Envelope, ev events.Event) error {
 		}
 		a.st.addCopy(c, +1)
 		a.set(pfxCopy+e.ObjectID+"/"+e.Tier, c)
+		a.set(pfxFail+e.ObjectID+"/"+e.Tier, absent)
+		return nil
+
+	case *events.ObjectStoreFailed:
+		a.set(pfxFail+e.ObjectID+"/"+e.Tier, &StoreFailure{ObjectID: e.ObjectID, Tier: e.Tier, Reason: e.Reason,
+			Attempts: int64(e.Attempts), Permanent: e.Permanent, RetryIn: time.Duration(e.RetryIn), At: env.Time, Seq: env.Seq})
 		return nil
 
 	case *events.ObjectCorrupt:
@@ -389,6 +397,7 @@ func (a *applier) apply(env *events.Envelope, ev events.Event) error {
 		}
 		a.st.addCopy(old, -1)
 		a.set(pfxCopy+e.ObjectID+"/"+e.Tier, absent)
+		a.set(pfxFail+e.ObjectID+"/"+e.Tier, absent)
 		return nil
 
 	case *events.FileReleased:
@@ -553,6 +562,9 @@ func (a *applier) commit(seq uint64) error {
 			a.buf = r.encode(a.buf[:0])
 			err = b.Set(key, a.buf, nil)
 		case *Copy:
+			a.buf = r.encode(a.buf[:0])
+			err = b.Set(key, a.buf, nil)
+		case *StoreFailure:
 			a.buf = r.encode(a.buf[:0])
 			err = b.Set(key, a.buf, nil)
 		default:
