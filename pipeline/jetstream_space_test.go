@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -99,4 +100,59 @@ func TestJetStreamRecoversFromFullDisk(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestJetStreamStartsOnNearlyFullDisk: a server started while its data
+// directory is nearly full takes events again once room is made. Left to
+// itself nats-server sizes JetStream's storage limit from the free space
+// at start (75 % of it, plus 75 % of the store), so with 2 MiB free and a
+// 10 MiB stream every publish was refused with "insufficient resources"
+// (503, retried forever) however much room was made later.
+func TestJetStreamStartsOnNearlyFullDisk(t *testing.T) {
+	mnt := stratatest.LoopMount(t, "ext4", 64<<20)
+	data := filepath.Join(mnt, "data")
+	ctx := testCtx(t)
+	first := pipelinetest.RunServer(t, pipelinetest.WithDataDir(data))
+	body := bytes.Repeat([]byte("y"), 100<<10)
+	for i := 0; i < 100; i++ {
+		if _, err := first.JetStream().PublishMsg(ctx, &nats.Msg{Subject: events.Subject("test", events.KindFileDeleted), Data: body}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Leave about 2 MiB free.
+	filler := fillFS(t, mnt)
+	if err := os.Truncate(filler, mustSize(t, filler)-(2<<20)); err != nil {
+		t.Fatal(err)
+	}
+	srv := pipelinetest.RunServer(t, pipelinetest.WithDataDir(data))
+	checkFor(t, 5*time.Second, func() error {
+		if _, err := pipeline.Publish(ctx, srv.JetStream(), "test", fileDeleted(t, 1)); !errors.Is(err, pipeline.ErrNoSpace) {
+			return fmt.Errorf("publish on a nearly full disk: %v, want ErrNoSpace", err)
+		}
+		return nil
+	})
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := srv.Space().Wait(pctx); err != nil {
+		t.Fatal(err)
+	}
+	seq, err := pipeline.Publish(pctx, srv.JetStream(), "test", fileDeleted(t, 1))
+	if err != nil || seq != 101 {
+		t.Fatalf("publish once there is room: seq %d, %v; want 101", seq, err)
+	}
+}
+
+func mustSize(t *testing.T, p string) int64 {
+	t.Helper()
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
 }
