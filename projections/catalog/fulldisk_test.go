@@ -15,6 +15,7 @@ import (
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/pipeline/pipelinetest"
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/projections/catalog/catalogtest"
 	"github.com/strata-hsm/strata/workers/stratatest"
@@ -250,4 +251,73 @@ func mustSize(t *testing.T, p string) int64 {
 		t.Fatal(err)
 	}
 	return fi.Size()
+}
+
+// TestFollowResumesAfterFullDisk: the projection following a real log
+// while its filesystem fills (the Space here reacts only to failed
+// writes, so a write does fail): it stops without crashing, reports the
+// full disk, applies nothing while it lasts, and once there is room
+// reopens the database and catches up by itself, equal to a catalog that
+// applied the whole log on a roomy disk.
+func TestFollowResumesAfterFullDisk(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srv := pipelinetest.RunServer(t)
+	js := srv.JetStream()
+	mnt := stratatest.LoopMount(t, "ext4", 64<<20)
+	conds := pipeline.NewConditions(nil)
+	sp := pipeline.NewSpace(pipeline.SpaceConfig{Key: "space:catalog", Place: "catalog", Path: mnt, Conditions: conds, Interval: 50 * time.Millisecond, Reserve: 1})
+	sctx, scancel := context.WithCancel(ctx)
+	sdone := make(chan struct{})
+	go func() { defer close(sdone); sp.Run(sctx) }()
+	defer func() { scancel(); <-sdone }()
+
+	envs := catalogtest.Generate(30000, 13, catalogtest.Options{})
+	if err := catalogtest.Publish(js, "test", envs[:1000]); err != nil {
+		t.Fatal(err)
+	}
+	// Leave 12 MiB: the first write-ahead logs fit (Pebble preallocates
+	// each to 110 % of the 8 MiB memtable and rotates them as its first
+	// memtables grow from 256 KiB), a later one does not.
+	filler := fill(t, mnt)
+	if err := os.Truncate(filler, mustSize(t, filler)-(12<<20)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := catalog.Open(filepath.Join(mnt, "catalog"), catalog.Options{Sync: true, MemTableBytes: 8 << 20, Space: sp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fctx, fcancel := context.WithCancel(ctx)
+	followed := make(chan error, 1)
+	go func() { followed <- c.Follow(fctx, js, pipelinetest.Logger(t)) }()
+	if err := catalogtest.Publish(js, "test", envs[1000:]); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for c.Failed() == nil && !sp.Full() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the catalog applied %d events on a full disk without a failed write", c.LastSeq())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stuck := c.LastSeq()
+	if stuck >= uint64(len(envs)) {
+		t.Fatalf("everything applied on a full disk (seq %d)", stuck)
+	}
+	if _, ok := conds.Get("space:catalog"); !ok {
+		t.Fatal("no out-of-space condition")
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitSeq(ctx, uint64(len(envs))); err != nil {
+		t.Fatalf("the catalog did not catch up once there was room (at %d of %d, failed: %v): %v", c.LastSeq(), len(envs), c.Failed(), err)
+	}
+	fcancel()
+	if err := <-followed; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("stopped at seq %d on the full disk, caught up to %d", stuck, c.LastSeq())
+	sameAsDirect(t, c, envs)
 }
