@@ -215,7 +215,7 @@ func (d *daemon) buildStages() (*stages, error) {
 
 // runStages runs every stage until ctx ends; the first failure stops all.
 func (d *daemon) runStages(ctx context.Context, s *stages, g interface{ Go(func() error) }) {
-	runner := &pipeline.Runner{JS: d.js, Host: d.cfg.Host, Logger: d.logger, Validate: s.validator.Validate, Owner: d.srv.OwnerToken()}
+	runner := &pipeline.Runner{JS: d.js, Host: d.cfg.Host, Logger: d.logger, Validate: s.validator.Validate, Owner: d.srv.OwnerToken(), Spaces: d.spaces}
 	// Durables nobody may keep (a reader's, not in nats.reader_durables)
 	// are removed before the stages start and every 10 minutes.
 	g.Go(func() error {

@@ -62,14 +62,34 @@ func (c *Catalog) ApplyDecoded(envs []events.Envelope, evs []events.Event) error
 	return c.apply(envs, evs)
 }
 
-func (c *Catalog) apply(envs []events.Envelope, evs []events.Event) error {
+func (c *Catalog) apply(envs []events.Envelope, evs []events.Event) (err error) {
 	c.applyMu.Lock()
 	defer c.applyMu.Unlock()
+	if err := c.Failed(); err != nil {
+		return fmt.Errorf("%w (reopen it): %w", ErrFailed, err)
+	}
 	db, err := c.rlock()
 	if err != nil {
 		return err
 	}
 	defer c.mu.RUnlock()
+	defer func() {
+		// A commit Pebble could not write: the database takes no more
+		// writes (see Catalog.failed); what was committed before is safe.
+		if r := recover(); r != nil {
+			fe, ok := r.(fatalError)
+			if !ok {
+				panic(r)
+			}
+			c.failed.Store(&fe.err)
+			c.cache.init(c.cache.max)
+			c.filter = nil
+			if c.opts.Space != nil {
+				c.opts.Space.Report(fe.err)
+			}
+			err = fmt.Errorf("%w: %w", ErrFailed, fe.err)
+		}
+	}()
 
 	last := c.seq.Load()
 	// Select the new envelopes first, so that a bad one fails the call
