@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -36,7 +37,7 @@ func (c *lsCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return printJSON(e, rep)
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "STATE\tSIZE\tOBJECT\tCOPIES\tPATH")
+	fmt.Fprintln(w, "STATE\tSIZE\tRESIDENT\tOBJECT\tCOPIES\tPATH")
 	for _, f := range rep.Files {
 		obj := "-"
 		if f.ObjectID != "" {
@@ -46,15 +47,27 @@ func (c *lsCmd) Run(ctx context.Context, e *env, g *globals) error {
 		if len(f.Copies) > 0 {
 			copies = fmt.Sprint(len(f.Copies), " ", f.Copies)
 		}
-		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\n", lsState(f.State), f.Size, obj, copies, f.Path)
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", lsState(f.State), f.Size, lsResident(f), obj, copies, f.Path)
 		for _, why := range f.Failures {
-			fmt.Fprintf(w, "\t\t\t\t  no copy on %s\n", why)
+			fmt.Fprintf(w, "\t\t\t\t\t  no copy on %s\n", why)
 		}
 	}
 	if rep.Truncated {
 		fmt.Fprintf(w, "… truncated at %d files (--limit)\n", len(rep.Files))
 	}
 	return w.Flush()
+}
+
+// lsResident says how much of a stub is on the hot tier, as a percentage
+// ("-" for other files: they are resident).
+func lsResident(f scanner.LsEntry) string {
+	if f.State != catalog.StateReleased.String() {
+		return "-"
+	}
+	if f.Size == 0 {
+		return "0%"
+	}
+	return strconv.FormatFloat(100*float64(f.Resident)/float64(f.Size), 'f', 1, 64) + "%"
 }
 
 // lsState names a state the way users know it.

@@ -200,6 +200,7 @@ func (d *daemon) buildStages() (*stages, error) {
 		Catalog: d.cat, Emitter: pipeline.NewEmitter(d.js, host, releaser.StageName),
 		Roots: d.cfg.hotRoots(), Copies: cfg.Release.Copies, CountingTiers: cfg.Release.From, Draining: s.draining, AllTiers: allTiers,
 		StagingDir: s.stagingDir, Mark: s.interceptor.Hold, Unhold: s.interceptor.Unhold, Guard: s.interceptor.GuardStub, Failpoints: s.failpoints,
+		ResidentHead: int64(cfg.Release.ResidentHead), ResidentTail: int64(cfg.Release.ResidentTail),
 		Logger: d.logger.With("stage", releaser.StageName),
 	}))
 	if roots := d.cfg.hotRoots(); len(roots) > 0 {

@@ -473,19 +473,20 @@ func (i *Interceptor) Release(path string) (retErr error) {
 		// finds every chunk full and clears the state.
 		return fmt.Errorf("release %s: register with the probe guard: %w", path, err)
 	}
+	// Whole blocks up to past EOF, or all but the resident head and tail
+	// (Config.ResidentHead, ResidentTail): a punch that ends inside the
+	// last block only zeroes its tail and keeps the block as data, and
+	// data is what fills never overwrite.
+	l := stub.LayoutOf(fst.Size, i.cfg.ResidentHead, i.cfg.ResidentTail, int64(fst.Blksize))
 	defer func() {
-		// A stub must hold no data at all (see fillRange): check it.
-		if d, err := unix.Seek(fd, 0, unix.SEEK_DATA); err == nil && d < fst.Size && retErr == nil {
+		// A stub must hold no data where it was punched (see fillRange):
+		// check it.
+		if d, err := unix.Seek(fd, l.PunchLo, unix.SEEK_DATA); err == nil && d < min(l.PunchHi, fst.Size) && !l.Empty() && retErr == nil {
 			retErr = fmt.Errorf("release %s: data left at offset %d after punching the hole", path, d)
 		}
 	}()
-	if fst.Size > 0 {
-		// Punch whole blocks up to past EOF: a punch that ends inside the
-		// last block only zeroes its tail and keeps the block as data, and
-		// data is what fills never overwrite.
-		blk := max(int64(fst.Blksize), 4096)
-		end := (fst.Size + blk - 1) / blk * blk
-		if err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, end); err != nil {
+	if !l.Empty() {
+		if err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, l.PunchLo, l.PunchHi-l.PunchLo); err != nil {
 			// The file is intact and marked; its first access recalls
 			// nothing (every chunk holds data) and clears the state.
 			return fmt.Errorf("release %s: punch hole: %w", path, err)
@@ -510,7 +511,9 @@ func (i *Interceptor) dropStale(key inodeKey) {
 	r.mu.Unlock()
 	stale := false
 	switch {
-	case done || !r.useFD():
+	case done || r.dropIfIdle() || !r.useFD():
+		// Finished, dropped while idle (a partially resident stub: its
+		// state is on disk), or closed.
 		stale = true
 	default:
 		var st unix.Stat_t
@@ -754,6 +757,10 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		case info.State != stub.Released:
 			_ = i.g.unmarkFD(ev.fd) // resident and archived: nothing to guard
 			return 0
+		case i.mode == ModePreAccess && ev.mask&unix.FAN_PRE_ACCESS != 0 && ev.hasRange && i.servedResident(ev, key, &st, info):
+			return 0 // only resident bytes (a head, filled chunks): no recall (partial.go)
+		case i.openNeedsNoRecall(ev, info):
+			return 0 // recalled by range as it is read
 		}
 		nr, err := newRecall(i, ev, key, &st, info)
 		if err != nil {
@@ -801,6 +808,9 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		// throws it away, a cost only truncate(2) and ftruncate pay:
 		// O_TRUNC raises no event), then no fill may write at or past off.
 		if err := r.ensure(i.fgCtx, ev.off, r.info.Size); err != nil {
+			if errors.Is(err, errDropped) {
+				return i.decide(ev)
+			}
 			i.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path,
 				Offset: ev.off, Length: r.info.Size - ev.off, PID: ev.pid, Process: comm(ev.pid), Err: err})
 			return errnoFor(err)
@@ -814,6 +824,9 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 	err := r.ensure(i.fgCtx, lo, hi)
 	if tlo, thi := r.tail(max(int64(st.Blksize), 4096)); err == nil && thi > 0 {
 		err = r.ensure(i.fgCtx, tlo, thi)
+	}
+	if errors.Is(err, errDropped) {
+		return i.decide(ev) // dropped while idle before this event used it: decide with a new one
 	}
 	if err != nil {
 		var fe *fillError
@@ -831,13 +844,16 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		// close every writable fd before the program goes on (an exec
 		// must not find a writer).
 		if err := r.awaitProof(i.fgCtx); err != nil {
+			if errors.Is(err, errDropped) {
+				return i.decide(ev)
+			}
 			i.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path,
 				Offset: lo, Length: hi - lo, PID: ev.pid, Process: comm(ev.pid), Err: err})
 			return errnoFor(err)
 		}
 		return 0
 	}
-	r.kick(hi)
+	r.accessed(lo, hi)
 	return 0
 }
 

@@ -124,6 +124,10 @@ type recall struct {
 		truncated bool
 		fdUsers   int
 		fdClosed  bool
+		// part: how the stub is accessed, what the background fills
+		// (read-ahead or the whole file) and whether this recall was
+		// dropped while idle (partial.go).
+		part partialState
 	}
 }
 
@@ -216,7 +220,7 @@ func (r *recall) nchunks(size int64) int64 { return (size + r.chunk - 1) / r.chu
 func (r *recall) useFD() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.mu.fdClosed {
+	if r.mu.fdClosed || r.mu.part.dropped {
 		return false
 	}
 	r.mu.fdUsers++
@@ -305,7 +309,7 @@ func (r *recall) awaitProof(ctx context.Context) error {
 // with the error of a fill it needed.
 func (r *recall) ensure(ctx context.Context, lo, hi int64) error {
 	if !r.useFD() {
-		return nil
+		return r.droppedErr() // nil: proved whole, nothing to fill
 	}
 	defer r.doneFD()
 	r.reopenHoles(lo, hi)
@@ -322,6 +326,9 @@ func (r *recall) ensure(ctx context.Context, lo, hi int64) error {
 		case chunkFilling:
 			waits = append(waits, r.mu.ops[k])
 		case chunkEmpty:
+			if r.residentLocked(k, lo, hi) {
+				continue // the bytes wanted of it are there (a resident head)
+			}
 			op := r.claimLocked(k)
 			mine, mineOps = append(mine, k), append(mineOps, op)
 		}
@@ -862,19 +869,20 @@ func (r *recall) sawSize(size int64) {
 	}
 }
 
-// tail returns the range of the chunk that holds the last byte below the
-// limit when the limit does not end on a block boundary, else an empty
-// range. An append (reported at the fd's position, not at EOF) or a write
-// past EOF writes into, or zeroes the rest of, that last block: it must be
-// filled before such a write is allowed, or the fill would later skip the
-// block as data and lose its bytes.
+// tail returns the range of the last block below the limit when the
+// limit does not end on a block boundary, else an empty range. An append
+// (reported at the fd's position, not at EOF) or a write past EOF writes
+// into, or zeroes the rest of, that last block: it must be filled before
+// such a write is allowed, or the fill would later skip the block as data
+// and lose its bytes. (Filling it fills its chunk; a resident tail kept by
+// the release needs nothing.)
 func (r *recall) tail(blk int64) (lo, hi int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.mu.limit == 0 || r.mu.limit%blk == 0 {
 		return 0, 0
 	}
-	return (r.mu.limit - 1) / r.chunk * r.chunk, r.mu.limit
+	return r.mu.limit / blk * blk, r.mu.limit
 }
 
 // truncate handles a truncate to size x: once it returns, no fill writes at
@@ -935,14 +943,10 @@ func (r *recall) background() {
 		r.mu.Lock()
 		k, op := int64(-1), (*fillOp)(nil)
 		n := r.nchunks(r.mu.limit)
-		if !r.mu.done && !r.mu.fdClosed && !stop.Load() {
-			for j := range n {
-				c := (r.mu.cursor + j) % n
-				if r.mu.state[c] == chunkEmpty {
-					k, op = c, r.claimLocked(c)
-					r.mu.cursor = c + 1
-					break
-				}
+		if !r.mu.done && !r.mu.fdClosed && !r.mu.part.dropped && !stop.Load() {
+			if c := r.nextBackgroundLocked(n); c >= 0 {
+				k, op = c, r.claimLocked(c)
+				r.mu.cursor = c + 1
 			}
 		}
 		if k < 0 {
