@@ -73,6 +73,7 @@ type Stats struct {
 	Completed   uint64
 	Orphans     uint64 // events of a crashed predecessor answered at Open
 	Filling     uint64 // chunk fills in flight now (claimed, not yet filled or given back)
+	Recalls     uint64 // recalls held now (in progress, or of partially resident stubs not yet idle)
 }
 
 type inodeKey struct{ dev, ino uint64 }
@@ -256,6 +257,7 @@ func (i *Interceptor) Stats() Stats {
 		Overflows: i.stats.overflows.Load(), Fills: i.stats.fills.Load(),
 		FilledBytes: i.stats.filledBytes.Load(), Completed: i.stats.completed.Load(),
 		Orphans: i.stats.orphans.Load(), Filling: uint64(max(i.stats.filling.Load(), 0)),
+		Recalls: i.recallCount(),
 	}
 }
 

@@ -289,3 +289,10 @@ func (j *journal) hasPartial(key inodeKey) bool {
 	defer j.mu.Unlock()
 	return len(j.mu.partial[key]) > 0
 }
+
+// recallCount is the number of recalls held (Stats.Recalls).
+func (i *Interceptor) recallCount() uint64 {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return uint64(len(i.mu.recalls))
+}
