@@ -249,16 +249,19 @@ func (i *Interceptor) reap(r *recall) {
 }
 
 // servedResident reports whether the access [lo, hi) of ev to the stub
-// key, of which no recall runs, can be allowed at once: every byte of it
-// below the size is data, the block at EOF is too (an append writes
+// key, of which no recall runs, can be allowed at once: the stub has its
+// archived size, every byte of the access below it is data, the block at EOF is too (an append writes
 // there), and the journal names no segment of the stub that a crashed
 // fill left half written. That data is the object's: what a release kept
 // (stub.Layout) and chunks that verified fills stored whole.
 func (i *Interceptor) servedResident(ev event, key inodeKey, st *unix.Stat_t, info stub.Info) bool {
-	size := min(st.Size, info.Size)
+	size := info.Size
 	lo, hi := ev.off, min(ev.off+ev.count, size)
-	if ev.count == 0 || i.jr.hasPartial(key) {
-		return false // a truncate or clone (count 0) takes the usual path
+	if ev.count == 0 || st.Size != size || i.jr.hasPartial(key) {
+		// A truncate or clone (count 0), and a stub whose size changed (an
+		// O_TRUNC open raises no event), take the usual path: its recall
+		// ends as a modification.
+		return false
 	}
 	if blk := max(int64(st.Blksize), 4096); size%blk != 0 && !allData(ev.fd, size/blk*blk, size) {
 		return false

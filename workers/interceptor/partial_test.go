@@ -17,6 +17,13 @@ import (
 	"github.com/strata-hsm/strata/workers/stratatest"
 )
 
+// fillWhole makes every stub of these tests small enough to be filled
+// whole in the background after its first access, as every stub was
+// before partially resident stubs: tests of what a recall does once it
+// runs to completion (dd-middle: a read in the middle of a 64 MiB stub)
+// use it. TestPartialStub covers the default.
+func fillWhole(c *interceptor.Config) { c.FillWholeBelow = 1 << 40 }
+
 // resident returns the bytes of path's allocated blocks (st_blocks; no
 // open, so no event).
 func resident(t *testing.T, path string) int64 {
