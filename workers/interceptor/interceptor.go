@@ -38,7 +38,7 @@ type Completion struct {
 	FileID, ObjectID string
 	ReleaseID        string        // stub.Info.ReleaseID of the stub
 	Path             string        // path of the file when its recall began
-	Bytes            int64         // bytes written by fills
+	Bytes            int64         // bytes written by this recall's fills (not by earlier recalls of a partially resident stub, dropped while idle)
 	Size             int64         // bytes of archived content now resident
 	Truncated        bool          // the file was truncated below its archived size: its content is no longer the object
 	Modified         bool          // a program wrote the file during (or before) its recall: its content is no longer the object
@@ -360,6 +360,7 @@ func (i *Interceptor) Hold(path string) error {
 		return fmt.Errorf("mark %s: %w", path, err)
 	}
 	key := inodeKey{st.Dev, st.Ino}
+	i.dropIdle(key) // a partially resident stub's: its state is on disk
 	i.dropStale(key)
 	i.mu.Lock()
 	if r := i.mu.recalls[key]; r != nil {
@@ -425,6 +426,7 @@ func (i *Interceptor) Release(path string) (retErr error) {
 		return fmt.Errorf("release %s: not a regular file", path)
 	}
 	key := inodeKey{st.Dev, st.Ino}
+	i.dropIdle(key)
 	i.dropStale(key)
 	i.mu.Lock()
 	if r := i.mu.recalls[key]; r != nil {
@@ -513,9 +515,7 @@ func (i *Interceptor) dropStale(key inodeKey) {
 	r.mu.Unlock()
 	stale := false
 	switch {
-	case done || r.dropIfIdle() || !r.useFD():
-		// Finished, dropped while idle (a partially resident stub: its
-		// state is on disk), or closed.
+	case done || !r.useFD():
 		stale = true
 	default:
 		var st unix.Stat_t

@@ -29,7 +29,7 @@ import (
 // What a partial stub holds is on disk: its data extents. A recall keeps
 // no state that the disk does not (except which chunks it filled itself,
 // used by the proof): an idle recall is dropped (Config.IdleAfter, and at
-// Hold, Release and Mark), and the next access starts a new one, which
+// Hold and Release), and the next access starts a new one, which
 // counts every chunk that is all data as filled, as after a restart.
 //
 // Accesses that touch only resident bytes — a resident head or tail kept
@@ -204,6 +204,24 @@ func (r *recall) dropIfIdle() bool {
 	}
 	r.mu.part.dropped = true
 	return true
+}
+
+// dropIdle drops the recall of key if it is idle (Hold and Release: a
+// partially resident stub may be released again).
+func (i *Interceptor) dropIdle(key inodeKey) {
+	i.mu.Lock()
+	r := i.mu.recalls[key]
+	if r == nil || !r.dropIfIdle() {
+		i.mu.Unlock()
+		return
+	}
+	delete(i.mu.recalls, key)
+	i.work.Add(1)
+	i.mu.Unlock()
+	go func() {
+		defer i.work.Done()
+		r.closeFD()
+	}()
 }
 
 // armReapLocked makes sure a timer will drop the recall once it is idle.
