@@ -206,8 +206,8 @@ func (r *recall) dropIfIdle() bool {
 	return true
 }
 
-// dropIdle drops the recall of key if it is idle (Hold and Release: a
-// partially resident stub may be released again).
+// dropIdle drops the recall of key if it is idle, and closes its fds
+// (Hold and Release: a partially resident stub may be released again).
 func (i *Interceptor) dropIdle(key inodeKey) {
 	i.mu.Lock()
 	r := i.mu.recalls[key]
@@ -216,12 +216,11 @@ func (i *Interceptor) dropIdle(key inodeKey) {
 		return
 	}
 	delete(i.mu.recalls, key)
-	i.work.Add(1)
 	i.mu.Unlock()
-	go func() {
-		defer i.work.Done()
-		r.closeFD()
-	}()
+	// Now, not later: the releaser's write lease is refused while this
+	// process holds another open fd of the file. Idle, and dropped: no
+	// use is in flight or can start, so this does not wait.
+	r.closeFD()
 }
 
 // armReapLocked makes sure a timer will drop the recall once it is idle.
