@@ -274,10 +274,21 @@ func (i *Interceptor) reap(r *recall) {
 func (i *Interceptor) servedResident(ev event, key inodeKey, st *unix.Stat_t, info stub.Info) bool {
 	size := info.Size
 	lo, hi := ev.off, min(ev.off+ev.count, size)
-	if ev.count == 0 || st.Size != size || i.jr.hasPartial(key) {
+	if ev.count == 0 || st.Size != size || st.Nlink == 0 || i.jr.hasPartial(key) {
 		// A truncate or clone (count 0), and a stub whose size changed (an
 		// O_TRUNC open raises no event), take the usual path: its recall
-		// ends as a modification.
+		// ends as a modification. So does a deleted stub (a recall dropped
+		// as stale may still be filling it).
+		return false
+	}
+	// Under Interceptor.mu, with no recall of key in the map: no fill of
+	// this stub can be in flight (fills belong to the recall in the map;
+	// one created after this check fills nothing before it is in it). A
+	// fill in flight faults pages in before it copies into them: they
+	// would look like data.
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.mu.recalls[key] != nil {
 		return false
 	}
 	if blk := max(int64(st.Blksize), 4096); size%blk != 0 && !allData(ev.fd, size/blk*blk, size) {
