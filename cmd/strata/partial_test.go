@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/workers/interceptor"
 	"github.com/strata-hsm/strata/workers/releaser"
 	"github.com/strata-hsm/strata/workers/scanner"
 	"github.com/strata-hsm/strata/workers/stratatest"
@@ -77,8 +78,9 @@ func mustOut(t *testing.T, name string, args ...string) []byte {
 // TestPartialStubs: partially resident stubs and the resident head,
 // through the real binary on loop-mounted ext4 and XFS, with real
 // programs:
-//   - `tail -c 100` of a 100 MiB stub reads the right bytes and leaves it a
-//     stub, partially resident (strata ls: released, RESIDENT above 0 and
+//   - `tail -c 100` of a 100 MiB stub, held while the daemon is killed
+//     (kill -9 at the failpoint after its fill) and restarted, reads the
+//     right bytes and leaves it a stub, partially resident (strata ls: released, RESIDENT above 0 and
 //     below 100 %), with no recall.completed;
 //   - strata release frees its recalled range again, with no new
 //     object.stored, and the stub still reads right;
@@ -123,7 +125,10 @@ func TestPartialStubs(t *testing.T) {
 			// needs a recall whatever the release kept.
 			big, bigData := write("big.bin", 100<<20+50)
 			small, smallData := write("small.bin", 20<<20+7)
-			d1 := startStrata(t, bin, data, hot, cold, "", "--config", config(""))
+			cfgA := config("")
+			// The first daemon dies (kill -9, a failpoint) once it has
+			// filled the range tail -c 100 waits for, before it answers.
+			d0 := startStrata(t, bin, data, hot, cold, interceptor.FailAfterFill, "--config", cfgA)
 			archiveWait(t, data, big)
 			archiveWait(t, data, small)
 			info, err := stub.ReadPath(big)
@@ -132,9 +137,24 @@ func TestPartialStubs(t *testing.T) {
 			}
 			stored := logCount(t, data, events.KindObjectStored, "")
 
-			// tail -c 100: partial.
-			if got := mustOut(t, "tail", "-c", "100", big); !bytes.Equal(got, bigData[len(bigData)-100:]) {
-				t.Fatalf("tail -c 100: %q", got)
+			// tail -c 100, across a kill -9: right bytes, and partial.
+			tailCmd := exec.Command("tail", "-c", "100", big)
+			var tailOut bytes.Buffer
+			tailCmd.Stdout = &tailOut
+			if err := tailCmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { tailCmd.Process.Kill() })
+			d0.wait(t, 30*time.Second)
+			if !strings.Contains(d0.logs(), "failpoint "+interceptor.FailAfterFill+": killing process") {
+				t.Fatalf("daemon died but not at its failpoint:\n%s", d0.logs())
+			}
+			d1 := startStrata(t, bin, data, hot, cold, "", "--config", cfgA)
+			if err := waitExit(tailCmd, time.Minute); err != nil {
+				t.Fatalf("tail -c 100 across a kill -9 of the daemon: %v", err)
+			}
+			if got := tailOut.Bytes(); !bytes.Equal(got, bigData[len(bigData)-100:]) {
+				t.Fatalf("tail -c 100 across a kill -9: %q", got)
 			}
 			var e scanner.LsEntry
 			waitFor(t, 30*time.Second, func() error {

@@ -869,20 +869,24 @@ func (r *recall) sawSize(size int64) {
 	}
 }
 
-// tail returns the range of the last block below the limit when the
-// limit does not end on a block boundary, else an empty range. An append
-// (reported at the fd's position, not at EOF) or a write past EOF writes
-// into, or zeroes the rest of, that last block: it must be filled before
-// such a write is allowed, or the fill would later skip the block as data
-// and lose its bytes. (Filling it fills its chunk; a resident tail kept by
-// the release needs nothing.)
+// tail returns the range of the chunk that holds the last byte below the
+// limit when the limit does not end on a block boundary, else an empty
+// range. An append (reported at the fd's position, not at EOF) or a write
+// past EOF writes into, or zeroes the rest of, that last block: it must be
+// filled before such a write is allowed, or the fill would later skip the
+// block as data and lose its bytes. A last block that is resident already
+// (kept by the release, see stub.Layout) needs nothing.
 func (r *recall) tail(blk int64) (lo, hi int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.mu.limit == 0 || r.mu.limit%blk == 0 {
 		return 0, 0
 	}
-	return r.mu.limit / blk * blk, r.mu.limit
+	k := (r.mu.limit - 1) / r.chunk
+	if r.mu.state[k] == chunkEmpty && r.residentLocked(k, r.mu.limit/blk*blk, r.mu.limit) {
+		return 0, 0
+	}
+	return k * r.chunk, r.mu.limit
 }
 
 // truncate handles a truncate to size x: once it returns, no fill writes at
