@@ -168,7 +168,14 @@ func newRecall(in *Interceptor, ev event, key inodeKey, st *unix.Stat_t, info st
 				return nil, fmt.Errorf("punch bytes %d-%d left half written by a crash: %w", p.off, p.off+p.n, err)
 			}
 			in.log.Warn("punched bytes a crashed fill left half written", "path", r.path, "off", p.off, "len", p.n)
-			restoreMtime(fd, st.Mtim) // a punch moves mtime; a recall must not look like a modification
+			// A punch moves mtime, and so did the store the crash cut
+			// short (ext4): put back the mtime from before that store; a
+			// recall must not look like a modification.
+			mt := st.Mtim
+			if p.mtimeNS != 0 {
+				mt = unix.NsecToTimespec(p.mtimeNS)
+			}
+			restoreMtime(fd, mt)
 		}
 		in.jr.endFill(p.slot)
 	}
@@ -634,17 +641,17 @@ func (r *recall) fillRange(ctx context.Context, k, s, e int64, fp *firstPart) (t
 func (r *recall) storeSegs(k int64, m []byte, s int64, buf []byte, segs [][2]int64) (int64, error) {
 	var wrote int64
 	for i, h := range segs {
+		var before unix.Stat_t
+		if err := unix.Fstat(r.fd, &before); err != nil {
+			r.punchSegs(k, segs[:i])
+			return 0, fmt.Errorf("stat stub: %w", err)
+		}
 		slot, err := r.in.jr.beginFill(r.key, r.info.FileID, h[0], h[1]-h[0])
 		if err != nil {
 			r.punchSegs(k, segs[:i])
 			return 0, err
 		}
-		var before unix.Stat_t
-		if err := unix.Fstat(r.fd, &before); err != nil {
-			r.in.jr.endFill(slot)
-			r.punchSegs(k, segs[:i])
-			return 0, fmt.Errorf("stat stub: %w", err)
-		}
+		r.in.jr.setFillMtime(slot, before.Mtim.Nano()) // a kill mid-store leaves it stamped (ext4): the next recall puts it back
 		for try := 0; ; try++ {
 			// Fault the pages in writable with one call (fewer faults
 			// than the copy would take, measured); a page that cannot be
