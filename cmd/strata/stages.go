@@ -321,6 +321,11 @@ type tierStatus struct {
 	Pending   int    `json:"pending"`         // in progress or waiting for a retry
 	Objects   uint64 `json:"objects"`         // good copies in the catalog
 	Corrupt   uint64 `json:"corrupt"`         // copies marked corrupt
+	// Objects it has no copy of because storing failed: still retried,
+	// or given up (retrying cannot help); the latest reason.
+	Failing     uint64 `json:"failing"`
+	GaveUp      uint64 `json:"gave_up"`
+	LastFailure string `json:"last_failure,omitempty"`
 	pipeline.OutcomeCounts
 }
 
@@ -343,10 +348,28 @@ func (d *daemon) tierStatuses(ctx context.Context, st pipeline.Status) []tierSta
 		counts[c.Tier] = n
 		return nil
 	}})
+	failed := map[string]*tierStatus{}
+	_ = d.cat.EachStoreFailure(func(f catalog.StoreFailure) error {
+		ts := failed[f.Tier]
+		if ts == nil {
+			ts = &tierStatus{}
+			failed[f.Tier] = ts
+		}
+		if f.Permanent {
+			ts.GaveUp++
+		} else {
+			ts.Failing++
+		}
+		ts.LastFailure = f.Reason
+		return nil
+	})
 	out := make([]tierStatus, len(d.cfg.Tiers))
 	var wg sync.WaitGroup
 	for i, t := range d.cfg.Tiers {
 		ts := tierStatus{Name: t.Name, Kind: t.Kind, Cost: t.Cost, Objects: counts[t.Name][0], Corrupt: counts[t.Name][1]}
+		if f := failed[t.Name]; f != nil {
+			ts.Failing, ts.GaveUp, ts.LastFailure = f.Failing, f.GaveUp, f.LastFailure
+		}
 		for _, c := range st.Consumers {
 			if c.Name == tier.StageName(t.Name) {
 				ts.Lag, ts.Pending = c.Lag, c.AckPending

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/rand"
 	"fmt"
 	"os"
@@ -59,5 +60,48 @@ func TestStuckSaysWhy(t *testing.T) {
 	}
 	if _, err := os.Stat(tiny); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestStuckGivesUp: when the only tier that counts for release gives up on
+// an object, archive --wait does not wait for ever: the file is skipped
+// (it stays hot, its bytes untouched) saying which tier gave up and why,
+// and strata status counts it against that tier.
+func TestStuckGivesUp(t *testing.T) {
+	stratatest.NeedRoot(t)
+	hot := stratatest.LoopMount(t, "ext4", 128<<20)
+	tiny := stratatest.LoopMount(t, "ext4", 16<<20)
+	data := t.TempDir()
+	big := make([]byte, 24<<20)
+	rand.Read(big)
+	files := writeFiles(t, hot, map[string][]byte{"big.bin": big})
+	yes := true
+	testDaemon(t, Config{DataDir: data, Hot: []HotConfig{{Path: hot}}, Tiers: []TierConfig{
+		{Name: "main", Kind: events.TierDirectory, Path: filepath.Join(data, "main")},
+		{Name: "tiny", Kind: events.TierDirectory, Path: tiny, RequireMount: &yes}},
+		Release: ReleaseConfig{Copies: 1, From: []string{"tiny"}}})
+	var sum archiveSummary
+	cliJSON(t, &sum, "archive", "--wait", "--timeout", "2m", "--json", "--data", data, hot)
+	bigPath := filepath.Join(hot, "big.bin")
+	if sum.Released != 0 || len(sum.Skipped) != 1 || sum.Skipped[0].Path != bigPath ||
+		!strings.Contains(sum.Skipped[0].Reason, "tier tiny gave up") || !strings.Contains(sum.Skipped[0].Reason, "larger than the whole tier") {
+		t.Fatalf("archive --wait: want big.bin skipped because tiny gave up: %+v", sum)
+	}
+	if got, err := os.ReadFile(bigPath); err != nil || !bytes.Equal(got, files["big.bin"]) {
+		t.Fatalf("big.bin after the skip: %v (bytes equal: %v)", err, bytes.Equal(got, files["big.bin"]))
+	}
+	var st statusReply
+	cliJSON(t, &st, "status", "--json", "--data", data)
+	for _, ts := range st.TierState {
+		switch {
+		case ts.Name == "tiny" && (ts.GaveUp != 1 || !strings.Contains(ts.LastFailure, "larger than the whole tier")):
+			t.Fatalf("status of tier tiny: %+v", ts)
+		case ts.Name == "main" && ts.Failing+ts.GaveUp != 0:
+			t.Fatalf("status of tier main: %+v", ts)
+		}
+	}
+	out, _, _ := cli(t, "status", "--data", data)
+	if !strings.Contains(out, "1 objects not stored (0 being retried, 1 given up)") {
+		t.Fatalf("strata status does not say tiny is stuck:\n%s", out)
 	}
 }
