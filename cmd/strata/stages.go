@@ -49,6 +49,10 @@ type stages struct {
 	scanner     *scanner.Loop
 	pipeline    []pipeline.Stage
 	validator   *schemas.Validator
+	// places are the spaces of directory tiers and hot trees: a copy to a
+	// full tier waits (other tiers go on), a recall into a full hot tree
+	// reports it; the daemon runs them (watchSpaces).
+	places []*pipeline.Space
 }
 
 // stageNamesFor lists the durable consumers the config creates.
@@ -121,6 +125,15 @@ func (d *daemon) buildStages() (*stages, error) {
 	}
 	icfg := cfg.interceptorConfig()
 	icfg.Failpoints = s.failpoints
+	hotSpaces := d.hotSpaces()
+	s.places = append(s.places, hotSpaces...)
+	icfg.OnFail = func(f interceptor.Failure) {
+		for _, sp := range hotSpaces {
+			if sp.Contains(f.Path) {
+				sp.Report(f.Err)
+			}
+		}
+	}
 	if cfg.Interceptor.HolderOn() {
 		dir := filepath.Join(cfg.DataDir, "interceptor")
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -180,6 +193,10 @@ func (d *daemon) buildStages() (*stages, error) {
 				Failpoints: s.failpoints, Logger: d.logger.With("stage", name), Filter: filter, Roots: d.cfg.hotRoots(),
 				Repairer: s.reader,
 			})
+			if sp := d.tierSpace(t); sp != nil {
+				st.Spaces = append(st.Spaces, sp)
+				s.places = append(s.places, sp)
+			}
 		}
 		st.Handle = s.outcomes[t.Name].Track(st.Handle)
 		s.pipeline = append(s.pipeline, st)

@@ -105,3 +105,77 @@ func TestStuckGivesUp(t *testing.T) {
 		t.Fatalf("strata status does not say tiny is stuck:\n%s", out)
 	}
 }
+
+// wantCondition checks that the daemon reports (or no longer reports) the
+// condition key.
+func wantCondition(t *testing.T, data, key string, want bool) error {
+	t.Helper()
+	var st statusReply
+	cliJSON(t, &st, "status", "--json", "--data", data)
+	for _, c := range st.Conditions {
+		if c.Key == key {
+			if !want {
+				return fmt.Errorf("condition %s still reported: %+v", key, c)
+			}
+			return nil
+		}
+	}
+	if want {
+		return fmt.Errorf("condition %s not reported (have %+v)", key, st.Conditions)
+	}
+	return nil
+}
+
+// TestTierFull: a directory tier whose filesystem fills up is a condition
+// (status names the tier), its store stage holds the copy instead of
+// spending its deliveries, the other tier goes on and the file is released
+// from it; once there is room the held copy is made without a restart and
+// nothing is dead-lettered.
+func TestTierFull(t *testing.T) {
+	stratatest.NeedRoot(t)
+	hot := stratatest.LoopMount(t, "ext4", 128<<20)
+	small := stratatest.LoopMount(t, "ext4", 64<<20)
+	data := t.TempDir()
+	payload := make([]byte, 8<<20) // random: does not compress to fit
+	rand.Read(payload)
+	files := writeFiles(t, hot, map[string][]byte{"f.bin": payload})
+	yes := true
+	testDaemon(t, Config{DataDir: data, Hot: []HotConfig{{Path: hot}}, Tiers: []TierConfig{
+		{Name: "main", Kind: events.TierDirectory, Path: filepath.Join(data, "main")},
+		{Name: "small", Kind: events.TierDirectory, Path: small, RequireMount: &yes}},
+		Release: ReleaseConfig{Copies: 1, From: []string{"main"}}})
+	filler := fillFS(t, small) // once the tier's directories exist
+	var sum archiveSummary
+	cliJSON(t, &sum, "archive", "--wait", "--timeout", "2m", "--json", "--data", data, hot)
+	if sum.Released != len(files) {
+		t.Fatalf("archive: %+v", sum)
+	}
+	waitFor(t, 20*time.Second, func() error { return wantCondition(t, data, "space:tier:small", true) })
+	out, _, _ := cli(t, "status", "--data", data)
+	if !strings.Contains(out, "OUT OF SPACE") || !strings.Contains(out, "tier small "+small) {
+		t.Fatalf("strata status does not name the full tier:\n%s", out)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(hot, "f.bin")
+	waitFor(t, time.Minute, func() error {
+		var ls scanner.LsReply
+		cliJSON(t, &ls, "ls", "--json", "--data", data, path)
+		if len(ls.Files) != 1 || len(ls.Files[0].Copies) != 2 {
+			return fmt.Errorf("ls: %+v", ls.Files)
+		}
+		return nil
+	})
+	if err := wantCondition(t, data, "space:tier:small", false); err != nil {
+		t.Fatal(err)
+	}
+	var st statusReply
+	cliJSON(t, &st, "status", "--json", "--data", data)
+	if st.Stream.DeadLetters != 0 {
+		t.Fatalf("dead letters: %d", st.Stream.DeadLetters)
+	}
+	if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("read back: %v", err)
+	}
+}
