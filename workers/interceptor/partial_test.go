@@ -3,9 +3,11 @@
 package interceptor_test
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -208,6 +210,50 @@ func TestResidentHead(t *testing.T) {
 			sameBytes(t, "dd past the head", got, data[30<<20:30<<20+100])
 			sameBytes(t, "cat", mustRun(t, "cat", path), data)
 			e.comp.waitComplete(t, path)
+		})
+	}
+}
+
+// TestPartialStubWrites: a write into the resident bytes of a stub — a
+// chunk filled by an earlier read, or a resident head, where it is let
+// through with no recall — is kept: no fill overwrites it, a read in full
+// returns it with every other byte the original's, and the completion
+// says the file was modified.
+func TestPartialStubWrites(t *testing.T) {
+	stratatest.NeedTool(t, "dd")
+	stratatest.NeedTool(t, "tail")
+	for _, fs := range stratatest.FSTypes {
+		t.Run(fs, func(t *testing.T) {
+			e := newEnv(t, fs, interceptor.ModePreAccess, func(c *interceptor.Config) { c.ResidentHead = 1 << 20 })
+			const size = 72<<20 + 5000
+			data := content(903, size)
+			path := filepath.Join(e.mnt, "w.bin")
+			makeStub(t, e.it, e.src, path, data, 0o644)
+			write := func(off int64, b []byte) {
+				t.Helper()
+				cmd := exec.Command("dd", "of="+path, "bs=1", fmt.Sprintf("seek=%d", off), "conv=notrunc", "status=none")
+				cmd.Stdin = bytes.NewReader(b)
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Fatalf("dd write at %d: %v: %s", off, err, out)
+				}
+				copy(data[off:], b)
+			}
+			// Into the resident head: no recall.
+			write(1000, []byte("written into the head"))
+			if st := e.it.Stats(); st.Fills != 0 || st.Recalls != 0 {
+				t.Fatalf("a write into the resident head recalled: %+v", st)
+			}
+			// Into a chunk a read filled.
+			sameBytes(t, "tail -c 100", mustRun(t, "tail", "-c", "100", path), data[size-100:])
+			settle(t, e.it)
+			write(size-3000, []byte("written into a filled chunk"))
+			// Read in full: both writes and every other original byte.
+			sameBytes(t, "cat", mustRun(t, "cat", path), data)
+			c := e.comp.waitComplete(t, path)
+			if !c.Modified {
+				t.Fatalf("completion %+v: want modified", c)
+			}
+			sameBytes(t, "cat after the recall", mustRun(t, "cat", path), data)
 		})
 	}
 }
