@@ -239,8 +239,17 @@ func NewConfig() Config {
 // LoadConfig reads a TOML file. Unknown keys are errors (a typo must not
 // silently fall back to a default).
 func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return parseConfig(path, data)
+}
+
+// parseConfig decodes the TOML text of the file named path.
+func parseConfig(path string, data []byte) (Config, error) {
 	var c Config
-	md, err := toml.DecodeFile(path, &c)
+	md, err := toml.Decode(string(data), &c)
 	if err != nil {
 		var perr toml.ParseError
 		if errors.As(err, &perr) {
