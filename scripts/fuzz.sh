@@ -20,7 +20,7 @@ while IFS= read -r line; do
   file=${line%%:*}
   name=$(sed -E 's/^func (Fuzz[A-Za-z0-9_]*)\(.*/\1/' <<<"${line#*:}")
   [[ $name =~ $only ]] || continue
-  targets+=("./$(dirname "$file") $name")
+  targets+=("./$(dirname "${file#./}") $name")
 done < <(grep -rE --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*\(f \*testing\.F\)' . | grep -v '/testdata/' | sort)
 
 if [ ${#targets[@]} -eq 0 ]; then

@@ -1,0 +1,234 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/strata-hsm/strata/workers/stratatest"
+	"github.com/strata-hsm/strata/workers/stub"
+	"github.com/strata-hsm/strata/workers/tier/tiertest"
+)
+
+// exitScript is the restore that must work without Strata.
+const exitScript = "../../docs/restore-without-strata.sh"
+
+// exitFile is a file of the hot tree as it was before it was archived.
+type exitFile struct {
+	data  []byte
+	mode  os.FileMode
+	mtime time.Time
+}
+
+// exitFiles writes a tree with awkward names (spaces, non-ASCII, a leading
+// dash), several frames, identical contents, and chosen modes and
+// nanosecond mtimes, and returns it by path.
+func exitFiles(t *testing.T, dir string) map[string]exitFile {
+	t.Helper()
+	random, text := contentGen(16, 6)
+	small := text(3000)
+	files := map[string]exitFile{
+		"big.bin":                 {data: random(6<<20 + 333), mode: 0o640},
+		"logs/app log 1.txt":      {data: text(2<<20 + 1), mode: 0o644},
+		"logs/ünïcødé ✓.txt":      {data: text(40 << 10), mode: 0o600},
+		"-leading-dash":           {data: random(4096), mode: 0o755},
+		"deep/a/b/c/small.txt":    {data: small, mode: 0o444},
+		"deep/a/b/c/same as it":   {data: small, mode: 0o644}, // one object for two files
+		"deep/one frame.bin":      {data: random(4 << 20), mode: 0o644},
+		"deep/tiny":               {data: []byte("x"), mode: 0o600},
+		"deep/a/b/with\\back.txt": {data: text(100), mode: 0o644},
+	}
+	out := map[string]exitFile{}
+	base := time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
+	i := 0
+	for name, f := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, f.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, f.mode); err != nil {
+			t.Fatal(err)
+		}
+		f.mtime = base.Add(time.Duration(i)*time.Hour + time.Duration(123456789+i))
+		if err := os.Chtimes(p, f.mtime, f.mtime); err != nil {
+			t.Fatal(err)
+		}
+		out[p] = f
+		i++
+	}
+	return out
+}
+
+// TestRestoreWithoutStrata is the easy-exit promise, end to end: a real
+// daemon archives a tree to a directory tier, an S3 tier (versitygw) and an
+// emulated tape library, releases every file (the hot tree keeps only
+// stubs) and exports its catalog; then the daemon is stopped and
+// docs/restore-without-strata.sh — duckdb, zstd, b3sum, tar, rclone, dd, no
+// Strata code — restores every file from each tier alone (the directory
+// tier moved out of reach for the other two), with its bytes, mode and
+// mtime. A corrupt copy is caught by its BLAKE3 and the next source used;
+// with no good source the file is named FAILED and the script fails.
+func TestRestoreWithoutStrata(t *testing.T) {
+	stratatest.NeedRoot(t)
+	for _, tool := range []string{"bash", "duckdb", "zstd", "b3sum", "tar", "rclone", "dd", "od", "awk"} {
+		stratatest.NeedTool(t, tool)
+	}
+	srv := tiertest.StartS3(t)
+	bucket := srv.NewBucket(t)
+	hot := stratatest.LoopMount(t, "ext4", 128<<20)
+	data, cold, lib, out := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
+	if o, e, code := cli(t, "tape", "label", "emulator:"+lib, "--volume", "T00001", "--pool", "main", "--capacity", "1GB"); code != 0 {
+		t.Fatalf("tape label: %s %s", o, e)
+	}
+	files := exitFiles(t, hot)
+	noTLS := false
+	_, stop := testDaemon(t, Config{DataDir: data, Hot: []HotConfig{{Path: hot}},
+		Tiers: []TierConfig{
+			{Name: "hdd", Kind: "directory", Path: cold},
+			{Name: "s3", Kind: "s3", Endpoint: srv.Endpoint, Bucket: bucket, Prefix: "strata/", AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, TLS: &noTLS},
+			{Name: "lto", Kind: "tape", Device: "emulator:" + lib, Pool: "main", BundleAge: duration(time.Second)},
+		},
+		Release: ReleaseConfig{Copies: 3}})
+	var sum archiveSummary
+	cliJSON(t, &sum, "archive", "--wait", "--timeout", "3m", "--json", "--data", data, hot)
+	if sum.Released != len(files) {
+		lo, le, _ := cli(t, "ls", "--data", data, hot)
+		t.Logf("ls: %s %s", lo, le)
+		for p := range files {
+			fi, err := os.Stat(p)
+			t.Logf("%s: %+v %v", p, fi.Sys(), err)
+		}
+		t.Fatalf("archive: %+v, want %d released", sum, len(files))
+	}
+	for p := range files {
+		if info, err := stub.ReadPath(p); err != nil || info.State != stub.Released {
+			t.Fatalf("%s is not a stub after archive: %+v %v", p, info, err)
+		}
+	}
+	exp := filepath.Join(out, "export")
+	if o, e, code := cli(t, "export", "--parquet", exp, "--data", data); code != 0 {
+		t.Fatalf("export: %s %s", o, e)
+	}
+	stop() // from here on, no Strata runs
+
+	restore := func(dest string, env []string, sources ...string) (string, error) {
+		t.Helper()
+		cmd := exec.Command("bash", append([]string{exitScript, exp, dest}, sources...)...)
+		cmd.Env = append(os.Environ(), env...)
+		o, err := cmd.CombinedOutput()
+		return string(o), err
+	}
+	check := func(dest, how string, skip ...string) {
+		t.Helper()
+		n := 0
+		for p, f := range files {
+			if strings.Contains(strings.Join(skip, "\x00"), p) {
+				continue
+			}
+			n++
+			got := filepath.Join(dest, p)
+			b, err := os.ReadFile(got)
+			if err != nil {
+				t.Fatalf("%s: %s not restored: %v", how, p, err)
+			}
+			if !bytes.Equal(b, f.data) {
+				t.Fatalf("%s: %s: restored %d bytes differ from the original %d (%s)", how, p, len(b), len(f.data), firstDiff(b, f.data))
+			}
+			fi, err := os.Stat(got)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm() != f.mode || !fi.ModTime().Equal(f.mtime) {
+				t.Fatalf("%s: %s: mode %v mtime %v, want %v %v", how, p, fi.Mode().Perm(), fi.ModTime(), f.mode, f.mtime)
+			}
+		}
+		var found int
+		filepath.Walk(dest, func(p string, fi os.FileInfo, err error) error {
+			if err == nil && !fi.IsDir() {
+				found++
+				if !fi.Mode().IsRegular() || strings.HasSuffix(p, ".restore-tmp") {
+					t.Errorf("%s: stray %s", how, p)
+				}
+			}
+			return nil
+		})
+		if found != n {
+			t.Fatalf("%s: %d files under %s, want %d", how, found, dest, n)
+		}
+	}
+
+	// 1. From the directory tier.
+	if o, err := restore(filepath.Join(out, "from-dir"), nil, "hdd=dir:"+cold); err != nil {
+		t.Fatalf("restore from the directory tier: %v\n%s", err, o)
+	}
+	check(filepath.Join(out, "from-dir"), "from the directory tier")
+
+	// The directory tier out of reach: what follows cannot read it.
+	away := cold + ".away"
+	if err := os.Rename(cold, away); err != nil {
+		t.Fatal(err)
+	}
+
+	// 2. From S3, through an rclone remote defined in the environment
+	// (this machine's AWS_CA_BUNDLE breaks rclone's S3 backend: FIELDNOTES).
+	rcloneEnv := []string{"AWS_CA_BUNDLE=", "RCLONE_CONFIG=/dev/null",
+		"RCLONE_CONFIG_EXITS3_TYPE=s3", "RCLONE_CONFIG_EXITS3_PROVIDER=Other",
+		"RCLONE_CONFIG_EXITS3_ENDPOINT=http://" + srv.Endpoint,
+		"RCLONE_CONFIG_EXITS3_ACCESS_KEY_ID=" + srv.AccessKey, "RCLONE_CONFIG_EXITS3_SECRET_ACCESS_KEY=" + srv.SecretKey}
+	os.Unsetenv("AWS_CA_BUNDLE")
+	if o, err := restore(filepath.Join(out, "from-s3"), rcloneEnv, "s3=rclone:exits3:"); err != nil {
+		f, _ := exec.Command("find", srv.Dir).CombinedOutput()
+		q, _ := exec.Command("duckdb", "-c", "select object_id, tier, location from '"+exp+"/copies.parquet'").CombinedOutput()
+		t.Fatalf("restore from S3: %v\n%s\n%s\n%s", err, o, f, q)
+	}
+	check(filepath.Join(out, "from-s3"), "from S3")
+
+	// 3. From the emulated tape library, read as dd reads a drive.
+	if o, err := restore(filepath.Join(out, "from-tape"), nil, "lto=tape-image:"+lib); err != nil {
+		t.Fatalf("restore from tape: %v\n%s", err, o)
+	} else if !strings.Contains(o, "reading tape file") {
+		t.Fatalf("restore from tape did not read a tape file:\n%s", o)
+	}
+	check(filepath.Join(out, "from-tape"), "from tape")
+
+	// 4. A corrupt copy on the directory tier: caught by BLAKE3, and the
+	// file comes from the next source (tape).
+	if err := os.Rename(away, cold); err != nil {
+		t.Fatal(err)
+	}
+	var victim, victimPath string
+	for p, f := range files {
+		if len(f.data) > 1<<20 {
+			victim, victimPath = objectPath(cold, blake3Hex(f.data)), p
+			break
+		}
+	}
+	zst, err := os.ReadFile(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zst[len(zst)/2] ^= 0x01
+	if err := os.WriteFile(victim, zst, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o, err := restore(filepath.Join(out, "fallback"), nil, "hdd=dir:"+cold, "lto=tape-image:"+lib)
+	if err != nil || !strings.Contains(o, "corrupt copy") {
+		t.Fatalf("restore with a corrupt directory copy and tape behind it: %v\n%s", err, o)
+	}
+	check(filepath.Join(out, "fallback"), "with a corrupt copy and a fallback")
+
+	// 5. The corrupt copy and no other source: that file FAILED (named),
+	// every other file restored, exit status 1.
+	o, err = restore(filepath.Join(out, "no-fallback"), nil, "hdd=dir:"+cold)
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(o, "FAILED "+victimPath) {
+		t.Fatalf("restore with only a corrupt copy: %v\n%s", err, o)
+	}
+	check(filepath.Join(out, "no-fallback"), "with only a corrupt copy", victimPath)
+}
