@@ -200,7 +200,8 @@ fetch() {
     dir) cp -- "$arg/$rel" "$out" ;;
     rclone)
       local remote="${arg%/}/$rel" try
-      [[ $arg == *: && $loc == s3://* ]] && remote="$arg${loc#s3://}"
+      if [[ $arg == *: && $loc == s3://* ]]; then remote="$arg${loc#s3://}"
+      elif [[ $arg == *: ]]; then remote="$arg$rel"; fi
       # A remote may fail for a moment: three tries.
       for try in 1 2 3; do
         "$RCLONE" cat "$remote" > "$out" && return 0
