@@ -249,13 +249,14 @@ while IFS=$'\t' read -r hexpath oid size perm uid gid mtime_ns state; do
     if ! fetch "$i" "$oid" "$zst" 2>"$work/err"; then
       echo "restore: $path: tier ${src_tier[$i]}: $(tail -n 1 "$work/err")" >&2; continue
     fi
-    if ! echo "${copy_sum[$key]}  $zst" | b3sum --check --quiet >/dev/null 2>&1; then
+    if [ "$(b3sum --no-names -- "$zst")" != "${copy_sum[$key]}" ]; then
       echo "restore: $path: tier ${src_tier[$i]}: the packed object does not match its packed_sum (BLAKE3): corrupt copy" >&2; continue
     fi
     if ! zstd -q -d -c -- "$zst" > "$tmp"; then
       echo "restore: $path: tier ${src_tier[$i]}: zstd could not decompress the object" >&2; continue
     fi
-    if ! echo "$oid  $tmp" | b3sum --check --quiet >/dev/null 2>&1; then
+    # --no-names: a path with a newline cannot break a check line.
+    if [ "$(b3sum --no-names -- "$tmp")" != "$oid" ]; then
       echo "restore: $path: tier ${src_tier[$i]}: restored bytes do not hash to the object id" >&2; continue
     fi
     ok=1
@@ -267,8 +268,9 @@ while IFS=$'\t' read -r hexpath oid size perm uid gid mtime_ns state; do
     continue
   fi
   [ "$(stat -c %s -- "$tmp")" = "$size" ] || { echo "restore: FAILED $path: $(stat -c %s -- "$tmp") bytes, the export says $size" >&2; rm -f -- "$tmp"; failed=$((failed + 1)); continue; }
-  chmod "$(printf '%o' "$perm")" -- "$tmp"
+  # chown first: it clears set-user/group-id bits that chmod then sets.
   [ "$(id -u)" != 0 ] || chown "$uid:$gid" -- "$tmp"
+  chmod "$(printf '%o' "$perm")" -- "$tmp"
   touch -m -d "@$((mtime_ns / 1000000000)).$(printf '%09d' $((mtime_ns % 1000000000)))" -- "$tmp"
   mv -f -- "$tmp" "$target"
   done_obj[$oid]=$target

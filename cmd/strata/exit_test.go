@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,13 +22,14 @@ const exitScript = "../../docs/restore-without-strata.sh"
 
 // exitFile is a file of the hot tree as it was before it was archived.
 type exitFile struct {
-	data  []byte
-	mode  os.FileMode
-	mtime time.Time
+	data     []byte
+	mode     os.FileMode
+	uid, gid int
+	mtime    time.Time
 }
 
 // exitFiles writes a tree with awkward names (spaces, non-ASCII, a leading
-// dash), several frames, identical contents, and chosen modes and
+// dash, a backslash, a newline and a tab), another owner, several frames, identical contents, and chosen modes and
 // nanosecond mtimes, and returns it by path.
 func exitFiles(t *testing.T, dir string) map[string]exitFile {
 	t.Helper()
@@ -43,6 +45,7 @@ func exitFiles(t *testing.T, dir string) map[string]exitFile {
 		"deep/one frame.bin":      {data: random(4 << 20), mode: 0o644},
 		"deep/tiny":               {data: []byte("x"), mode: 0o600},
 		"deep/a/b/with\\back.txt": {data: text(100), mode: 0o644},
+		"deep/new\nline\ttab.txt": {data: text(5000), mode: 0o640, uid: 1234, gid: 5678},
 	}
 	out := map[string]exitFile{}
 	base := time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
@@ -53,6 +56,9 @@ func exitFiles(t *testing.T, dir string) map[string]exitFile {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(p, f.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(p, f.uid, f.gid); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.Chmod(p, f.mode); err != nil {
@@ -165,8 +171,9 @@ func TestRestoreWithoutStrata(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if fi.Mode().Perm() != f.mode || !fi.ModTime().Equal(f.mtime) {
-				t.Fatalf("%s: %s: mode %v mtime %v, want %v %v", how, p, fi.Mode().Perm(), fi.ModTime(), f.mode, f.mtime)
+			st := fi.Sys().(*syscall.Stat_t)
+			if fi.Mode().Perm() != f.mode || !fi.ModTime().Equal(f.mtime) || int(st.Uid) != f.uid || int(st.Gid) != f.gid {
+				t.Fatalf("%s: %s: mode %v mtime %v owner %d:%d, want %v %v %d:%d", how, p, fi.Mode().Perm(), fi.ModTime(), st.Uid, st.Gid, f.mode, f.mtime, f.uid, f.gid)
 			}
 		}
 		var found int
