@@ -141,6 +141,8 @@ tape_read() {
     read -r start len <<<"$range"
     dd if="$cart/data" iflag=skip_bytes,count_bytes skip="$start" count="$len" bs="$bs" status=none
   else
+    # Variable block mode: each read() returns one block as written.
+    mt -f "$arg" setblk 0
     mt -f "$arg" rewind
     [ "$n" -eq 0 ] || mt -f "$arg" fsf "$n"
     dd if="$arg" bs="$bs" status=none
