@@ -196,6 +196,11 @@ func TestRestoreWithoutStrata(t *testing.T) {
 		t.Fatalf("restore from the directory tier: %v\n%s", err, o)
 	}
 	check(filepath.Join(out, "from-dir"), "from the directory tier")
+	// With no source named: directory tiers where the export says.
+	if o, err := restore(filepath.Join(out, "recorded"), nil); err != nil {
+		t.Fatalf("restore from the recorded locations: %v\n%s", err, o)
+	}
+	check(filepath.Join(out, "recorded"), "from the recorded directory locations")
 
 	// The directory tier out of reach: what follows cannot read it.
 	away := cold + ".away"
