@@ -75,8 +75,8 @@ func exitFiles(t *testing.T, dir string) map[string]exitFile {
 }
 
 // TestRestoreWithoutStrata is the easy-exit promise, end to end: a real
-// daemon archives a tree to a directory tier, an S3 tier (versitygw) and an
-// emulated tape library, releases every file (the hot tree keeps only
+// daemon archives a tree to a directory tier, an S3 tier (versitygw), an
+// rclone tier (rclone serve webdav) and an emulated tape library, releases every file (the hot tree keeps only
 // stubs) and exports its catalog; then the daemon is stopped and
 // docs/restore-without-strata.sh — duckdb, zstd, b3sum, tar, rclone, dd, no
 // Strata code — restores every file from each tier alone (the directory
@@ -90,6 +90,12 @@ func TestRestoreWithoutStrata(t *testing.T) {
 	}
 	srv := tiertest.StartS3(t)
 	bucket := srv.NewBucket(t)
+	dav := tiertest.StartRclone(t, "webdav")
+	davEnv := map[string]string{}
+	for _, kv := range dav.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		davEnv[k] = v
+	}
 	hot := stratatest.LoopMount(t, "ext4", 128<<20)
 	data, cold, lib, out := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
 	if o, e, code := cli(t, "tape", "label", "emulator:"+lib, "--volume", "T00001", "--pool", "main", "--capacity", "1GB"); code != 0 {
@@ -102,8 +108,9 @@ func TestRestoreWithoutStrata(t *testing.T) {
 			{Name: "hdd", Kind: "directory", Path: cold},
 			{Name: "s3", Kind: "s3", Endpoint: srv.Endpoint, Bucket: bucket, Prefix: "strata/", AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, TLS: &noTLS},
 			{Name: "lto", Kind: "tape", Device: "emulator:" + lib, Pool: "main", BundleAge: duration(time.Second)},
+			{Name: "dav", Kind: "rclone", Remote: dav.Remote + ":strata", Env: davEnv},
 		},
-		Release: ReleaseConfig{Copies: 3}})
+		Release: ReleaseConfig{Copies: 4}})
 	// The files are older than policy.min_age: the daemon's first scan may
 	// take some before strata archive does (which then does not select
 	// them again), so wait for every file, not for archive's count.
@@ -222,7 +229,14 @@ func TestRestoreWithoutStrata(t *testing.T) {
 	}
 	check(filepath.Join(out, "from-s3"), "from S3")
 
-	// 3. From the emulated tape library, read as dd reads a drive.
+	// 3. From an rclone tier (a WebDAV remote, rclone serve webdav), with
+	// the remote defined in the environment under the same name.
+	if o, err := restore(filepath.Join(out, "from-rclone"), dav.Env, "dav=rclone:"+dav.Remote+":strata"); err != nil {
+		t.Fatalf("restore from the rclone tier: %v\n%s", err, o)
+	}
+	check(filepath.Join(out, "from-rclone"), "from the rclone tier")
+
+	// 4. From the emulated tape library, read as dd reads a drive.
 	if o, err := restore(filepath.Join(out, "from-tape"), nil, "lto=tape-image:"+lib); err != nil {
 		t.Fatalf("restore from tape: %v\n%s", err, o)
 	} else if !strings.Contains(o, "reading tape file") {
@@ -230,7 +244,7 @@ func TestRestoreWithoutStrata(t *testing.T) {
 	}
 	check(filepath.Join(out, "from-tape"), "from tape")
 
-	// 4. A corrupt copy on the directory tier: caught by BLAKE3, and the
+	// 5. A corrupt copy on the directory tier: caught by BLAKE3, and the
 	// file comes from the next source (tape).
 	if err := os.Rename(away, cold); err != nil {
 		t.Fatal(err)
@@ -256,7 +270,7 @@ func TestRestoreWithoutStrata(t *testing.T) {
 	}
 	check(filepath.Join(out, "fallback"), "with a corrupt copy and a fallback")
 
-	// 5. The corrupt copy and no other source: that file FAILED (named),
+	// 6. The corrupt copy and no other source: that file FAILED (named),
 	// every other file restored, exit status 1.
 	o, err = restore(filepath.Join(out, "no-fallback"), nil, "hdd=dir:"+cold)
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(o, "FAILED "+victimPath) {
