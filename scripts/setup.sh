@@ -42,8 +42,8 @@ if ! command -v duckdb >/dev/null 2>&1 || { [ -f "$lib/duckdb.mjs" ] && ! cmp -s
   if [ "$(id -u)" = 0 ] && command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then
     echo "setup: installing the duckdb CLI stand-in (scripts/duckdb-cli, DuckDB from npm)"
     mkdir -p "$lib"
-    cp "$src/package.json" "$src/duckdb.mjs" "$lib/"
-    (cd "$lib" && npm install --no-audit --no-fund --omit=dev --loglevel=error >/dev/null)
+    cp "$src/package.json" "$src/package-lock.json" "$src/duckdb.mjs" "$lib/"
+    (cd "$lib" && npm ci --no-audit --no-fund --omit=dev --loglevel=error >/dev/null)
     printf '#!/bin/sh\nexec node %s/duckdb.mjs "$@"\n' "$lib" > /usr/local/bin/duckdb
     chmod 755 /usr/local/bin/duckdb
   else
