@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // A stand-in for the DuckDB command-line shell, on DuckDB's own engine
 // (libduckdb from the official @duckdb/node-api package), for machines
-// where the real `duckdb` CLI cannot be installed (see README.md). It does
+// where the real `duckdb` CLI cannot be installed (see docs/EXIT.md). It does
 // what Strata's exit recipes need and no more:
 //
 //   duckdb [OPTIONS] [DATABASE] [-c SQL]...   SQL from -c, else from stdin
