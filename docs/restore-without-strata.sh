@@ -60,31 +60,34 @@ done
 work=${RESTORE_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/restore-without-strata.XXXXXX")}
 mkdir -p "$work" "$dest"
 export_abs=$(cd "$export_dir" && pwd)
+# Paths inside SQL string literals: a quote doubled.
+sql_export=${export_abs//\'/\'\'} sql_work=${work//\'/\'\'}
 
 # ---- 1. The plan, from the Parquet export (duckdb) ----
 # One line per current version to restore; the path in hex, so that any
 # byte but NUL survives the trip through a tab-separated file. And one line
-# per good copy of those objects.
+# per good copy of those objects (no empty field: read with IFS=tab would
+# merge two tabs).
 "$DUCKDB" -c "
 COPY (
   SELECT hex(path) AS path, object_id, size, mode & 4095 AS perm, uid, gid,
          epoch_ns(mtime) AS mtime_ns, state
-  FROM '$export_abs/files.parquet'
+  FROM '$sql_export/files.parquet'
   WHERE current AND state <> 'deleted' AND object_id IS NOT NULL
   ORDER BY path
-) TO '$work/files.tsv' (HEADER false, DELIMITER '\t');
+) TO '$sql_work/files.tsv' (HEADER false, DELIMITER '\t');
 COPY (
   SELECT DISTINCT c.object_id, c.tier, c.tier_kind, c.location, c.packed_sum,
-         coalesce(c.tape_volume, ''), coalesce(c.tape_file, -1)
-  FROM '$export_abs/copies.parquet' c
+         coalesce(c.tape_volume, '-'), coalesce(c.tape_file, -1)
+  FROM '$sql_export/copies.parquet' c
   WHERE c.state = 'good'
-    AND c.object_id IN (SELECT object_id FROM '$export_abs/files.parquet' WHERE current AND state <> 'deleted')
+    AND c.object_id IN (SELECT object_id FROM '$sql_export/files.parquet' WHERE current AND state <> 'deleted')
   ORDER BY c.tape_volume, c.tape_file, c.object_id
-) TO '$work/copies.tsv' (HEADER false, DELIMITER '\t');
+) TO '$sql_work/copies.tsv' (HEADER false, DELIMITER '\t');
 COPY (
-  SELECT count(*) FROM '$export_abs/files.parquet'
+  SELECT count(*) FROM '$sql_export/files.parquet'
   WHERE current AND state <> 'deleted' AND object_id IS NULL
-) TO '$work/unarchived.tsv' (HEADER false);
+) TO '$sql_work/unarchived.tsv' (HEADER false);
 "
 
 declare -A copy_loc copy_sum copy_vol copy_file copy_kind
@@ -236,7 +239,7 @@ declare -A done_obj # object id → a path already restored with that content
 while IFS=$'\t' read -r hexpath oid size perm uid gid mtime_ns state; do
   printf -v path '%b' "$(sed 's/../\\x&/g' <<<"$hexpath")"
   target="$dest$path"
-  mkdir -p -- "$(dirname -- "$target")"
+  mkdir -p -- "${target%/*}"
   tmp="$target.restore-tmp"
   ok=
   if [ -n "${done_obj[$oid]:-}" ]; then
