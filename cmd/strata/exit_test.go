@@ -129,7 +129,7 @@ func TestRestoreWithoutStrata(t *testing.T) {
 			t.Fatalf("%s is not a stub after archive: %+v %v", p, info, err)
 		}
 	}
-	exp := filepath.Join(out, "export")
+	exp := filepath.Join(out, "the export's dir") // a quote: SQL string literals in the script
 	if o, e, code := cli(t, "export", "--parquet", exp, "--data", data); code != 0 {
 		t.Fatalf("export: %s %s", o, e)
 	}
@@ -137,7 +137,7 @@ func TestRestoreWithoutStrata(t *testing.T) {
 	// Every S3 copy is recorded where it is (a copy the store stage found
 	// already there was once recorded as "s3:objects/…").
 	q, err := exec.Command("duckdb", "-noheader", "-list", "-c",
-		"SELECT location FROM '"+exp+"/copies.parquet' WHERE tier = 's3'").Output()
+		"SELECT location FROM '"+strings.ReplaceAll(exp, "'", "''")+"/copies.parquet' WHERE tier = 's3'").Output()
 	if err != nil {
 		t.Fatalf("duckdb: %v", err)
 	}
@@ -224,7 +224,7 @@ func TestRestoreWithoutStrata(t *testing.T) {
 	os.Unsetenv("AWS_CA_BUNDLE")
 	if o, err := restore(filepath.Join(out, "from-s3"), rcloneEnv, "s3=rclone:exits3:"); err != nil {
 		f, _ := exec.Command("find", srv.Dir).CombinedOutput()
-		q, _ := exec.Command("duckdb", "-c", "select object_id, tier, location from '"+exp+"/copies.parquet'").CombinedOutput()
+		q, _ := exec.Command("duckdb", "-c", "select object_id, tier, location from '"+strings.ReplaceAll(exp, "'", "''")+"/copies.parquet'").CombinedOutput()
 		t.Fatalf("restore from S3: %v\n%s\n%s\n%s", err, o, f, q)
 	}
 	check(filepath.Join(out, "from-s3"), "from S3")
