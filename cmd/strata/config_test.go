@@ -128,6 +128,12 @@ func TestConfigErrors(t *testing.T) {
 		{oneTier("tape", `device = "emulator:rel"`, `pool = "p"`), "tier[0].device"},
 		{oneTier("tape", `device = "/dev/nst0"`, `pool = "a.b"`), "tier[0].pool"},
 		{oneTier("tape", `device = "/dev/nst0"`, `pool = "p"`, `block_size = 1000`), "tier[0].block_size"},
+		// Found by FuzzConfig: accepted here, refused by the tape tier at start.
+		{oneTier("tape", `device = "/dev/nst0"`, `pool = "p"`, `block_size = "64KiB"`), "tier[0].block_size"},
+		{oneTier("tape", `device = "/dev/nst0"`, `pool = "p"`, `bundle_size = 1`), "tier[0].bundle_size"},
+		// A day count past what a duration holds overflowed to a negative duration.
+		{"[retention]\nkeep_deleted = \"1e6d\"", "keep_deleted"},
+		{"[policy]\nmin_age = \"NaNd\"", "min_age"},
 		{oneTier("directory", `path = "/x"`, `include = ["[bad"]`), "tier[0].include[0]"},
 		{oneTier("directory", `path = "/x"`, `exclude = [""]`), "tier[0].exclude[0]"},
 		{oneTier("directory", `path = "/x"`, `min_size = "2MiB"`, `max_size = "1MiB"`), "tier[0].max_size"},
