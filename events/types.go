@@ -25,6 +25,7 @@ var (
 	KindObjectVerified     = Kind{"object", "verified", 1}
 	KindObjectCorrupt      = Kind{"object", "corrupt", 1}
 	KindObjectDeleted      = Kind{"object", "deleted", 1}
+	KindObjectStoreFailed  = Kind{"object", "store_failed", 1}
 )
 
 // registry maps a CloudEvents type to a constructor of its payload.
@@ -46,6 +47,7 @@ var registry = map[string]func() Event{
 	KindObjectVerified.Type():     func() Event { return new(ObjectVerified) },
 	KindObjectCorrupt.Type():      func() Event { return new(ObjectCorrupt) },
 	KindObjectDeleted.Type():      func() Event { return new(ObjectDeleted) },
+	KindObjectStoreFailed.Type():  func() Event { return new(ObjectStoreFailed) },
 }
 
 // Kinds returns every registered event kind, for tests and documentation.
@@ -54,7 +56,7 @@ func Kinds() []Kind {
 		KindFileSelected, KindObjectPacked, KindObjectStored, KindFileReleased,
 		KindFileReleaseSkipped, KindFileModified, KindFileDeleted, KindFileMoved, KindFilePinned,
 		KindFileUnpinned, KindRecallRequested, KindRecallCompleted, KindRecallFailed,
-		KindRecallStorm, KindObjectVerified, KindObjectCorrupt, KindObjectDeleted,
+		KindRecallStorm, KindObjectVerified, KindObjectCorrupt, KindObjectDeleted, KindObjectStoreFailed,
 	}
 }
 
@@ -443,6 +445,30 @@ func (*ObjectCorrupt) Kind() Kind       { return KindObjectCorrupt }
 func (e *ObjectCorrupt) Entity() string { return e.ObjectID }
 func (e *ObjectCorrupt) Validate() error {
 	return all(hash("object_id", e.ObjectID), name("tier", e.Tier), nonEmpty("reason", e.Reason))
+}
+
+// ObjectStoreFailed: a tier's store stage could not copy an object: why,
+// after how many attempts, and whether it gives up (Permanent: retrying
+// cannot help, e.g. the object is larger than the whole tier) or tries
+// again after RetryIn. Published on the first failure, then on the 2nd,
+// 4th, 8th… attempt and when the reason changes; the next object.stored
+// for the tier ends it.
+type ObjectStoreFailed struct {
+	ObjectID  string `json:"object_id"`
+	Tier      string `json:"tier"`
+	Reason    string `json:"reason"`
+	Attempts  int    `json:"attempts"`
+	Permanent bool   `json:"permanent,omitempty"`
+	// RetryIn is the delay before the next attempt, in nanoseconds (0 when
+	// Permanent).
+	RetryIn int64 `json:"retry_in_ns,omitempty"`
+}
+
+func (*ObjectStoreFailed) Kind() Kind       { return KindObjectStoreFailed }
+func (e *ObjectStoreFailed) Entity() string { return e.ObjectID }
+func (e *ObjectStoreFailed) Validate() error {
+	return all(hash("object_id", e.ObjectID), name("tier", e.Tier), nonEmpty("reason", e.Reason),
+		nonNegative("attempts", int64(e.Attempts)), nonNegative("retry_in_ns", e.RetryIn))
 }
 
 // ObjectDeleted: a copy was removed from a tier by retention (strata prune).

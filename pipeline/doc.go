@@ -85,17 +85,36 @@
 // batches of at most FollowOptions.Batch (default 1024) envelopes and
 // buffers at most two batches ahead of it.
 //
+// Out of space: the data directory (JetStream store, catalog, staging) is
+// watched by a Space (Server.Space), and other places (tiers, hot trees)
+// can be watched the same way; each reports one Condition (Server.
+// Conditions, shown by `strata status`), logged once when it begins, once
+// when it ends, with a reminder at most every 10 minutes. A place is out
+// of space below its reserve (1 % of the filesystem, 16 MiB to 1 GiB) or
+// as soon as anyone reports ENOSPC/EDQUOT there; it is back once twice the
+// reserve is free, a probe write succeeds and its recovery hooks ran (for
+// the data directory: restarting JetStream if its store failed a write,
+// since nats-server's file store refuses every write after its first
+// failure). Meanwhile: publishes through Server.JetStream fail at once
+// with ErrNoSpace; stages fetch nothing new (Runner.Spaces); a handler
+// that fails for lack of space keeps its message without using up a
+// delivery and runs again once there is room; nothing spins.
+//
 // Shutdown: cancelling Run's context stops fetching, lets handlers in
 // flight finish and acknowledges them, up to Stage.DrainTimeout; after it,
 // handler contexts are cancelled and their messages are not acknowledged
 // (they are Nak'd for prompt redelivery). Messages fetched while stopping
-// are Nak'd unhandled. The daemon's order is: cancel stages → Run returns →
-// close projections → Server.Close (shutdown, then unlock).
+// are Nak'd unhandled, and so, at once, are messages held for lack of
+// space. The daemon's order is: cancel stages → Run returns → close
+// projections → Server.Close (shutdown, then unlock).
 //
 // # Lock order
 //
 // The data directory flock is taken first in Open and released last in
-// Close. Server.Close is guarded by a sync.Once. The Runner holds no mutex:
+// Close. Server.Close is guarded by a sync.Once. Space.mu is taken before
+// Conditions.mu (a Space sets its condition while holding its own lock);
+// Conditions calls nothing while holding its lock. A
+// Space runs its recovery hooks holding no lock. The Runner holds no mutex:
 // handler slots are a buffered channel, and no lock is held while calling
 // into NATS or a handler. Outside this package, nats-server and nats.go
 // keep their own locks (nats-server locksordering.txt).

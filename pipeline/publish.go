@@ -28,7 +28,9 @@ const (
 // reconnecting connection) are retried with backoff and the SAME Msg-Id
 // until ctx ends, so a retry can never record the event twice. Republishing
 // an id already in the stream's dedup window is not an error: it returns
-// the sequence of the original message.
+// the sequence of the original message. A full data directory is not
+// transient: through the daemon's JetStream context (Server.JetStream) the
+// publish fails at once with a *SpaceError (errors.Is ErrNoSpace).
 func Publish(ctx context.Context, js jetstream.JetStream, host string, env events.Envelope) (uint64, error) {
 	subject, err := events.SubjectOf(host, env)
 	if err != nil {
@@ -83,6 +85,10 @@ func transientPublishError(err error) bool {
 		return apiErr.Code == 503
 	}
 	switch {
+	case errors.Is(err, ErrNoSpace):
+		// Refused while the data directory is out of space: retrying
+		// cannot help before there is room (Space.Wait).
+		return false
 	case errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrBadSubject),
 		errors.Is(err, nats.ErrMaxPayload), errors.Is(err, nats.ErrAuthorization),
 		errors.Is(err, jetstream.ErrInvalidOption):

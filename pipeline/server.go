@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -34,8 +35,26 @@ type Server struct {
 	password string // the daemon user's per-boot password
 	lock     *os.File
 	nc       *nats.Conn
-	js       jetstream.JetStream
-	creds    Credentials
+	// raw is the JetStream context of nc; js is raw guarded by space
+	// (spaceJS): what every component of the daemon publishes through.
+	raw   jetstream.JetStream
+	js    jetstream.JetStream
+	creds Credentials
+
+	// conds holds the daemon's conditions; space watches the data
+	// directory (the JetStream store, the catalog and staging live there)
+	// until spaceStop is called.
+	conds     *Conditions
+	space     *Space
+	spaceStop context.CancelFunc
+	spaceDone chan struct{}
+	// jsBroken is set when nats-server logs a write error of the
+	// JetStream store: a file store that failed a write refuses every
+	// later one (and its publishers get no reply) until JetStream is
+	// restarted, which the data directory's Space does before it ends its
+	// condition (recoverJetStream). jsRestart serialises restarts.
+	jsBroken  atomic.Bool
+	jsRestart sync.Mutex
 
 	closeOnce sync.Once
 	closeErr  error
@@ -66,6 +85,12 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err 
 	if s.lock, err = lockDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	s.conds = NewConditions(logger)
+	s.space = NewSpace(SpaceConfig{Key: DataSpaceKey, Place: "data directory", Path: cfg.DataDir, Conditions: s.conds})
+	s.space.OnRecover(s.recoverJetStream)
+	sctx, stop := context.WithCancel(context.Background())
+	s.spaceStop, s.spaceDone = stop, make(chan struct{})
+	go func() { defer close(s.spaceDone); s.space.Run(sctx) }()
 	if cfg.Port > 0 {
 		if err := checkPort(cfg.ListenHost, cfg.Port); err != nil {
 			return nil, err
@@ -81,7 +106,7 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err 
 		return nil, fmt.Errorf("start nats server: %w", err)
 	}
 	s.ns = ns
-	nl := &natsLogger{l: logger.With("component", "nats"), fatal: make(chan string, 1)}
+	nl := &natsLogger{l: logger.With("component", "nats"), fatal: make(chan string, 1), space: s.space, broken: &s.jsBroken}
 	ns.SetLoggerV2(nl, false, false, false)
 	go ns.Start()
 	if err := waitReady(ctx, ns, nl, cfg.ReadyWait); err != nil {
@@ -94,10 +119,11 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err 
 	if s.nc, err = s.Connect("strata-daemon"); err != nil {
 		return nil, err
 	}
-	if s.js, err = jetstream.New(s.nc); err != nil {
+	if s.raw, err = jetstream.New(s.nc); err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	if err := ensureStreams(ctx, s.js, cfg.DedupWindow, cfg.maxConsumers()); err != nil {
+	s.js = &spaceJS{JetStream: s.raw, space: s.space}
+	if err := ensureStreams(ctx, s.raw, cfg.DedupWindow, cfg.maxConsumers()); err != nil {
 		return nil, err
 	}
 
@@ -127,6 +153,18 @@ func (s *Server) OwnerToken() string { return s.creds.Owner }
 // 1 MiB).
 const MaxPayload = 32 << 20
 
+// jetStreamMaxStore is JetStream's storage limit: in effect none, the
+// filesystem's room is the limit (watched by the data directory's Space,
+// which stops new work below a reserve). Left unset, nats-server derives
+// it from the free space at start (75 % of it, plus 75 % of what the
+// store holds): a daemon started, or JetStream restarted, on a nearly
+// full disk would then refuse every publish with "insufficient
+// resources" however much room is made later.
+const jetStreamMaxStore = 1 << 50
+
+// DataSpaceKey is the condition key of the data directory's Space.
+const DataSpaceKey = "space:data"
+
 func (s *Server) serverOptions() *server.Options {
 	cfg := s.cfg
 	opts := &server.Options{
@@ -137,6 +175,7 @@ func (s *Server) serverOptions() *server.Options {
 		NoLog:                 false,
 		JetStream:             true,
 		StoreDir:              filepath.Join(cfg.DataDir, JetStreamDir),
+		JetStreamMaxStore:     jetStreamMaxStore,
 		DisableShortFirstPing: true,
 		// Events are small; control replies (strata ls, archive of a large
 		// tree) can be megabytes.
@@ -350,8 +389,54 @@ func (s *Server) Connect(name string) (*nats.Conn, error) {
 }
 
 // JetStream returns the JetStream context of the daemon's shared
-// in-process connection.
+// in-process connection. Its publishes fail at once with a *SpaceError
+// (ErrNoSpace) while the data directory is out of space, instead of
+// waiting for acknowledgements a full store would never send.
 func (s *Server) JetStream() jetstream.JetStream { return s.js }
+
+// Conditions returns the daemon's conditions (status shows them); other
+// places the daemon writes to (tiers, hot trees) report into it too.
+func (s *Server) Conditions() *Conditions { return s.conds }
+
+// Space returns the watcher of the data directory.
+func (s *Server) Space() *Space { return s.space }
+
+// recoverJetStream restarts JetStream if its store failed a write (or
+// nats-server disabled it): the data directory's Space calls it once there
+// is room again, before it ends its condition. The streams and consumers
+// are recovered from the store; connections stay up (only JetStream API
+// calls fail while it restarts, and their callers retry).
+func (s *Server) recoverJetStream(ctx context.Context) error {
+	s.jsRestart.Lock()
+	defer s.jsRestart.Unlock()
+	if !s.jsBroken.Load() && s.ns.JetStreamEnabled() {
+		return nil
+	}
+	s.logger.Warn("restarting JetStream after a write error; the event log is kept", "data", s.cfg.DataDir)
+	if s.ns.JetStreamEnabled() {
+		if err := s.ns.ShutdownJetStream(); err != nil {
+			return fmt.Errorf("restart jetstream: shutdown: %w", err)
+		}
+	}
+	// Cleared before enabling: a write error while starting sets it again.
+	s.jsBroken.Store(false)
+	jcfg := &server.JetStreamConfig{StoreDir: filepath.Join(s.cfg.DataDir, JetStreamDir), MaxStore: jetStreamMaxStore, Strict: true}
+	if err := s.ns.EnableJetStream(jcfg); err != nil {
+		s.jsBroken.Store(true)
+		return fmt.Errorf("restart jetstream: %w", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := ensureStreams(rctx, s.raw, s.cfg.DedupWindow, s.cfg.maxConsumers()); err != nil {
+		s.jsBroken.Store(true)
+		return fmt.Errorf("restart jetstream: %w", err)
+	}
+	if s.jsBroken.Load() {
+		return errors.New("restart jetstream: the store failed a write again")
+	}
+	s.logger.Info("JetStream restarted", "data", s.cfg.DataDir)
+	return nil
+}
 
 // Conn returns the daemon's shared in-process connection.
 func (s *Server) Conn() *nats.Conn { return s.nc }
@@ -376,6 +461,10 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closeOnce.Do(func() {
+		if s.spaceStop != nil {
+			s.spaceStop()
+			<-s.spaceDone
+		}
 		if s.nc != nil {
 			s.nc.Close()
 		}
@@ -395,9 +484,43 @@ func (s *Server) Close() error {
 // natsLogger routes the server's log to slog, one level quieter than the
 // server would print: notices are Debug. Fatal messages (which in a
 // standalone server would exit) are also handed to Open.
+//
+// A write error of the JetStream store marks JetStream broken (see
+// Server.jsBroken); one caused by a full filesystem is reported to the
+// data directory's Space instead of being logged, since the Space logs
+// the condition once (nats-server logs a failed store per publish).
 type natsLogger struct {
-	l     *slog.Logger
-	fatal chan string
+	l      *slog.Logger
+	fatal  chan string
+	space  *Space
+	broken *atomic.Bool
+}
+
+// jsWriteError reports whether a nats-server message says a JetStream
+// store failed a write (or JetStream was disabled): after it the store
+// refuses writes until JetStream restarts. Pinned by
+// TestJetStreamRecoversFromFullDisk.
+func jsWriteError(msg string) bool {
+	for _, s := range []string{"critical write error", "Critical write error", "failed to store a msg", "will be DISABLED", "disabling JetStream"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// storeTrouble handles messages about the store; it reports whether msg
+// was one about a full filesystem (logged at Debug only).
+func (n *natsLogger) storeTrouble(msg string) bool {
+	if jsWriteError(msg) && n.broken != nil {
+		n.broken.Store(true)
+	}
+	if n.space != nil && isNoSpaceText(msg) {
+		n.space.Report(errors.New(msg))
+		n.l.Debug(msg)
+		return true
+	}
+	return false
 }
 
 func (n *natsLogger) Noticef(format string, v ...any) { n.l.Debug(fmt.Sprintf(format, v...)) }
@@ -409,9 +532,18 @@ func (n *natsLogger) Warnf(format string, v ...any) {
 		n.l.Debug(msg)
 		return
 	}
+	if n.storeTrouble(msg) {
+		return
+	}
 	n.l.Warn(msg)
 }
-func (n *natsLogger) Errorf(format string, v ...any) { n.l.Error(fmt.Sprintf(format, v...)) }
+func (n *natsLogger) Errorf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	if n.storeTrouble(msg) {
+		return
+	}
+	n.l.Error(msg)
+}
 func (n *natsLogger) Fatalf(format string, v ...any) {
 	msg := fmt.Sprintf(format, v...)
 	n.l.Error(msg)

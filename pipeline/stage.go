@@ -30,6 +30,13 @@ const (
 // whose handler failed; the last value repeats.
 var defaultBackoff = []time.Duration{time.Second, 5 * time.Second, 30 * time.Second, 2 * time.Minute}
 
+// holdBackoff is the least time between two runs of a handler held for
+// lack of space (see Runner.Spaces), after its n-th such failure; the last
+// value repeats. It keeps a handler whose own output does not fit (an
+// object larger than the free room) from retrying as fast as the room
+// comes and goes.
+var holdBackoff = []time.Duration{time.Second, 5 * time.Second, 30 * time.Second, 2 * time.Minute, 5 * time.Minute}
+
 // Dead-letter headers: why a message was set aside, by which stage, and
 // where it came from. The body is the original message, byte for byte.
 const (
@@ -74,6 +81,9 @@ type Stage struct {
 	// Handle is called with the decoded event; pipeline.Handle adapts a
 	// handler of one event type.
 	Handle Handler
+	// Spaces are places this stage writes to besides the runner's (e.g. a
+	// tier's directory): see Runner.Spaces.
+	Spaces []*Space
 }
 
 func (st *Stage) ensureDefaults() {
@@ -166,6 +176,15 @@ type Runner struct {
 	// name that does not is replaced, never adopted (see ownConsumer).
 	// Empty: no check (tests).
 	Owner string
+	// Spaces are the places every stage writes to (the data directory:
+	// each handler's events go to the log, and the compressor stages
+	// there). While one is out of space a stage fetches nothing new; a
+	// handler that fails because one is out of space (a *SpaceError, or
+	// ENOSPC/EDQUOT on a path inside it) is not retried as a failure: its
+	// message is held, without using up a delivery, and handled again
+	// once there is room (at most as often as holdBackoff allows), or
+	// handed back at once (Nak) when the stage stops.
+	Spaces []*Space
 }
 
 // ConsumerConfig returns the durable consumer a stage uses. The consumer
@@ -259,6 +278,7 @@ func (r *Runner) Run(ctx context.Context, st Stage) error {
 		st:     st,
 		logger: r.Logger.With("stage", st.Name),
 		dlq:    events.DeadLetterSubject(r.Host, st.Name),
+		spaces: append(append([]*Space(nil), r.Spaces...), st.Spaces...),
 	}
 	// Handlers outlive ctx (drain) until hcancel, called after the drain
 	// timeout.
@@ -287,6 +307,28 @@ type stageRun struct {
 	st     Stage
 	logger *slog.Logger
 	dlq    string
+	spaces []*Space // Runner.Spaces and Stage.Spaces
+}
+
+// waitRoom returns once none of the stage's spaces is out of space, or
+// with ctx's error.
+func (sr *stageRun) waitRoom(ctx context.Context) error {
+	for {
+		var full *Space
+		for _, sp := range sr.spaces {
+			if sp.Full() {
+				full = sp
+				break
+			}
+		}
+		if full == nil {
+			return nil
+		}
+		sr.logger.Debug("paused: out of space", "place", full.Place(), "path", full.Path())
+		if err := full.Wait(ctx); err != nil {
+			return err
+		}
+	}
 }
 
 // fetchLoop pulls at most as many messages as there are free slots, so
@@ -294,6 +336,10 @@ type stageRun struct {
 func (sr *stageRun) fetchLoop(ctx, hctx context.Context, cons jetstream.Consumer, slots chan struct{}, wg *sync.WaitGroup) error {
 	errWait := 100 * time.Millisecond
 	for {
+		// Nothing new while a place the stage writes to is full.
+		if sr.waitRoom(ctx) != nil {
+			return nil
+		}
 		// Take one slot (blocking), then every other free one.
 		select {
 		case slots <- struct{}{}:
@@ -324,7 +370,7 @@ func (sr *stageRun) fetchLoop(ctx, hctx context.Context, cons jetstream.Consumer
 				go func() {
 					defer wg.Done()
 					defer func() { <-slots }()
-					sr.process(hctx, msg)
+					sr.process(ctx, hctx, msg)
 				}()
 			}
 			err = batch.Error()
@@ -353,8 +399,10 @@ func (sr *stageRun) fetchLoop(ctx, hctx context.Context, cons jetstream.Consumer
 }
 
 // process handles one message and settles it: ack, nak with delay, or
-// dead-letter + term. It never panics and never blocks past the handler.
-func (sr *stageRun) process(hctx context.Context, msg jetstream.Msg) {
+// dead-letter + term. It never panics and never blocks past the handler,
+// except to hold a message whose handler failed for lack of space until
+// there is room (or ctx, the stage's run, ends).
+func (sr *stageRun) process(ctx, hctx context.Context, msg jetstream.Msg) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		sr.logger.Error("message without JetStream metadata; terminating it", "subject", msg.Subject(), "err", err)
@@ -381,7 +429,23 @@ func (sr *stageRun) process(hctx context.Context, msg jetstream.Msg) {
 	}
 	env.Seq = meta.Sequence.Stream
 
-	err = sr.handle(context.WithValue(hctx, deliveriesKey{}, deliveries), msg, env, ev)
+	hc := context.WithValue(hctx, deliveriesKey{}, deliveries)
+	err = sr.handle(hc, msg, env, ev)
+	for attempt := 1; err != nil && hctx.Err() == nil; attempt++ {
+		sp := blame(sr.spaces, err)
+		if sp == nil {
+			break
+		}
+		// Not the message's fault: keep it, and its deliveries, until
+		// there is room. The Space logs the condition once.
+		sp.Report(err)
+		if !sr.holdForSpace(ctx, hctx, msg, sp, attempt, log, err) {
+			log.Debug("stopping while out of space; message handed back", "place", sp.Place())
+			_ = msg.Nak()
+			return
+		}
+		err = sr.handle(hc, msg, env, ev)
+	}
 	switch {
 	case err == nil:
 		actx, cancel := context.WithTimeout(context.WithoutCancel(hctx), 5*time.Second)
@@ -405,6 +469,40 @@ func (sr *stageRun) process(hctx context.Context, msg jetstream.Msg) {
 			log.Warn("nak lost; the message will be redelivered after the ack wait", "err", nerr)
 		}
 	}
+}
+
+// holdForSpace keeps msg (sending progress acks, so it is neither
+// redelivered nor counted) until sp has room again and holdBackoff for
+// this attempt has passed since the failure. It returns false if ctx (the
+// stage stops) or hctx ends first.
+func (sr *stageRun) holdForSpace(ctx, hctx context.Context, msg jetstream.Msg, sp *Space, attempt int, log *slog.Logger, cause error) bool {
+	log.Debug("out of space: message held until there is room", "place", sp.Place(), "attempt", attempt, "err", cause)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(hctx, cancel)()
+	roomc := make(chan error, 1)
+	go func() { roomc <- sp.Wait(wctx) }()
+	backoff := time.NewTimer(holdBackoff[min(attempt, len(holdBackoff))-1])
+	defer backoff.Stop()
+	progress := time.NewTicker(sr.st.AckWait / 3)
+	defer progress.Stop()
+	room, waited := false, false
+	for !room || !waited {
+		select {
+		case <-wctx.Done():
+			return false
+		case err := <-roomc:
+			if err != nil {
+				return false
+			}
+			room = true
+		case <-backoff.C:
+			waited = true
+		case <-progress.C:
+			_ = msg.InProgress()
+		}
+	}
+	return true
 }
 
 // handle runs the stage's handler, keeping the message's ack timer alive

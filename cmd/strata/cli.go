@@ -44,6 +44,7 @@ type commandLine struct {
 	Scrub   scrubCmd   `cmd:"" help:"Re-read stored copies, check their BLAKE3 and repair bad ones."`
 	Prune   pruneCmd   `cmd:"" help:"Remove objects that retention lets go (dry run unless --apply)."`
 	Tape    tapeCmd    `cmd:"" help:"Tape volumes: label, ls, verify, rebuild the catalog from tapes."`
+	Tier    tierCmds   `cmd:"" help:"Tiers: drain one before removing it from the configuration."`
 	Doctor  doctorCmd  `cmd:"" help:"Check the kernel and the hot trees' filesystems."`
 	Events  eventsCmd  `cmd:"" help:"Print events from the log (and follow new ones)."`
 	Replay  replayCmd  `cmd:"" help:"Rebuild the catalog from the event log (or verify it)."`

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/strata-hsm/strata/cmd/internal/progress"
@@ -35,7 +37,7 @@ type archiveSummary struct {
 
 type archiveCmd struct {
 	Wait    bool          `help:"Return when every selected file is released (or skipped), with a summary."`
-	Timeout time.Duration `placeholder:"D" help:"With --wait, give up after this long (0: never)."`
+	Timeout time.Duration `placeholder:"D" help:"Give up after this long, waiting included (0: never)."`
 	JSON    bool          `name:"json" help:"Print JSON."`
 	Paths   []string      `arg:"" name:"path" complete:"file" help:"Files or directories (recursively) to archive."`
 }
@@ -47,6 +49,13 @@ func (c *archiveCmd) Run(ctx context.Context, e *env, g *globals) error {
 	if err != nil {
 		return err
 	}
+	// --timeout bounds the whole command: the request (a daemon that
+	// cannot record the selections may not answer) and the wait.
+	if c.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.Timeout)
+		defer cancel()
+	}
 	nc, err := pipeline.Dial(ctx, g.dataDir())
 	if err != nil {
 		return err
@@ -55,23 +64,20 @@ func (c *archiveCmd) Run(ctx context.Context, e *env, g *globals) error {
 	start := time.Now()
 	var rep scanner.ArchiveReply
 	if err := requestOn(ctx, nc, g.dataDir(), "archive", scanner.ArchiveRequest{Paths: paths}, &rep, 6*time.Hour); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && c.Timeout > 0 {
+			return fmt.Errorf("archive: no answer from the daemon within %s%s", c.Timeout, conditionsNote(nc, g.dataDir()))
+		}
 		return err
 	}
 	sum := archiveSummary{Selected: len(rep.Selected), Skipped: rep.Skipped}
 	if c.Wait && len(rep.Selected) > 0 {
-		wctx := ctx
-		if c.Timeout > 0 {
-			var cancel context.CancelFunc
-			wctx, cancel = context.WithTimeout(ctx, c.Timeout)
-			defer cancel()
-		}
 		js, err := jetstream.New(nc)
 		if err != nil {
 			return err
 		}
-		if err := waitArchived(wctx, e, js, rep, &sum); err != nil {
+		if err := waitArchived(ctx, e, js, rep, &sum); err != nil {
 			if errors.Is(err, context.DeadlineExceeded) {
-				return fmt.Errorf("archive: %d of %d files still in progress after %s (see strata ls)", sum.Selected-sum.Released-len(sum.Skipped)+len(rep.Skipped), sum.Selected, c.Timeout)
+				return fmt.Errorf("archive: %d of %d files still in progress after %s (see strata ls)%s", sum.Selected-sum.Released-len(sum.Skipped)+len(rep.Skipped), sum.Selected, c.Timeout, conditionsNote(nc, g.dataDir()))
 			}
 			return err
 		}
@@ -90,6 +96,23 @@ func (c *archiveCmd) Run(ctx context.Context, e *env, g *globals) error {
 		fmt.Fprintf(w, "skipped\t%s: %s\n", s.Path, s.Reason)
 	}
 	return w.Flush()
+}
+
+// conditionsNote asks the daemon (briefly) for the conditions in force and
+// returns them as the end of an error message ("" if none or no answer):
+// why a wait ran out, and what to do.
+func conditionsNote(nc *nats.Conn, dataDir string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	var r statusReply
+	if requestOn(ctx, nc, dataDir, "status", struct{}{}, &r, 3*time.Second) != nil || len(r.Conditions) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	for _, c := range r.Conditions {
+		fmt.Fprintf(&b, "; %s %s since %s: %s", c.Title(), c.Path, c.Since.Local().Format(time.TimeOnly), c.Hint)
+	}
+	return b.String()
 }
 
 // waitArchived follows the log until every selected file is released or

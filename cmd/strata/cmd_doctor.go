@@ -1,9 +1,19 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"text/tabwriter"
+	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-hsm/strata/cmd/internal/progress"
+	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/interceptor"
 	"github.com/strata-hsm/strata/workers/kernelguard"
 )
@@ -18,6 +28,12 @@ type doctorReport struct {
 	// that probe holes.
 	Holder     doctorHolder `json:"holder"`
 	ProbeGuard doctorGuard  `json:"probe_guard"`
+	// Spaces are the data directory, and staging when it is a
+	// filesystem of its own: free room against the reserve.
+	Spaces []doctorSpace `json:"spaces"`
+	// Conditions are those a running daemon reports (none if no daemon
+	// answers).
+	Conditions []pipeline.Condition `json:"conditions,omitempty"`
 }
 
 type doctorHolder struct {
@@ -31,6 +47,16 @@ type doctorGuard struct {
 	Loaded    bool                `json:"loaded"`
 	Status    *kernelguard.Status `json:"status,omitempty"`
 	Detail    string              `json:"detail"`
+}
+
+// doctorSpace is one place Strata writes to, as doctor sees it.
+type doctorSpace struct {
+	Place      string          `json:"place"`
+	Path       string          `json:"path"`
+	FS         pipeline.FSInfo `json:"fs"`
+	Reserve    uint64          `json:"reserve_bytes"`
+	OutOfSpace bool            `json:"out_of_space"`
+	Detail     string          `json:"detail"`
 }
 
 type doctorTree struct {
@@ -47,7 +73,7 @@ type doctorCmd struct {
 
 func (*doctorCmd) Example() string { return "strata doctor --hot /srv/projects" }
 
-func (c *doctorCmd) Run(e *env, g *globals) error {
+func (c *doctorCmd) Run(ctx context.Context, e *env, g *globals) error {
 	cfg := NewConfig()
 	if c.Config != "" {
 		var err error
@@ -73,10 +99,20 @@ func (c *doctorCmd) Run(e *env, g *globals) error {
 		sup, detail := interceptor.Supported(p)
 		r.HotTrees = append(r.HotTrees, doctorTree{Path: p, PreContent: sup, Detail: detail})
 	}
-	r.Holder = checkHolder(g.dataDir(), cfg)
+	dataDir := g.dataDir()
+	if c.Config != "" && g.Data == "" && cfg.DataDir != "" {
+		dataDir = cfg.DataDir
+	}
+	r.Holder = checkHolder(dataDir, cfg)
 	r.ProbeGuard = checkProbeGuard()
+	r.Spaces = doctorSpaces(dataDir)
+	r.Conditions = daemonConditions(ctx, dataDir)
+	problem := doctorProblem(r)
 	if c.JSON {
-		return printJSON(e, r)
+		if err := printJSON(e, r); err != nil {
+			return err
+		}
+		return problem
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "kernel\t%s (FAN_PRE_ACCESS: %v)\n", r.Kernel, r.PreAccess)
@@ -90,7 +126,84 @@ func (c *doctorCmd) Run(e *env, g *globals) error {
 	}
 	fmt.Fprintf(w, "while no daemon runs\t%s\n", r.Holder.Detail)
 	fmt.Fprintf(w, "hole probers\t%s\n", r.ProbeGuard.Detail)
-	return w.Flush()
+	for _, sp := range r.Spaces {
+		verdict := "ok"
+		if sp.OutOfSpace {
+			verdict = "OUT OF SPACE"
+		}
+		fmt.Fprintf(w, "%s %s\t%s: %s\n", sp.Place, sp.Path, verdict, sp.Detail)
+	}
+	if len(r.Conditions) > 0 {
+		fmt.Fprintln(w, "the running daemon reports:")
+		writeConditions(w, r.Conditions)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	return problem
+}
+
+// doctorSpaces looks at the data directory's filesystem (and staging's if
+// it is another one) as the daemon does: out of space below the reserve.
+func doctorSpaces(dataDir string) []doctorSpace {
+	places := []struct{ place, path string }{{"data directory", dataDir}}
+	staging := filepath.Join(dataDir, "staging")
+	var a, b unix.Stat_t
+	if unix.Stat(dataDir, &a) == nil && unix.Stat(staging, &b) == nil && a.Dev != b.Dev {
+		places = append(places, struct{ place, path string }{"staging", staging})
+	}
+	var out []doctorSpace
+	for _, p := range places {
+		ds := doctorSpace{Place: p.place, Path: p.path}
+		fs, err := pipeline.StatFS(p.path)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			ds.Detail = "does not exist yet (strata run creates it)"
+		case err != nil:
+			ds.Detail = err.Error()
+		default:
+			ds.FS, ds.Reserve = fs, pipeline.Reserve(fs.Total)
+			ds.OutOfSpace = fs.Free < ds.Reserve || (fs.Inodes > 0 && fs.FreeInodes < 64)
+			ds.Detail = fmt.Sprintf("%s %s mounted at %s, %s (Strata keeps %s free)", fs.Type, fs.Device, fs.Mount, fs.FreeString(), progress.Bytes(int64(ds.Reserve)))
+			if ds.OutOfSpace {
+				ds.Detail += "; no new work starts until there is room: free space on " + fs.Device + " mounted at " + fs.Mount
+			}
+		}
+		out = append(out, ds)
+	}
+	return out
+}
+
+// daemonConditions asks a running daemon for its conditions; none if no
+// daemon answers within a few seconds.
+func daemonConditions(ctx context.Context, dataDir string) []pipeline.Condition {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	var r statusReply
+	if err := request(ctx, dataDir, "status", struct{}{}, &r, 3*time.Second); err != nil {
+		return nil
+	}
+	return r.Conditions
+}
+
+// doctorProblem is the error doctor exits with when a place is out of
+// space, or nil.
+func doctorProblem(r doctorReport) error {
+	var bad []string
+	for _, sp := range r.Spaces {
+		if sp.OutOfSpace {
+			bad = append(bad, "the "+sp.Place+" "+sp.Path+" is out of space")
+		}
+	}
+	for _, c := range r.Conditions {
+		if c.Kind == pipeline.KindNoSpace && !strings.Contains(strings.Join(bad, "\n"), c.Path+" ") {
+			bad = append(bad, c.Title()+" "+c.Path)
+		}
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	return fmt.Errorf("doctor: %s", strings.Join(bad, "; "))
 }
 
 // checkHolder says what guards the stubs of dataDir while no daemon runs.

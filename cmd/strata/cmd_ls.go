@@ -47,6 +47,9 @@ func (c *lsCmd) Run(ctx context.Context, e *env, g *globals) error {
 			copies = fmt.Sprint(len(f.Copies), " ", f.Copies)
 		}
 		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\n", lsState(f.State), f.Size, obj, copies, f.Path)
+		for _, why := range f.Failures {
+			fmt.Fprintf(w, "\t\t\t\t  no copy on %s\n", why)
+		}
 	}
 	if rep.Truncated {
 		fmt.Fprintf(w, "… truncated at %d files (--limit)\n", len(rep.Files))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"sort"
@@ -35,22 +36,42 @@ type statusReply struct {
 	// durables nobody may keep (removed at the next sweep).
 	Readers int      `json:"reader_consumers"`
 	Stray   []string `json:"stray_consumers,omitempty"`
+	// Conditions are the states an operator must act on (a full data
+	// directory, …), oldest first.
+	Conditions []pipeline.Condition `json:"conditions"`
+	// StreamError and CatalogError say why the event log or the catalog
+	// could not be read (their fields are then empty): status answers
+	// with the conditions even then.
+	StreamError  string `json:"stream_error,omitempty"`
+	CatalogError string `json:"catalog_error,omitempty"`
 }
 
 func (d *daemon) ctlStatus(ctx context.Context, _ []byte) (any, error) {
-	st, err := pipeline.StreamStatus(ctx, d.js)
-	if err != nil {
-		return nil, err
-	}
-	cs, err := d.cat.Stats()
-	if err != nil {
-		return nil, err
-	}
 	r := statusReply{
 		Host: d.cfg.Host, Version: version, PID: os.Getpid(), Started: d.started,
 		UptimeSeconds: time.Since(d.started).Seconds(), NATS: d.srv.ClientURL(),
-		Stream: st, CatalogSeq: d.cat.LastSeq(), Catalog: cs, Tiers: d.cfg.tierNames(),
+		CatalogSeq: d.cat.LastSeq(), Tiers: d.cfg.tierNames(), Conditions: d.srv.Conditions().List(),
 	}
+	for _, h := range d.cfg.Hot {
+		r.HotTrees = append(r.HotTrees, h.Path)
+	}
+	cs, err := d.cat.Stats()
+	if err != nil {
+		if len(r.Conditions) == 0 {
+			return nil, err
+		}
+		r.CatalogError = err.Error()
+	}
+	r.Catalog = cs
+	st, err := pipeline.StreamStatus(ctx, d.js)
+	if err != nil {
+		if len(r.Conditions) == 0 {
+			return nil, err
+		}
+		r.StreamError = err.Error() // e.g. JetStream restarting once there is room
+		return r, nil
+	}
+	r.Stream = st
 	// Only the daemon's durables are stages; the rest are readers'.
 	consumers, err := pipeline.Consumers(ctx, d.js, d.srv.OwnerToken(), d.cfg.NATS.ReaderDurables)
 	if err != nil {
@@ -73,10 +94,25 @@ func (d *daemon) ctlStatus(ctx context.Context, _ []byte) (any, error) {
 	if st.LastSeq > r.CatalogSeq {
 		r.CatalogLag = st.LastSeq - r.CatalogSeq
 	}
-	for _, h := range d.cfg.Hot {
-		r.HotTrees = append(r.HotTrees, h.Path)
-	}
 	return r, nil
+}
+
+// writeConditions prints the conditions in force, each with where, since
+// when, its last error, what Strata does and what to do.
+func writeConditions(w io.Writer, conds []pipeline.Condition) {
+	for _, c := range conds {
+		label := strings.ToUpper(strings.ReplaceAll(c.Kind, "_", " "))
+		fmt.Fprintf(w, "%s\t%s %s since %s (%s ago)", label, c.Place, c.Path, c.Since.Local().Format(time.TimeOnly), time.Since(c.Since).Round(time.Second))
+		if c.FS.Mount != "" {
+			fmt.Fprintf(w, ": %s %s mounted at %s, %s", c.FS.Type, c.FS.Device, c.FS.Mount, c.FS.FreeString())
+		}
+		fmt.Fprintln(w)
+		if c.LastError != "" {
+			fmt.Fprintf(w, "\tlast error (%s ago): %s\n", time.Since(c.LastAt).Round(time.Second), c.LastError)
+		}
+		fmt.Fprintf(w, "\tmeanwhile: %s\n", c.Effect)
+		fmt.Fprintf(w, "\tto do: %s\n", c.Hint)
+	}
 }
 
 type statusCmd struct {
@@ -96,9 +132,18 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "host\t%s (pid %d, strata %s)\n", r.Host, r.PID, r.Version)
 	fmt.Fprintf(w, "uptime\t%s (since %s)\n", time.Duration(r.UptimeSeconds*float64(time.Second)).Round(time.Second), r.Started.Format(time.RFC3339))
+	writeConditions(w, r.Conditions)
 	fmt.Fprintf(w, "nats\t%s\n", r.NATS)
-	fmt.Fprintf(w, "event log\tseq %d, %d events, %s\n", r.Stream.LastSeq, r.Stream.Events, progress.Bytes(int64(r.Stream.Bytes)))
-	fmt.Fprintf(w, "catalog\tseq %d (lag %d)\n", r.CatalogSeq, r.CatalogLag)
+	if r.StreamError != "" {
+		fmt.Fprintf(w, "event log\tUNREADABLE: %s\n", r.StreamError)
+	} else {
+		fmt.Fprintf(w, "event log\tseq %d, %d events, %s\n", r.Stream.LastSeq, r.Stream.Events, progress.Bytes(int64(r.Stream.Bytes)))
+	}
+	fmt.Fprintf(w, "catalog\tseq %d (lag %d)", r.CatalogSeq, r.CatalogLag)
+	if r.CatalogError != "" {
+		fmt.Fprintf(w, "; UNREADABLE: %s", r.CatalogError)
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintf(w, "dead letters\t%d\n", r.Stream.DeadLetters)
 	fmt.Fprintf(w, "reader consumers\t%d", r.Readers)
 	if len(r.Stray) > 0 {

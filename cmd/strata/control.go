@@ -53,6 +53,7 @@ func (d *daemon) controlHandlers() map[string]pipeline.ControlHandler {
 	verbs := scanner.Verbs{Policy: pol, Catalog: d.cat, JS: d.js, Host: d.cfg.Host}
 	maps.Copy(h, verbs.Handlers())
 	maps.Copy(h, pipeline.ConsumerVerbs(d.js, d.srv.OwnerToken(), d.cfg.NATS.ReaderDurables))
+	d.refuseWhenFull(h, "archive", "pin") // not recall: reading stubs must go on
 	return h
 }
 

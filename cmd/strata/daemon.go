@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -11,11 +12,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/kernelguard"
 	"github.com/strata-hsm/strata/workers/scanner"
+	"github.com/strata-hsm/strata/workers/store"
 )
 
 // daemon is a running `strata run`: the embedded NATS server, the catalog
@@ -37,6 +40,15 @@ type daemon struct {
 	cat    *catalog.Catalog
 	stages *stages
 	guard  *kernelguard.Guard // nil: no probe guard (guard.go)
+	// removedTiers: tiers not configured that objects depend on, with how
+	// many (checkRemovedTiers).
+	removedTiers map[string]int
+
+	// spaces are the places every stage writes to: the data directory
+	// (the server's Space) and staging when it is a filesystem of its own
+	// (watched until stopSpaces).
+	spaces     []*pipeline.Space
+	stopSpaces func()
 
 	unclaim func() // releases the hot trees (scanner.Claim)
 }
@@ -62,7 +74,7 @@ func startDaemon(ctx context.Context, cfg Config, logger *slog.Logger) (_ *daemo
 	}
 	d.js = d.srv.JetStream()
 	d.nc = d.srv.Conn()
-	d.cat, err = catalog.Open(catalogDir(cfg.DataDir), catalog.Options{Logger: logger.With("component", "catalog"), Sync: true})
+	d.cat, err = catalog.Open(catalogDir(cfg.DataDir), catalog.Options{Logger: logger.With("component", "catalog"), Sync: true, Space: d.srv.Space()})
 	if err != nil {
 		return nil, err
 	}
@@ -70,7 +82,56 @@ func startDaemon(ctx context.Context, cfg Config, logger *slog.Logger) (_ *daemo
 	if d.stages, err = d.buildStages(); err != nil {
 		return nil, err
 	}
+	d.watchSpaces()
 	return d, nil
+}
+
+// watchSpaces sets d.spaces: the data directory, and staging if it is
+// mounted apart (then watched here; the server watches the data
+// directory).
+func (d *daemon) watchSpaces() {
+	d.spaces = []*pipeline.Space{d.srv.Space()}
+	d.stopSpaces = func() {}
+	var data, staging unix.Stat_t
+	if unix.Stat(d.cfg.DataDir, &data) != nil || unix.Stat(d.stages.stagingDir, &staging) != nil || data.Dev == staging.Dev {
+		return
+	}
+	sp := pipeline.NewSpace(pipeline.SpaceConfig{Key: "space:staging", Place: "staging", Path: d.stages.stagingDir, Conditions: d.srv.Conditions()})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); sp.Run(ctx) }()
+	d.spaces = append(d.spaces, sp)
+	d.stopSpaces = func() { cancel(); <-done }
+}
+
+// fullSpace returns the error of the first of d.spaces that is out of
+// space, or nil.
+func (d *daemon) fullSpace() error {
+	for _, sp := range d.spaces {
+		if err := sp.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// refuseWhenFull wraps the handlers of verbs that start new work: while
+// the data directory (or staging) is out of space they answer at once
+// with why and what to do, instead of starting work that cannot be
+// recorded.
+func (d *daemon) refuseWhenFull(h map[string]pipeline.ControlHandler, verbs ...string) {
+	for _, verb := range verbs {
+		next := h[verb]
+		if next == nil {
+			continue
+		}
+		h[verb] = func(ctx context.Context, req []byte) (any, error) {
+			if err := d.fullSpace(); err != nil {
+				return nil, fmt.Errorf("%s: refused: %w", verb, err)
+			}
+			return next(ctx, req)
+		}
+	}
 }
 
 // run blocks until ctx ends or a component fails.
@@ -86,6 +147,7 @@ func (d *daemon) run(ctx context.Context) error {
 	if err := d.cat.CatchUp(ctx, d.js, last, nil); err != nil {
 		return err
 	}
+	d.checkRemovedTiers()
 	if err := d.markStubs(ctx, d.stages); err != nil {
 		return err
 	}
@@ -102,30 +164,105 @@ func (d *daemon) run(ctx context.Context) error {
 	defer stop()
 	d.logger.Info("strata ready", "host", d.cfg.Host, "data", d.cfg.DataDir, "nats", d.srv.ClientURL(),
 		"catalog_seq", d.cat.LastSeq())
-	err = g.Wait()
+	done := make(chan error, 1)
+	go func() { done <- g.Wait() }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		// Stages drain for up to their DrainTimeout; a component stuck
+		// in a write that cannot finish (a disk that cannot take it)
+		// must not keep the daemon from stopping.
+		select {
+		case err = <-done:
+		case <-time.After(stopGrace):
+			d.logger.Error("stop: components still running; stopping without them (the event log is intact; the catalog catches up at the next start)", "waited", stopGrace)
+			return nil
+		}
+	}
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		return nil
 	}
 	return err
 }
 
+// checkRemovedTiers says, loudly, when objects depend on a tier that is no
+// longer configured (removed without strata tier drain): their files
+// cannot be recalled until it is back.
+func (d *daemon) checkRemovedTiers() {
+	var names []string
+	for _, t := range d.cfg.Tiers {
+		names = append(names, t.Name)
+	}
+	deps, err := store.Dependents(d.cat, names, d.cfg.Release.From, d.cfg.Release.Copies)
+	if err != nil {
+		d.logger.Error("check for objects on removed tiers", "err", err)
+		return
+	}
+	for t, n := range deps {
+		d.logger.Error("a tier was removed from the configuration while objects depend on it: their files cannot be recalled; add it back, run strata tier drain, then remove it",
+			"tier", t, "objects", n)
+	}
+	d.removedTiers = deps
+}
+
+// Stop bounds: how long run waits for the stages and the projection after
+// its context ends (more than the stages' drain timeout), and how long
+// each step of close may take.
+const (
+	stopGrace    = pipeline.DefaultDrainTimeout + 15*time.Second
+	closeStepMax = 20 * time.Second
+)
+
 // close shuts everything down in order; safe on a partly started daemon.
+// Each step is bounded (closeStepMax): a step that does not finish (a
+// store that cannot write) is left behind with an error line, and the
+// steps after it are skipped (they would wait for it). The process exits
+// after close, which drops the locks; the catalog and the event log are
+// crash-safe.
 func (d *daemon) close() {
-	d.stages.close(d.logger)
-	if d.guard != nil {
-		d.guard.Close() // it stays in the kernel, guarding stubs while no daemon runs
+	steps := []struct {
+		name string
+		fn   func()
+	}{
+		{"stages", func() { d.stages.close(d.logger) }},
+		{"probe guard", func() {
+			if d.guard != nil {
+				d.guard.Close() // it stays in the kernel, guarding stubs while no daemon runs
+			}
+		}},
+		{"catalog", func() {
+			if d.cat != nil {
+				if err := d.cat.Close(); err != nil {
+					d.logger.Error("close catalog", "err", err)
+				}
+			}
+		}},
+		{"hot trees", func() {
+			if d.unclaim != nil {
+				d.unclaim()
+			}
+		}},
+		{"space watch", func() {
+			if d.stopSpaces != nil {
+				d.stopSpaces()
+			}
+		}},
+		{"nats server", func() {
+			if d.srv != nil {
+				if err := d.srv.Close(); err != nil {
+					d.logger.Error("close nats server", "err", err)
+				}
+			}
+		}},
 	}
-	if d.cat != nil {
-		if err := d.cat.Close(); err != nil {
-			d.logger.Error("close catalog", "err", err)
-		}
-	}
-	if d.unclaim != nil {
-		d.unclaim()
-	}
-	if d.srv != nil {
-		if err := d.srv.Close(); err != nil {
-			d.logger.Error("close nats server", "err", err)
+	for _, st := range steps {
+		done := make(chan struct{})
+		go func() { defer close(done); st.fn() }()
+		select {
+		case <-done:
+		case <-time.After(closeStepMax):
+			d.logger.Error("stop: step did not finish; stopping without the rest", "step", st.name, "waited", closeStepMax)
+			return
 		}
 	}
 }

@@ -42,6 +42,7 @@ type stages struct {
 	filters     map[string]*tier.Filter       // nil: the tier takes every file
 	outcomes    map[string]*pipeline.Outcomes // by tier: its store stage
 	guard       *pruner.Guard
+	draining    *tier.Draining              // strata tier drain: copies that no longer count
 	tapeTiers   map[string]*tapewriter.Tier // tape tiers bring their own store stage
 	reader      *recall.Reader
 	interceptor *interceptor.Interceptor
@@ -73,6 +74,7 @@ func (d *daemon) buildStages() (*stages, error) {
 		failpoints: failpoint.New(),
 		stagingDir: filepath.Join(cfg.DataDir, "staging"),
 		targets:    map[string]tier.Target{},
+		draining:   &tier.Draining{},
 		costs:      map[string]int{},
 		filters:    map[string]*tier.Filter{},
 		outcomes:   map[string]*pipeline.Outcomes{},
@@ -178,10 +180,6 @@ func (d *daemon) buildStages() (*stages, error) {
 				Failpoints: s.failpoints, Logger: d.logger.With("stage", name), Filter: filter, Roots: d.cfg.hotRoots(),
 				Repairer: s.reader,
 			})
-			// A tier may be down for days: keep retrying (every 5 minutes
-			// at the end) instead of dead-lettering its copies after a few
-			// tries. Permanent errors are still dead-lettered at once.
-			st.MaxDeliver, st.Backoff = storeMaxDeliver, storeBackoff
 		}
 		st.Handle = s.outcomes[t.Name].Track(st.Handle)
 		s.pipeline = append(s.pipeline, st)
@@ -200,7 +198,7 @@ func (d *daemon) buildStages() (*stages, error) {
 	s.pipeline = append(s.pipeline, interceptor.PrefetchStage(host, d.logger.With("stage", interceptor.PrefetchStageName)))
 	s.pipeline = append(s.pipeline, releaser.Stage(releaser.StageConfig{
 		Catalog: d.cat, Emitter: pipeline.NewEmitter(d.js, host, releaser.StageName),
-		Roots: d.cfg.hotRoots(), Copies: cfg.Release.Copies, CountingTiers: cfg.Release.From, AllTiers: allTiers,
+		Roots: d.cfg.hotRoots(), Copies: cfg.Release.Copies, CountingTiers: cfg.Release.From, Draining: s.draining, AllTiers: allTiers,
 		StagingDir: s.stagingDir, Mark: s.interceptor.Hold, Unhold: s.interceptor.Unhold, Guard: s.interceptor.GuardStub, Failpoints: s.failpoints,
 		Logger: d.logger.With("stage", releaser.StageName),
 	}))
@@ -217,7 +215,7 @@ func (d *daemon) buildStages() (*stages, error) {
 
 // runStages runs every stage until ctx ends; the first failure stops all.
 func (d *daemon) runStages(ctx context.Context, s *stages, g interface{ Go(func() error) }) {
-	runner := &pipeline.Runner{JS: d.js, Host: d.cfg.Host, Logger: d.logger, Validate: s.validator.Validate, Owner: d.srv.OwnerToken()}
+	runner := &pipeline.Runner{JS: d.js, Host: d.cfg.Host, Logger: d.logger, Validate: s.validator.Validate, Owner: d.srv.OwnerToken(), Spaces: d.spaces}
 	// Durables nobody may keep (a reader's, not in nats.reader_durables)
 	// are removed before the stages start and every 10 minutes.
 	g.Go(func() error {
@@ -244,8 +242,12 @@ func (d *daemon) runStages(ctx context.Context, s *stages, g interface{ Go(func(
 		Targets: s.targets, Guard: s.guard, StagingDir: s.stagingDir,
 		KeepDeleted: time.Duration(d.cfg.Retention.KeepDeleted), KeepVersions: d.cfg.Retention.KeepVersions,
 		Logger: d.logger.With("component", "prune")}
+	drains := &store.Drainer{Catalog: d.cat, Copier: s.reader, Targets: s.targets, Filters: s.filters, Roots: d.cfg.hotRoots(),
+		Counting: d.cfg.Release.From, Copies: d.cfg.Release.Copies, Draining: s.draining,
+		Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, "drain"), Logger: d.logger.With("component", "drain")}
 	verbs := scrubs.Handlers(ctx)
 	maps.Copy(verbs, prunes.Handlers())
+	maps.Copy(verbs, drains.Handlers(ctx))
 	g.Go(func() error {
 		// These verbs start work that lives as long as the stages.
 		stop, err := pipeline.ServeControl(ctx, d.nc, d.cfg.Host, verbs, d.logger)
@@ -297,11 +299,6 @@ func (d *daemon) openTier(t TierConfig) (tier.Target, error) {
 	}
 	return tg, nil
 }
-
-// The store stages' retry policy: about two weeks of retries.
-var storeBackoff = []time.Duration{time.Second, 5 * time.Second, 30 * time.Second, time.Minute, 5 * time.Minute}
-
-const storeMaxDeliver = 4000
 
 // anyFiltered reports whether some tier takes only some files.
 func anyFiltered(cfg Config) bool {

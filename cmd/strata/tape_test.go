@@ -55,7 +55,7 @@ func tapeDaemon(t *testing.T, cfg Config, lib string) (*daemon, *tapewriter.Tier
 		if st.Name == releaser.StageName {
 			s.pipeline[i] = releaser.Stage(releaser.StageConfig{
 				Catalog: d.cat, Emitter: pipeline.NewEmitter(d.js, cfg.Host, releaser.StageName),
-				Roots: d.cfg.hotRoots(), Copies: 1, CountingTiers: []string{"tape"}, AllTiers: []string{"hdd", "tape"},
+				Roots: d.cfg.hotRoots(), Copies: 1, CountingTiers: []string{"tape"}, Draining: s.draining, AllTiers: []string{"hdd", "tape"},
 				StagingDir: s.stagingDir, Mark: s.interceptor.Hold, Unhold: s.interceptor.Unhold, Guard: s.interceptor.GuardStub, Failpoints: s.failpoints,
 				Logger: d.logger.With("stage", releaser.StageName),
 			})

@@ -66,6 +66,8 @@ func Sample(k events.Kind) events.Event {
 		return &events.ObjectCorrupt{ObjectID: oid, Tier: "hdd", Reason: "frame 3: blake3 mismatch"}
 	case events.KindObjectDeleted:
 		return &events.ObjectDeleted{ObjectID: oid, Tier: "hdd", Reason: "retention: superseded version older than 30d"}
+	case events.KindObjectStoreFailed:
+		return &events.ObjectStoreFailed{ObjectID: oid, Tier: "hdd", Reason: "connection refused", Attempts: 2, RetryIn: int64(5 * time.Second)}
 	}
 	return nil
 }

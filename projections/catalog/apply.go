@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -23,6 +24,7 @@ const (
 	pfxCopy    = "copy/"
 	pfxStub    = "stub/"
 	pfxPin     = "pin/"
+	pfxFail    = "storefail/" // <object>/<tier>: why the tier has no copy yet
 )
 
 func versionKey(fileID string, n uint32) string {
@@ -60,14 +62,34 @@ func (c *Catalog) ApplyDecoded(envs []events.Envelope, evs []events.Event) error
 	return c.apply(envs, evs)
 }
 
-func (c *Catalog) apply(envs []events.Envelope, evs []events.Event) error {
+func (c *Catalog) apply(envs []events.Envelope, evs []events.Event) (err error) {
 	c.applyMu.Lock()
 	defer c.applyMu.Unlock()
+	if err := c.Failed(); err != nil {
+		return fmt.Errorf("%w (reopen it): %w", ErrFailed, err)
+	}
 	db, err := c.rlock()
 	if err != nil {
 		return err
 	}
 	defer c.mu.RUnlock()
+	defer func() {
+		// A commit Pebble could not write: the database takes no more
+		// writes (see Catalog.failed); what was committed before is safe.
+		if r := recover(); r != nil {
+			fe, ok := r.(fatalError)
+			if !ok {
+				panic(r)
+			}
+			c.failed.Store(&fe.err)
+			c.cache.init(c.cache.max)
+			c.filter = nil
+			if c.opts.Space != nil {
+				c.opts.Space.Report(fe.err)
+			}
+			err = fmt.Errorf("%w: %w", ErrFailed, fe.err)
+		}
+	}()
 
 	last := c.seq.Load()
 	// Select the new envelopes first, so that a bad one fails the call
@@ -372,6 +394,12 @@ func (a *applier) apply(env *events.Envelope, ev events.Event) error {
 		}
 		a.st.addCopy(c, +1)
 		a.set(pfxCopy+e.ObjectID+"/"+e.Tier, c)
+		a.set(pfxFail+e.ObjectID+"/"+e.Tier, absent)
+		return nil
+
+	case *events.ObjectStoreFailed:
+		a.set(pfxFail+e.ObjectID+"/"+e.Tier, &StoreFailure{ObjectID: e.ObjectID, Tier: e.Tier, Reason: e.Reason,
+			Attempts: int64(e.Attempts), Permanent: e.Permanent, RetryIn: time.Duration(e.RetryIn), At: env.Time, Seq: env.Seq})
 		return nil
 
 	case *events.ObjectCorrupt:
@@ -389,6 +417,7 @@ func (a *applier) apply(env *events.Envelope, ev events.Event) error {
 		}
 		a.st.addCopy(old, -1)
 		a.set(pfxCopy+e.ObjectID+"/"+e.Tier, absent)
+		a.set(pfxFail+e.ObjectID+"/"+e.Tier, absent)
 		return nil
 
 	case *events.FileReleased:
@@ -558,6 +587,9 @@ func (a *applier) commit(seq uint64) error {
 			a.buf = r.encode(a.buf[:0])
 			err = b.Set(key, a.buf, nil)
 		case *Copy:
+			a.buf = r.encode(a.buf[:0])
+			err = b.Set(key, a.buf, nil)
+		case *StoreFailure:
 			a.buf = r.encode(a.buf[:0])
 			err = b.Set(key, a.buf, nil)
 		default:

@@ -8,11 +8,15 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+
+	"github.com/strata-hsm/strata/pipeline"
 )
 
 // FormatVersion is the on-disk format this package reads and writes.
@@ -25,7 +29,23 @@ var (
 	// ErrFormat: the database was written in another format version (or is
 	// not a catalog). Rebuild it with `strata replay`.
 	ErrFormat = errors.New("catalog: unsupported on-disk format")
+	// ErrFailed: Pebble hit a fatal write error (its write-ahead log
+	// could not be written, e.g. the disk is full). Nothing more is
+	// written until Reopen; reads go on.
+	ErrFailed = errors.New("catalog: database failed a write")
+	// ErrUnavailable: a Reopen could not open the database again; it is
+	// tried again by the next Reopen.
+	ErrUnavailable = errors.New("catalog: database unavailable")
 )
+
+// Space is the filesystem the catalog lives on as the daemon watches it
+// (a *pipeline.Space). Follow writes nothing while it is Full; errors that
+// mean it is full are Reported to it.
+type Space interface {
+	Full() bool
+	Wait(ctx context.Context) error
+	Report(err error) bool
+}
 
 var (
 	keyFormat = []byte("meta/format")
@@ -50,6 +70,8 @@ type Options struct {
 	BlockCacheBytes int64
 	// MemTableBytes is Pebble's memtable size (0: 64 MiB).
 	MemTableBytes uint64
+	// Space, if set, is the filesystem of the catalog (see Space).
+	Space Space
 }
 
 // EnsureDefaults fills in zero fields.
@@ -77,9 +99,22 @@ func (o *Options) Validate() error {
 //
 // Lock order: followMu, then applyMu, then mu.
 type Catalog struct {
-	dir string
-	log *slog.Logger
-	wo  *pebble.WriteOptions
+	dir  string
+	opts Options
+	log  *slog.Logger
+	wo   *pebble.WriteOptions
+
+	// failed holds the fatal write error after which Pebble must not be
+	// written to (nor flushed): set by apply when a commit fails, cleared
+	// by Reopen. INVARIANT: while failed is set, nothing calls a writing
+	// method of mu.db (Apply, Flush); Close and Reopen only close it.
+	failed atomic.Pointer[error]
+	// bg counts Pebble's background errors (failed flushes and
+	// compactions), bgSeen is poked at each, and bgLog rate-limits the
+	// lines about those not caused by a full disk.
+	bg     atomic.Uint64
+	bgSeen chan struct{}
+	bgLog  every
 
 	// followMu is held by Follow while it applies a batch, and by Verify
 	// for as long as it needs the catalog to stand still.
@@ -94,8 +129,9 @@ type Catalog struct {
 	filterMin int
 	st        stats
 
-	// mu guards db against Close: readers and Apply hold it shared, Close
-	// exclusively.
+	// mu guards db against Close and Reopen: readers and Apply hold it
+	// shared, Close and Reopen exclusively. db is nil only after a Reopen
+	// that could not open the database (reads return ErrUnavailable).
 	mu struct {
 		sync.RWMutex
 		db     *pebble.DB
@@ -116,24 +152,14 @@ func Open(dir string, opts Options) (*Catalog, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	pcache := pebble.NewCache(opts.BlockCacheBytes)
-	defer pcache.Unref()
-	po := &pebble.Options{
-		Cache:              pcache,
-		Logger:             pebbleLogger{opts.Logger},
-		MemTableSize:       opts.MemTableBytes,
-		FormatMajorVersion: pebble.FormatNewest,
-	}
-	for i := range po.Levels {
-		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
-	}
-	db, err := pebble.Open(dir, po)
-	if err != nil {
-		return nil, fmt.Errorf("catalog: open %s: %w", dir, err)
-	}
-	c := &Catalog{dir: dir, log: opts.Logger, wo: pebble.NoSync, waitCh: make(chan struct{}), filterMin: minFilterKeys}
+	c := &Catalog{dir: dir, opts: opts, log: opts.Logger, wo: pebble.NoSync, waitCh: make(chan struct{}),
+		filterMin: minFilterKeys, bgSeen: make(chan struct{}, 1), bgLog: every{period: pipeline.DefaultRemind}}
 	if opts.Sync {
 		c.wo = pebble.Sync
+	}
+	db, err := c.openDB()
+	if err != nil {
+		return nil, err
 	}
 	c.mu.db = db
 	c.cache.init(opts.CacheEntries)
@@ -142,6 +168,31 @@ func Open(dir string, opts Options) (*Catalog, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// openDB opens the Pebble database of c.dir (with a block cache of its
+// own: a closed database drops its cache).
+func (c *Catalog) openDB() (*pebble.DB, error) {
+	pcache := pebble.NewCache(c.opts.BlockCacheBytes)
+	defer pcache.Unref()
+	po := &pebble.Options{
+		Cache:              pcache,
+		Logger:             pebbleLogger{c},
+		MemTableSize:       c.opts.MemTableBytes,
+		FormatMajorVersion: pebble.FormatNewest,
+		EventListener:      &pebble.EventListener{BackgroundError: c.backgroundError},
+	}
+	for i := range po.Levels {
+		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
+	db, err := pebble.Open(c.dir, po)
+	if err != nil {
+		if c.opts.Space != nil {
+			c.opts.Space.Report(err)
+		}
+		return nil, fmt.Errorf("catalog: open %s: %w", c.dir, err)
+	}
+	return db, nil
 }
 
 // load checks the format version and reads the sequence and counters.
@@ -216,8 +267,17 @@ func get(db pebble.Reader, key []byte) ([]byte, error) {
 	return out, nil
 }
 
-// Close flushes and closes the database. It is safe to call more than once
-// and wakes every WaitSeq with ErrClosed.
+// closeFlushWait bounds the flush Close does before closing: what is not
+// flushed is in the write-ahead log, recovered at the next Open.
+const closeFlushWait = 10 * time.Second
+
+// Close closes the database, and wakes every WaitSeq with ErrClosed. It is
+// safe to call more than once and returns in bounded time even when the
+// disk is full: it flushes the memtable first (so that the next Open has
+// little log to replay) only while writes work, and waits for that flush
+// at most closeFlushWait or until Pebble reports a background error. A
+// failed flush loses nothing: every committed batch is in the write-ahead
+// log.
 func (c *Catalog) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -226,8 +286,15 @@ func (c *Catalog) Close() error {
 	}
 	c.mu.closed = true
 	c.notify()
-	err := c.mu.db.Flush()
-	if cerr := c.mu.db.Close(); err == nil {
+	db := c.mu.db
+	if db == nil {
+		return nil
+	}
+	var err error
+	if c.failed.Load() == nil && (c.opts.Space == nil || !c.opts.Space.Full()) {
+		err = c.flushBounded(db)
+	}
+	if cerr := db.Close(); err == nil && c.failed.Load() == nil {
 		err = cerr
 	}
 	if err != nil {
@@ -236,12 +303,86 @@ func (c *Catalog) Close() error {
 	return nil
 }
 
-// rlock takes the shared lock and returns the database, or ErrClosed.
+// flushBounded flushes db, giving up (without error: the data is in the
+// write-ahead log) after closeFlushWait or at the first background error.
+func (c *Catalog) flushBounded(db *pebble.DB) error {
+	select {
+	case <-c.bgSeen: // an error seen before: start afresh
+	default:
+	}
+	done, err := db.AsyncFlush()
+	if err != nil {
+		return err
+	}
+	t := time.NewTimer(closeFlushWait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-c.bgSeen:
+		c.log.Warn("catalog: flush at close failed; closing without it (the write-ahead log has every batch)")
+	case <-t.C:
+		c.log.Warn("catalog: flush at close did not finish; closing without it (the write-ahead log has every batch)", "waited", closeFlushWait)
+	}
+	return nil
+}
+
+// Failed returns the fatal write error after which the catalog takes no
+// more writes until Reopen, or nil.
+func (c *Catalog) Failed() error {
+	if p := c.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Reopen closes and opens again a catalog that Failed: Pebble cannot take
+// writes after a fatal write error, and reopening recovers from its
+// write-ahead log every batch that was committed (LastSeq is then what the
+// database holds; applying resumes after it). It does nothing on a
+// catalog that has not failed. Meant for Follow, once there is room.
+func (c *Catalog) Reopen() error {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	if c.failed.Load() == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.mu.closed {
+		return ErrClosed
+	}
+	if c.mu.db != nil {
+		// Its error is the one that failed the database.
+		_ = c.mu.db.Close()
+		c.mu.db = nil
+	}
+	db, err := c.openDB()
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	c.mu.db = db
+	c.cache.init(c.cache.max)
+	c.filter = nil
+	if err := c.load(); err != nil {
+		return err
+	}
+	c.failed.Store(nil)
+	c.log.Info("catalog reopened after a failed write", "seq", c.seq.Load())
+	c.notify()
+	return nil
+}
+
+// rlock takes the shared lock and returns the database, or ErrClosed (or
+// ErrUnavailable after a Reopen that could not open it).
 func (c *Catalog) rlock() (*pebble.DB, error) {
 	c.mu.RLock()
 	if c.mu.closed {
 		c.mu.RUnlock()
 		return nil, ErrClosed
+	}
+	if c.mu.db == nil {
+		c.mu.RUnlock()
+		return nil, ErrUnavailable
 	}
 	return c.mu.db, nil
 }
@@ -281,21 +422,93 @@ func (c *Catalog) notify() {
 	c.waitMu.Unlock()
 }
 
+// bgRetryPause is how long a failed background job for lack of space
+// holds Pebble back before its retry (see backgroundError).
+const bgRetryPause = 250 * time.Millisecond
+
+// backgroundError is Pebble's EventListener.BackgroundError: a flush or
+// compaction failed. Pebble calls it on the failing job's goroutine, with
+// DB.mu held, and retries a failed flush at once in a loop ("TODO: count
+// consecutive flush errors and backoff"): on a full disk that loop wrote
+// ~800 log lines a second and spun a core. So an out-of-space failure is
+// reported to the Space (which logs the condition once), logged at Debug,
+// and paused for bgRetryPause before Pebble retries — holding DB.mu delays
+// only commits (which Follow does not make while the Space is full) and
+// Close; reads do not take DB.mu. Other failures are logged, the first
+// and then at most every pipeline.DefaultRemind.
+func (c *Catalog) backgroundError(err error) {
+	c.bg.Add(1)
+	select {
+	case c.bgSeen <- struct{}{}:
+	default:
+	}
+	if pipeline.IsNoSpace(err) {
+		if c.opts.Space != nil {
+			c.opts.Space.Report(err)
+		}
+		c.log.Debug("pebble: background error", "err", err)
+		time.Sleep(bgRetryPause)
+		return
+	}
+	if ok, missed := c.bgLog.allow(); ok {
+		c.log.Error("pebble: background error", "err", err, "errors_since_last_line", missed)
+	}
+}
+
+// fatalError is what pebbleLogger.Fatalf panics with; apply recovers it
+// (Pebble calls Fatalf on the committing goroutine when it cannot write
+// its write-ahead log).
+type fatalError struct{ err error }
+
 // pebbleLogger sends Pebble's messages to slog.
-type pebbleLogger struct{ log *slog.Logger }
+type pebbleLogger struct{ c *Catalog }
 
 func (l pebbleLogger) Infof(format string, args ...any) {
-	l.log.Debug("pebble: " + fmt.Sprintf(format, args...))
+	l.c.log.Debug("pebble: " + fmt.Sprintf(format, args...))
 }
 
 func (l pebbleLogger) Errorf(format string, args ...any) {
-	l.log.Error("pebble: " + fmt.Sprintf(format, args...))
+	msg := "pebble: " + fmt.Sprintf(format, args...)
+	if pipeline.IsNoSpace(errors.New(msg)) {
+		l.c.log.Debug(msg)
+		return
+	}
+	l.c.log.Error(msg)
 }
 
+// Fatalf must not return (Pebble goes on as if it had not failed). It
+// panics with a fatalError: apply turns one raised by a commit into
+// ErrFailed; one raised on Pebble's own goroutines (a MANIFEST that cannot
+// be written after a flush) still ends the process, with the database
+// consistent on disk for the next start.
 func (l pebbleLogger) Fatalf(format string, args ...any) {
 	msg := "pebble: " + fmt.Sprintf(format, args...)
-	l.log.Error(msg)
-	panic(msg)
+	if !strings.Contains(msg, "no space left on device") {
+		l.c.log.Error(msg)
+	}
+	panic(fatalError{errors.New(msg)})
+}
+
+// every rate-limits a log line: allow says yes at most once a period, and
+// how many calls it said no to since.
+type every struct {
+	period time.Duration
+	mu     sync.Mutex
+	last   time.Time
+	missed int
+}
+
+func (e *every) allow() (bool, int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if now := time.Now(); e.last.IsZero() || now.Sub(e.last) >= e.period {
+		e.last = now
+		missed := e.missed
+		e.missed = 0
+		return true, missed
+	}
+	e.missed++
+	return false, 0
 }
 
 // cache keeps decoded records between batches for Apply: two generations of

@@ -501,7 +501,7 @@ func TestFormatVersion(t *testing.T) {
 
 	// A Pebble database that is not a catalog.
 	dir2 := t.TempDir()
-	db, err := pebble.Open(dir2, &pebble.Options{Logger: pebbleLogger{slog.New(slog.DiscardHandler)}})
+	db, err := pebble.Open(dir2, &pebble.Options{Logger: pebbleLogger{&Catalog{log: slog.New(slog.DiscardHandler)}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -135,6 +135,45 @@ func (c *Catalog) Copies(objectID string) ([]Copy, error) {
 	})
 }
 
+// StoreFailures returns why tiers have no copy of an object yet (the last
+// object.store_failed of each tier since its last copy), in tier order.
+func (c *Catalog) StoreFailures(objectID string) ([]StoreFailure, error) {
+	db, err := c.rlock()
+	if err != nil {
+		return nil, err
+	}
+	defer c.mu.RUnlock()
+	pfx := pfxFail + objectID + "/"
+	return collect(db, pfx, func(k, v []byte) (StoreFailure, error) {
+		f, err := decodeStoreFailure(objectID, string(k[len(pfx):]), v)
+		if err != nil {
+			return StoreFailure{}, err
+		}
+		return *f, nil
+	})
+}
+
+// EachStoreFailure calls fn for every object a tier failed to store and
+// has not stored since, in object and tier order.
+func (c *Catalog) EachStoreFailure(fn func(StoreFailure) error) error {
+	db, err := c.rlock()
+	if err != nil {
+		return err
+	}
+	defer c.mu.RUnlock()
+	return scan(db, pfxFail, func(k, v []byte) error {
+		obj, tier, ok := strings.Cut(string(k[len(pfxFail):]), "/")
+		if !ok {
+			return fmt.Errorf("%w: key %q", errCorrupt, k)
+		}
+		f, err := decodeStoreFailure(obj, tier, v)
+		if err != nil {
+			return err
+		}
+		return fn(*f)
+	})
+}
+
 // Files calls fn for every file (not deleted) at or under the directory
 // prefix (e.g. "/data" matches /data and /data/x but not /data2), in path
 // order. "/" or "" means every file. An error from fn stops the walk and is

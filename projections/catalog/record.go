@@ -148,6 +148,44 @@ type Copy struct {
 	Seq        uint64
 }
 
+// StoreFailure is why a tier has no copy of an object yet: its store
+// stage failed (object.store_failed), until the next object.stored (or
+// object.deleted) for that tier.
+type StoreFailure struct {
+	ObjectID  string
+	Tier      string
+	Reason    string
+	Attempts  int64
+	Permanent bool          // the stage gave up: retrying cannot help
+	RetryIn   time.Duration // before the next attempt (0 when Permanent)
+	At        time.Time     // event time of the failure
+	Seq       uint64
+}
+
+func (f *StoreFailure) encode(e enc) enc {
+	p := byte(0)
+	if f.Permanent {
+		p = 1
+	}
+	return e.b(recordV1).s(f.Reason).i(f.Attempts).b(p).i(int64(f.RetryIn)).t(f.At).u(f.Seq)
+}
+
+func decodeStoreFailure(objectID, tier string, b []byte) (*StoreFailure, error) {
+	d := dec{b: b}
+	d.start()
+	f := &StoreFailure{ObjectID: objectID, Tier: tier}
+	f.Reason, f.Attempts = d.s(), d.i()
+	switch d.byte() {
+	case 0:
+	case 1:
+		f.Permanent = true
+	default:
+		d.fail()
+	}
+	f.RetryIn, f.At, f.Seq = time.Duration(d.i()), d.t(), d.u()
+	return f, d.done("store failure", objectID+"/"+tier)
+}
+
 // Count is a number of files and their total size.
 type Count struct {
 	Files uint64 `json:"files"`

@@ -85,30 +85,70 @@ func firstErr(errs ...error) error {
 	return errors.New("the event log ended first")
 }
 
-// Follow keeps c following the log, batch by batch, until ctx ends; a
-// failure is logged and the projection restarts where it stopped a second
-// later. It returns nil when ctx ends. Verify pauses it (see followMu).
+// errPaused stops a follow while the catalog's filesystem is full.
+var errPaused = errors.New("catalog: paused: out of space")
+
+// Follow backoff after a failure that is not for lack of space.
+const (
+	followRetryMin = time.Second
+	followRetryMax = 30 * time.Second
+)
+
+// Follow keeps c following the log, batch by batch, until ctx ends. It
+// returns nil when ctx ends. Verify pauses it (see followMu).
+//
+// While the catalog's Space is full nothing is applied (the follow stops
+// and waits for room); a write that fails for lack of space is reported
+// to the Space, and a database that Failed is reopened once there is room,
+// so the catalog resumes by itself where it stopped. Any other failure is
+// logged (the first, then at most every pipeline.DefaultRemind) and the
+// projection restarts where it stopped, after a backoff of 1s growing to
+// 30s.
 func (c *Catalog) Follow(ctx context.Context, js jetstream.JetStream, logger *slog.Logger) error {
+	sp := c.opts.Space
+	logEvery := every{period: pipeline.DefaultRemind}
+	wait := followRetryMin
 	for {
-		err := pipeline.FollowRecords(ctx, js, c.LastSeq()+1, pipeline.FollowOptions{}, func(recs []pipeline.Record) error {
-			envs := make([]events.Envelope, len(recs))
-			evs := make([]events.Event, len(recs))
-			for i, r := range recs {
-				envs[i], evs[i] = r.Envelope, r.Event
+		if sp != nil {
+			if err := sp.Wait(ctx); err != nil {
+				return nil
 			}
-			c.followMu.Lock()
-			defer c.followMu.Unlock()
-			return c.ApplyDecoded(envs, evs)
-		})
+		}
+		err := c.Reopen()
+		if err == nil {
+			err = pipeline.FollowRecords(ctx, js, c.LastSeq()+1, pipeline.FollowOptions{}, func(recs []pipeline.Record) error {
+				if sp != nil && sp.Full() {
+					return errPaused
+				}
+				envs := make([]events.Envelope, len(recs))
+				evs := make([]events.Event, len(recs))
+				for i, r := range recs {
+					envs[i], evs[i] = r.Envelope, r.Event
+				}
+				c.followMu.Lock()
+				defer c.followMu.Unlock()
+				if err := c.ApplyDecoded(envs, evs); err != nil {
+					return err
+				}
+				wait = followRetryMin
+				return nil
+			})
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		logger.Error("catalog projection stopped; restarting", "err", err, "seq", c.LastSeq())
+		if errors.Is(err, errPaused) || (sp != nil && sp.Report(err)) {
+			continue // the Space logs the condition; wait for room
+		}
+		if ok, missed := logEvery.allow(); ok {
+			logger.Error("catalog projection stopped; restarting", "err", err, "seq", c.LastSeq(), "in", wait, "failures_since_last_line", missed)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(time.Second):
+		case <-time.After(wait):
 		}
+		wait = min(2*wait, followRetryMax)
 	}
 }
 

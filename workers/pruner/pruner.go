@@ -332,6 +332,9 @@ type guarded struct {
 	g *Guard
 }
 
+// Unwrap is the target the guard wraps (tier.As).
+func (t *guarded) Unwrap() tier.Target { return t.Target }
+
 func (t *guarded) Put(ctx context.Context, o tier.Object) (string, error) {
 	unlock := t.g.Lock(o.ID)
 	defer unlock()

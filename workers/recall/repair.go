@@ -6,6 +6,7 @@ import (
 	"io"
 	"sync"
 
+	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/workers/object"
 	"github.com/strata-hsm/strata/workers/tier"
 )
@@ -111,3 +112,19 @@ func (s *sourceReader) Read(p []byte) (int, error) {
 }
 
 func (s *sourceReader) Close() error { return s.rc.Close() }
+
+// CopyTo makes a good copy of objectID (of size bytes uncompressed) on to
+// from a good copy elsewhere (Repair) and returns the object.stored event
+// that records it (tier.StoredEvent) and the tier it copied from. The
+// caller publishes the event.
+func (r *Reader) CopyTo(ctx context.Context, objectID string, size int64, to tier.Target) (*events.ObjectStored, string, error) {
+	from, loc, err := r.Repair(ctx, objectID, to)
+	if err != nil {
+		return nil, "", err
+	}
+	ev, err := tier.StoredEvent(ctx, to, objectID, size, loc)
+	if err != nil {
+		return nil, from, fmt.Errorf("copied from %s: %w", from, err)
+	}
+	return ev, from, nil
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/stub"
+	"github.com/strata-hsm/strata/workers/tier"
 )
 
 // StageName is the durable consumer of the releaser stage.
@@ -50,6 +51,8 @@ type StageConfig struct {
 	// before a file is released.
 	Copies        int
 	CountingTiers []string
+	// Draining tiers' copies do not count (strata tier drain).
+	Draining *tier.Draining
 	// AllTiers are every configured tier: once each has a good copy, the
 	// staged object is removed.
 	AllTiers []string
@@ -137,7 +140,7 @@ func (h *releaseHandler) count(copies []catalog.Copy) (int, bool) {
 	}
 	n := 0
 	for t := range good {
-		if len(h.cfg.CountingTiers) == 0 || contains(h.cfg.CountingTiers, t) {
+		if (len(h.cfg.CountingTiers) == 0 || contains(h.cfg.CountingTiers, t)) && !h.cfg.Draining.Has(t) {
 			n++
 		}
 	}

@@ -31,6 +31,9 @@ type LsEntry struct {
 	ObjectID string   `json:"object_id,omitempty"`
 	Version  uint32   `json:"version,omitempty"`
 	Copies   []string `json:"copies"` // tiers with a good copy
+	// Failures say why tiers have no copy yet (object.store_failed since
+	// their last copy): "tier: reason (…)".
+	Failures []string `json:"store_failures,omitempty"`
 }
 
 // LsReply answers LsRequest.
@@ -44,6 +47,7 @@ type lsCatalog interface {
 	File(fileID string) (catalog.File, error)
 	FileByPath(path string) (catalog.File, error)
 	Copies(objectID string) ([]catalog.Copy, error)
+	StoreFailures(objectID string) ([]catalog.StoreFailure, error)
 }
 
 // ls lists the files under the requested paths: what the filesystem says
@@ -111,6 +115,20 @@ func (v *Verbs) lsEntry(path string, size int64) LsEntry {
 				}
 			}
 		}
+		if fs, err := v.Catalog.StoreFailures(f.ObjectID); err == nil {
+			for _, sf := range fs {
+				e.Failures = append(e.Failures, DescribeStoreFailure(sf))
+			}
+		}
 	}
 	return e
+}
+
+// DescribeStoreFailure says why a tier has no copy, and what happens next.
+func DescribeStoreFailure(f catalog.StoreFailure) string {
+	next := fmt.Sprintf("retried in %s", f.RetryIn)
+	if f.Permanent {
+		next = "given up"
+	}
+	return fmt.Sprintf("%s: %s (%d attempts, %s)", f.Tier, f.Reason, f.Attempts, next)
 }

@@ -211,31 +211,16 @@ func scrubOne(ctx context.Context, cfg Config, c Copy, res *Result) error {
 	if rerr != nil {
 		return stop(ctx, rerr, func() { fail("corrupt (%v), not repaired: %v", err, rerr) })
 	}
-	info, serr := t.Stat(ctx, c.ObjectID)
+	ev, serr := tier.StoredEvent(ctx, t, c.ObjectID, c.Size, loc)
 	if serr != nil {
-		return stop(ctx, serr, func() { fail("repaired from %s, but stat of the new copy: %v", from, serr) })
+		return stop(ctx, serr, func() { fail("repaired from %s, but: %v", from, serr) })
 	}
-	ev := &events.ObjectStored{ObjectID: c.ObjectID, Tier: c.Tier, TierKind: t.Kind(), Location: loc,
-		Size: c.Size, PackedSize: info.PackedSize, PackedSum: info.PackedSum}
-	if tp, ok := t.(tapePositioner); ok {
-		// A tape copy is found by its position: the new copy has its own.
-		pos, perr := tp.TapePosition(ctx, c.ObjectID)
-		if perr != nil {
-			return stop(ctx, perr, func() { fail("repaired from %s, but its tape position: %v", from, perr) })
-		}
-		ev.Tape = &pos
-	}
-	if perr := cfg.Emit(ctx, ev, c.ObjectID, c.Tier, info.PackedSum, "repair", cfg.RunID); perr != nil {
+	if perr := cfg.Emit(ctx, ev, c.ObjectID, c.Tier, ev.PackedSum, "repair", cfg.RunID); perr != nil {
 		return stop(ctx, perr, func() { fail("repaired from %s, but object.stored not published: %v", from, perr) })
 	}
 	res.Repaired++
 	cfg.Logger.Info("scrub: repaired", "object", c.ObjectID, "tier", c.Tier, "from", from, "location", loc)
 	return nil
-}
-
-// tapePositioner is a tape tier's target: it says where a copy lies.
-type tapePositioner interface {
-	TapePosition(ctx context.Context, id string) (events.TapePosition, error)
 }
 
 // stop returns ctx.Err() if ctx ended (the run stops), else records the

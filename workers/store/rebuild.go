@@ -70,7 +70,7 @@ type locator interface {
 // location names where tg keeps object id: its own words when it can say
 // (a directory tier: the path), else tier:key.
 func location(tg tier.Target, id string) string {
-	if l, ok := tg.(locator); ok {
+	if l, ok := tier.As[locator](tg); ok {
 		return l.Location(id)
 	}
 	return tg.Name() + ":" + tier.ObjectKey(id)

@@ -35,6 +35,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
@@ -81,7 +82,47 @@ func Stage(cfg StageConfig) pipeline.Stage {
 		Name:        tier.StageName(cfg.Target.Name()),
 		Filter:      []string{events.Subject(cfg.Emitter.Host(), events.KindObjectPacked)},
 		Concurrency: 4,
-		Handle:      pipeline.Handle(tier.StageName(cfg.Target.Name()), h.handle),
+		Handle:      pipeline.Handle(tier.StageName(cfg.Target.Name()), h.handleAndReport),
+		MaxDeliver:  MaxDeliver,
+		Backoff:     Backoff,
+	}
+}
+
+// The store stages' retry policy: a tier may be down for days, so a copy
+// is retried (every 5 minutes at the end) for about two weeks instead of
+// being dead-lettered after a few tries. Permanent errors are still
+// dead-lettered at once.
+var Backoff = []time.Duration{time.Second, 5 * time.Second, 30 * time.Second, time.Minute, 5 * time.Minute}
+
+// MaxDeliver is the store stages' deliveries of one message.
+const MaxDeliver = 4000
+
+// handleAndReport is handle, and an object.store_failed when it fails
+// (see report).
+func (h *storeHandler) handleAndReport(ctx context.Context, env events.Envelope, p *events.ObjectPacked) error {
+	err := h.handle(ctx, env, p)
+	if err != nil && ctx.Err() == nil {
+		h.report(ctx, env, p, err)
+	}
+	return err
+}
+
+// report publishes why the object has no copy on the tier: at the first
+// failure, the 2nd, 4th, 8th… and when the stage gives up, so that ls,
+// status and archive --wait can say why a file is stuck without an event
+// per retry.
+func (h *storeHandler) report(ctx context.Context, env events.Envelope, p *events.ObjectPacked, err error) {
+	n := max(pipeline.Deliveries(ctx), 1)
+	permanent := pipeline.IsPermanent(err) || n >= MaxDeliver
+	if !permanent && n&(n-1) != 0 {
+		return
+	}
+	ev := &events.ObjectStoreFailed{ObjectID: p.ObjectID, Tier: h.cfg.Target.Name(), Reason: err.Error(), Attempts: n, Permanent: permanent}
+	if !permanent {
+		ev.RetryIn = int64(Backoff[min(n, len(Backoff))-1])
+	}
+	if _, perr := h.cfg.Emitter.Emit(ctx, ev, p.ObjectID, ev.Tier, strconv.FormatUint(env.Seq, 10), strconv.Itoa(n)); perr != nil {
+		h.cfg.Logger.Warn("publish object.store_failed", "object", p.ObjectID, "tier", ev.Tier, "err", perr)
 	}
 }
 
@@ -139,6 +180,9 @@ func (h *storeHandler) handle(ctx context.Context, env events.Envelope, p *event
 	case err != nil:
 		return fmt.Errorf("store %s: read staged manifest: %w", p.ObjectID, err)
 	default:
+		if err := fits(ctx, t, p.PackedSize); err != nil {
+			return err
+		}
 		loc, err = t.Put(ctx, tier.Object{
 			ID: p.ObjectID, PackedSize: p.PackedSize, PackedSum: p.PackedSum, Manifest: manifest,
 			Open: func() (io.ReadCloser, error) { return os.Open(p.Staging) },
@@ -169,6 +213,21 @@ func (h *storeHandler) handle(ctx context.Context, env events.Envelope, p *event
 		h.cfg.Logger.Debug("stored", "object", p.ObjectID, "tier", t.Name(), "location", loc)
 	}
 	return err
+}
+
+// fits refuses, for good, an object larger than the whole target: every
+// retry would fail the same way.
+func fits(ctx context.Context, t tier.Target, size int64) error {
+	s, ok := tier.As[tier.Sizer](t)
+	if !ok {
+		return nil
+	}
+	total, err := s.Capacity(ctx)
+	if err != nil || size <= total {
+		return nil // unknown: let Put say
+	}
+	return pipeline.Permanent(fmt.Errorf("%w: %d bytes packed, tier %s holds %d bytes in all: give it more space, or a max_size filter",
+		tier.ErrTooLarge, size, t.Name(), total))
 }
 
 // backfillError classifies a failed back-fill: nothing to do when the

@@ -30,6 +30,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/strata-hsm/strata/events"
 )
 
 // Sentinel errors. Targets wrap them with %w and context (target name, id);
@@ -196,3 +198,58 @@ func ManifestKey(id string) string { return "objects/" + id[:2] + "/" + id + ".j
 
 // SumKey is the path of the b3sum-format sum file relative to a target's root.
 func SumKey(id string) string { return "objects/" + id[:2] + "/" + id + ".b3" }
+
+// As finds the first target in t's chain of wrappers (a wrapper has an
+// Unwrap method returning the target it wraps) that implements T: the
+// optional interfaces (Sizer, a tape tier's position, a directory tier's
+// location) stay visible through a wrapper such as the pruner's guard.
+func As[T any](t Target) (T, bool) {
+	for t != nil {
+		if x, ok := t.(T); ok {
+			return x, true
+		}
+		u, ok := t.(interface{ Unwrap() Target })
+		if !ok {
+			break
+		}
+		t = u.Unwrap()
+	}
+	var zero T
+	return zero, false
+}
+
+// Sizer is a target that knows how many bytes it can hold in all (a
+// directory tier: its filesystem's size). An object larger than that can
+// never be stored there.
+type Sizer interface {
+	Capacity(ctx context.Context) (int64, error)
+}
+
+// ErrTooLarge marks an object larger than a whole target (Sizer).
+var ErrTooLarge = errors.New("tier: object larger than the whole tier")
+
+// tapePositioner is a tape tier's target: it says where a copy lies.
+type tapePositioner interface {
+	TapePosition(ctx context.Context, id string) (events.TapePosition, error)
+}
+
+// StoredEvent is the object.stored event that records the copy of id (of
+// size bytes uncompressed) that was just written to t at loc: its packed
+// size and sum as t reports them, and for a tape tier its position (a
+// tape copy is found by its position).
+func StoredEvent(ctx context.Context, t Target, id string, size int64, loc string) (*events.ObjectStored, error) {
+	info, err := t.Stat(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("stat of the new copy of %s on %s: %w", id, t.Name(), err)
+	}
+	ev := &events.ObjectStored{ObjectID: id, Tier: t.Name(), TierKind: t.Kind(), Location: loc,
+		Size: size, PackedSize: info.PackedSize, PackedSum: info.PackedSum}
+	if tp, ok := As[tapePositioner](t); ok {
+		pos, err := tp.TapePosition(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("tape position of the new copy of %s on %s: %w", id, t.Name(), err)
+		}
+		ev.Tape = &pos
+	}
+	return ev, nil
+}

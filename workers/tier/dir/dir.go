@@ -170,6 +170,15 @@ func (t *Target) Root() string { return t.cfg.Root }
 
 func (t *Target) path(key string) string { return filepath.Join(t.cfg.Root, filepath.FromSlash(key)) }
 
+// Capacity is the size of the filesystem the root is on (tier.Sizer).
+func (t *Target) Capacity(ctx context.Context) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(t.cfg.Root, &st); err != nil {
+		return 0, fmt.Errorf("directory tier %s: %w", t.cfg.Name, err)
+	}
+	return int64(st.Blocks) * st.Bsize, nil
+}
+
 // Location is the path of object id's packed bytes on this tier.
 func (t *Target) Location(id string) string { return t.path(tier.ObjectKey(id)) }
 
