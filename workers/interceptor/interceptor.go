@@ -848,7 +848,9 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		}
 		return 0
 	}
-	r.kick(hi)
+	if !i.rules.throttled(r.info) {
+		r.kick(hi)
+	}
 	return 0
 }
 

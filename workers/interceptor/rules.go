@@ -13,18 +13,21 @@ package interceptor
 //	deny       the access (or the open) fails with Rule.Errno (EPERM by
 //	           default) as long as the file is a stub; nothing is recalled.
 //	           For backup and indexing jobs (IBM's optimized-recall-only).
-//	throttle   the access that would start a recall waits until the rule's
-//	           budget allows it: RecallsPerMin paces the recalls the rule's
-//	           programs start, BytesPerSec the bytes those recalls fetch
-//	           (counted as the Source returns them, foreground and
-//	           background, and paid back before the next recall starts). A
-//	           recall once started runs at full speed; another program
-//	           that wants the same stub takes the throttle off it.
+//	throttle   recalls of the rule's programs are paced: RecallsPerMin
+//	           spaces the starts of the recalls they start, BytesPerSec
+//	           the reads from the cold tiers those recalls make (all of
+//	           them share one budget; a read waits until the bytes before
+//	           it are paid for). Such a recall fetches what its programs
+//	           read (range first, no background read-ahead) until a
+//	           program the rule does not throttle touches the stub: that
+//	           takes the throttle off it, and it is recalled as usual.
 //	head-only  accesses to bytes that are already resident (data on disk,
-//	           verified) proceed; anything that needs a recall fails with
-//	           Rule.Errno (EAGAIN by default: "not now", a recall would
-//	           bring it). Mode pre-access only: in open-perm the open is
-//	           denied (reads after an open raise no event).
+//	           verified: the resident head of a stub, ranges a recall
+//	           filled) proceed; anything that needs a recall fails with
+//	           Rule.Errno (EPERM by default) and recalls nothing. Mode
+//	           pre-access only: in open-perm the open is denied (reads
+//	           after an open raise no event). What counts as resident is
+//	           decided in one place, Interceptor.resident.
 //
 // The kernel accepts only a few errnos in a fanotify deny
 // (FAN_DENY_ERRNO, Linux 6.13; fanotify(7)): EPERM, EIO, EBUSY, ETXTBSY,
@@ -90,6 +93,8 @@ const (
 	procTTL = time.Second
 	// maxProcs bounds the process cache (entries are a few hundred bytes).
 	maxProcs = 8192
+	// pacePoll: how often a paced read checks that it is still throttled.
+	pacePoll = 50 * time.Millisecond
 	// maxStormRecalls bounds StormRecalls (each process that starts
 	// recalls keeps that many timestamps).
 	maxStormRecalls = 100000
@@ -118,7 +123,7 @@ type Rule struct {
 	Cgroup []string
 	// Action: recall (default), deny, throttle or head-only.
 	Action Action
-	// Errno for deny (default EPERM) and head-only (default EAGAIN): one
+	// Errno for deny and head-only (default EPERM): one
 	// the kernel accepts in a fanotify deny: EPERM, EIO, EBUSY, ETXTBSY,
 	// EAGAIN, ENOSPC, EDQUOT.
 	Errno string
@@ -294,8 +299,6 @@ func compileRules(rs []Rule) []*compiledRule {
 		switch {
 		case r.Errno != "":
 			c.errno = denyErrnos[r.Errno]
-		case c.Action == ActionHeadOnly:
-			c.errno = unix.EAGAIN
 		default:
 			c.errno = unix.EPERM
 		}
@@ -351,16 +354,35 @@ func (c *compiledRule) admit(ctx context.Context) time.Duration {
 	return waited
 }
 
-// charge counts n bytes fetched for a recall the rule's programs started.
-func (c *compiledRule) charge(n int) {
-	c.bytes.Add(uint64(n))
+// pace reserves n bytes of the rule's byte budget and waits until they
+// are due: the budget is a schedule, each read starting when the bytes
+// reserved before it are paid for at BytesPerSec (the first read of an
+// idle rule starts at once, so the rule's programs get at most one read
+// ahead of the rate). It stops waiting when ctx ends or still() turns
+// false (checked every pacePoll).
+func (c *compiledRule) pace(ctx context.Context, n int, still func() bool) {
 	if c.BytesPerSec <= 0 {
 		return
 	}
 	d := time.Duration(float64(n) / float64(c.BytesPerSec) * float64(time.Second))
+	now := time.Now()
 	c.mu.Lock()
-	c.mu.nextBytes = latest(time.Now(), c.mu.nextBytes).Add(d)
+	at := latest(now, c.mu.nextBytes)
+	c.mu.nextBytes = at.Add(d)
 	c.mu.Unlock()
+	if !at.After(now) {
+		return
+	}
+	c.throttled.Add(1)
+	t := time.NewTicker(pacePoll)
+	defer t.Stop()
+	for time.Now().Before(at) && ctx.Err() == nil && still() {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
+	c.waitedNS.Add(uint64(time.Since(now)))
 }
 
 func latest(a, b time.Time) time.Time {
@@ -454,17 +476,39 @@ type chargingSource struct {
 	ru *rules
 }
 
+// ReadVerified paces the reads of a recall a throttle rule's program
+// started: each waits until the rule's byte budget has room for it (the
+// reads of all its programs' recalls share one budget), then reads at full
+// speed. The wait ends early when the charge is dropped (a program that
+// may recall freely wants the stub) or ctx ends.
 func (s chargingSource) ReadVerified(ctx context.Context, st stub.Info, p []byte, off int64) (string, error) {
+	key := chargeKey(st)
+	if c := s.ru.chargeOf(key); c != nil {
+		c.pace(ctx, len(p), func() bool { return s.ru.chargeOf(key) == c })
+	}
 	tier, err := s.Source.ReadVerified(ctx, st, p, off)
 	if err == nil {
-		s.ru.charges.Lock()
-		c := s.ru.charges.m[chargeKey(st)]
-		s.ru.charges.Unlock()
-		if c.rule != nil {
-			c.rule.charge(len(p))
+		if c := s.ru.chargeOf(key); c != nil {
+			c.bytes.Add(uint64(len(p)))
 		}
 	}
 	return tier, err
+}
+
+// chargeOf returns the throttle rule the recall key is charged to, or nil.
+func (ru *rules) chargeOf(key string) *compiledRule {
+	ru.charges.Lock()
+	defer ru.charges.Unlock()
+	return ru.charges.m[key].rule
+}
+
+// throttled reports whether the recall of st is charged to a throttle
+// rule: only throttled programs have touched it since it started. decide
+// then starts no background fill for it (a background fill waiting for the
+// budget would hold one of the BackgroundFills slots every stub shares):
+// such a recall fetches what its programs read, at the rule's pace.
+func (ru *rules) throttled(st stub.Info) bool {
+	return ru != nil && ru.throttle && ru.chargeOf(chargeKey(st)) != nil
 }
 
 func chargeKey(st stub.Info) string { return st.FileID + "\x00" + st.ReleaseID }
@@ -612,6 +656,8 @@ func (i *Interceptor) programRule(ev event, st *unix.Stat_t, key inodeKey, r *re
 	if c == nil {
 		if r == nil {
 			i.recallStarted(p, s, ev)
+		} else {
+			ru.dropCharge(r.info) // a program that may recall wants it: no throttle on it
 		}
 		return 0, false
 	}
