@@ -428,3 +428,124 @@ func TestRuleConfigErrors(t *testing.T) {
 		t.Errorf("a good rule: %v", err)
 	}
 }
+
+// TestRuleThrottleRecalls: a throttle rule of 120 recalls a minute spaces
+// the recalls cat starts by half a second, and the bytes are right.
+func TestRuleThrottleRecalls(t *testing.T) {
+	for _, fs := range stratatest.FSTypes {
+		t.Run(fs, func(t *testing.T) {
+			e := newEnv(t, fs, interceptor.ModePreAccess, func(c *interceptor.Config) {
+				c.Rules = []interceptor.Rule{{Name: "paced", Comm: []string{"cat"}, Action: interceptor.ActionThrottle, RecallsPerMin: 120}}
+			})
+			var paths []string
+			var want []byte
+			for n := range 5 {
+				p := filepath.Join(e.mnt, fmt.Sprintf("f%d", n))
+				d := content(uint64(200+n), 64<<10)
+				makeStub(t, e.it, e.src, p, d, 0o644)
+				paths, want = append(paths, p), append(want, d...)
+			}
+			start := time.Now()
+			sameBytes(t, "cat of 5 stubs", mustRun(t, "cat", paths...), want)
+			took := time.Since(start)
+			if min := 4 * 500 * time.Millisecond; took < min-50*time.Millisecond {
+				t.Fatalf("5 recalls at 120 a minute took %v, want at least %v", took, min)
+			}
+			if st := e.it.RuleStats(); len(st) != 1 || st[0].Throttled != 4 {
+				t.Fatalf("rule stats %+v, want 4 recalls throttled", st)
+			}
+		})
+	}
+}
+
+// cgroup2Root returns where the cgroup v2 hierarchy is mounted.
+func cgroup2Root(t *testing.T) string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		if f := strings.Fields(pre); ok && len(f) >= 5 && strings.HasPrefix(post, "cgroup2 ") {
+			return f[4]
+		}
+	}
+	stratatest.Skip(t, "no cgroup v2 hierarchy mounted")
+	return ""
+}
+
+// TestRuleCgroup: a deny rule for a cgroup (say, a backup service's)
+// stops programs in it and in the cgroups below it, and no other. The
+// programs are started straight into a new cgroup (clone3
+// CLONE_INTO_CGROUP through SysProcAttr.CgroupFD).
+func TestRuleCgroup(t *testing.T) {
+	stratatest.NeedRoot(t)
+	root := cgroup2Root(t)
+	name := fmt.Sprintf("strata-test-%d", os.Getpid())
+	dir := filepath.Join(root, name)
+	child := filepath.Join(dir, "job")
+	for _, d := range []string{dir, child} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			stratatest.Skip(t, "make a cgroup: %v", err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, d := range []string{child, dir} {
+			if err := os.Remove(d); err != nil {
+				t.Errorf("remove cgroup %s: %v", d, err)
+			}
+		}
+	})
+	// The daemon sees cgroups relative to its own cgroup namespace root:
+	// here the hierarchy's root, as /proc/self/cgroup shows it.
+	self, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "/"
+	for line := range strings.SplitSeq(string(self), "\n") {
+		if v, ok := strings.CutPrefix(line, "0::"); ok {
+			base = v
+		}
+	}
+	if base != "/" {
+		stratatest.Skip(t, "the test runs in cgroup %s, not at the root of the hierarchy", base)
+	}
+	inCgroup := func(t *testing.T, cg string, args ...string) ([]byte, string, error) {
+		f, err := os.Open(cg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		var stdout, stderr bytes.Buffer
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(f.Fd())}
+		err = cmd.Run()
+		return stdout.Bytes(), stderr.String(), err
+	}
+	for _, fs := range stratatest.FSTypes {
+		t.Run(fs, func(t *testing.T) {
+			e := newEnv(t, fs, interceptor.ModePreAccess, func(c *interceptor.Config) {
+				c.Rules = []interceptor.Rule{{Name: "backup-service", Cgroup: []string{"/" + name}, Action: interceptor.ActionDeny}}
+			})
+			p := filepath.Join(e.mnt, "f")
+			data := content(51, 5<<20)
+			makeStub(t, e.it, e.src, p, data, 0o644)
+			for _, cg := range []string{dir, child} {
+				if _, stderr, err := inCgroup(t, cg, "cat", p); err == nil || !strings.Contains(stderr, "Operation not permitted") {
+					t.Fatalf("cat in cgroup %s: %v: %q, want EPERM", cg, err, stderr)
+				}
+			}
+			if n := e.src.bytes.Load(); n != 0 {
+				t.Fatalf("denied reads made the source serve %d bytes", n)
+			}
+			out, stderr, err := inCgroup(t, root, "cat", p)
+			if err != nil {
+				t.Fatalf("cat in the root cgroup: %v: %s", err, stderr)
+			}
+			sameBytes(t, "cat in the root cgroup", out, data)
+			e.comp.waitComplete(t, p)
+		})
+	}
+}
