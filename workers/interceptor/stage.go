@@ -12,6 +12,7 @@ package interceptor
 //	          strata.<host>.recall.completed  the whole content back, verified
 //	          strata.<host>.recall.failed     an access denied, or a fill that failed
 //	          strata.<host>.file.modified     a stub truncated during its recall
+//	          strata.<host>.recall.storm      a process started many recalls in a short time (rules.go)
 //
 // Message ids are deterministic, so a publish retried (or repeated by a
 // restarted daemon) is recorded once: a recall is named by its file,
