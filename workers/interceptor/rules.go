@@ -45,7 +45,9 @@ package interceptor
 //
 // A storm (Config.StormRecalls recalls started by one process within
 // Config.StormWindow) is logged and published as recall.storm, at most
-// once per stormQuiet per process, whatever its rule.
+// once per stormQuiet per process, whatever its rule. Processes of the
+// daemon's own executable (`strata recall --wait`, a bulk recall someone
+// asked for) are not counted.
 
 import (
 	"bytes"
@@ -428,6 +430,9 @@ type rules struct {
 	stormN   int
 	stormWin time.Duration
 	throttle bool // some rule throttles: the Source is wrapped to count bytes
+	// selfExe is the daemon's executable: its other processes (`strata
+	// recall --wait`, a bulk recall asked for) are never a storm.
+	selfExe string
 
 	procs struct {
 		sync.Mutex
@@ -454,6 +459,7 @@ func newRules(cfg *Config) *rules {
 		return nil
 	}
 	ru := &rules{list: compileRules(cfg.Rules), stormN: max(cfg.StormRecalls, 0), stormWin: cfg.StormWindow}
+	ru.selfExe, _ = os.Executable()
 	for _, c := range ru.list {
 		ru.throttle = ru.throttle || c.Action == ActionThrottle
 	}
@@ -593,7 +599,7 @@ func (ru *rules) lookup(pid int32, validate bool) (*proc, *procSnap) {
 // last StormRecalls of them started within StormWindow.
 func (i *Interceptor) recallStarted(p *proc, s *procSnap, ev event) {
 	ru := i.rules
-	if ru.stormN <= 0 || p == nil {
+	if ru.stormN <= 0 || p == nil || (ru.selfExe != "" && s.exe == ru.selfExe) {
 		return
 	}
 	now := time.Now()

@@ -297,6 +297,23 @@ func TestRuleHeadOnly(t *testing.T) {
 			e.comp.waitComplete(t, path)
 			sameBytes(t, "tail once the file is back", mustRun(t, "tail", "-c", "100", path), data[len(data)-100:])
 		})
+		// In open-perm reads raise no event: nothing could keep head from
+		// reading holes, so its open is refused.
+		t.Run(fs+"/open-perm", func(t *testing.T) {
+			e := newEnv(t, fs, interceptor.ModeOpenPerm, func(c *interceptor.Config) {
+				c.Rules = []interceptor.Rule{{Name: "probe", Comm: []string{"head"}, Action: interceptor.ActionHeadOnly}}
+			})
+			path := filepath.Join(e.mnt, "media.bin")
+			data := content(42, 6<<20)
+			makeStub(t, e.it, e.src, path, data, 0o644)
+			if _, stderr, err := runAs(t, nil, "head", "-c", "100", path); err == nil || !strings.Contains(stderr, "Operation not permitted") {
+				t.Fatalf("head of a stub in open-perm: %v: %q, want EPERM at open", err, stderr)
+			}
+			if n := e.src.bytes.Load(); n != 0 {
+				t.Fatalf("head-only made the source serve %d bytes", n)
+			}
+			sameBytes(t, "cat (no rule)", mustRun(t, "cat", path), data)
+		})
 	}
 }
 
