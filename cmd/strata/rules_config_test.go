@@ -18,7 +18,7 @@ import (
 // the configuration reach the daemon's interceptor: tar, denied by a
 // rule, cannot read the archived tree and nothing is recalled; cat reading
 // the whole tree in one process is a storm, published as recall.storm in
-// the event log with the process's name.
+// the event log with the process's name; strata status counts both.
 func TestRulesThroughDaemon(t *testing.T) {
 	stratatest.NeedRoot(t)
 	tarBin := stratatest.NeedTool(t, "tar")
@@ -83,4 +83,15 @@ func TestRulesThroughDaemon(t *testing.T) {
 		}
 		return errors.New("no recall.storm in the log")
 	})
+
+	// strata status counts what the rule did and the storm.
+	var st statusReply
+	cliJSON(t, &st, "status", "--json", "--data", data)
+	if len(st.RecallRules) != 1 || st.RecallRules[0].Name != "backup" || st.RecallRules[0].Denied < uint64(len(files)) || st.RecallStorms != 1 {
+		t.Fatalf("status: rules %+v, storms %d", st.RecallRules, st.RecallStorms)
+	}
+	text, errs, code := cli(t, "status", "--data", data)
+	if code != 0 || !strings.Contains(text, "recall rule backup") || !strings.Contains(text, "recall storms") {
+		t.Fatalf("status: %d %s%s", code, text, errs)
+	}
 }

@@ -154,14 +154,14 @@ type Storm struct {
 
 // RuleStats are the counters of one rule since Open.
 type RuleStats struct {
-	Name      string
-	Action    Action
-	Events    uint64        // events of processes it matched
-	Denied    uint64        // accesses it denied (deny, head-only)
-	Served    uint64        // head-only: accesses served from resident bytes, without a recall
-	Throttled uint64        // throttle: recalls that had to wait
-	Waited    time.Duration // throttle: total wait
-	Bytes     uint64        // throttle: bytes fetched for recalls its programs started
+	Name      string        `json:"name"`
+	Action    Action        `json:"action"`
+	Events    uint64        `json:"events"`    // events of processes it matched
+	Denied    uint64        `json:"denied"`    // accesses it denied (deny, head-only)
+	Served    uint64        `json:"served"`    // head-only: accesses served from resident bytes, without a recall
+	Throttled uint64        `json:"throttled"` // throttle: recall starts and reads that had to wait
+	Waited    time.Duration `json:"waited_ns"` // throttle: total wait
+	Bytes     uint64        `json:"bytes"`     // throttle: bytes fetched for recalls its programs started
 }
 
 // denyErrnos are the errnos the kernel accepts in FAN_DENY_ERRNO
@@ -866,6 +866,14 @@ func fdinfoFlags(b []byte) (int, bool) {
 		}
 	}
 	return 0, false
+}
+
+// Storms returns how many recall storms were reported since Open.
+func (i *Interceptor) Storms() uint64 {
+	if i.rules == nil {
+		return 0
+	}
+	return i.rules.storms.Load()
 }
 
 // RuleStats returns the counters of each rule, in order.
