@@ -433,6 +433,8 @@ type rules struct {
 	// selfExe is the daemon's executable: its other processes (`strata
 	// recall --wait`, a bulk recall asked for) are never a storm.
 	selfExe string
+	// needs: which /proc files the rules match on.
+	needs procNeeds
 
 	procs struct {
 		sync.Mutex
@@ -460,6 +462,11 @@ func newRules(cfg *Config) *rules {
 	}
 	ru := &rules{list: compileRules(cfg.Rules), stormN: max(cfg.StormRecalls, 0), stormWin: cfg.StormWindow}
 	ru.selfExe, _ = os.Executable()
+	for _, c := range ru.list {
+		ru.needs.exe = ru.needs.exe || len(c.Exe) > 0
+		ru.needs.uid = ru.needs.uid || len(c.UID) > 0
+		ru.needs.cgroup = ru.needs.cgroup || len(c.Cgroup) > 0
+	}
 	for _, c := range ru.list {
 		ru.throttle = ru.throttle || c.Action == ActionThrottle
 	}
@@ -564,7 +571,7 @@ func (ru *rules) lookup(pid int32, validate bool) (*proc, *procSnap) {
 			}
 		}
 	}
-	s, err := readProc(pid)
+	s, err := readProc(pid, ru.needs)
 	if err != nil {
 		return nil, &procSnap{loaded: now}
 	}
@@ -599,7 +606,7 @@ func (ru *rules) lookup(pid int32, validate bool) (*proc, *procSnap) {
 // last StormRecalls of them started within StormWindow.
 func (i *Interceptor) recallStarted(p *proc, s *procSnap, ev event) {
 	ru := i.rules
-	if ru.stormN <= 0 || p == nil || (ru.selfExe != "" && s.exe == ru.selfExe) {
+	if ru.stormN <= 0 || p == nil {
 		return
 	}
 	now := time.Now()
@@ -621,6 +628,9 @@ func (i *Interceptor) recallStarted(p *proc, s *procSnap, ev event) {
 	p.mu.Unlock()
 	if !fire {
 		return
+	}
+	if s = describe(p.pid, s); ru.selfExe != "" && s.exe == ru.selfExe {
+		return // the daemon's own tools: a bulk recall someone asked for
 	}
 	ru.storms.Add(1)
 	st := Storm{PID: p.pid, Process: s.comm, Exe: s.exe, UID: s.uid, Cgroup: s.cgroup, Recalls: ru.stormN,
@@ -657,7 +667,9 @@ func (i *Interceptor) programRule(ev event, st *unix.Stat_t, key inodeKey, r *re
 	if ru == nil || ev.pid == i.pid || ev.pid <= 0 || (r != nil && len(ru.list) == 0) {
 		return 0, false
 	}
-	p, s := ru.lookup(ev.pid, r == nil)
+	// Only a rule's decision needs the pid checked before a recall starts:
+	// the storm detector alone trusts it for procTTL.
+	p, s := ru.lookup(ev.pid, r == nil && len(ru.list) > 0)
 	c := s.rule
 	if c == nil {
 		if r == nil {
@@ -728,6 +740,7 @@ func (i *Interceptor) ruleDenied(p *proc, s *procSnap, c *compiledRule, ev event
 		p.mu.Unlock()
 	}
 	if first {
+		s = describe(ev.pid, s)
 		i.log.Info("recall rule denies a program access to stubs (its further denials are logged at debug level)",
 			"rule", c.Name, "action", string(c.Action), "pid", ev.pid, "process", s.comm, "exe", s.exe, "uid", s.uid,
 			"cgroup", s.cgroup, "errno", c.errno.Error(), "why", why, "path", fdPath(ev.fd))
@@ -769,7 +782,7 @@ func (i *Interceptor) headOnly(ev event, st *unix.Stat_t, key inodeKey, p *proc,
 		hi = st.Size // a truncate or a clone from off: the clone reads the rest
 	}
 	hi = min(hi, st.Size)
-	if lo < hi && !i.resident(ev.fd, key, lo, hi) {
+	if lo < hi && !i.residentNow(ev.fd, key, lo, hi) {
 		i.ruleDenied(p, s, c, ev, fmt.Sprintf("bytes %d-%d are not resident", lo, hi))
 		return c.errno, true
 	}
@@ -777,7 +790,7 @@ func (i *Interceptor) headOnly(ev event, st *unix.Stat_t, key inodeKey, p *proc,
 	// the last block: if that block is a hole, the bytes of it below EOF
 	// would become zeros on disk. Serve a writer only when it is resident.
 	blk := max(int64(st.Blksize), 4096)
-	if tail := st.Size / blk * blk; st.Size%blk != 0 && !i.resident(ev.fd, key, tail, st.Size) && writesFile(ev.pid, st.Dev, st.Ino) {
+	if tail := st.Size / blk * blk; st.Size%blk != 0 && !i.residentNow(ev.fd, key, tail, st.Size) && writesFile(ev.pid, st.Dev, st.Ino) {
 		i.ruleDenied(p, s, c, ev, "the program may write the file and its last block is not resident")
 		return c.errno, true
 	}
@@ -787,37 +800,76 @@ func (i *Interceptor) headOnly(ev event, st *unix.Stat_t, key inodeKey, p *proc,
 
 // resident reports whether bytes [lo, hi) of the stub key are data on
 // disk that needs no recall: chunks a recall of it has filled (verified
-// and stored whole), or, with no recall, data (SEEK_HOLE) in no segment a
-// crashed fill left half written. It is decided under i.mu, so that no
-// recall can start storing into the range meanwhile (a store in flight
-// makes data of pages that may still hold zeros). A release cannot punch
-// the range under the program either: the releaser needs a write lease,
-// which no file another process holds open gets.
-func (i *Interceptor) resident(fd int, key inodeKey, lo, hi int64) bool {
+// and stored whole) or the stored first part of a chunk it is filling,
+// or, with no recall, data (SEEK_HOLE) in no segment a crashed fill left
+// half written. This is the one place head-only asks (the resident head
+// of a stub is such data). When the bytes are verified and being stored
+// right now (the rest of a chunk whose first part is stored), wait is
+// closed once that store ends: ask again then. It is decided under i.mu,
+// so that no recall can start storing into the range meanwhile (a store
+// in flight makes data of pages that may still hold zeros). A release
+// cannot punch the range under the program either: the releaser needs a
+// write lease, which no file another process holds open gets.
+func (i *Interceptor) resident(fd int, key inodeKey, lo, hi int64) (ok bool, wait <-chan struct{}) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	if i.mu.releasing[key] != nil {
-		return false
+		return false, nil
+	}
+	r := i.mu.recalls[key]
+	if r != nil {
+		if ok, wait := r.filled(lo, hi); !ok {
+			return false, wait
+		}
 	}
 	if h, err := unix.Seek(fd, lo, unix.SEEK_HOLE); err != nil || h < hi {
-		return false
+		return false, nil
 	}
-	if r := i.mu.recalls[key]; r != nil {
-		return r.filled(lo, hi)
-	}
-	return !i.jr.hasPartial(key)
+	return r != nil || !i.jr.hasPartial(key), nil
 }
 
-// filled reports whether every chunk [lo, hi) touches is filled.
-func (r *recall) filled(lo, hi int64) bool {
+// filled reports whether every byte of [lo, hi) is in a chunk that is
+// filled, or in the first part of a chunk being filled that is already
+// stored (fillChunkFirst: verified, and it stays even if the rest fails).
+// For bytes of such a chunk past its first part, wait is the fill's done
+// channel: they are verified and being stored.
+func (r *recall) filled(lo, hi int64) (ok bool, wait <-chan struct{}) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for k := lo / r.chunk; k <= (hi-1)/r.chunk && k < int64(len(r.mu.state)); k++ {
-		if r.mu.state[k] != chunkFilled {
+		switch r.mu.state[k] {
+		case chunkFilled:
+			continue
+		case chunkFilling:
+			op := r.mu.ops[k]
+			if op == nil || op.first == nil || !op.first.isStored() {
+				return false, nil
+			}
+			if s, e := max(lo, k*r.chunk), min(hi, (k+1)*r.chunk); s < op.first.lo || e > op.first.hi {
+				return false, op.done
+			}
+		default:
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// residentNow is resident, waiting for a store of verified bytes that is
+// under way (milliseconds: the bytes are read, only written to disk is
+// left), never for a read from a tier.
+func (i *Interceptor) residentNow(fd int, key inodeKey, lo, hi int64) bool {
+	for {
+		ok, wait := i.resident(fd, key, lo, hi)
+		if ok || wait == nil {
+			return ok
+		}
+		select {
+		case <-wait:
+		case <-i.fgCtx.Done():
 			return false
 		}
 	}
-	return true
 }
 
 // hasPartial reports whether a crashed fill left segments of key half
@@ -949,23 +1001,38 @@ func parseStat(b []byte) (start uint64, comm string, err error) {
 	return start, comm, nil
 }
 
-// readProc reads what the rules match of process pid.
-func readProc(pid int32) (*procSnap, error) {
+// procNeeds says which /proc files the rules match on (comm and the
+// start time, from stat, are always read).
+type procNeeds struct{ exe, uid, cgroup bool }
+
+var allProc = procNeeds{true, true, true}
+
+// readProc reads what need asks of process pid.
+func readProc(pid int32, need procNeeds) (*procSnap, error) {
 	start, comm, err := readStat(pid)
 	if err != nil {
 		return nil, err
 	}
-	dir := "/proc/" + strconv.Itoa(int(pid)) + "/"
 	s := &procSnap{start: start, comm: comm}
-	if exe, err := os.Readlink(dir + "exe"); err == nil {
-		s.exe = strings.TrimSuffix(exe, " (deleted)")
+	if need == (procNeeds{}) {
+		return s, nil
+	}
+	dir := "/proc/" + strconv.Itoa(int(pid)) + "/"
+	if need.exe {
+		if exe, err := os.Readlink(dir + "exe"); err == nil {
+			s.exe = strings.TrimSuffix(exe, " (deleted)")
+		}
 	}
 	var buf [4096]byte
-	if n, err := readSmall(dir+"status", buf[:]); err == nil {
-		s.uid, s.uidOK = parseStatusUID(buf[:n])
+	if need.uid {
+		if n, err := readSmall(dir+"status", buf[:]); err == nil {
+			s.uid, s.uidOK = parseStatusUID(buf[:n])
+		}
 	}
-	if n, err := readSmall(dir+"cgroup", buf[:]); err == nil {
-		s.cgroup = parseCgroup(buf[:n])
+	if need.cgroup {
+		if n, err := readSmall(dir+"cgroup", buf[:]); err == nil {
+			s.cgroup = parseCgroup(buf[:n])
+		}
 	}
 	// The pid may have been reused while it was read: the start time
 	// read first must still be the process's.
@@ -973,6 +1040,21 @@ func readProc(pid int32) (*procSnap, error) {
 		return nil, fmt.Errorf("process %d changed while it was read", pid)
 	}
 	return s, nil
+}
+
+// describe returns s with everything a log line or a recall.storm names
+// of the process (exe, uid, cgroup), read now if the rules did not need
+// it; s itself if the process is gone or another one has its pid.
+func describe(pid int32, s *procSnap) *procSnap {
+	if s.exe != "" && s.uidOK && s.cgroup != "" {
+		return s
+	}
+	full, err := readProc(pid, allProc)
+	if err != nil || full.start != s.start {
+		return s
+	}
+	full.rule, full.loaded = s.rule, s.loaded
+	return full
 }
 
 // parseStatusUID returns the effective uid of a /proc/PID/status.

@@ -1,0 +1,76 @@
+//go:build linux
+
+package interceptor
+
+import (
+	"os/exec"
+	"testing"
+)
+
+// BenchmarkRuleLookup: what the rules cost an event on a stub. "first" is
+// a process's first event (or one a second later): /proc read and rules
+// matched; "recall" an event that may start a recall for a known process
+// (its start time checked); "cached" any other event.
+func BenchmarkRuleLookup(bb *testing.B) {
+	cfg := NewConfig()
+	cfg.Rules = []Rule{
+		{Exe: []string{"tar", "/opt/backup/**"}, Action: ActionDeny},
+		{UID: []int64{4242}, Action: ActionThrottle, BytesPerSec: 1 << 20},
+		{Cgroup: []string{"/system.slice/tumblerd.service"}, Action: ActionHeadOnly},
+	}
+	// A one-threaded program, as most that read stubs are (stat of a
+	// process sums over its threads).
+	sleep := exec.Command("sleep", "600")
+	if err := sleep.Start(); err != nil {
+		bb.Skip(err)
+	}
+	defer func() { _ = sleep.Process.Kill(); _ = sleep.Wait() }()
+	pid := int32(sleep.Process.Pid)
+	storm := NewConfig()
+	for _, c := range []struct {
+		name string
+		cfg  *Config
+	}{{"first/rules", &cfg}, {"first/storm-only", &storm}} {
+		bb.Run(c.name, func(bb *testing.B) {
+			ru := newRules(c.cfg)
+			for bb.Loop() {
+				clear(ru.procs.m)
+				if _, s := ru.lookup(pid, true); s.rule != nil {
+					bb.Fatal("matched")
+				}
+			}
+		})
+	}
+	ru := newRules(&cfg)
+	ru.lookup(pid, true)
+	bb.Run("recall", func(bb *testing.B) {
+		for bb.Loop() {
+			ru.lookup(pid, true)
+		}
+	})
+	bb.Run("cached", func(bb *testing.B) {
+		for bb.Loop() {
+			ru.lookup(pid, false)
+		}
+	})
+}
+
+// TestParseProc: the /proc formats the rules read.
+func TestParseProc(t *testing.T) {
+	start, comm, err := parseStat([]byte("4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10"))
+	if err != nil || start != 987654 || comm != "a (b) c" {
+		t.Fatalf("parseStat: %d %q %v", start, comm, err)
+	}
+	if _, _, err := parseStat([]byte("4242 (x) S 1")); err == nil {
+		t.Fatal("parseStat of a short line: no error")
+	}
+	if u, ok := parseStatusUID([]byte("Name:\tcat\nUid:\t1000\t34\t34\t34\nGid:\t0\n")); !ok || u != 34 {
+		t.Fatalf("parseStatusUID: %d %v", u, ok)
+	}
+	if cg := parseCgroup([]byte("9:name=systemd:/\n0::/system.slice/backup.service\n")); cg != "/system.slice/backup.service" {
+		t.Fatalf("parseCgroup: %q", cg)
+	}
+	if f, ok := fdinfoFlags([]byte("pos:\t0\nflags:\t0100002\nmnt_id:\t30\n")); !ok || f != 0o100002 {
+		t.Fatalf("fdinfoFlags: %o %v", f, ok)
+	}
+}
