@@ -472,8 +472,9 @@ func TestRuleThrottleRecalls(t *testing.T) {
 			if min := 4 * 500 * time.Millisecond; took < min-50*time.Millisecond {
 				t.Fatalf("5 recalls at 120 a minute took %v, want at least %v", took, min)
 			}
-			if st := e.it.RuleStats(); len(st) != 1 || st[0].Throttled != 4 {
-				t.Fatalf("rule stats %+v, want 4 recalls throttled", st)
+			// 4 waits, unless a recall took longer than the spacing.
+			if st := e.it.RuleStats(); len(st) != 1 || st[0].Throttled == 0 || st[0].Throttled > 4 || st[0].Waited == 0 {
+				t.Fatalf("rule stats %+v, want up to 4 recalls throttled", st)
 			}
 		})
 	}
