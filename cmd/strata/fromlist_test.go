@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -162,5 +163,80 @@ func TestRecallFromList(t *testing.T) {
 	}
 	if b, err := os.ReadFile(resident); err != nil || string(b) != "not archived\n" {
 		t.Fatalf("the resident file: %q %v", b, err)
+	}
+}
+
+// TestRecallFromListBackground: without --wait, `strata recall --from-list`
+// publishes one prefetch request per stub in the order it chose — for a
+// directory tier, by object — and the daemon brings every file back.
+func TestRecallFromListBackground(t *testing.T) {
+	stratatest.NeedRoot(t)
+	hot := stratatest.LoopMount(t, "xfs", 512<<20)
+	data, cold := t.TempDir(), t.TempDir()
+	files := testFiles(t, filepath.Join(hot, "tree"), 63)
+	testDaemon(t, Config{DataDir: data, Hot: []HotConfig{{Path: hot}}, Tiers: []TierConfig{{Name: "hdd", Kind: events.TierDirectory, Path: cold}}})
+	var sum archiveSummary
+	cliJSON(t, &sum, "archive", "--wait", "--timeout", "2m", "--json", "--data", data, hot)
+	if sum.Released != len(files) {
+		t.Fatalf("archive: %+v", sum)
+	}
+	list := slices.Sorted(func(yield func(string) bool) {
+		for p := range files {
+			if !yield(p) {
+				return
+			}
+		}
+	})
+	slices.Reverse(list)
+	listFile := filepath.Join(t.TempDir(), "list")
+	if err := os.WriteFile(listFile, []byte(strings.Join(list, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Files int                      `json:"files"`
+		Order []interceptor.RecallFile `json:"order"`
+	}
+	cliJSON(t, &got, "recall", "--from-list", listFile, "--json", "--data", data)
+	if got.Files != len(files) || len(got.Order) != len(files) {
+		t.Fatalf("recall --from-list: %+v", got)
+	}
+	var order []string
+	for i, f := range got.Order {
+		order = append(order, f.Path)
+		if f.Tier != "hdd" || f.Tape != nil || f.ObjectID == "" || (i > 0 && (f.ObjectID < got.Order[i-1].ObjectID ||
+			f.ObjectID == got.Order[i-1].ObjectID && f.Path < got.Order[i-1].Path)) {
+			t.Fatalf("order by object: %+v", got.Order)
+		}
+	}
+	waitFor(t, 60*time.Second, func() error {
+		out, _, _ := cli(t, "events", "--json", "--data", data)
+		var prefetched []string
+		completed := 0
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			_, ev, err := events.Decode([]byte(line))
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch e := ev.(type) {
+			case *events.RecallRequested:
+				if e.Reason == events.RecallPrefetch {
+					prefetched = append(prefetched, e.Path)
+				}
+			case *events.RecallCompleted:
+				completed++
+			}
+		}
+		if len(prefetched) == len(order) && !slices.Equal(prefetched, order) {
+			t.Fatalf("prefetch requests in order\n%s\nwant\n%s", strings.Join(prefetched, "\n"), strings.Join(order, "\n"))
+		}
+		if len(prefetched) != len(order) || completed < len(order) {
+			return fmt.Errorf("%d prefetch requests, %d recalls completed; want %d", len(prefetched), completed, len(order))
+		}
+		return nil
+	})
+	for p, b := range files {
+		if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("%s after the prefetch: %d bytes, %v", p, len(got), err)
+		}
 	}
 }
