@@ -192,7 +192,7 @@ func Open(cfg Config, src Source, logger *slog.Logger) (*Interceptor, error) {
 		bgSem:      make(chan struct{}, cfg.BackgroundFills),
 		readerDone: make(chan struct{}),
 	}
-	i.rules = newRules(&cfg)
+	i.rules = newRules(&i.cfg)
 	i.src = i.rules.source(src)
 	i.bufs.New = func() any { b := make([]byte, cfg.ChunkSize); return &b }
 	i.mu.recalls = map[inodeKey]*recall{}

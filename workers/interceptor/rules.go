@@ -455,7 +455,8 @@ type charge struct {
 }
 
 // newRules returns the engine for cfg, or nil when there is nothing to do
-// (no rule, no storm detection): then decide pays one nil check.
+// (no rule, no storm detection): then decide pays one nil check. With a
+// throttle rule it wraps cfg.OnComplete (cfg is the Interceptor's own).
 func newRules(cfg *Config) *rules {
 	if len(cfg.Rules) == 0 && cfg.StormRecalls <= 0 {
 		return nil
@@ -472,6 +473,18 @@ func newRules(cfg *Config) *rules {
 	}
 	ru.procs.m = map[int32]*proc{}
 	ru.charges.m = map[string]charge{}
+	if ru.throttle {
+		// A recall that completes is charged no more.
+		done := cfg.OnComplete
+		cfg.OnComplete = func(c Completion) {
+			ru.charges.Lock()
+			delete(ru.charges.m, c.FileID+"\x00"+c.ReleaseID)
+			ru.charges.Unlock()
+			if done != nil {
+				done(c)
+			}
+		}
+	}
 	return ru
 }
 
@@ -531,8 +544,9 @@ func (ru *rules) setCharge(st stub.Info, c *compiledRule) {
 	ru.charges.Lock()
 	defer ru.charges.Unlock()
 	if len(ru.charges.m) >= 4096 {
-		// Recalls end without telling the rules; forget old ones (a
-		// recall that is still running is then no longer charged).
+		// Recalls that complete are dropped (newRules); forget old
+		// partial ones too (one that is still used is then no longer
+		// charged).
 		for k, v := range ru.charges.m {
 			if now.Sub(v.since) > time.Hour {
 				delete(ru.charges.m, k)

@@ -5,6 +5,8 @@ package interceptor
 import (
 	"os/exec"
 	"testing"
+
+	"github.com/strata-hsm/strata/workers/stub"
 )
 
 // BenchmarkRuleLookup: what the rules cost an event on a stub. "first" is
@@ -72,5 +74,24 @@ func TestParseProc(t *testing.T) {
 	}
 	if f, ok := fdinfoFlags([]byte("pos:\t0\nflags:\t0100002\nmnt_id:\t30\n")); !ok || f != 0o100002 {
 		t.Fatalf("fdinfoFlags: %o %v", f, ok)
+	}
+}
+
+// TestChargeEndsWithRecall: a throttled recall that completes is charged
+// no more, and the Config's own OnComplete still runs.
+func TestChargeEndsWithRecall(t *testing.T) {
+	cfg := NewConfig()
+	cfg.Rules = []Rule{{Comm: []string{"dd"}, Action: ActionThrottle, BytesPerSec: 1 << 20}}
+	var called int
+	cfg.OnComplete = func(Completion) { called++ }
+	ru := newRules(&cfg)
+	info := stub.Info{FileID: "f", ReleaseID: "r1"}
+	ru.setCharge(info, ru.list[0])
+	if !ru.throttled(info) {
+		t.Fatal("not charged")
+	}
+	cfg.OnComplete(Completion{FileID: "f", ReleaseID: "r1"})
+	if ru.throttled(info) || called != 1 {
+		t.Fatalf("after completion: charged %v, OnComplete called %d times", ru.throttled(info), called)
 	}
 }
