@@ -111,7 +111,9 @@ type Rule struct {
 	// path, with path.Match wildcards in a segment and "**" for any
 	// number of segments ("/usr/bin/tar", "/opt/backup/**"), or a name
 	// without "/", matched against the executable's base name ("tar").
-	// A script matches its interpreter ("/usr/bin/python3.11").
+	// The path is the resolved one (symlinks followed: "/bin/tar" is
+	// "/usr/bin/tar" on merged-/usr systems). A script matches its
+	// interpreter ("/usr/bin/python3.11").
 	Exe []string
 	// Comm: path.Match patterns of the process name (/proc/PID/comm, at
 	// most 15 bytes: the base name it was started as, or what it set).

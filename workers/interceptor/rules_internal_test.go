@@ -95,3 +95,42 @@ func TestChargeEndsWithRecall(t *testing.T) {
 		t.Fatalf("after completion: charged %v, OnComplete called %d times", ru.throttled(info), called)
 	}
 }
+
+// TestRuleMatch: which processes a rule takes.
+func TestRuleMatch(t *testing.T) {
+	tar := &procSnap{comm: "tar", exe: "/usr/bin/tar", uid: 34, uidOK: true, cgroup: "/system.slice/backup.service"}
+	job := &procSnap{comm: "python3", exe: "/opt/backup/venv/bin/python3.11", uid: 0, uidOK: true, cgroup: "/system.slice/backup.service/job-7"}
+	user := &procSnap{comm: "cat", exe: "/usr/bin/cat", uid: 1000, uidOK: true, cgroup: "/user.slice/user-1000.slice/session-2.scope"}
+	gone := &procSnap{}
+	for _, tc := range []struct {
+		rule Rule
+		want []*procSnap
+	}{
+		{Rule{Exe: []string{"tar"}}, []*procSnap{tar}},
+		{Rule{Exe: []string{"/usr/bin/tar"}}, []*procSnap{tar}},
+		{Rule{Exe: []string{"/bin/tar"}}, nil}, // exe is the resolved path
+		{Rule{Exe: []string{"/usr/bin/*"}}, []*procSnap{tar, user}},
+		{Rule{Exe: []string{"/opt/backup/**"}}, []*procSnap{job}},
+		{Rule{Exe: []string{"python3*"}}, []*procSnap{job}},
+		{Rule{Comm: []string{"ta?", "ca*"}}, []*procSnap{tar, user}},
+		{Rule{UID: []int64{34, 1000}}, []*procSnap{tar, user}},
+		{Rule{UID: []int64{0}}, []*procSnap{job}},
+		{Rule{Cgroup: []string{"/system.slice/backup.service"}}, []*procSnap{tar, job}},
+		{Rule{Cgroup: []string{"/system.slice/backup"}}, nil},
+		{Rule{Cgroup: []string{"/user.slice/*/session-*.scope"}}, []*procSnap{user}},
+		{Rule{Cgroup: []string{"/"}}, []*procSnap{tar, job, user}},
+		{Rule{Exe: []string{"tar"}, UID: []int64{0}}, nil}, // every key must match
+		{Rule{Comm: []string{"python3"}, Cgroup: []string{"/system.slice/backup.service"}}, []*procSnap{job}},
+	} {
+		c := compileRules([]Rule{tc.rule})[0]
+		for _, s := range []*procSnap{tar, job, user, gone} {
+			want := false
+			for _, w := range tc.want {
+				want = want || w == s
+			}
+			if got := c.matches(s); got != want {
+				t.Errorf("rule %+v on %+v: %v, want %v", tc.rule, *s, got, want)
+			}
+		}
+	}
+}
