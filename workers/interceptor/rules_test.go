@@ -325,7 +325,8 @@ func TestRuleHeadOnly(t *testing.T) {
 // recalls within a second: the interceptor logs it and publishes one
 // recall.storm, which a read-only subscriber of the event stream gets
 // (a NATS client over TCP with the reader's credentials). A process that
-// recalls a few files raises none.
+// recalls a few files raises none; the storm of a program a rule matched
+// names the rule.
 func TestRecallStorm(t *testing.T) {
 	srv := pipelinetest.RunServer(t, pipelinetest.WithTCP())
 	creds := srv.Credentials()
@@ -352,6 +353,9 @@ func TestRecallStorm(t *testing.T) {
 			e := newEnv(t, fs, interceptor.ModePreAccess, func(c *interceptor.Config) {
 				c.Emitter = pipeline.NewEmitter(srv.JetStream(), srv.Host(), "interceptor")
 				c.StormRecalls, c.StormWindow = 20, 5*time.Second
+				// tac is throttled (hardly: 0.6 ms between recalls): its
+				// storm names the rule.
+				c.Rules = []interceptor.Rule{{Name: "bulk", Comm: []string{"tac"}, Action: interceptor.ActionThrottle, RecallsPerMin: 100000}}
 				c.OnStorm = func(s interceptor.Storm) {
 					mu.Lock()
 					storms = append(storms, s)
@@ -403,6 +407,25 @@ func TestRecallStorm(t *testing.T) {
 			case m := <-msgs:
 				t.Fatalf("a second recall.storm for the same process: %s", m.Data)
 			case <-time.After(200 * time.Millisecond):
+			}
+
+			var more []string
+			for n := range 25 {
+				p := filepath.Join(e.mnt, fmt.Sprintf("g%02d", n))
+				makeStub(t, e.it, e.src, p, content(uint64(300+n), 8<<10), 0o644)
+				more = append(more, p)
+			}
+			mustRun(t, "tac", more...)
+			select {
+			case m = <-msgs:
+			case <-time.After(30 * time.Second):
+				t.Fatal("no recall.storm for tac")
+			}
+			if _, ev, err = events.Decode(m.Data); err != nil {
+				t.Fatal(err)
+			}
+			if s := ev.(*events.RecallStorm); s.Process != "tac" || s.Rule != "bulk" || s.Action != events.RuleThrottle {
+				t.Fatalf("recall.storm of a throttled program %+v", s)
 			}
 		})
 	}
