@@ -101,13 +101,15 @@ func runAs(t *testing.T, cred *syscall.Credential, name string, args ...string) 
 }
 
 // TestRuleDeny: tar under a deny rule cannot open a stub (EPERM: see
-// TestDenyErrnos), and nothing is recalled; cat, which no rule names,
-// still gets the bytes, and then tar can archive the recalled file.
+// TestDenyErrnos), and nothing is recalled; dd under another cannot write
+// into one; cat, which no rule names, still gets the bytes (the original
+// ones), and then tar can archive the recalled file.
 func TestRuleDeny(t *testing.T) {
 	tarBin := stratatest.NeedTool(t, "tar")
 	forEach(t, func(t *testing.T, fs string, mode interceptor.Mode) {
 		e := newEnv(t, fs, mode, func(c *interceptor.Config) {
-			c.Rules = []interceptor.Rule{{Name: "backup", Exe: []string{"tar"}, Action: interceptor.ActionDeny}}
+			c.Rules = []interceptor.Rule{{Name: "backup", Exe: []string{"tar"}, Action: interceptor.ActionDeny},
+				{Name: "no-writes", Comm: []string{"dd"}, Action: interceptor.ActionDeny}}
 		})
 		dir := filepath.Join(e.mnt, "tree")
 		if err := os.Mkdir(dir, 0o755); err != nil {
@@ -126,8 +128,15 @@ func TestRuleDeny(t *testing.T) {
 			t.Fatalf("a denied tar made the source serve %d bytes", n)
 		}
 		st := e.it.RuleStats()
-		if len(st) != 1 || st[0].Name != "backup" || st[0].Denied < 2 {
+		if len(st) != 2 || st[0].Name != "backup" || st[0].Denied < 2 {
 			t.Fatalf("rule stats %+v, want backup with 2 or more denials", st)
+		}
+		// A write is an access too: dd, denied, cannot write into a stub.
+		if _, stderr, err := runAs(t, nil, "dd", "if=/dev/zero", "of="+filepath.Join(dir, "small"), "bs=4096", "count=1", "conv=notrunc", "status=none"); err == nil || !strings.Contains(stderr, "Operation not permitted") {
+			t.Fatalf("dd into a stub under a deny rule: %v: %q", err, stderr)
+		}
+		if n := e.src.bytes.Load(); n != 0 {
+			t.Fatalf("a denied dd made the source serve %d bytes", n)
 		}
 
 		sameBytes(t, "cat of the big stub", mustRun(t, "cat", filepath.Join(dir, "big")), big)
@@ -142,6 +151,7 @@ func TestRuleDeny(t *testing.T) {
 		if n := e.src.bytes.Load(); n != int64(len(big)) {
 			t.Fatalf("source served %d bytes, want %d (the big stub, once)", n, len(big))
 		}
+		sameBytes(t, "cat of the small stub dd could not write", mustRun(t, "cat", filepath.Join(dir, "small")), small)
 	})
 }
 
