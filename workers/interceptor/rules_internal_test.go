@@ -3,6 +3,7 @@
 package interceptor
 
 import (
+	"os"
 	"os/exec"
 	"testing"
 
@@ -131,6 +132,32 @@ func TestRuleMatch(t *testing.T) {
 			if got := c.matches(s); got != want {
 				t.Errorf("rule %+v on %+v: %v, want %v", tc.rule, *s, got, want)
 			}
+		}
+	}
+}
+
+// TestFirstRuleDecides: of the rules that match a process, the first
+// decides (a recall rule first exempts programs from the rules after it).
+func TestFirstRuleDecides(t *testing.T) {
+	sleep := exec.Command("sleep", "600")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sleep.Process.Kill(); _ = sleep.Wait() }()
+	pid := int32(sleep.Process.Pid)
+	exempt := Rule{Name: "exempt", Comm: []string{"sleep"}, Action: ActionRecall}
+	all := Rule{Name: "all", UID: []int64{int64(os.Getuid())}, Action: ActionDeny}
+	for _, tc := range []struct {
+		rules []Rule
+		want  string
+	}{
+		{[]Rule{exempt, all}, "exempt"},
+		{[]Rule{all, exempt}, "all"},
+	} {
+		cfg := NewConfig()
+		cfg.Rules = tc.rules
+		if _, s := newRules(&cfg).lookup(pid, true); s.rule == nil || s.rule.Name != tc.want {
+			t.Errorf("rules %v: matched %+v, want %s", tc.rules, s.rule, tc.want)
 		}
 	}
 }
