@@ -212,6 +212,30 @@ type InterceptorConfig struct {
 	// is recalled whole for its retry), "log" (only logged and recalled),
 	// "off" (not loaded: such a program copies a large stub as zeros).
 	ProbeGuard string `toml:"probe_guard"`
+	// Rules: what programs may do with stubs ([[interceptor.rule]]; see
+	// workers/interceptor/rules.go). The first rule that matches a process
+	// decides; a process none matches recalls.
+	Rules []RuleConfig `toml:"rule"`
+	// StormRecalls within StormWindow started by one process is a recall
+	// storm: logged and published as recall.storm. Unset: 50 in 1s; a
+	// negative storm_recalls turns detection off.
+	StormRecalls int      `toml:"storm_recalls"`
+	StormWindow  duration `toml:"storm_window"`
+}
+
+// RuleConfig is one [[interceptor.rule]]: which processes (every key
+// given must match; a list matches if one item does) and what they may do.
+type RuleConfig struct {
+	Name   string   `toml:"name"`
+	Exe    []string `toml:"exe"`    // executable paths ("/usr/bin/tar", "/opt/backup/**") or base names ("tar")
+	Comm   []string `toml:"comm"`   // process names (/proc/PID/comm), path.Match patterns
+	UID    []int64  `toml:"uid"`    // effective uids
+	Cgroup []string `toml:"cgroup"` // cgroup v2 paths, each with the cgroups below it
+	Action string   `toml:"action"` // recall (default), deny, throttle, head-only
+	Errno  string   `toml:"errno"`  // deny, head-only: default EPERM
+	// BytesPerSec, RecallsPerMin: the budget of a throttle rule.
+	BytesPerSec   size  `toml:"bytes_per_sec"`
+	RecallsPerMin int64 `toml:"recalls_per_min"`
 }
 
 // interceptor.probe_guard values.
@@ -320,6 +344,8 @@ func (c *Config) EnsureDefaults() {
 	if c.Interceptor.WholeFilePrograms == nil {
 		c.Interceptor.WholeFilePrograms = interceptor.DefaultWholeFilePrograms()
 	}
+	c.Interceptor.StormRecalls = cmp.Or(c.Interceptor.StormRecalls, interceptor.DefaultStormRecalls)
+	c.Interceptor.StormWindow = cmp.Or(c.Interceptor.StormWindow, duration(interceptor.DefaultStormWindow))
 }
 
 func defaultCost(kind string) int {
@@ -580,6 +606,11 @@ func (c *Config) interceptorConfig() interceptor.Config {
 		WholeFilePrograms: c.Interceptor.WholeFilePrograms, MtimeCheckPrograms: c.Interceptor.MtimeCheckPrograms}
 	if g := c.Interceptor.StoppedGrace; g != nil {
 		ic.HolderGrace = cmp.Or(time.Duration(*g), -1) // 0: deny at once
+	}
+	ic.StormRecalls, ic.StormWindow = c.Interceptor.StormRecalls, time.Duration(c.Interceptor.StormWindow)
+	for _, r := range c.Interceptor.Rules {
+		ic.Rules = append(ic.Rules, interceptor.Rule{Name: r.Name, Exe: r.Exe, Comm: r.Comm, UID: r.UID, Cgroup: r.Cgroup,
+			Action: interceptor.Action(r.Action), Errno: r.Errno, BytesPerSec: int64(r.BytesPerSec), RecallsPerMin: r.RecallsPerMin})
 	}
 	return ic
 }

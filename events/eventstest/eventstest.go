@@ -57,6 +57,9 @@ func Sample(k events.Kind) events.Event {
 		return &events.RecallCompleted{FileID: fid, Path: path, ObjectID: oid, Bytes: 1 << 20, DurationNS: 3_000_000, SourceTier: "hdd", PID: 42, Process: "cat"}
 	case events.KindRecallFailed:
 		return &events.RecallFailed{FileID: fid, Path: path, ObjectID: oid, Tier: "s3", Reason: "object missing", PID: 42, Process: "cat"}
+	case events.KindRecallStorm:
+		return &events.RecallStorm{PID: 42, Process: "tar", Exe: "/usr/bin/tar", UID: 34, Cgroup: "/system.slice/backup.service",
+			Recalls: 50, WithinNS: 400_000_000, WindowNS: 1_000_000_000, Total: 61, Rule: "backup", Action: events.RuleRecall, Path: path}
 	case events.KindObjectVerified:
 		return &events.ObjectVerified{ObjectID: oid, Tier: "hdd"}
 	case events.KindObjectCorrupt:

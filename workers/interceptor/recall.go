@@ -36,6 +36,11 @@ const (
 type fillOp struct {
 	done chan struct{}
 	err  error
+	// first: the part fillChunkFirst stores before the rest of the chunk
+	// (nil otherwise). Set before the fill starts, under recall.mu; once
+	// signalled its pages are verified data that stays (head-only serves
+	// them, rules.go).
+	first *firstPart
 }
 
 // fillError says which bytes a failed fill was for.
@@ -448,6 +453,7 @@ func (r *recall) fillChunkFirst(ctx context.Context, k int64, op *fillOp, lo, hi
 	fp := &firstPart{lo: plo, hi: phi, stored: make(chan struct{})}
 	r.mu.Lock()
 	r.mu.fdUsers++ // useFD: the caller (ensure) holds a use, so it is open
+	op.first = fp
 	r.mu.Unlock()
 	r.in.work.Add(1)
 	go func() {
