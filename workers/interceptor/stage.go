@@ -191,12 +191,8 @@ func (p *publisher) completed(c Completion) {
 			p.log.Warn("stat of a file changed during its recall", "path", c.Path, "err", err)
 			return
 		}
-		why := "truncated-during-recall"
-		if !c.Truncated {
-			why = "modified-during-recall"
-		}
-		p.send(&events.FileModified{FileID: c.FileID, Path: c.Path, ObjectID: c.ObjectID, Stat: st},
-			c.FileID, c.ObjectID, c.ReleaseID, why)
+		ev, id := stub.Modified(c.FileID, c.ObjectID, c.Path, st)
+		p.send(ev, id...)
 		return
 	}
 	p.send(&events.RecallCompleted{FileID: c.FileID, Path: c.Path, ObjectID: c.ObjectID, Bytes: c.Bytes,

@@ -1,0 +1,442 @@
+//go:build linux
+
+package modwatch
+
+// The modification watcher. It is driven by the kernel, and by the log
+// for which files to watch:
+//
+//	consumes  fanotify notifications (FAN_MODIFY, FAN_CLOSE_WRITE) on stubs
+//	          and clean recalled files (inode marks, never permission events)
+//	          strata.<host>.file.released, recall.completed, file.moved (mark)
+//	          and file.modified (unmark), followed from the catalog's sequence
+//	emits     strata.<host>.file.modified  at the first write into a watched file
+//
+// Message ids are those of stub.Modified (file, object, observed size,
+// mtime and ctime): the same observation published again, by this stage
+// or by the reconciler, is recorded once.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/stub"
+)
+
+// watchCatalog is what the watcher reads of the catalog at start.
+type watchCatalog interface {
+	LastSeq() uint64
+	Files(prefix string, fn func(catalog.File) error) error
+}
+
+// Config configures a Watcher.
+type Config struct {
+	Host    string              // events of this host are followed
+	JS      jetstream.JetStream // the event log
+	Emitter *pipeline.Emitter   // publishes file.modified
+	Catalog watchCatalog        // the files to watch at start
+	Roots   []string            // the hot trees: only files inside them are watched
+	Logger  *slog.Logger
+}
+
+// Validate reports a configuration the watcher cannot run with.
+func (c *Config) Validate() error {
+	switch {
+	case c.JS == nil:
+		return errors.New("modwatch: no event log")
+	case c.Emitter == nil:
+		return errors.New("modwatch: no emitter")
+	case c.Catalog == nil:
+		return errors.New("modwatch: no catalog")
+	case c.Logger == nil:
+		return errors.New("modwatch: no logger")
+	case !events.ValidToken(c.Host):
+		return fmt.Errorf("modwatch: bad host token %q", c.Host)
+	}
+	return nil
+}
+
+type inodeKey struct{ dev, ino uint64 }
+
+// watched is one marked file.
+type watched struct {
+	fileID, objectID string
+	path             string // where it was last seen
+}
+
+// Stats are counters since Open.
+type Stats struct {
+	Watched   int    // files marked now
+	Marked    uint64 // files that became watched
+	Reported  uint64 // file.modified queued
+	Events    uint64 // notifications read
+	Overflows uint64
+}
+
+// Watcher owns one fanotify notification group.
+type Watcher struct {
+	cfg Config
+	log *slog.Logger
+	g   *group
+	pid int32
+
+	mu struct {
+		sync.Mutex
+		files map[inodeKey]*watched
+		byID  map[string]inodeKey
+	}
+	pub *publisher
+
+	marked, reported, nevents, overflows atomic.Uint64
+}
+
+// Open creates the notification group. It needs CAP_SYS_ADMIN. Nothing is
+// marked until Run.
+func Open(cfg Config) (*Watcher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	g, err := openGroup()
+	if err != nil {
+		return nil, fmt.Errorf("modwatch: %w", err)
+	}
+	w := &Watcher{cfg: cfg, log: cfg.Logger, g: g, pid: int32(os.Getpid())}
+	w.mu.files = map[inodeKey]*watched{}
+	w.mu.byID = map[string]inodeKey{}
+	w.pub = newPublisher(cfg.Emitter, cfg.Logger)
+	return w, nil
+}
+
+// Stats returns the counters.
+func (w *Watcher) Stats() Stats {
+	w.mu.Lock()
+	n := len(w.mu.files)
+	w.mu.Unlock()
+	return Stats{Watched: n, Marked: w.marked.Load(), Reported: w.reported.Load(),
+		Events: w.nevents.Load(), Overflows: w.overflows.Load()}
+}
+
+// Run marks the catalog's stubs and clean recalled files, follows the log
+// for files that become either, and reports writes into them, until ctx
+// ends. It then closes the group (every mark goes with it) and publishes
+// what is queued for up to 5 seconds. Run is called once.
+func (w *Watcher) Run(ctx context.Context) error {
+	from := w.cfg.Catalog.LastSeq() + 1
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		w.readLoop()
+	}()
+	defer func() {
+		if err := w.g.stopRead(); err != nil {
+			w.log.Error("stop the modification watcher's reader", "err", err)
+		}
+		<-readerDone
+		if err := w.g.close(); err != nil {
+			w.log.Error("close the modification watcher's group", "err", err)
+		}
+		w.pub.close(5 * time.Second)
+	}()
+	n := 0
+	for _, root := range w.cfg.Roots {
+		err := w.cfg.Catalog.Files(root, func(f catalog.File) error {
+			if f.State == catalog.StateReleased || f.State == catalog.StateArchived {
+				if w.watch(f.Path, f.ID, f.ObjectID) {
+					n++
+				}
+			}
+			return ctx.Err()
+		})
+		if err != nil && ctx.Err() == nil {
+			w.log.Error("watch the catalog's archived files; writes into them are found at the next scan", "root", root, "err", err)
+		}
+	}
+	w.log.Info("watching archived files for writes", "files", n, "from_seq", from)
+	return w.follow(ctx, from)
+}
+
+// follow applies the log's events from sequence from on, restarting after
+// a failure where it stopped.
+func (w *Watcher) follow(ctx context.Context, from uint64) error {
+	filter := []string{
+		events.Subject(w.cfg.Host, events.KindFileReleased),
+		events.Subject(w.cfg.Host, events.KindRecallCompleted),
+		events.Subject(w.cfg.Host, events.KindFileMoved),
+		events.Subject(w.cfg.Host, events.KindFileModified),
+	}
+	next := from
+	wait := time.Second
+	for {
+		err := pipeline.FollowRecords(ctx, w.cfg.JS, next, pipeline.FollowOptions{Filter: filter, Logger: w.log},
+			func(recs []pipeline.Record) error {
+				for _, r := range recs {
+					w.apply(r.Event)
+					next = r.Seq + 1
+				}
+				wait = time.Second
+				return nil
+			})
+		if ctx.Err() != nil {
+			return nil
+		}
+		w.log.Error("follow the log for archived files to watch; restarting", "err", err, "seq", next, "in", wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 30*time.Second)
+	}
+}
+
+// apply marks or unmarks the file an event of the log names.
+func (w *Watcher) apply(ev events.Event) {
+	switch e := ev.(type) {
+	case *events.FileReleased:
+		w.watch(e.Path, e.FileID, e.ObjectID)
+	case *events.RecallCompleted:
+		w.watch(e.Path, e.FileID, e.ObjectID)
+	case *events.FileMoved:
+		w.watch(e.Path, e.FileID, "")
+	case *events.FileModified:
+		w.unwatchID(e.FileID)
+	}
+}
+
+// inRoots reports whether p is inside a hot tree.
+func (w *Watcher) inRoots(p string) bool {
+	for _, r := range w.cfg.Roots {
+		if p == r || strings.HasPrefix(p, r+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// watch marks the file at path if its xattrs say it is fileID (archived
+// as objectID, unless objectID is empty), a stub or a clean recalled file.
+// Right after the mark, a file whose size or mtime is no longer the
+// archived one (written before the mark) is reported. It opens nothing,
+// so it raises no event on a stub. It reports whether the file is watched.
+func (w *Watcher) watch(path, fileID, objectID string) bool {
+	if !w.inRoots(path) {
+		return false
+	}
+	info, err := stub.ReadPath(path)
+	if err != nil || info.FileID != fileID || (objectID != "" && info.ObjectID != objectID) {
+		return false // not that file any more: a later event names what it is
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return false
+	}
+	key := inodeKey{st.Dev, st.Ino}
+	if err := w.g.mark(path); err != nil {
+		if !errors.Is(err, unix.ENOENT) {
+			w.log.Warn("watch an archived file for writes; a write is found at the next scan", "path", path, "err", err)
+		}
+		return false
+	}
+	var after unix.Stat_t
+	if err := unix.Lstat(path, &after); err != nil || (inodeKey{after.Dev, after.Ino}) != key {
+		// Replaced between the two looks: the mark is on whichever file
+		// the path named, and goes at that file's first event (unknown).
+		return false
+	}
+	wf := &watched{fileID: info.FileID, objectID: info.ObjectID, path: path}
+	w.mu.Lock()
+	if old := w.mu.files[key]; old == nil || old.fileID != wf.fileID || old.objectID != wf.objectID {
+		w.marked.Add(1)
+	}
+	if old, ok := w.mu.byID[wf.fileID]; ok && old != key {
+		delete(w.mu.files, old) // a hard link's other inode cannot be: the id moved to a new file
+	}
+	w.mu.files[key] = wf
+	w.mu.byID[wf.fileID] = key
+	w.mu.Unlock()
+	if changed(info, &after) {
+		w.report(key, wf, path, stub.FileStat(&after, 0), func() error { return w.g.unmark(path) })
+		return false
+	}
+	return true
+}
+
+// changed reports whether st is no longer the archived content info
+// describes: its size, or (for a resident file) its mtime, moved. A stub's
+// mtime may be stamped for a moment while a fill stores into it on ext4
+// (the interceptor puts it back), so only its size counts here; a write
+// into a stub raises FAN_MODIFY anyway.
+func changed(info stub.Info, st *unix.Stat_t) bool {
+	if st.Size != info.Size {
+		return true
+	}
+	return info.State == stub.Archived && st.Mtim.Nano() != info.MtimeNS
+}
+
+// unwatchID removes the mark of the file fileID, if it is watched.
+func (w *Watcher) unwatchID(fileID string) {
+	w.mu.Lock()
+	key, ok := w.mu.byID[fileID]
+	var wf *watched
+	if ok {
+		wf = w.mu.files[key]
+		delete(w.mu.files, key)
+		delete(w.mu.byID, fileID)
+	}
+	w.mu.Unlock()
+	if wf == nil {
+		return
+	}
+	var st unix.Stat_t
+	if unix.Lstat(wf.path, &st) == nil && (inodeKey{st.Dev, st.Ino}) == key {
+		if err := w.g.unmark(wf.path); err != nil && !errors.Is(err, unix.ENOENT) {
+			w.log.Debug("unmark a modified file", "path", wf.path, "err", err)
+		}
+	}
+	// Elsewhere, the mark goes at the file's next event (no entry).
+}
+
+// report queues file.modified for the watched file key (seen at path with
+// st) and forgets it; unmark removes its mark.
+func (w *Watcher) report(key inodeKey, wf *watched, path string, st events.FileStat, unmark func() error) {
+	w.mu.Lock()
+	if w.mu.files[key] == wf {
+		delete(w.mu.files, key)
+		if w.mu.byID[wf.fileID] == key {
+			delete(w.mu.byID, wf.fileID)
+		}
+	}
+	w.mu.Unlock()
+	if err := unmark(); err != nil && !errors.Is(err, unix.ENOENT) {
+		w.log.Debug("unmark a modified file", "path", path, "err", err)
+	}
+	w.reported.Add(1)
+	w.log.Info("archived file modified", "path", path, "file_id", wf.fileID, "size", st.Size)
+	ev, id := stub.Modified(wf.fileID, wf.objectID, path, st)
+	w.pub.send(ev, id)
+}
+
+// readLoop reads the group until stopRead.
+func (w *Watcher) readLoop() {
+	buf := make([]byte, readBufSize)
+	for {
+		n, err := w.g.read(buf)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return
+			}
+			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
+				continue
+			}
+			w.log.Error("read the modification watcher's events; writes are found at the next scan only", "err", err)
+			return
+		}
+		if err := parseEvents(buf[:n], w.handle); err != nil {
+			w.log.Error("malformed fanotify buffer", "err", err)
+		}
+	}
+}
+
+// handle takes one notification: a write (FAN_MODIFY) is a modification; a
+// close after writing (FAN_CLOSE_WRITE) is one if the size or mtime moved.
+// It reads the event fd's xattrs and stat only, never its data.
+func (w *Watcher) handle(ev event) {
+	w.nevents.Add(1)
+	if ev.mask&unix.FAN_Q_OVERFLOW != 0 || ev.fd < 0 {
+		w.overflows.Add(1)
+		w.log.Warn("modification watcher's queue overflowed; comparing every watched file with its xattrs")
+		w.recheck()
+		return
+	}
+	defer unix.Close(ev.fd)
+	if ev.pid == w.pid {
+		return // Strata's own fill, punch or times: not a modification
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(ev.fd, &st); err != nil {
+		return
+	}
+	key := inodeKey{st.Dev, st.Ino}
+	w.mu.Lock()
+	wf := w.mu.files[key]
+	w.mu.Unlock()
+	if wf == nil {
+		_ = w.g.unmarkFD(ev.fd) // not watched (any more): its mark goes
+		return
+	}
+	info, err := stub.Read(ev.fd)
+	if err != nil || info.FileID != wf.fileID {
+		w.forget(key, wf)
+		_ = w.g.unmarkFD(ev.fd)
+		return
+	}
+	if ev.mask&unix.FAN_MODIFY == 0 && !changed(info, &st) {
+		return // opened for writing, closed, nothing written
+	}
+	if st.Nlink == 0 {
+		w.forget(key, wf) // deleted: the reconciler records it
+		return
+	}
+	gen, err := unix.IoctlGetUint32(ev.fd, fsIOCGetVersion)
+	if err != nil {
+		gen = 0
+	}
+	path, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", ev.fd))
+	if err != nil || !strings.HasPrefix(path, "/") || strings.HasSuffix(path, " (deleted)") {
+		path = wf.path
+	}
+	w.report(key, wf, path, stub.FileStat(&st, uint64(gen)), func() error { return w.g.unmarkFD(ev.fd) })
+}
+
+// forget drops the watched file key.
+func (w *Watcher) forget(key inodeKey, wf *watched) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.mu.files[key] == wf {
+		delete(w.mu.files, key)
+		if w.mu.byID[wf.fileID] == key {
+			delete(w.mu.byID, wf.fileID)
+		}
+	}
+}
+
+// recheck compares every watched file with its xattrs (after an overflow
+// lost events) and reports those that moved.
+func (w *Watcher) recheck() {
+	w.mu.Lock()
+	type item struct {
+		key inodeKey
+		wf  *watched
+	}
+	items := make([]item, 0, len(w.mu.files))
+	for k, wf := range w.mu.files {
+		items = append(items, item{k, wf})
+	}
+	w.mu.Unlock()
+	for _, it := range items {
+		info, err := stub.ReadPath(it.wf.path)
+		var st unix.Stat_t
+		if err != nil || info.FileID != it.wf.fileID || unix.Lstat(it.wf.path, &st) != nil || (inodeKey{st.Dev, st.Ino}) != it.key {
+			continue // moved or gone: file.moved, or the scan, says so
+		}
+		if changed(info, &st) {
+			path := it.wf.path
+			w.report(it.key, it.wf, path, stub.FileStat(&st, 0), func() error { return w.g.unmark(path) })
+		}
+	}
+}
+
+// fsIOCGetVersion is FS_IOC_GETVERSION (_IOR('v', 1, long)).
+const fsIOCGetVersion = 0x80087601
