@@ -352,6 +352,7 @@ type RecallCompleted struct {
 	SourceTier string `json:"source_tier"`
 	PID        int32  `json:"pid,omitempty"`
 	Process    string `json:"process,omitempty"`
+	Exe        string `json:"exe,omitempty"` // the executable of PID, when it could be read
 }
 
 func (*RecallCompleted) Kind() Kind       { return KindRecallCompleted }

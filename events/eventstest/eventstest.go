@@ -54,7 +54,7 @@ func Sample(k events.Kind) events.Event {
 	case events.KindRecallRequested:
 		return &events.RecallRequested{FileID: fid, Path: path, ObjectID: oid, Offset: 4096, Length: 8192, PID: 42, Process: "cat", Reason: events.RecallAccess}
 	case events.KindRecallCompleted:
-		return &events.RecallCompleted{FileID: fid, Path: path, ObjectID: oid, Bytes: 1 << 20, DurationNS: 3_000_000, SourceTier: "hdd", PID: 42, Process: "cat"}
+		return &events.RecallCompleted{FileID: fid, Path: path, ObjectID: oid, Bytes: 1 << 20, DurationNS: 3_000_000, SourceTier: "hdd", PID: 42, Process: "cat", Exe: "/usr/bin/cat"}
 	case events.KindRecallFailed:
 		return &events.RecallFailed{FileID: fid, Path: path, ObjectID: oid, Tier: "s3", Reason: "object missing", PID: 42, Process: "cat"}
 	case events.KindObjectVerified:

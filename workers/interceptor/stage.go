@@ -196,8 +196,22 @@ func (p *publisher) completed(c Completion) {
 		return
 	}
 	p.send(&events.RecallCompleted{FileID: c.FileID, Path: c.Path, ObjectID: c.ObjectID, Bytes: c.Bytes,
-		DurationNS: c.Duration.Nanoseconds(), SourceTier: cmp.Or(c.Tier, tierNone), PID: c.PID, Process: c.Process},
+		DurationNS: c.Duration.Nanoseconds(), SourceTier: cmp.Or(c.Tier, tierNone), PID: c.PID, Process: c.Process, Exe: c.Exe},
 		c.FileID, c.ObjectID, c.ReleaseID)
+}
+
+// exePath is the executable of process pid ("" once it is gone, or for
+// a kernel thread): with its comm (which any program can set) it names
+// the program that touched a stub.
+func exePath(pid int32) string {
+	if pid <= 0 {
+		return ""
+	}
+	p, err := os.Readlink("/proc/" + strconv.Itoa(int(pid)) + "/exe")
+	if err != nil {
+		return ""
+	}
+	return p
 }
 
 // failed records a denied access or a failed fill of a known stub.
