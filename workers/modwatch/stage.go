@@ -128,6 +128,14 @@ func (w *Watcher) Stats() Stats {
 		Events: w.nevents.Load(), Overflows: w.overflows.Load()}
 }
 
+// Watching reports whether the file fileID is marked now.
+func (w *Watcher) Watching(fileID string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.mu.byID[fileID]
+	return ok
+}
+
 // Run marks the catalog's stubs and clean recalled files, follows the log
 // for files that become either, and reports writes into them, until ctx
 // ends. It then closes the group (every mark goes with it) and publishes
