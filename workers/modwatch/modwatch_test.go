@@ -32,7 +32,7 @@ type arrival struct {
 }
 
 type env struct {
-	t   *testing.T
+	t   testing.TB
 	hot string
 	srv *pipeline.Server
 	cat *catalog.Catalog
@@ -46,9 +46,9 @@ type env struct {
 
 const host = "test"
 
-func newEnv(t *testing.T, fs string) *env {
+func newEnv(t testing.TB, fs string, size int64) *env {
 	stratatest.NeedRoot(t)
-	e := &env{t: t, hot: filepath.Join(stratatest.LoopMount(t, fs, 320<<20), "hot"), modified: map[string][]arrival{}}
+	e := &env{t: t, hot: filepath.Join(stratatest.LoopMount(t, fs, size), "hot"), modified: map[string][]arrival{}}
 	if err := os.MkdirAll(e.hot, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,10 @@ func newEnv(t *testing.T, fs string) *env {
 }
 
 // start runs the watcher until the test ends.
-func (e *env) start() {
+func (e *env) start() { e.t.Cleanup(e.startStoppable()) }
+
+// startStoppable runs the watcher until the returned func is called.
+func (e *env) startStoppable() (stop func()) {
 	w, err := modwatch.Open(modwatch.Config{Host: host, JS: e.srv.JetStream(), Emitter: pipeline.NewEmitter(e.srv.JetStream(), host, "modwatch"),
 		Catalog: e.cat, Roots: []string{e.hot}, Logger: slog.New(slog.NewTextHandler(testWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelInfo}))})
 	if err != nil {
@@ -97,15 +100,20 @@ func (e *env) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
-	e.t.Cleanup(func() {
+	stopped := false
+	return func() {
+		if stopped {
+			return
+		}
+		stopped = true
 		cancel()
 		if err := <-done; err != nil {
 			e.t.Errorf("Run: %v", err)
 		}
-	})
+	}
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) { w.t.Logf("%s", p); return len(p), nil }
 
@@ -194,7 +202,7 @@ func (e *env) modifiedCount(fid string) int {
 	return len(e.modified[fid])
 }
 
-func waitFor(t *testing.T, total time.Duration, fn func() error) {
+func waitFor(t testing.TB, total time.Duration, fn func() error) {
 	t.Helper()
 	deadline := time.Now().Add(total)
 	for {
@@ -215,6 +223,7 @@ func waitFor(t *testing.T, total time.Duration, fn func() error) {
 // shared mapping), on ext4 and XFS; the catalog marks the file dirty; the
 // mark goes after the first write (later writes raise nothing); files
 // already archived when the watcher starts are watched from the catalog;
+// a file written while no watcher ran is reported when it starts;
 // a program that opens a file for writing and writes nothing, the daemon's
 // own writes, and writes into files that are not archived are not
 // modifications.
@@ -224,11 +233,21 @@ func TestModifiedAtTheWrite(t *testing.T) {
 	py := stratatest.NeedTool(t, "python3")
 	for _, fs := range stratatest.FSTypes {
 		t.Run(fs, func(t *testing.T) {
-			e := newEnv(t, fs)
+			e := newEnv(t, fs, 320<<20)
 			// Archived before the watcher starts: found in the catalog.
 			early, earlyID := e.archived("early.bin", 64<<10)
+			// Archived, then written while no watcher ran (the daemon was
+			// stopped): reported when the watcher starts, not at a scan.
+			down, downID := e.archived("down.bin", 64<<10)
+			sh(t, `echo while-down >> "`+down+`"`)
+			t0 := time.Now()
 			e.start()
-			e.waitWatched(1)
+			e.waitWatched(2)
+			if ev, delay := e.waitModified(downID, t0, 5*time.Second); ev.Path != down || ev.Stat.Size != 64<<10+11 {
+				t.Errorf("file.modified of a file written while no watcher ran: %+v", ev)
+			} else {
+				t.Logf("written while no watcher ran: file.modified %v after the watcher started", delay)
+			}
 
 			cases := []struct {
 				name, line string
@@ -240,7 +259,7 @@ func TestModifiedAtTheWrite(t *testing.T) {
 				{"mmap", py + ` -c 'import mmap,os,sys
 f=os.open(sys.argv[1],os.O_RDWR); m=mmap.mmap(f,0); m[5:9]=b"MMAP"; m.flush(); m.close(); os.close(f)' "$F"`, 64 << 10},
 			}
-			marked := 1
+			marked := 2
 			for _, c := range cases {
 				t.Run(c.name, func(t *testing.T) {
 					path, fid := e.archived(c.name+".bin", 64<<10)
