@@ -15,6 +15,7 @@ import (
 	"github.com/strata-hsm/strata/cmd/internal/progress"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/modwatch"
 )
 
 // statusReply is the daemon's answer to `strata status`.
@@ -44,6 +45,9 @@ type statusReply struct {
 	// with the conditions even then.
 	StreamError  string `json:"stream_error,omitempty"`
 	CatalogError string `json:"catalog_error,omitempty"`
+	// WriteWatcher counts the modification watcher's work (nil: none
+	// runs, writes into archived files are found at the next scan).
+	WriteWatcher *modwatch.Stats `json:"write_watcher,omitempty"`
 }
 
 func (d *daemon) ctlStatus(ctx context.Context, _ []byte) (any, error) {
@@ -54,6 +58,10 @@ func (d *daemon) ctlStatus(ctx context.Context, _ []byte) (any, error) {
 	}
 	for _, h := range d.cfg.Hot {
 		r.HotTrees = append(r.HotTrees, h.Path)
+	}
+	if d.stages != nil && d.stages.modwatch != nil {
+		ws := d.stages.modwatch.Stats()
+		r.WriteWatcher = &ws
 	}
 	cs, err := d.cat.Stats()
 	if err != nil {
@@ -167,6 +175,12 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 	fmt.Fprintf(w, "objects\t%d (%d copies, %d corrupt)\n", r.Catalog.Objects, r.Catalog.Copies, r.Catalog.CorruptCopies)
 	for _, h := range r.HotTrees {
 		fmt.Fprintf(w, "hot tree\t%s\n", h)
+	}
+	switch {
+	case r.WriteWatcher != nil:
+		fmt.Fprintf(w, "write watcher\t%d archived files watched; %d writes reported as file.modified\n", r.WriteWatcher.Watched, r.WriteWatcher.Reported)
+	case len(r.HotTrees) > 0:
+		fmt.Fprintf(w, "write watcher\tOFF: writes into archived files are found at the next scan (see the log)\n")
 	}
 	for _, t := range r.TierState {
 		reach := "reachable"

@@ -234,6 +234,12 @@ func TestMetadataHonesty(t *testing.T) {
 					return err
 				})
 			}
+			// strata status counts them.
+			var st statusReply
+			cliJSON(t, &st, "status", "--json", "--data", data)
+			if st.WriteWatcher == nil || st.WriteWatcher.Reported < uint64(len(writes)) {
+				t.Errorf("strata status: write watcher %+v, want %d writes reported", st.WriteWatcher, len(writes))
+			}
 			// The stub written into is recalled in full around the write.
 			want := append([]byte(nil), files[paths[1]]...)
 			copy(want[1000:], "XXXX")

@@ -78,11 +78,11 @@ type watched struct {
 
 // Stats are counters since Open.
 type Stats struct {
-	Watched   int    // files marked now
-	Marked    uint64 // files that became watched
-	Reported  uint64 // file.modified queued
-	Events    uint64 // notifications read
-	Overflows uint64
+	Watched   int    `json:"watched"`  // files marked now
+	Marked    uint64 `json:"marked"`   // files that became watched
+	Reported  uint64 `json:"reported"` // file.modified queued
+	Events    uint64 `json:"events"`   // notifications read
+	Overflows uint64 `json:"overflows"`
 }
 
 // Watcher owns one fanotify notification group.
