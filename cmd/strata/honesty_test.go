@@ -208,7 +208,7 @@ func TestMetadataHonesty(t *testing.T) {
 				if err := d.cat.WaitSeq(context.Background(), d.cat.LastSeq()); err != nil {
 					t.Fatal(err)
 				}
-				waitWatched(t, d, fid)
+				waitWatched(t, d, w.path)
 				t0 := time.Now()
 				if out, err := exec.Command("sh", "-c", "F="+w.path+"; "+w.line).CombinedOutput(); err != nil {
 					t.Fatalf("%s: %v\n%s", w.line, err, out)
@@ -254,16 +254,16 @@ func TestMetadataHonesty(t *testing.T) {
 	}
 }
 
-// waitWatched waits until the daemon's modification watcher has fileID
-// marked (it follows the log).
-func waitWatched(t *testing.T, d *daemon, fileID string) {
+// waitWatched waits until the daemon's modification watcher has the file
+// at path marked (it follows the log).
+func waitWatched(t *testing.T, d *daemon, path string) {
 	t.Helper()
 	waitFor(t, 10*time.Second, func() error {
 		if d.stages.modwatch == nil {
 			return fmt.Errorf("no modification watcher")
 		}
-		if !d.stages.modwatch.Watching(fileID) {
-			return fmt.Errorf("file %s is not watched", fileID)
+		if !d.stages.modwatch.Watching(path) {
+			return fmt.Errorf("%s is not watched", path)
 		}
 		return nil
 	})
@@ -395,7 +395,7 @@ func TestRcloneCopiesLargeStub(t *testing.T) {
 			sub := subscribe(t, data, events.Subject(events.AnyHost, events.KindFileModified),
 				events.Subject(events.AnyHost, events.KindRecallCompleted))
 			fid := archiveAll(t, data, path)[path]
-			waitWatched(t, d, fid)
+			waitWatched(t, d, path)
 
 			dst := filepath.Join(t.TempDir(), "copy.bin")
 			cmd := exec.Command(rclone, "copyto", path, dst)

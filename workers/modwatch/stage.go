@@ -17,6 +17,7 @@ package modwatch
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -70,10 +71,14 @@ func (c *Config) Validate() error {
 
 type inodeKey struct{ dev, ino uint64 }
 
-// watched is one marked file.
-type watched struct {
-	fileID, objectID string
-	path             string // where it was last seen
+// fileKey is a file id (32 hex digits) in 16 bytes: the watcher keeps one
+// per watched file, and there may be millions of them.
+type fileKey [16]byte
+
+func keyOf(fileID string) (fileKey, bool) {
+	var k fileKey
+	n, err := hex.Decode(k[:], []byte(fileID))
+	return k, err == nil && n == len(k) && len(fileID) == 2*len(k)
 }
 
 // Stats are counters since Open.
@@ -92,12 +97,18 @@ type Watcher struct {
 	g   *group
 	pid int32
 
+	// mu guards files: the inodes marked, each with the file id its
+	// xattrs had when it was marked (what an event is checked against;
+	// the rest — object, path — is read from the event's fd).
 	mu struct {
 		sync.Mutex
-		files map[inodeKey]*watched
-		byID  map[string]inodeKey
+		files map[inodeKey]fileKey
 	}
 	pub *publisher
+
+	runCtx    context.Context // Run's; for rechecks
+	rechecks  sync.WaitGroup
+	recheckOn atomic.Bool // a recheck is running
 
 	marked, reported, nevents, overflows atomic.Uint64
 }
@@ -113,8 +124,7 @@ func Open(cfg Config) (*Watcher, error) {
 		return nil, fmt.Errorf("modwatch: %w", err)
 	}
 	w := &Watcher{cfg: cfg, log: cfg.Logger, g: g, pid: int32(os.Getpid())}
-	w.mu.files = map[inodeKey]*watched{}
-	w.mu.byID = map[string]inodeKey{}
+	w.mu.files = map[inodeKey]fileKey{}
 	w.pub = newPublisher(cfg.Emitter, cfg.Logger)
 	return w, nil
 }
@@ -128,11 +138,15 @@ func (w *Watcher) Stats() Stats {
 		Events: w.nevents.Load(), Overflows: w.overflows.Load()}
 }
 
-// Watching reports whether the file fileID is marked now.
-func (w *Watcher) Watching(fileID string) bool {
+// Watching reports whether the file at path is marked now.
+func (w *Watcher) Watching(path string) bool {
+	var st unix.Stat_t
+	if unix.Lstat(path, &st) != nil {
+		return false
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	_, ok := w.mu.byID[fileID]
+	_, ok := w.mu.files[inodeKey{st.Dev, st.Ino}]
 	return ok
 }
 
@@ -141,6 +155,7 @@ func (w *Watcher) Watching(fileID string) bool {
 // ends. It then closes the group (every mark goes with it) and publishes
 // what is queued for up to 5 seconds. Run is called once.
 func (w *Watcher) Run(ctx context.Context) error {
+	w.runCtx = ctx // before the reader starts: it reads it
 	from := w.cfg.Catalog.LastSeq() + 1
 	readerDone := make(chan struct{})
 	go func() {
@@ -157,6 +172,16 @@ func (w *Watcher) Run(ctx context.Context) error {
 		}
 		w.pub.close(5 * time.Second)
 	}()
+	defer w.rechecks.Wait()
+	n := w.markCatalog(ctx)
+	w.log.Info("watching archived files for writes", "files", n, "from_seq", from)
+	return w.follow(ctx, from)
+}
+
+// markCatalog watches every file the catalog holds as released or
+// archived (watch compares each with its xattrs right after its mark) and
+// returns how many it watches.
+func (w *Watcher) markCatalog(ctx context.Context) int {
 	n := 0
 	for _, root := range w.cfg.Roots {
 		err := w.cfg.Catalog.Files(root, func(f catalog.File) error {
@@ -171,8 +196,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			w.log.Error("watch the catalog's archived files; writes into them are found at the next scan", "root", root, "err", err)
 		}
 	}
-	w.log.Info("watching archived files for writes", "files", n, "from_seq", from)
-	return w.follow(ctx, from)
+	return n
 }
 
 // follow applies the log's events from sequence from on, restarting after
@@ -219,7 +243,7 @@ func (w *Watcher) apply(ev events.Event) {
 	case *events.FileMoved:
 		w.watch(e.Path, e.FileID, "")
 	case *events.FileModified:
-		w.unwatchID(e.FileID)
+		w.unwatch(e.Path, e.FileID)
 	}
 }
 
@@ -239,7 +263,8 @@ func (w *Watcher) inRoots(p string) bool {
 // archived one (written before the mark) is reported. It opens nothing,
 // so it raises no event on a stub. It reports whether the file is watched.
 func (w *Watcher) watch(path, fileID, objectID string) bool {
-	if !w.inRoots(path) {
+	id, ok := keyOf(fileID)
+	if !ok || !w.inRoots(path) {
 		return false
 	}
 	info, err := stub.ReadPath(path)
@@ -263,19 +288,14 @@ func (w *Watcher) watch(path, fileID, objectID string) bool {
 		// the path named, and goes at that file's first event (unknown).
 		return false
 	}
-	wf := &watched{fileID: info.FileID, objectID: info.ObjectID, path: path}
 	w.mu.Lock()
-	if old := w.mu.files[key]; old == nil || old.fileID != wf.fileID || old.objectID != wf.objectID {
+	if old, ok := w.mu.files[key]; !ok || old != id {
 		w.marked.Add(1)
 	}
-	if old, ok := w.mu.byID[wf.fileID]; ok && old != key {
-		delete(w.mu.files, old) // a hard link's other inode cannot be: the id moved to a new file
-	}
-	w.mu.files[key] = wf
-	w.mu.byID[wf.fileID] = key
+	w.mu.files[key] = id
 	w.mu.Unlock()
 	if changed(info, &after) {
-		w.report(key, wf, path, stub.FileStat(&after, 0), func() error { return w.g.unmark(path) })
+		w.report(key, id, info, path, stub.FileStat(&after, 0), func() error { return w.g.unmark(path) })
 		return false
 	}
 	return true
@@ -293,47 +313,49 @@ func changed(info stub.Info, st *unix.Stat_t) bool {
 	return info.State == stub.Archived && st.Mtim.Nano() != info.MtimeNS
 }
 
-// unwatchID removes the mark of the file fileID, if it is watched.
-func (w *Watcher) unwatchID(fileID string) {
-	w.mu.Lock()
-	key, ok := w.mu.byID[fileID]
-	var wf *watched
-	if ok {
-		wf = w.mu.files[key]
-		delete(w.mu.files, key)
-		delete(w.mu.byID, fileID)
-	}
-	w.mu.Unlock()
-	if wf == nil {
+// unwatch removes the mark of the file fileID at path (a modification
+// someone else reported), if it is watched. A file that moved since keeps
+// its mark until its next event: a write then is reported once more.
+func (w *Watcher) unwatch(path, fileID string) {
+	id, ok := keyOf(fileID)
+	var st unix.Stat_t
+	if !ok || unix.Lstat(path, &st) != nil {
 		return
 	}
-	var st unix.Stat_t
-	if unix.Lstat(wf.path, &st) == nil && (inodeKey{st.Dev, st.Ino}) == key {
-		if err := w.g.unmark(wf.path); err != nil && !errors.Is(err, unix.ENOENT) {
-			w.log.Debug("unmark a modified file", "path", wf.path, "err", err)
-		}
+	key := inodeKey{st.Dev, st.Ino}
+	w.mu.Lock()
+	if w.mu.files[key] != id {
+		w.mu.Unlock()
+		return
 	}
-	// Elsewhere, the mark goes at the file's next event (no entry).
+	delete(w.mu.files, key)
+	w.mu.Unlock()
+	if err := w.g.unmark(path); err != nil && !errors.Is(err, unix.ENOENT) {
+		w.log.Debug("unmark a modified file", "path", path, "err", err)
+	}
 }
 
-// report queues file.modified for the watched file key (seen at path with
-// st) and forgets it; unmark removes its mark.
-func (w *Watcher) report(key inodeKey, wf *watched, path string, st events.FileStat, unmark func() error) {
-	w.mu.Lock()
-	if w.mu.files[key] == wf {
-		delete(w.mu.files, key)
-		if w.mu.byID[wf.fileID] == key {
-			delete(w.mu.byID, wf.fileID)
-		}
-	}
-	w.mu.Unlock()
+// report queues file.modified for the watched file key (id, archived as
+// info says, seen at path with st) and forgets it; unmark removes its
+// mark.
+func (w *Watcher) report(key inodeKey, id fileKey, info stub.Info, path string, st events.FileStat, unmark func() error) {
+	w.forget(key, id)
 	if err := unmark(); err != nil && !errors.Is(err, unix.ENOENT) {
 		w.log.Debug("unmark a modified file", "path", path, "err", err)
 	}
 	w.reported.Add(1)
-	w.log.Info("archived file modified", "path", path, "file_id", wf.fileID, "size", st.Size)
-	ev, id := stub.Modified(wf.fileID, wf.objectID, path, st)
-	w.pub.send(ev, id)
+	w.log.Info("archived file modified", "path", path, "file_id", info.FileID, "size", st.Size)
+	ev, evID := stub.Modified(info.FileID, info.ObjectID, path, st)
+	w.pub.send(ev, evID)
+}
+
+// forget drops the watched file key if it is still id.
+func (w *Watcher) forget(key inodeKey, id fileKey) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if old, ok := w.mu.files[key]; ok && old == id {
+		delete(w.mu.files, key)
+	}
 }
 
 // readLoop reads the group until stopRead.
@@ -364,7 +386,7 @@ func (w *Watcher) handle(ev event) {
 	w.nevents.Add(1)
 	if ev.mask&unix.FAN_Q_OVERFLOW != 0 || ev.fd < 0 {
 		w.overflows.Add(1)
-		w.log.Warn("modification watcher's queue overflowed; comparing every watched file with its xattrs")
+		w.log.Warn("modification watcher's queue overflowed; comparing every archived file with its xattrs")
 		w.recheck()
 		return
 	}
@@ -378,15 +400,15 @@ func (w *Watcher) handle(ev event) {
 	}
 	key := inodeKey{st.Dev, st.Ino}
 	w.mu.Lock()
-	wf := w.mu.files[key]
+	id, ok := w.mu.files[key]
 	w.mu.Unlock()
-	if wf == nil {
+	if !ok {
 		_ = w.g.unmarkFD(ev.fd) // not watched (any more): its mark goes
 		return
 	}
 	info, err := stub.Read(ev.fd)
-	if err != nil || info.FileID != wf.fileID {
-		w.forget(key, wf)
+	if got, _ := keyOf(info.FileID); err != nil || got != id {
+		w.forget(key, id) // no longer that archived file
 		_ = w.g.unmarkFD(ev.fd)
 		return
 	}
@@ -394,7 +416,7 @@ func (w *Watcher) handle(ev event) {
 		return // opened for writing, closed, nothing written
 	}
 	if st.Nlink == 0 {
-		w.forget(key, wf) // deleted: the reconciler records it
+		w.forget(key, id) // deleted: the reconciler records it
 		return
 	}
 	gen, err := unix.IoctlGetUint32(ev.fd, fsIOCGetVersion)
@@ -403,47 +425,26 @@ func (w *Watcher) handle(ev event) {
 	}
 	path, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", ev.fd))
 	if err != nil || !strings.HasPrefix(path, "/") || strings.HasSuffix(path, " (deleted)") {
-		path = wf.path
+		w.forget(key, id)
+		return
 	}
-	w.report(key, wf, path, stub.FileStat(&st, uint64(gen)), func() error { return w.g.unmarkFD(ev.fd) })
+	w.report(key, id, info, path, stub.FileStat(&st, uint64(gen)), func() error { return w.g.unmarkFD(ev.fd) })
 }
 
-// forget drops the watched file key.
-func (w *Watcher) forget(key inodeKey, wf *watched) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.mu.files[key] == wf {
-		delete(w.mu.files, key)
-		if w.mu.byID[wf.fileID] == key {
-			delete(w.mu.byID, wf.fileID)
-		}
-	}
-}
-
-// recheck compares every watched file with its xattrs (after an overflow
-// lost events) and reports those that moved.
+// recheck, after an overflow lost events, compares every file the catalog
+// holds as archived with its xattrs (marking it again, which changes
+// nothing for a marked file), in the background: the reader goes on.
 func (w *Watcher) recheck() {
-	w.mu.Lock()
-	type item struct {
-		key inodeKey
-		wf  *watched
+	ctx := w.runCtx
+	if ctx == nil || !w.recheckOn.CompareAndSwap(false, true) {
+		return
 	}
-	items := make([]item, 0, len(w.mu.files))
-	for k, wf := range w.mu.files {
-		items = append(items, item{k, wf})
-	}
-	w.mu.Unlock()
-	for _, it := range items {
-		info, err := stub.ReadPath(it.wf.path)
-		var st unix.Stat_t
-		if err != nil || info.FileID != it.wf.fileID || unix.Lstat(it.wf.path, &st) != nil || (inodeKey{st.Dev, st.Ino}) != it.key {
-			continue // moved or gone: file.moved, or the scan, says so
-		}
-		if changed(info, &st) {
-			path := it.wf.path
-			w.report(it.key, it.wf, path, stub.FileStat(&st, 0), func() error { return w.g.unmark(path) })
-		}
-	}
+	w.rechecks.Add(1)
+	go func() {
+		defer w.rechecks.Done()
+		defer w.recheckOn.Store(false)
+		w.markCatalog(ctx)
+	}()
 }
 
 // fsIOCGetVersion is FS_IOC_GETVERSION (_IOR('v', 1, long)).
