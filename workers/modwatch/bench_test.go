@@ -27,7 +27,8 @@ import (
 // filesystem holding 10,000 watched archived files, it times writes of
 // files Strata has not archived — 20,000 open+pwrite 4 KiB+close of
 // resident files ("small") and 512 MiB written in 128 KiB writes to one
-// resident file ("seq") — in three setups, in alternating order
+// resident file ("seq") — and reads of the watched files themselves
+// (10,000 × open + pread 4 KiB + close, "read-watched"), in three setups, in alternating order
 // (STRATA_BENCH_ROUNDS rounds, default 9), and reports the medians'
 // ratios to no watcher, of wall time and of the writing thread's CPU time
 // (user+system: what the kernel's hooks cost the writer, less sensitive
@@ -61,6 +62,25 @@ func BenchmarkWritesBesideWatchedFiles(b *testing.B) {
 			}
 			big := filepath.Join(plain, "big")
 			buf := make([]byte, seqWrite)
+			// Reads of the watched files themselves: their marks are
+			// notification marks for writes, and a read checks them in
+			// the kernel (no event).
+			archRead := func() (time.Duration, time.Duration) {
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				t0, c0 := time.Now(), threadCPU(b)
+				for i := range watchedFiles {
+					fd, err := unix.Open(filepath.Join(e.hot, "archived", strconv.Itoa(i)), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := unix.Pread(fd, buf[:4096], 0); err != nil {
+						b.Fatal(err)
+					}
+					unix.Close(fd)
+				}
+				return time.Since(t0), threadCPU(b) - c0
+			}
 			small := func() (time.Duration, time.Duration) {
 				runtime.LockOSThread()
 				defer runtime.UnlockOSThread()
@@ -124,6 +144,9 @@ func BenchmarkWritesBesideWatchedFiles(b *testing.B) {
 					wall, cpu = seq()
 					times[s.name+"/seq"] = append(times[s.name+"/seq"], wall)
 					times[s.name+"/seq-cpu"] = append(times[s.name+"/seq-cpu"], cpu)
+					wall, cpu = archRead()
+					times[s.name+"/read-watched"] = append(times[s.name+"/read-watched"], wall)
+					times[s.name+"/read-watched-cpu"] = append(times[s.name+"/read-watched-cpu"], cpu)
 					s.end()
 				}
 			}
@@ -132,7 +155,7 @@ func BenchmarkWritesBesideWatchedFiles(b *testing.B) {
 				slices.Sort(d)
 				return d[len(d)/2]
 			}
-			for _, w := range []string{"small", "small-cpu", "seq", "seq-cpu"} {
+			for _, w := range []string{"small", "small-cpu", "seq", "seq-cpu", "read-watched", "read-watched-cpu"} {
 				base := median("none/" + w)
 				b.ReportMetric(float64(base.Microseconds())/1000, w+"-none-ms")
 				for _, s := range []string{"watched", "fsmark"} {

@@ -26,8 +26,8 @@
 // (~1.4 KB with its dentry, FIELDNOTES). A stub is pinned already by the
 // interceptor's mark, so watching it adds the 104 bytes; a clean recalled
 // file is pinned by this mark alone until it is written, released again
-// or deleted. The watcher itself keeps 32 bytes per watched file (its
-// inode and its file id; the rest is read from each event's fd).
+// or deleted. The watcher itself keeps a map entry per watched file (its
+// inode and file id, ~50 bytes; the rest is read from each event's fd).
 //
 // FAN_CLOSE_WRITE catches what FAN_MODIFY cannot see: a write through a
 // shared mapping raises no FAN_MODIFY, but it moves the mtime, and the
