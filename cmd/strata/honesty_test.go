@@ -17,6 +17,7 @@ import (
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/scanner"
 	"github.com/strata-hsm/strata/workers/stratatest"
 	"github.com/strata-hsm/strata/workers/stub"
 )
@@ -233,6 +234,11 @@ func TestMetadataHonesty(t *testing.T) {
 					}
 					return err
 				})
+				var ls scanner.LsReply
+				cliJSON(t, &ls, "ls", "--json", "--data", data, w.path)
+				if len(ls.Files) != 1 || ls.Files[0].State != catalog.StateDirty.String() {
+					t.Errorf("strata ls %s: %+v, want it dirty", w.path, ls.Files)
+				}
 			}
 			// strata status counts them.
 			var st statusReply
