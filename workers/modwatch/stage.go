@@ -56,15 +56,15 @@ type Config struct {
 func (c *Config) Validate() error {
 	switch {
 	case c.JS == nil:
-		return errors.New("modwatch: no event log")
+		return pipeline.BadConfig("modwatch.js", nil, "no event log")
 	case c.Emitter == nil:
-		return errors.New("modwatch: no emitter")
+		return pipeline.BadConfig("modwatch.emitter", nil, "no emitter")
 	case c.Catalog == nil:
-		return errors.New("modwatch: no catalog")
+		return pipeline.BadConfig("modwatch.catalog", nil, "no catalog")
 	case c.Logger == nil:
-		return errors.New("modwatch: no logger")
+		return pipeline.BadConfig("modwatch.logger", nil, "no logger")
 	case !events.ValidToken(c.Host):
-		return fmt.Errorf("modwatch: bad host token %q", c.Host)
+		return pipeline.BadConfig("modwatch.host", c.Host, "not a subject token")
 	}
 	return nil
 }
