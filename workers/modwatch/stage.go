@@ -307,10 +307,10 @@ func (w *Watcher) watch(path, fileID, objectID string) bool {
 // (the interceptor puts it back), so only its size counts here; a write
 // into a stub raises FAN_MODIFY anyway.
 func changed(info stub.Info, st *unix.Stat_t) bool {
-	if st.Size != info.Size {
-		return true
+	if info.State == stub.Released {
+		return st.Size != info.Size
 	}
-	return info.State == stub.Archived && st.Mtim.Nano() != info.MtimeNS
+	return !info.Unchanged(st.Size, st.Mtim.Nano())
 }
 
 // unwatch removes the mark of the file fileID at path (a modification

@@ -140,7 +140,7 @@ func (r *Reconciler) findModified(ctx context.Context) {
 				return nil
 			}
 			st, err := stub.Lstat(f.Path)
-			if err != nil || (st.Size == info.Size && st.MtimeNS == info.MtimeNS) {
+			if err != nil || info.Unchanged(st.Size, st.MtimeNS) {
 				return nil
 			}
 			r.Logger.Info("archived file modified", "path", f.Path, "file_id", f.ID)
