@@ -219,8 +219,8 @@ func waitFor(t testing.TB, total time.Duration, fn func() error) {
 
 // TestModifiedAtTheWrite: a write into a clean recalled file is published
 // as file.modified when it happens — within a second, with no scan — by
-// real programs (echo >>, dd conv=notrunc, truncate, a write through a
-// shared mapping), on ext4 and XFS; the catalog marks the file dirty; the
+// real programs (echo >>, dd conv=notrunc, truncate, fallocate
+// --punch-hole, a write through a shared mapping), on ext4 and XFS; the catalog marks the file dirty; the
 // mark goes after the first write (later writes raise nothing); files
 // already archived when the watcher starts are watched from the catalog;
 // a file written while no watcher ran is reported when it starts;
@@ -230,6 +230,7 @@ func waitFor(t testing.TB, total time.Duration, fn func() error) {
 func TestModifiedAtTheWrite(t *testing.T) {
 	stratatest.NeedTool(t, "dd")
 	stratatest.NeedTool(t, "truncate")
+	stratatest.NeedTool(t, "fallocate")
 	py := stratatest.NeedTool(t, "python3")
 	for _, fs := range stratatest.FSTypes {
 		t.Run(fs, func(t *testing.T) {
@@ -261,6 +262,7 @@ func TestModifiedAtTheWrite(t *testing.T) {
 				{"echo", `echo appended >> "$F"`, 64<<10 + 9, false},
 				{"dd", `printf 'XXXX' | dd of="$F" bs=1 seek=100 conv=notrunc status=none`, 64 << 10, false},
 				{"truncate", `truncate -s 1000 "$F"`, 1000, false},
+				{"punch", `fallocate --punch-hole --offset 0 --length 4096 "$F"`, 64 << 10, false},
 				{"mmap", py + ` -c 'import mmap,os,sys
 f=os.open(sys.argv[1],os.O_RDWR); m=mmap.mmap(f,0); m[5:9]=b"MMAP"; m.flush(); m.close(); os.close(f)' "$F"`, 64 << 10, true},
 			}
