@@ -159,6 +159,14 @@ func (e *env) archived(name string, size int) (string, string) {
 	if err := e.cat.WaitSeq(ctx, seq); err != nil {
 		e.t.Fatal(err)
 	}
+	if e.w != nil { // a running watcher has applied both events
+		waitFor(e.t, 10*time.Second, func() error {
+			if got := e.w.Stats().Seq; got < seq {
+				return fmt.Errorf("watcher at seq %d, want %d", got, seq)
+			}
+			return nil
+		})
+	}
 	return path, fid
 }
 
@@ -372,6 +380,12 @@ f=os.open(sys.argv[1],os.O_RDWR); m=mmap.mmap(f,0); m[5:9]=b"MMAP"; m.flush(); m
 				}
 				if n := e.modifiedCount(fid); n != 1 {
 					t.Errorf("%d file.modified for one dirty file, want 1", n)
+				}
+				e.mu.Lock()
+				published := len(e.modified[fid])
+				e.mu.Unlock()
+				if published != 1 {
+					t.Errorf("file.modified of one write published %d times", published)
 				}
 			})
 		})

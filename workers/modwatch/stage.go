@@ -71,6 +71,16 @@ func (c *Config) Validate() error {
 
 type inodeKey struct{ dev, ino uint64 }
 
+// observation is what a report saw of a file: the id of its file.modified
+// is made of these (stub.Modified).
+type observation struct {
+	key                    inodeKey
+	size, mtimeNS, ctimeNS int64
+}
+
+// recentReports bounds the reports remembered against repeats.
+const recentReports = 4096
+
 // fileKey is a file id (32 hex digits) in 16 bytes: the watcher keeps one
 // per watched file, and there may be millions of them.
 type fileKey [16]byte
@@ -88,6 +98,7 @@ type Stats struct {
 	Reported  uint64 `json:"reported"` // file.modified queued
 	Events    uint64 `json:"events"`   // notifications read
 	Overflows uint64 `json:"overflows"`
+	Seq       uint64 `json:"seq"` // sequence of the last event it followed and applied
 }
 
 // Watcher owns one fanotify notification group.
@@ -103,6 +114,12 @@ type Watcher struct {
 	mu struct {
 		sync.Mutex
 		files map[inodeKey]fileKey
+		// recent are the last reports (at most recentReports): a later
+		// event of the log about a file already reported (a
+		// recall.completed or file.moved applied after its write) finds
+		// the same observation and does not publish it again.
+		recent     map[observation]bool
+		recentRing []observation
 	}
 	pub *publisher
 
@@ -110,7 +127,7 @@ type Watcher struct {
 	rechecks  sync.WaitGroup
 	recheckOn atomic.Bool // a recheck is running
 
-	marked, reported, nevents, overflows atomic.Uint64
+	marked, reported, nevents, overflows, seq atomic.Uint64
 }
 
 // Open creates the notification group. It needs CAP_SYS_ADMIN. Nothing is
@@ -125,6 +142,7 @@ func Open(cfg Config) (*Watcher, error) {
 	}
 	w := &Watcher{cfg: cfg, log: cfg.Logger, g: g, pid: int32(os.Getpid())}
 	w.mu.files = map[inodeKey]fileKey{}
+	w.mu.recent = map[observation]bool{}
 	w.pub = newPublisher(cfg.Emitter, cfg.Logger)
 	return w, nil
 }
@@ -135,7 +153,7 @@ func (w *Watcher) Stats() Stats {
 	n := len(w.mu.files)
 	w.mu.Unlock()
 	return Stats{Watched: n, Marked: w.marked.Load(), Reported: w.reported.Load(),
-		Events: w.nevents.Load(), Overflows: w.overflows.Load()}
+		Events: w.nevents.Load(), Overflows: w.overflows.Load(), Seq: w.seq.Load()}
 }
 
 // Watching reports whether the file at path is marked now.
@@ -216,6 +234,7 @@ func (w *Watcher) follow(ctx context.Context, from uint64) error {
 				for _, r := range recs {
 					w.apply(r.Event)
 					next = r.Seq + 1
+					w.seq.Store(r.Seq)
 				}
 				wait = time.Second
 				return nil
@@ -342,6 +361,21 @@ func (w *Watcher) report(key inodeKey, id fileKey, info stub.Info, path string, 
 	w.forget(key, id)
 	if err := unmark(); err != nil && !errors.Is(err, unix.ENOENT) {
 		w.log.Debug("unmark a modified file", "path", path, "err", err)
+	}
+	obs := observation{key, st.Size, st.MtimeNS, st.CtimeNS}
+	w.mu.Lock()
+	seen := w.mu.recent[obs]
+	if !seen {
+		if len(w.mu.recentRing) == recentReports {
+			delete(w.mu.recent, w.mu.recentRing[0])
+			w.mu.recentRing = w.mu.recentRing[1:]
+		}
+		w.mu.recent[obs] = true
+		w.mu.recentRing = append(w.mu.recentRing, obs)
+	}
+	w.mu.Unlock()
+	if seen {
+		return // reported already; its id would be the same
 	}
 	w.reported.Add(1)
 	w.log.Info("archived file modified", "path", path, "file_id", info.FileID, "size", st.Size)
