@@ -58,6 +58,11 @@
 // stopped, and writes through a mapping whose fd is never closed, are
 // found by the reconciler at the next scan (workers/scanner), which builds
 // the same event with the same id (stub.Modified), so an observation
-// reported twice is recorded once. A queue overflow (FAN_Q_OVERFLOW)
-// makes the watcher compare every watched file with its xattrs.
+// reported twice is recorded once. A queue overflow (FAN_Q_OVERFLOW; the
+// queue holds fs.fanotify.max_queued_events, 16384 by default) makes the
+// watcher walk the catalog again in the background, marking and comparing
+// every archived file with its xattrs: writes whose events were lost are
+// reported if they moved size or mtime (untested: an overflow cannot be
+// forced here without lowering that limit for every fanotify user of the
+// machine).
 package modwatch
