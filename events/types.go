@@ -330,6 +330,7 @@ type RecallRequested struct {
 	Length   int64  `json:"length"`
 	PID      int32  `json:"pid,omitempty"`
 	Process  string `json:"process,omitempty"`
+	Exe      string `json:"exe,omitempty"` // the executable of PID, when it could be read
 	Reason   string `json:"reason"`
 }
 
@@ -373,6 +374,7 @@ type RecallFailed struct {
 	Reason   string `json:"reason"`
 	PID      int32  `json:"pid,omitempty"`
 	Process  string `json:"process,omitempty"`
+	Exe      string `json:"exe,omitempty"` // the executable of PID, when it could be read
 }
 
 func (*RecallFailed) Kind() Kind       { return KindRecallFailed }

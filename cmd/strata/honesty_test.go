@@ -385,8 +385,8 @@ func TestGitTrustCtime(t *testing.T) {
 			continue
 		}
 		got := sub.first(t, events.KindRecallRequested, ids[p], time.Second)
-		if rr := got.ev.(*events.RecallRequested); rr.Process != "git" {
-			t.Errorf("recall.requested of %s by %q, want git", p, rr.Process)
+		if rr := got.ev.(*events.RecallRequested); rr.Process != "git" || !strings.HasSuffix(rr.Exe, "/git") || rr.PID <= 0 {
+			t.Errorf("recall.requested of %s by pid %d %q %q, want git", p, rr.PID, rr.Process, rr.Exe)
 		}
 	}
 }

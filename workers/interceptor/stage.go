@@ -175,7 +175,7 @@ func (p *publisher) close(timeout time.Duration) {
 // requested records a program's first access to a stub.
 func (p *publisher) requested(info stub.Info, path string, off, n int64, pid int32, process string) {
 	p.send(&events.RecallRequested{FileID: info.FileID, Path: path, ObjectID: info.ObjectID, Offset: off, Length: n,
-		PID: pid, Process: process, Reason: events.RecallAccess}, info.FileID, info.ObjectID, info.ReleaseID)
+		PID: pid, Process: process, Exe: exePath(pid), Reason: events.RecallAccess}, info.FileID, info.ObjectID, info.ReleaseID)
 }
 
 // completed records a finished recall: recall.completed, or file.modified
@@ -220,7 +220,7 @@ func (p *publisher) failed(f Failure) {
 		return
 	}
 	p.send(&events.RecallFailed{FileID: f.FileID, Path: f.Path, ObjectID: f.ObjectID, Reason: f.Err.Error(),
-		PID: f.PID, Process: f.Process}, f.FileID, f.ObjectID, f.ReleaseID, p.boot, strconv.FormatUint(p.nth.Add(1), 10))
+		PID: f.PID, Process: f.Process, Exe: exePath(f.PID)}, f.FileID, f.ObjectID, f.ReleaseID, p.boot, strconv.FormatUint(p.nth.Add(1), 10))
 }
 
 // FinishedBeforeCrash records the completion of a recall that finished
