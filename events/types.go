@@ -332,6 +332,7 @@ type RecallRequested struct {
 	Length   int64  `json:"length"`
 	PID      int32  `json:"pid,omitempty"`
 	Process  string `json:"process,omitempty"`
+	Exe      string `json:"exe,omitempty"` // the executable of PID, when it could be read
 	Reason   string `json:"reason"`
 }
 
@@ -354,6 +355,7 @@ type RecallCompleted struct {
 	SourceTier string `json:"source_tier"`
 	PID        int32  `json:"pid,omitempty"`
 	Process    string `json:"process,omitempty"`
+	Exe        string `json:"exe,omitempty"` // the executable of PID, when it could be read
 }
 
 func (*RecallCompleted) Kind() Kind       { return KindRecallCompleted }
@@ -374,6 +376,7 @@ type RecallFailed struct {
 	Reason   string `json:"reason"`
 	PID      int32  `json:"pid,omitempty"`
 	Process  string `json:"process,omitempty"`
+	Exe      string `json:"exe,omitempty"` // the executable of PID, when it could be read
 }
 
 func (*RecallFailed) Kind() Kind       { return KindRecallFailed }

@@ -16,6 +16,7 @@ import (
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/interceptor"
+	"github.com/strata-hsm/strata/workers/modwatch"
 )
 
 // statusReply is the daemon's answer to `strata status`.
@@ -49,6 +50,9 @@ type statusReply struct {
 	// RecallStorms the storms reported since the daemon started.
 	RecallRules  []interceptor.RuleStats `json:"recall_rules,omitempty"`
 	RecallStorms uint64                  `json:"recall_storms"`
+	// WriteWatcher counts the modification watcher's work (nil: none
+	// runs, writes into archived files are found at the next scan).
+	WriteWatcher *modwatch.Stats `json:"write_watcher,omitempty"`
 }
 
 func (d *daemon) ctlStatus(ctx context.Context, _ []byte) (any, error) {
@@ -62,6 +66,10 @@ func (d *daemon) ctlStatus(ctx context.Context, _ []byte) (any, error) {
 	}
 	if it := d.stages.interceptor; it != nil {
 		r.RecallRules, r.RecallStorms = it.RuleStats(), it.Storms()
+	}
+	if d.stages != nil && d.stages.modwatch != nil {
+		ws := d.stages.modwatch.Stats()
+		r.WriteWatcher = &ws
 	}
 	cs, err := d.cat.Stats()
 	if err != nil {
@@ -187,6 +195,12 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintf(w, "recall storms\t%d since start\n", r.RecallStorms)
+	switch {
+	case r.WriteWatcher != nil:
+		fmt.Fprintf(w, "write watcher\t%d archived files watched; %d writes reported as file.modified\n", r.WriteWatcher.Watched, r.WriteWatcher.Reported)
+	case len(r.HotTrees) > 0:
+		fmt.Fprintf(w, "write watcher\tOFF: writes into archived files are found at the next scan (see the log)\n")
+	}
 	for _, t := range r.TierState {
 		reach := "reachable"
 		if !t.Reachable {

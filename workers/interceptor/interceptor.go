@@ -47,6 +47,7 @@ type Completion struct {
 	Tier             string        // tier of the last fill ("" if nothing had to be filled)
 	PID              int32         // pid of the first program that touched the stub
 	Process          string        // its /proc/<pid>/comm, read at that event
+	Exe              string        // its executable (/proc/<pid>/exe), read at that event
 }
 
 // Failure describes an access that was denied, or a background fill that

@@ -68,6 +68,7 @@ type recall struct {
 	path    string
 	pid     int32
 	process string
+	exe     string // the executable of pid, read at the first event
 	start   time.Time
 	chunk   int64
 	// blk is the filesystem's block size: holes, and so punches, are
@@ -139,7 +140,7 @@ func newRecall(in *Interceptor, ev event, key inodeKey, st *unix.Stat_t, info st
 	}
 	r := &recall{
 		in: in, key: key, info: info, fd: fd, path: fdPath(fd), pid: ev.pid, process: comm(ev.pid),
-		start: time.Now(), chunk: in.cfg.ChunkSize, nocm: -1,
+		exe: exePath(ev.pid), start: time.Now(), chunk: in.cfg.ChunkSize, nocm: -1,
 	}
 	r.fdIdle = sync.NewCond(&r.mu.Mutex)
 	var sfs unix.Statfs_t
@@ -1136,7 +1137,7 @@ func (r *recall) finish() {
 	c := Completion{
 		FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path,
 		Bytes: r.mu.bytes, Size: r.mu.limit, Truncated: r.mu.truncated, Modified: pr.modified,
-		Duration: time.Since(r.start), Proof: proofTime, Tier: r.mu.tier, PID: r.pid, Process: r.process,
+		Duration: time.Since(r.start), Proof: proofTime, Tier: r.mu.tier, PID: r.pid, Process: r.process, Exe: r.exe,
 	}
 	r.mu.Unlock()
 	r.in.stats.completed.Add(1)

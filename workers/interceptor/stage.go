@@ -177,7 +177,7 @@ func (p *publisher) close(timeout time.Duration) {
 // requested records a program's first access to a stub.
 func (p *publisher) requested(info stub.Info, path string, off, n int64, pid int32, process string) {
 	p.send(&events.RecallRequested{FileID: info.FileID, Path: path, ObjectID: info.ObjectID, Offset: off, Length: n,
-		PID: pid, Process: process, Reason: events.RecallAccess}, info.FileID, info.ObjectID, info.ReleaseID)
+		PID: pid, Process: process, Exe: exePath(pid), Reason: events.RecallAccess}, info.FileID, info.ObjectID, info.ReleaseID)
 }
 
 // completed records a finished recall: recall.completed, or file.modified
@@ -193,17 +193,27 @@ func (p *publisher) completed(c Completion) {
 			p.log.Warn("stat of a file changed during its recall", "path", c.Path, "err", err)
 			return
 		}
-		why := "truncated-during-recall"
-		if !c.Truncated {
-			why = "modified-during-recall"
-		}
-		p.send(&events.FileModified{FileID: c.FileID, Path: c.Path, ObjectID: c.ObjectID, Stat: st},
-			c.FileID, c.ObjectID, c.ReleaseID, why)
+		ev, id := stub.Modified(c.FileID, c.ObjectID, c.Path, st)
+		p.send(ev, id...)
 		return
 	}
 	p.send(&events.RecallCompleted{FileID: c.FileID, Path: c.Path, ObjectID: c.ObjectID, Bytes: c.Bytes,
-		DurationNS: c.Duration.Nanoseconds(), SourceTier: cmp.Or(c.Tier, tierNone), PID: c.PID, Process: c.Process},
+		DurationNS: c.Duration.Nanoseconds(), SourceTier: cmp.Or(c.Tier, tierNone), PID: c.PID, Process: c.Process, Exe: c.Exe},
 		c.FileID, c.ObjectID, c.ReleaseID)
+}
+
+// exePath is the executable of process pid ("" once it is gone, or for
+// a kernel thread): with its comm (which any program can set) it names
+// the program that touched a stub.
+func exePath(pid int32) string {
+	if pid <= 0 {
+		return ""
+	}
+	p, err := os.Readlink("/proc/" + strconv.Itoa(int(pid)) + "/exe")
+	if err != nil {
+		return ""
+	}
+	return p
 }
 
 // failed records a denied access or a failed fill of a known stub.
@@ -212,7 +222,7 @@ func (p *publisher) failed(f Failure) {
 		return
 	}
 	p.send(&events.RecallFailed{FileID: f.FileID, Path: f.Path, ObjectID: f.ObjectID, Reason: f.Err.Error(),
-		PID: f.PID, Process: f.Process}, f.FileID, f.ObjectID, f.ReleaseID, p.boot, strconv.FormatUint(p.nth.Add(1), 10))
+		PID: f.PID, Process: f.Process, Exe: exePath(f.PID)}, f.FileID, f.ObjectID, f.ReleaseID, p.boot, strconv.FormatUint(p.nth.Add(1), 10))
 }
 
 // FinishedBeforeCrash records the completion of a recall that finished
