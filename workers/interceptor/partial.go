@@ -266,35 +266,33 @@ func (i *Interceptor) reap(r *recall) {
 }
 
 // servedResident reports whether the access [lo, hi) of ev to the stub
-// key, of which no recall runs, can be allowed at once: the stub has its
-// archived size, every byte of the access below it is data, the block at EOF is too (an append writes
-// there), and the journal names no segment of the stub that a crashed
-// fill left half written. That data is the object's: what a release kept
-// (stub.Layout) and chunks that verified fills stored whole.
+// key, of which no recall ran at its lookup, can be allowed at once: the
+// stub has its archived size, every byte of the access below it is
+// resident, and so is the block at EOF (an append writes there). What is
+// resident is Interceptor.resident's to say (rules.go: data on disk with
+// no fill in flight and no half-written segment in the journal): the
+// object's bytes, kept by the release (stub.Layout) or stored whole by
+// verified fills.
 func (i *Interceptor) servedResident(ev event, key inodeKey, st *unix.Stat_t, info stub.Info) bool {
 	size := info.Size
 	lo, hi := ev.off, min(ev.off+ev.count, size)
-	if ev.count == 0 || st.Size != size || st.Nlink == 0 || i.jr.hasPartial(key) {
+	if ev.count == 0 || st.Size != size || st.Nlink == 0 {
 		// A truncate or clone (count 0), and a stub whose size changed (an
 		// O_TRUNC open raises no event), take the usual path: its recall
 		// ends as a modification. So does a deleted stub (a recall dropped
 		// as stale may still be filling it).
 		return false
 	}
-	// Under Interceptor.mu, with no recall of key in the map: no fill of
-	// this stub can be in flight (fills belong to the recall in the map;
-	// one created after this check fills nothing before it is in it). A
-	// fill in flight faults pages in before it copies into them: they
-	// would look like data.
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	if i.mu.recalls[key] != nil {
-		return false
+	if blk := max(int64(st.Blksize), 4096); size%blk != 0 {
+		if ok, _ := i.resident(ev.fd, key, size/blk*blk, size); !ok {
+			return false
+		}
 	}
-	if blk := max(int64(st.Blksize), 4096); size%blk != 0 && !allData(ev.fd, size/blk*blk, size) {
-		return false
+	if lo >= hi {
+		return true
 	}
-	return lo >= hi || allData(ev.fd, lo, hi)
+	ok, _ := i.resident(ev.fd, key, lo, hi)
+	return ok
 }
 
 // openNeedsNoRecall reports whether an open (FAN_OPEN_PERM) of a stub in
@@ -308,17 +306,6 @@ func (i *Interceptor) servedResident(ev event, key inodeKey, st *unix.Stat_t, in
 func (i *Interceptor) openNeedsNoRecall(ev event, info stub.Info) bool {
 	return i.mode == ModePreAccess && ev.mask&unix.FAN_OPEN_PERM != 0 && info.Size >= i.cfg.WholeFileBelow &&
 		!i.isProgram(ev.pid, i.cfg.WholeFilePrograms) && !i.isProgram(ev.pid, i.cfg.MtimeCheckPrograms)
-}
-
-// hasPartial reports whether the journal names segments of key that a
-// dead process left half written (the next recall punches them).
-func (j *journal) hasPartial(key inodeKey) bool {
-	if j == nil {
-		return false
-	}
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return len(j.mu.partial[key]) > 0
 }
 
 // recallCount is the number of recalls held (Stats.Recalls).
