@@ -257,3 +257,31 @@ func TestPartialStubWrites(t *testing.T) {
 		})
 	}
 }
+
+// TestHeadOnlyWithResidentHead: a head-only program (a thumbnailer, a
+// media probe) is served from the head and the block at EOF that the
+// release kept, with no Source read, and refused past them.
+func TestHeadOnlyWithResidentHead(t *testing.T) {
+	stratatest.NeedTool(t, "head")
+	stratatest.NeedTool(t, "tail")
+	for _, fs := range stratatest.FSTypes {
+		t.Run(fs, func(t *testing.T) {
+			e := newEnv(t, fs, interceptor.ModePreAccess, func(c *interceptor.Config) {
+				c.ResidentHead = 1 << 20
+				c.Rules = []interceptor.Rule{{Name: "thumbs", Comm: []string{"head", "tail"}, Action: interceptor.ActionHeadOnly}}
+			})
+			const size = 16<<20 + 100 // the last 100 bytes are the block at EOF
+			data := content(904, size)
+			path := filepath.Join(e.mnt, "photo.bin")
+			makeStub(t, e.it, e.src, path, data, 0o644)
+			sameBytes(t, "head -c 100000", mustRun(t, "head", "-c", "100000", path), data[:100000])
+			sameBytes(t, "tail -c 100", mustRun(t, "tail", "-c", "100", path), data[size-100:])
+			if _, stderr, err := runAs(t, nil, "head", "-c", "2000000", path); err == nil || !strings.Contains(stderr, "Operation not permitted") {
+				t.Fatalf("head past the resident head: %v: %q, want EPERM", err, stderr)
+			}
+			if n := e.src.calls.Load(); n != 0 {
+				t.Fatalf("head-only reads of a resident head read the Source %d times", n)
+			}
+		})
+	}
+}
