@@ -14,8 +14,8 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"github.com/zeebo/blake3"
+	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/tier"
