@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -125,4 +126,66 @@ func TestCLIPolish(t *testing.T) {
 	if err := json.Unmarshal([]byte(strings.Split(out, "\n")[0]), &js); err != nil || js["source"] != "/strata/testhost/pin" {
 		t.Errorf("events --json source: %v %v", js["source"], err)
 	}
+}
+
+// TestStartLogNoDuplicateKeys starts the real binary (with a tier whose
+// disk is not mounted, so that its warning is logged too) and checks that
+// no line of its log repeats an attribute (every tier warning said
+// tier=cold tier=cold; a NATS warning said component twice) and that the
+// only warning at start is the tier's.
+func TestStartLogNoDuplicateKeys(t *testing.T) {
+	stratatest.NeedRoot(t)
+	bin := buildStrata(t)
+	data, hot, cold := t.TempDir(), t.TempDir(), t.TempDir()
+	p := startStrata(t, bin, data, hot, cold, "")
+	waitFor(t, 10*time.Second, func() error {
+		if !strings.Contains(p.logs(), "directory tier unavailable") {
+			return errors.New("no tier warning yet")
+		}
+		return nil
+	})
+	for _, line := range strings.Split(strings.TrimSpace(p.logs()), "\n") {
+		seen := map[string]bool{}
+		for _, k := range logfmtKeys(line) {
+			if seen[k] {
+				t.Errorf("attribute %q twice in: %s", k, line)
+			}
+			seen[k] = true
+		}
+		if strings.Contains(line, "level=WARN") && !strings.Contains(line, "directory tier unavailable") {
+			t.Errorf("warning at start: %s", line)
+		}
+	}
+}
+
+// logfmtKeys returns the keys of a logfmt line (key=value, values maybe
+// quoted with backslash escapes).
+func logfmtKeys(line string) []string {
+	var keys []string
+	for i := 0; i < len(line); {
+		for i < len(line) && line[i] == ' ' {
+			i++
+		}
+		start := i
+		for i < len(line) && line[i] != '=' && line[i] != ' ' {
+			i++
+		}
+		if i < len(line) && line[i] == '=' {
+			keys = append(keys, line[start:i])
+			i++
+			if i < len(line) && line[i] == '"' {
+				for i++; i < len(line) && line[i] != '"'; i++ {
+					if line[i] == '\\' {
+						i++
+					}
+				}
+				i++
+			} else {
+				for i < len(line) && line[i] != ' ' {
+					i++
+				}
+			}
+		}
+	}
+	return keys
 }
