@@ -115,11 +115,13 @@ func (c *doctorCmd) Run(ctx context.Context, e *env, g *globals) error {
 		r.Add(probeTiers(ctx, cfg)...)
 	}
 
-	r.Add(doctor.Space("data directory", dataDir))
+	fs, err := doctorFS(dataDir)
+	r.Add(doctor.Space("data directory", dataDir, fs, err))
 	staging := filepath.Join(dataDir, "staging")
 	var a, b unix.Stat_t
 	if unix.Stat(dataDir, &a) == nil && unix.Stat(staging, &b) == nil && a.Dev != b.Dev {
-		r.Add(doctor.Space("staging", staging))
+		fs, err := doctorFS(staging)
+		r.Add(doctor.Space("staging", staging, fs, err))
 	}
 	for _, cond := range st.Conditions {
 		sev := doctor.Warning
@@ -189,7 +191,8 @@ func (c *doctorCmd) kernelAndTrees(cfg Config, st statusReply, up bool) []doctor
 	}
 	for _, p := range trees {
 		sup, why := interceptor.Supported(p)
-		out = append(out, doctor.HotTree(p, preAccess, sup, why, float64(cfg.Policy.HighWatermark))...)
+		fs, err := doctorFS(p)
+		out = append(out, doctor.HotTree(p, preAccess, sup, why, float64(cfg.Policy.HighWatermark), fs, err)...)
 	}
 	return out
 }
@@ -246,9 +249,35 @@ func probeTiers(ctx context.Context, cfg Config) []doctor.Finding {
 				Fix: "fix the tier's configuration: strata run refuses it too"})
 			continue
 		}
-		out = append(out, doctor.ProbeTarget(ctx, tg))
+		out = append(out, probeTier(ctx, tg))
 	}
 	return out
+}
+
+// doctorFS measures the filesystem of path as the daemon's Space does.
+func doctorFS(path string) (doctor.FS, error) {
+	fs, err := pipeline.StatFS(path)
+	if err != nil {
+		return doctor.FS{}, err
+	}
+	return doctor.FS{Type: fs.Type, Device: fs.Device, Mount: fs.Mount, Free: fs.Free, Total: fs.Total,
+		Reserve: pipeline.Reserve(fs.Total), LowInodes: fs.Inodes > 0 && fs.FreeInodes < 64, FreeText: fs.FreeString()}, nil
+}
+
+// probeTier checks one tier: a write probe, or for tape (which a probe
+// would cost a bundle) a question about an object no tape holds.
+func probeTier(ctx context.Context, tg tier.Target) doctor.Finding {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	start := time.Now()
+	var err error
+	wrote := tg.Kind() != events.TierTape
+	if wrote {
+		err = tier.WriteProbe(ctx, tg)
+	} else if _, err = tg.Stat(ctx, probeID); errors.Is(err, tier.ErrNotFound) {
+		err = nil
+	}
+	return doctor.Tier(tg.Name(), tg.Kind(), wrote, time.Since(start), err, errors.Is(err, tier.ErrUnavailable))
 }
 
 // ctlDoctor is the daemon's side of doctor: a write probe of every tier as
@@ -271,7 +300,7 @@ func (d *daemon) ctlDoctor(ctx context.Context, _ []byte) (any, error) {
 		}
 		go func() {
 			defer func() { done <- struct{}{} }()
-			found[i] = doctor.ProbeTarget(ctx, tg)
+			found[i] = probeTier(ctx, tg)
 		}()
 	}
 	for range d.cfg.Tiers {

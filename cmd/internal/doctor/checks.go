@@ -2,11 +2,8 @@ package doctor
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -14,11 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/zeebo/blake3"
 	"golang.org/x/sys/unix"
-
-	"github.com/strata-hsm/strata/pipeline"
-	"github.com/strata-hsm/strata/workers/tier"
 )
 
 // bytes formats n with a binary unit: "512 B", "1.5 MiB".
@@ -35,12 +28,21 @@ func bytes(n uint64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
+// FS is a filesystem as the caller measured it (in Strata,
+// pipeline.StatFS with the reserve the daemon keeps free there).
+type FS struct {
+	Type, Device, Mount string
+	Free, Total         uint64
+	Reserve             uint64 // below it no new work starts
+	LowInodes           bool   // almost no inodes left
+	FreeText            string // "3.2 MiB of 20 GiB free"
+}
+
 // Space checks a place Strata writes to (the data directory, staging)
 // against the reserve the daemon keeps free there: below it no new work
-// starts.
-func Space(place, path string) Finding {
+// starts. err is the error of measuring it.
+func Space(place, path string, fs FS, err error) Finding {
 	f := Finding{Check: CheckSpace, Subject: place + " " + path, Status: OK}
-	fs, err := pipeline.StatFS(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		f.Detail = "does not exist yet (strata run creates it)"
@@ -50,9 +52,8 @@ func Space(place, path string) Finding {
 		f.Fix = "check that " + path + " is readable by root and its disk is mounted"
 		return f
 	}
-	reserve := pipeline.Reserve(fs.Total)
-	f.Detail = fmt.Sprintf("%s %s mounted at %s, %s (Strata keeps %s free)", fs.Type, fs.Device, fs.Mount, fs.FreeString(), bytes(reserve))
-	if fs.Free < reserve || (fs.Inodes > 0 && fs.FreeInodes < 64) {
+	f.Detail = fmt.Sprintf("%s %s mounted at %s, %s (Strata keeps %s free)", fs.Type, fs.Device, fs.Mount, fs.FreeText, bytes(fs.Reserve))
+	if fs.Free < fs.Reserve || fs.LowInodes {
 		f.Status = Problem
 		f.Detail += "; out of space: no new work starts until there is room"
 		f.Fix = "free space on " + fs.Device + " mounted at " + fs.Mount
@@ -63,8 +64,8 @@ func Space(place, path string) Finding {
 // HotTree checks one hot tree: it is a directory, its filesystem lets
 // stubs carry the interceptor's marks in mode, and it has room. supported
 // and why are interceptor.Supported's answer for path; highPct is the
-// policy's high watermark.
-func HotTree(path string, preAccess, supported bool, why string, highPct float64) []Finding {
+// policy's high watermark; fs its filesystem (fsErr: not measured).
+func HotTree(path string, preAccess, supported bool, why string, highPct float64, fs FS, fsErr error) []Finding {
 	f := Finding{Check: CheckHotTree, Subject: path, Status: OK, Detail: why}
 	st, err := os.Stat(path)
 	switch {
@@ -89,17 +90,16 @@ func HotTree(path string, preAccess, supported bool, why string, highPct float64
 		}
 	}
 	out := []Finding{f}
-	fs, err := pipeline.StatFS(path)
-	if err != nil {
+	if fsErr != nil {
 		return out
 	}
 	sf := Finding{Check: CheckSpace, Subject: "hot tree " + path, Status: OK,
-		Detail: fmt.Sprintf("%s %s mounted at %s, %s", fs.Type, fs.Device, fs.Mount, fs.FreeString())}
+		Detail: fmt.Sprintf("%s %s mounted at %s, %s", fs.Type, fs.Device, fs.Mount, fs.FreeText)}
 	if fs.Total > 0 {
 		used := 100 * float64(fs.Total-min(fs.Free, fs.Total)) / float64(fs.Total)
 		sf.Detail += fmt.Sprintf(" (%.0f%% used, high watermark %.0f%%)", used, highPct)
 		switch {
-		case fs.Free < pipeline.Reserve(fs.Total):
+		case fs.Free < fs.Reserve:
 			sf.Status = Problem
 			sf.Detail += "; nearly full: writes to it will fail, and a stub recalled now may not fit"
 			sf.Fix = "archive now (strata archive --wait DIR), or free space on " + fs.Device
@@ -238,87 +238,30 @@ func Clock(now, last, floor time.Time) Finding {
 	return f
 }
 
-// probeTimeout bounds each step of ProbeTarget.
-const probeTimeout = 30 * time.Second
-
-// ProbeTarget writes a small probe object to t, reads it back and deletes
-// it: a tier that answers but cannot be written (read-only credentials, a
-// full or read-only disk, a bucket that does not exist) fails here. The
-// probe has a random id, so it can be no real object. Tape tiers are not
-// written (a probe would cost a bundle on the tape): only asked.
-func ProbeTarget(ctx context.Context, t tier.Target) Finding {
-	f := Finding{Check: CheckTier, Subject: t.Name(), Status: OK}
-	fail := func(step string, err error) Finding {
-		f.Status = Problem
-		f.Detail = fmt.Sprintf("%s tier: %s: %v", t.Kind(), step, err)
-		switch {
-		case errors.Is(err, tier.ErrUnavailable):
-			f.Fix = "make the tier reachable: its disk mounted, its server up, its address and credentials right (strata status shows every tier)"
-		case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
-			f.Fix = "free space on the tier, or add another tier"
-		case errors.Is(err, syscall.EROFS), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
-			f.Fix = "the tier refuses writes: mount it read-write, or give Strata credentials that may write"
-		default:
-			f.Fix = "check the tier's configuration and credentials; the error above is the tier's own"
+// Tier turns the outcome of a tier's check into a finding: err is
+// nil when the probe (tier.WriteProbe, or a cheap question for tape)
+// succeeded in took; unavailable says err means the tier cannot be
+// reached (tier.ErrUnavailable).
+func Tier(name, kind string, wrote bool, took time.Duration, err error, unavailable bool) Finding {
+	f := Finding{Check: CheckTier, Subject: name, Status: OK}
+	if err == nil {
+		f.Detail = fmt.Sprintf("%s tier: wrote, read back and deleted a probe object in %s", kind, took.Round(time.Millisecond))
+		if !wrote {
+			f.Detail = fmt.Sprintf("%s tier answers (not written by doctor: a probe would cost a bundle on tape)", kind)
 		}
 		return f
 	}
-	if t.Kind() == "tape" {
-		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
-		defer cancel()
-		if _, err := t.Stat(pctx, probeIDNone); err != nil && !errors.Is(err, tier.ErrNotFound) {
-			return fail("ask", err)
-		}
-		f.Detail = "tape tier answers (not written by doctor: a probe would cost a bundle on tape)"
-		return f
-	}
-	var raw [32]byte
-	rand.Read(raw[:])
-	body := []byte("strata doctor write probe " + hex.EncodeToString(raw[:]) + "\n")
-	sum := blake3.Sum256(body)
-	o := tier.Object{
-		ID: hex.EncodeToString(raw[:]), PackedSize: int64(len(body)), PackedSum: hex.EncodeToString(sum[:]),
-		Manifest: []byte(`{"doctor_probe":true}`),
-		Open:     func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(string(body))), nil },
-	}
-	start := time.Now()
-	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
-	defer cancel()
-	loc, err := t.Put(pctx, o)
-	if err != nil {
-		return fail("write a probe object", err)
-	}
-	readErr := readBack(pctx, t, o.ID, body)
-	dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), probeTimeout)
-	defer dcancel()
-	delErr := t.Delete(dctx, o.ID)
+	f.Status = Problem
+	f.Detail = fmt.Sprintf("%s tier: %v", kind, err)
 	switch {
-	case readErr != nil:
-		return fail("read the probe object back", readErr)
-	case delErr != nil:
-		return fail("delete the probe object "+loc, delErr)
+	case unavailable:
+		f.Fix = "make the tier reachable: its disk mounted, its server up, its address and credentials right (strata status shows every tier)"
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		f.Fix = "free space on the tier, or add another tier"
+	case errors.Is(err, syscall.EROFS), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		f.Fix = "the tier refuses writes: mount it read-write, or give Strata credentials that may write"
+	default:
+		f.Fix = "check the tier's configuration and credentials; the error above is the tier's own"
 	}
-	f.Detail = fmt.Sprintf("%s tier: wrote, read back and deleted a probe object in %s", t.Kind(), time.Since(start).Round(time.Millisecond))
 	return f
 }
-
-// readBack reads object id of t and compares it with want.
-func readBack(ctx context.Context, t tier.Target, id string, want []byte) error {
-	rc, err := t.GetRange(ctx, id, 0, int64(len(want)))
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	got, err := io.ReadAll(rc)
-	if err != nil {
-		return err
-	}
-	if string(got) != string(want) {
-		return fmt.Errorf("%d bytes read differ from the %d written", len(got), len(want))
-	}
-	return nil
-}
-
-// probeIDNone is an object id that no object has: asking a tier for it
-// costs one cheap round trip.
-const probeIDNone = "0000000000000000000000000000000000000000000000000000000000000000"
