@@ -36,8 +36,15 @@ gzip -9n "$BUILD"/man/*.1
 "$BUILD/strata" completion zsh > "$BUILD/completion/_strata"
 "$BUILD/strata" completion fish > "$BUILD/completion/strata.fish"
 
+cp strata.example.toml README.md docs/OPERATIONS.md dist/deb/copyright dist/deb/postinst dist/deb/prerm dist/deb/postrm "$BUILD/"
+
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 deb="$OUT/strata_${VERSION}_${ARCH}.deb"
 rm -f "$deb"
-go tool nfpm package --config dist/deb/nfpm.yaml --packager deb --target "$deb" >&2
+# nfpm (a tool dependency in go.mod) reads every src relative to its
+# working directory: the build one.
+go build -o "$BUILD/.nfpm" github.com/goreleaser/nfpm/v2/cmd/nfpm
+conf="$PWD/dist/deb/nfpm.yaml"
+(cd "$BUILD" && ./.nfpm package --config "$conf" --packager deb --target "$deb" >&2)
 echo "$deb"

@@ -147,9 +147,10 @@ func TestDebPackage(t *testing.T) {
 }
 
 // sharedDir reports whether a path the package lists is a directory other
-// packages share (/usr, /usr/share/man/man1, ...): dpkg leaves those.
+// packages share (/usr, /usr/share/man/man1, /lib which may be a link to
+// /usr/lib, ...): dpkg leaves those.
 func sharedDir(p string) bool {
-	fi, err := os.Lstat(p)
+	fi, err := os.Stat(p)
 	if err != nil || !fi.IsDir() {
 		return false
 	}
