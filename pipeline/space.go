@@ -233,6 +233,11 @@ type SpaceConfig struct {
 	// Effect says what Strata does while the place is full (default: new
 	// work is paused).
 	Effect string
+	// Foreign: the place is not Strata's (a hot tree, where being nearly
+	// full is normal and the watermarks' business): only a reported
+	// failure puts it out of space, and nothing is written there to probe
+	// for room; twice the reserve free by statfs ends the condition.
+	Foreign bool
 }
 
 // Space watches the filesystem of one place Strata writes to — the data
@@ -416,7 +421,7 @@ func (s *Space) check(ctx context.Context) {
 		return // a missing place is someone else's condition
 	}
 	reserve := s.reserveFor(fs)
-	low := fs.Free < reserve || (fs.Inodes > 0 && fs.FreeInodes < minInodes)
+	low := !s.cfg.Foreign && (fs.Free < reserve || (fs.Inodes > 0 && fs.FreeInodes < minInodes))
 	room := fs.Free >= 2*reserve && (fs.Inodes == 0 || fs.FreeInodes >= 2*minInodes)
 	s.mu.Lock()
 	s.mu.fs, s.mu.reserve = fs, reserve
@@ -434,9 +439,11 @@ func (s *Space) check(ctx context.Context) {
 	if !full || !room || time.Since(reported) < spaceHold {
 		return
 	}
-	if err := s.probe(); err != nil {
-		s.Report(err)
-		return
+	if !s.cfg.Foreign {
+		if err := s.probe(); err != nil {
+			s.Report(err)
+			return
+		}
 	}
 	for _, fn := range hooks {
 		if err := fn(ctx); err != nil {
@@ -447,12 +454,14 @@ func (s *Space) check(ctx context.Context) {
 			return
 		}
 	}
+	// The condition ends (and says so) before anyone waiting is woken,
+	// under the lock a Report takes to set it again.
 	s.mu.Lock()
 	s.mu.full = false
 	s.mu.lastErr = nil
+	s.cfg.Conditions.Clear(s.cfg.Key)
 	close(s.mu.room)
 	s.mu.Unlock()
-	s.cfg.Conditions.Clear(s.cfg.Key)
 }
 
 // probe writes and syncs a small file in the place and removes it.

@@ -335,7 +335,8 @@ func TestBadInputTmpfs(t *testing.T) {
 }
 
 // TestBadInputFullTier: the cold tier is a small filesystem with too little
-// room. The store stage fails with ENOSPC and retries with a log line;
+// room. The store stage fails with ENOSPC and holds the copy until there
+// is room (the tier is a condition, no delivery is spent);
 // nothing is released and no partial object is left; once space is freed
 // the same archive completes.
 func TestBadInputFullTier(t *testing.T) {
@@ -363,7 +364,7 @@ func TestBadInputFullTier(t *testing.T) {
 	d, logs := loggedDaemon(t, Config{DataDir: data, Hot: []HotConfig{{Path: hot}},
 		Tiers: []TierConfig{{Name: "cold", Kind: "directory", Path: cold}}})
 	wait := archiveAsync(t, data, hot)
-	line := logs.waitLog(t, 30*time.Second, "will retry", "stage=store-cold", "no space left on device")
+	line := logs.waitLog(t, 30*time.Second, "message held until there is room", "stage=store-cold", "no space left on device")
 	t.Logf("store stage on a full tier: %s", line)
 	// Both objects' puts run at once: wait until each has failed (a put
 	// still in flight has a temporary file, invisible but on disk).

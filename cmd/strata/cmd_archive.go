@@ -99,18 +99,27 @@ func (c *archiveCmd) Run(ctx context.Context, e *env, g *globals) error {
 }
 
 // conditionsNote asks the daemon (briefly) for the conditions in force and
-// returns them as the end of an error message ("" if none or no answer):
-// why a wait ran out, and what to do.
+// the tiers that cannot store objects or cannot be reached, and returns
+// them as the end of an error message ("" if none or no answer): why a
+// wait ran out, and what to do.
 func conditionsNote(nc *nats.Conn, dataDir string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	var r statusReply
-	if requestOn(ctx, nc, dataDir, "status", struct{}{}, &r, 3*time.Second) != nil || len(r.Conditions) == 0 {
+	if requestOn(ctx, nc, dataDir, "status", struct{}{}, &r, 3*time.Second) != nil {
 		return ""
 	}
 	var b strings.Builder
 	for _, c := range r.Conditions {
 		fmt.Fprintf(&b, "; %s %s since %s: %s", c.Title(), c.Path, c.Since.Local().Format(time.TimeOnly), c.Hint)
+	}
+	for _, t := range r.TierState {
+		if note := t.stuckNote(); note != "" {
+			fmt.Fprintf(&b, "; tier %s: %s", t.Name, note)
+		}
+		if !t.Reachable {
+			fmt.Fprintf(&b, "; tier %s is unreachable: %s", t.Name, t.Probe)
+		}
 	}
 	return b.String()
 }

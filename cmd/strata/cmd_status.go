@@ -177,9 +177,20 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 		if t.LastError != "" && t.LastErrAt.After(t.LastOK) {
 			fmt.Fprintf(w, "; last error %s ago: %s", time.Since(t.LastErrAt).Round(time.Second), t.LastError)
 		}
+		if note := t.stuckNote(); note != "" {
+			fmt.Fprintf(w, "; %s", note)
+		}
 		fmt.Fprintln(w)
 	}
 	return w.Flush()
+}
+
+// stuckNote says how many objects the tier could not store and why, or "".
+func (t tierStatus) stuckNote() string {
+	if t.Failing+t.GaveUp == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d objects not stored (%d being retried, %d given up), latest: %s", t.Failing+t.GaveUp, t.Failing, t.GaveUp, t.LastFailure)
 }
 
 func printJSON(e *env, v any) error {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
+	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/kernelguard"
@@ -86,22 +88,55 @@ func startDaemon(ctx context.Context, cfg Config, logger *slog.Logger) (_ *daemo
 	return d, nil
 }
 
-// watchSpaces sets d.spaces: the data directory, and staging if it is
-// mounted apart (then watched here; the server watches the data
-// directory).
+// watchSpaces sets d.spaces, the places every stage needs: the data
+// directory (the server watches it), and staging if it is mounted apart;
+// and watches them and the stages' places (tiers, hot trees) until
+// stopSpaces.
 func (d *daemon) watchSpaces() {
 	d.spaces = []*pipeline.Space{d.srv.Space()}
-	d.stopSpaces = func() {}
+	watch := d.stages.places
 	var data, staging unix.Stat_t
-	if unix.Stat(d.cfg.DataDir, &data) != nil || unix.Stat(d.stages.stagingDir, &staging) != nil || data.Dev == staging.Dev {
-		return
+	if unix.Stat(d.cfg.DataDir, &data) == nil && unix.Stat(d.stages.stagingDir, &staging) == nil && data.Dev != staging.Dev {
+		sp := pipeline.NewSpace(pipeline.SpaceConfig{Key: "space:staging", Place: "staging", Path: d.stages.stagingDir, Conditions: d.srv.Conditions()})
+		d.spaces = append(d.spaces, sp)
+		watch = append(watch, sp)
 	}
-	sp := pipeline.NewSpace(pipeline.SpaceConfig{Key: "space:staging", Place: "staging", Path: d.stages.stagingDir, Conditions: d.srv.Conditions()})
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); sp.Run(ctx) }()
-	d.spaces = append(d.spaces, sp)
-	d.stopSpaces = func() { cancel(); <-done }
+	var wg sync.WaitGroup
+	for _, sp := range watch {
+		wg.Go(func() { sp.Run(ctx) })
+	}
+	d.stopSpaces = func() { cancel(); wg.Wait() }
+}
+
+// tierSpace is the space of a directory tier's root, or nil for other
+// kinds (a bucket or a tape has no filesystem here). A tier keeps no
+// reserve: it is out of space only once a copy failed for lack of room,
+// and back once a probe write fits.
+func (d *daemon) tierSpace(t TierConfig) *pipeline.Space {
+	if t.Kind != events.TierDirectory {
+		return nil
+	}
+	return pipeline.NewSpace(pipeline.SpaceConfig{
+		Key: "space:tier:" + t.Name, Place: "tier " + t.Name, Path: t.Path, Conditions: d.srv.Conditions(), Reserve: 1,
+		Effect: "copies to this tier wait (other tiers go on); files are released once release.copies is met; free space on it or add a tier",
+	})
+}
+
+// hotSpaces are the spaces of the hot trees: out of space once a recall
+// could not write for lack of room (the program got ENOSPC), until twice
+// the reserve is free. A hot tree that is merely nearly full is the
+// watermarks' business, not a condition. Nothing waits on them; status and
+// doctor show them.
+func (d *daemon) hotSpaces() []*pipeline.Space {
+	var out []*pipeline.Space
+	for _, root := range d.cfg.hotRoots() {
+		out = append(out, pipeline.NewSpace(pipeline.SpaceConfig{
+			Key: "space:hot:" + root, Place: "hot tree", Path: root, Conditions: d.srv.Conditions(), Foreign: true,
+			Effect: "recalls into it fail with ENOSPC (nothing is lost: the stubs stay stubs); free space or archive and release files there",
+		}))
+	}
+	return out
 }
 
 // fullSpace returns the error of the first of d.spaces that is out of

@@ -88,9 +88,15 @@ func recallDiskFull(t *testing.T, bin, fstype string, seed uint64) {
 		}
 	}
 
+	// The hot tree is a condition status shows (not one line per failed
+	// recall), until there is room again.
+	hotKey := "space:hot:" + hot
+	waitFor(t, 10*time.Second, func() error { return wantCondition(t, data, hotKey, true) })
+
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, 10*time.Second, func() error { return wantCondition(t, data, hotKey, false) })
 	for path, b := range files {
 		out, errb, err := catFile(path)
 		if err != nil {

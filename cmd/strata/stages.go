@@ -49,6 +49,10 @@ type stages struct {
 	scanner     *scanner.Loop
 	pipeline    []pipeline.Stage
 	validator   *schemas.Validator
+	// places are the spaces of directory tiers and hot trees: a copy to a
+	// full tier waits (other tiers go on), a recall into a full hot tree
+	// reports it; the daemon runs them (watchSpaces).
+	places []*pipeline.Space
 }
 
 // stageNamesFor lists the durable consumers the config creates.
@@ -121,6 +125,15 @@ func (d *daemon) buildStages() (*stages, error) {
 	}
 	icfg := cfg.interceptorConfig()
 	icfg.Failpoints = s.failpoints
+	hotSpaces := d.hotSpaces()
+	s.places = append(s.places, hotSpaces...)
+	icfg.OnFail = func(f interceptor.Failure) {
+		for _, sp := range hotSpaces {
+			if sp.Contains(f.Path) {
+				sp.Report(f.Err)
+			}
+		}
+	}
 	if cfg.Interceptor.HolderOn() {
 		dir := filepath.Join(cfg.DataDir, "interceptor")
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -180,6 +193,10 @@ func (d *daemon) buildStages() (*stages, error) {
 				Failpoints: s.failpoints, Logger: d.logger.With("stage", name), Filter: filter, Roots: d.cfg.hotRoots(),
 				Repairer: s.reader,
 			})
+			if sp := d.tierSpace(t); sp != nil {
+				st.Spaces = append(st.Spaces, sp)
+				s.places = append(s.places, sp)
+			}
 		}
 		st.Handle = s.outcomes[t.Name].Track(st.Handle)
 		s.pipeline = append(s.pipeline, st)
@@ -321,6 +338,11 @@ type tierStatus struct {
 	Pending   int    `json:"pending"`         // in progress or waiting for a retry
 	Objects   uint64 `json:"objects"`         // good copies in the catalog
 	Corrupt   uint64 `json:"corrupt"`         // copies marked corrupt
+	// Objects it has no copy of because storing failed: still retried,
+	// or given up (retrying cannot help); the latest reason.
+	Failing     uint64 `json:"failing"`
+	GaveUp      uint64 `json:"gave_up"`
+	LastFailure string `json:"last_failure,omitempty"`
 	pipeline.OutcomeCounts
 }
 
@@ -343,10 +365,28 @@ func (d *daemon) tierStatuses(ctx context.Context, st pipeline.Status) []tierSta
 		counts[c.Tier] = n
 		return nil
 	}})
+	failed := map[string]*tierStatus{}
+	_ = d.cat.EachStoreFailure(func(f catalog.StoreFailure) error {
+		ts := failed[f.Tier]
+		if ts == nil {
+			ts = &tierStatus{}
+			failed[f.Tier] = ts
+		}
+		if f.Permanent {
+			ts.GaveUp++
+		} else {
+			ts.Failing++
+		}
+		ts.LastFailure = f.Reason
+		return nil
+	})
 	out := make([]tierStatus, len(d.cfg.Tiers))
 	var wg sync.WaitGroup
 	for i, t := range d.cfg.Tiers {
 		ts := tierStatus{Name: t.Name, Kind: t.Kind, Cost: t.Cost, Objects: counts[t.Name][0], Corrupt: counts[t.Name][1]}
+		if f := failed[t.Name]; f != nil {
+			ts.Failing, ts.GaveUp, ts.LastFailure = f.Failing, f.GaveUp, f.LastFailure
+		}
 		for _, c := range st.Consumers {
 			if c.Name == tier.StageName(t.Name) {
 				ts.Lag, ts.Pending = c.Lag, c.AckPending

@@ -48,11 +48,17 @@ func stoppedDaemon(t *testing.T, bin, fstype string) {
 	if err := os.WriteFile(cfg, []byte("[interceptor]\nstopped_grace = \"3s\"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The first stop parks with a long grace: the restart within it must
+	// not race a loaded machine; the restarted daemon parks with 3s.
+	longGrace := filepath.Join(t.TempDir(), "long.toml")
+	if err := os.WriteFile(longGrace, []byte("[interceptor]\nstopped_grace = \"60s\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	noHolder := filepath.Join(t.TempDir(), "noholder.toml")
 	if err := os.WriteFile(noHolder, []byte("[interceptor]\nholder = false\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d := startStrata(t, bin, data, hot, cold, "", "--config", cfg)
+	d := startStrata(t, bin, data, hot, cold, "", "--config", longGrace)
 	var sum archiveSummary
 	cliJSON(t, &sum, "archive", "--wait", "--timeout", "2m", "--json", "--data", data, hot)
 	if sum.Released != len(files) {

@@ -4,6 +4,7 @@ package releaser
 //
 //	consumes  strata.*.object.stored (a copy on any host's tier)
 //	          strata.<host>.object.packed (an object already stored everywhere)
+//	          strata.*.object.store_failed (a tier gave up: maybe never enough copies)
 //	emits     strata.<host>.file.released          the file is a stub
 //	          strata.<host>.file.release_skipped   changed, busy or refused: it stays hot
 
@@ -39,6 +40,7 @@ type catalogView interface {
 	FilesByObject(objectID string) ([]catalog.File, error)
 	Copies(objectID string) ([]catalog.Copy, error)
 	Versions(fileID string) ([]catalog.Version, error)
+	StoreFailures(objectID string) ([]catalog.StoreFailure, error)
 }
 
 // StageConfig wires the releaser to the event log and the catalog.
@@ -72,6 +74,10 @@ type StageConfig struct {
 // (an object already stored everywhere), and releases each file of that
 // object that is being archived once enough verified copies exist. It reads
 // the catalog only after the catalog has applied the event it handles.
+// When a tier gives up on an object (object.store_failed, permanent) and
+// the tiers left cannot make up release.copies, the object's files are
+// skipped, saying which tier gave up and why, rather than left archiving
+// for ever.
 func Stage(cfg StageConfig) pipeline.Stage {
 	h := &releaseHandler{cfg: cfg}
 	return pipeline.Stage{
@@ -79,10 +85,83 @@ func Stage(cfg StageConfig) pipeline.Stage {
 		Filter: []string{
 			events.Subject(events.AnyHost, events.KindObjectStored),
 			events.Subject(cfg.Emitter.Host(), events.KindObjectPacked),
+			events.Subject(events.AnyHost, events.KindObjectStoreFailed),
 		},
 		Concurrency: 1, // one release at a time: releases of one file never race
-		Handle:      pipeline.HandleEither[*events.ObjectStored, *events.ObjectPacked](StageName, h.handle),
+		Handle:      h.dispatch,
 	}
+}
+
+func (h *releaseHandler) dispatch(ctx context.Context, env events.Envelope, ev events.Event) error {
+	switch x := ev.(type) {
+	case *events.ObjectStored, *events.ObjectPacked:
+		return h.handle(ctx, env, ev)
+	case *events.ObjectStoreFailed:
+		if !x.Permanent {
+			return nil // the store stage retries: the copy may still come
+		}
+		return h.givenUp(ctx, env, x)
+	}
+	return pipeline.Permanent(fmt.Errorf("%s: unexpected event %s", StageName, env.Type))
+}
+
+// givenUp skips the files of an object that can no longer get enough
+// copies: a tier gave up on it, and the counting tiers that have a good
+// copy or may still store one are fewer than release.copies.
+func (h *releaseHandler) givenUp(ctx context.Context, env events.Envelope, ev *events.ObjectStoreFailed) error {
+	if err := h.cfg.Catalog.WaitSeq(ctx, env.Seq); err != nil {
+		return err
+	}
+	copies, err := h.cfg.Catalog.Copies(ev.ObjectID)
+	if err != nil && !errors.Is(err, catalog.ErrNotFound) {
+		return err
+	}
+	failures, err := h.cfg.Catalog.StoreFailures(ev.ObjectID)
+	if err != nil && !errors.Is(err, catalog.ErrNotFound) {
+		return err
+	}
+	gaveUp := map[string]bool{}
+	for _, f := range failures {
+		if f.Permanent {
+			gaveUp[f.Tier] = true
+		}
+	}
+	good, _ := h.count(copies)
+	hasGood := map[string]bool{}
+	for _, c := range copies {
+		if c.State == catalog.CopyGood {
+			hasGood[c.Tier] = true
+		}
+	}
+	counting := h.cfg.CountingTiers
+	if len(counting) == 0 {
+		counting = h.cfg.AllTiers
+	}
+	possible := good
+	for _, t := range counting {
+		if !hasGood[t] && !gaveUp[t] && !h.cfg.Draining.Has(t) {
+			possible++
+		}
+	}
+	if possible >= h.cfg.Copies {
+		return nil
+	}
+	files, err := h.cfg.Catalog.FilesByObject(ev.ObjectID)
+	if err != nil && !errors.Is(err, catalog.ErrNotFound) {
+		return err
+	}
+	reason := fmt.Sprintf("cannot have the %d verified copies release.copies asks for: tier %s gave up: %s", h.cfg.Copies, ev.Tier, ev.Reason)
+	for _, f := range files {
+		if f.State != catalog.StateArchiving || f.ObjectID != ev.ObjectID || !h.inRoots(f.Path) {
+			continue
+		}
+		h.cfg.Logger.Warn("release skipped", "path", f.Path, "reason", reason)
+		if _, err := h.cfg.Emitter.Emit(ctx, &events.FileReleaseSkipped{FileID: f.ID, Path: f.Path, ObjectID: f.ObjectID, Reason: reason},
+			f.ID, f.ObjectID, env.ID); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 type releaseHandler struct {

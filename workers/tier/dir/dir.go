@@ -335,7 +335,8 @@ func (t *Target) writeTemp(ctx context.Context, o tier.Object, dir string) (tmp 
 	// Reserve the space first where the filesystem can: a full disk then
 	// fails at once instead of after writing most of the object.
 	if ferr := unix.Fallocate(int(f.Fd()), 0, 0, o.PackedSize); ferr != nil && !errors.Is(ferr, unix.EOPNOTSUPP) {
-		return "", fmt.Errorf("allocate %d bytes for %s: %w", o.PackedSize, tmp, ferr)
+		// A PathError: whoever watches the tier's space sees where.
+		return "", fmt.Errorf("allocate %d bytes: %w", o.PackedSize, &fs.PathError{Op: "fallocate", Path: tmp, Err: ferr})
 	}
 	if _, err := io.CopyBuffer(f, ctxReader{ctx, tier.NewVerifyingReader(src, o.PackedSize, o.PackedSum)}, make([]byte, 1<<20)); err != nil {
 		return "", fmt.Errorf("write %s: %w", tmp, err)
