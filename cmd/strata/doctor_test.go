@@ -16,6 +16,7 @@ import (
 	"github.com/strata-hsm/strata/cmd/internal/doctor"
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/workers/stratatest"
+	"github.com/strata-hsm/strata/workers/tier/tiertest"
 )
 
 // runDoctor runs strata doctor --json in-process and returns its report
@@ -221,4 +222,36 @@ func filesUnder(t *testing.T, dir string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestDoctorS3 runs doctor against a daemon with two S3 tiers on a real S3
+// server (versitygw): one with the right credentials passes the write
+// probe, one with a wrong secret key is a problem that says to check the
+// credentials; so is a bucket that does not exist.
+func TestDoctorS3(t *testing.T) {
+	srv := tiertest.StartS3(t)
+	no := false
+	s3tier := func(name, bucket, secret string) TierConfig {
+		return TierConfig{Name: name, Kind: events.TierS3, Endpoint: srv.Endpoint, Bucket: bucket,
+			AccessKey: srv.AccessKey, SecretKey: secret, TLS: &no}
+	}
+	data := t.TempDir()
+	testDaemon(t, Config{DataDir: data, Tiers: []TierConfig{
+		s3tier("good", srv.NewBucket(t), srv.SecretKey),
+		s3tier("badkey", srv.NewBucket(t), "not-the-secret"),
+		s3tier("nobucket", "no-such-bucket", srv.SecretKey)}})
+	r, code := runDoctor(t, "--data", data)
+	if code != exitFailure {
+		t.Fatalf("doctor: exit %d, want 1", code)
+	}
+	if f := finding(t, r, doctor.CheckTier, "good"); f.Status != doctor.OK || !strings.Contains(f.Detail, "wrote, read back and deleted") {
+		t.Errorf("tier good: %+v", f)
+	}
+	for _, name := range []string{"badkey", "nobucket"} {
+		f := finding(t, r, doctor.CheckTier, name)
+		t.Logf("tier %s: %s → %s", name, f.Detail, f.Fix)
+		if f.Status != doctor.Problem || !strings.Contains(f.Fix, "credentials") {
+			t.Errorf("tier %s: %+v; want a problem saying to check the credentials", name, f)
+		}
+	}
 }
