@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -288,24 +289,26 @@ func (d *daemon) ctlDoctor(ctx context.Context, _ []byte) (any, error) {
 	if info, err := d.js.Stream(ctx, pipeline.StreamEvents); err == nil {
 		rep.LastEvent = info.CachedInfo().State.LastTime
 	}
-	found := make([]doctor.Finding, len(d.cfg.Tiers))
-	done := make(chan struct{}, len(d.cfg.Tiers))
-	for i, t := range d.cfg.Tiers {
-		tg := d.stages.targets[t.Name]
+	// Every configured tier, and every target open (they are the same
+	// set unless one could not be opened).
+	names := d.cfg.tierNames()
+	for name := range d.stages.targets {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	names = slices.Compact(names)
+	found := make([]doctor.Finding, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		tg := d.stages.targets[name]
 		if tg == nil {
-			found[i] = doctor.Finding{Check: doctor.CheckTier, Subject: t.Name, Status: doctor.Problem, Detail: "not open on this host",
+			found[i] = doctor.Finding{Check: doctor.CheckTier, Subject: name, Status: doctor.Problem, Detail: "not open on this host",
 				Fix: "see the daemon's log at start (journalctl -u strata)"}
-			done <- struct{}{}
 			continue
 		}
-		go func() {
-			defer func() { done <- struct{}{} }()
-			found[i] = probeTier(ctx, tg)
-		}()
+		wg.Go(func() { found[i] = probeTier(ctx, tg) })
 	}
-	for range d.cfg.Tiers {
-		<-done
-	}
+	wg.Wait()
 	rep.Findings = append(rep.Findings, found...)
 	for name, tt := range d.stages.tapeTiers {
 		for _, v := range tt.Volumes() {

@@ -255,3 +255,30 @@ func TestDoctorS3(t *testing.T) {
 		}
 	}
 }
+
+// TestDoctorTape: with a daemon holding an (emulated) tape drive, doctor
+// asks the tape tier without writing to it; with no daemon, a tape tier
+// whose device is not there is a problem.
+func TestDoctorTape(t *testing.T) {
+	stratatest.NeedRoot(t)
+	lib := t.TempDir()
+	if out, errs, code := cli(t, "tape", "label", "emulator:"+lib, "--volume", "V1", "--pool", "p", "--capacity", "1GiB"); code != 0 {
+		t.Fatalf("tape label: %d %s%s", code, out, errs)
+	}
+	data := t.TempDir()
+	tapeDaemon(t, Config{DataDir: data}, lib)
+	r, _ := runDoctor(t, "--data", data)
+	if f := finding(t, r, doctor.CheckTier, "tape"); f.Status != doctor.OK || !strings.Contains(f.Detail, "tape tier answers") {
+		t.Errorf("tape tier: %+v", f)
+	}
+
+	cfgPath := filepath.Join(t.TempDir(), "strata.toml")
+	cfgText := fmt.Sprintf("data_dir = %q\n[[tier]]\nname = \"lto\"\nkind = \"tape\"\ndevice = \"/dev/nst7\"\npool = \"p\"\n", t.TempDir())
+	if err := os.WriteFile(cfgPath, []byte(cfgText), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, _ = runDoctor(t, "--config", cfgPath)
+	if f := finding(t, r, doctor.CheckTier, "lto"); f.Status != doctor.Problem || !strings.Contains(f.Fix, "connect the drive") {
+		t.Errorf("tape tier with no device: %+v", f)
+	}
+}
