@@ -45,7 +45,7 @@ type commandLine struct {
 	Prune   pruneCmd   `cmd:"" help:"Remove objects that retention lets go (dry run unless --apply)."`
 	Tape    tapeCmd    `cmd:"" help:"Tape volumes: label, ls, verify, rebuild the catalog from tapes."`
 	Tier    tierCmds   `cmd:"" help:"Tiers: drain one before removing it from the configuration."`
-	Doctor  doctorCmd  `cmd:"" help:"Check the kernel and the hot trees' filesystems."`
+	Doctor  doctorCmd  `cmd:"" help:"Check what breaks in practice: daemon, tiers, space, secrets, kernel, clock (exit 1 on a problem)."`
 	Events  eventsCmd  `cmd:"" help:"Print events from the log (and follow new ones)."`
 	Replay  replayCmd  `cmd:"" help:"Rebuild the catalog from the event log (or verify it)."`
 	Export  exportCmd  `cmd:"" help:"Export the catalog to Parquet."`
