@@ -21,6 +21,7 @@ var (
 	KindRecallRequested    = Kind{"recall", "requested", 1}
 	KindRecallCompleted    = Kind{"recall", "completed", 1}
 	KindRecallFailed       = Kind{"recall", "failed", 1}
+	KindRecallStorm        = Kind{"recall", "storm", 1}
 	KindObjectVerified     = Kind{"object", "verified", 1}
 	KindObjectCorrupt      = Kind{"object", "corrupt", 1}
 	KindObjectDeleted      = Kind{"object", "deleted", 1}
@@ -42,6 +43,7 @@ var registry = map[string]func() Event{
 	KindRecallRequested.Type():    func() Event { return new(RecallRequested) },
 	KindRecallCompleted.Type():    func() Event { return new(RecallCompleted) },
 	KindRecallFailed.Type():       func() Event { return new(RecallFailed) },
+	KindRecallStorm.Type():        func() Event { return new(RecallStorm) },
 	KindObjectVerified.Type():     func() Event { return new(ObjectVerified) },
 	KindObjectCorrupt.Type():      func() Event { return new(ObjectCorrupt) },
 	KindObjectDeleted.Type():      func() Event { return new(ObjectDeleted) },
@@ -54,7 +56,7 @@ func Kinds() []Kind {
 		KindFileSelected, KindObjectPacked, KindObjectStored, KindFileReleased,
 		KindFileReleaseSkipped, KindFileModified, KindFileDeleted, KindFileMoved, KindFilePinned,
 		KindFileUnpinned, KindRecallRequested, KindRecallCompleted, KindRecallFailed,
-		KindObjectVerified, KindObjectCorrupt, KindObjectDeleted, KindObjectStoreFailed,
+		KindRecallStorm, KindObjectVerified, KindObjectCorrupt, KindObjectDeleted, KindObjectStoreFailed,
 	}
 }
 
@@ -330,6 +332,7 @@ type RecallRequested struct {
 	Length   int64  `json:"length"`
 	PID      int32  `json:"pid,omitempty"`
 	Process  string `json:"process,omitempty"`
+	Exe      string `json:"exe,omitempty"` // the executable of PID, when it could be read
 	Reason   string `json:"reason"`
 }
 
@@ -352,6 +355,7 @@ type RecallCompleted struct {
 	SourceTier string `json:"source_tier"`
 	PID        int32  `json:"pid,omitempty"`
 	Process    string `json:"process,omitempty"`
+	Exe        string `json:"exe,omitempty"` // the executable of PID, when it could be read
 }
 
 func (*RecallCompleted) Kind() Kind       { return KindRecallCompleted }
@@ -372,6 +376,7 @@ type RecallFailed struct {
 	Reason   string `json:"reason"`
 	PID      int32  `json:"pid,omitempty"`
 	Process  string `json:"process,omitempty"`
+	Exe      string `json:"exe,omitempty"` // the executable of PID, when it could be read
 }
 
 func (*RecallFailed) Kind() Kind       { return KindRecallFailed }
@@ -379,6 +384,44 @@ func (e *RecallFailed) Entity() string { return e.FileID }
 func (e *RecallFailed) Validate() error {
 	return all(fileID(e.FileID), absPath("path", e.Path), hash("object_id", e.ObjectID),
 		nonEmpty("reason", e.Reason))
+}
+
+// Recall rule actions, as a recall.storm names them (the interceptor's
+// rules: what a program may do with stubs).
+const (
+	RuleRecall   = "recall"
+	RuleDeny     = "deny"
+	RuleThrottle = "throttle"
+	RuleHeadOnly = "head-only"
+)
+
+// RecallStorm: one process started many recalls in a short time (IBM's
+// "recall storm": a backup, an indexer or a virus scanner walking a tree
+// of stubs). Recalls recalls began within WithinNS, at most WindowNS (the
+// configured window); Path is the stub whose recall crossed the threshold.
+// It describes a process, not a file: the catalog records nothing of it.
+type RecallStorm struct {
+	PID      int32  `json:"pid"`
+	Process  string `json:"process,omitempty"` // /proc/<pid>/comm
+	Exe      string `json:"exe,omitempty"`     // /proc/<pid>/exe
+	UID      uint32 `json:"uid"`               // effective uid
+	Cgroup   string `json:"cgroup,omitempty"`  // cgroup v2 path
+	Recalls  int64  `json:"recalls"`
+	WithinNS int64  `json:"within_ns"`
+	WindowNS int64  `json:"window_ns"`
+	Total    int64  `json:"total"` // recalls this process started since the daemon first saw it
+	Rule     string `json:"rule,omitempty"`
+	Action   string `json:"action"`
+	Path     string `json:"path"`
+}
+
+func (*RecallStorm) Kind() Kind       { return KindRecallStorm }
+func (e *RecallStorm) Entity() string { return fmt.Sprintf("pid/%d", e.PID) }
+func (e *RecallStorm) Validate() error {
+	return all(positive("pid", int64(e.PID)), positive("recalls", e.Recalls), nonNegative("within_ns", e.WithinNS),
+		positive("window_ns", e.WindowNS), check(e.WithinNS <= e.WindowNS, "within_ns exceeds window_ns"),
+		check(e.Total >= e.Recalls, "total below recalls"), absPath("path", e.Path),
+		oneOf("action", e.Action, RuleRecall, RuleThrottle))
 }
 
 // ObjectVerified: a scrub re-read a copy and every frame matched.

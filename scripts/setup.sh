@@ -29,3 +29,24 @@ gobin=$(go env GOBIN); [ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
   echo "setup: go install natscli"
   go install github.com/nats-io/natscli/nats@v0.5.0
 }
+
+# The DuckDB CLI, for the restore without Strata (docs/EXIT.md). Debian has
+# no duckdb package, and the Python index (where the `duckdb-cli` wheel
+# lives) is not reachable from these machines; npm serves DuckDB's own
+# engine (@duckdb/node-api with libduckdb), so a small `duckdb -c SQL`
+# stand-in on it is installed as /usr/local/bin/duckdb when no duckdb is on
+# the PATH. A real duckdb CLI, where present, is used instead.
+src="$(dirname "$0")/duckdb-cli"
+lib=/usr/local/lib/strata-duckdb-cli
+if ! command -v duckdb >/dev/null 2>&1 || { [ -f "$lib/duckdb.mjs" ] && ! cmp -s "$src/duckdb.mjs" "$lib/duckdb.mjs"; }; then
+  if [ "$(id -u)" = 0 ] && command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then
+    echo "setup: installing the duckdb CLI stand-in (scripts/duckdb-cli, DuckDB from npm)"
+    mkdir -p "$lib"
+    cp "$src/package.json" "$src/package-lock.json" "$src/duckdb.mjs" "$lib/"
+    (cd "$lib" && npm ci --no-audit --no-fund --omit=dev --loglevel=error >/dev/null)
+    printf '#!/bin/sh\nexec node %s/duckdb.mjs "$@"\n' "$lib" > /usr/local/bin/duckdb
+    chmod 755 /usr/local/bin/duckdb
+  else
+    echo "setup: no duckdb and no root/npm/node to install the stand-in (the restore-without-strata test will skip)"
+  fi
+fi

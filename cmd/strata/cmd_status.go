@@ -15,6 +15,8 @@ import (
 	"github.com/strata-hsm/strata/cmd/internal/progress"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/interceptor"
+	"github.com/strata-hsm/strata/workers/modwatch"
 )
 
 // statusReply is the daemon's answer to `strata status`.
@@ -44,6 +46,13 @@ type statusReply struct {
 	// with the conditions even then.
 	StreamError  string `json:"stream_error,omitempty"`
 	CatalogError string `json:"catalog_error,omitempty"`
+	// RecallRules are the counters of interceptor.rule, in order;
+	// RecallStorms the storms reported since the daemon started.
+	RecallRules  []interceptor.RuleStats `json:"recall_rules,omitempty"`
+	RecallStorms uint64                  `json:"recall_storms"`
+	// WriteWatcher counts the modification watcher's work (nil: none
+	// runs, writes into archived files are found at the next scan).
+	WriteWatcher *modwatch.Stats `json:"write_watcher,omitempty"`
 }
 
 func (d *daemon) ctlStatus(ctx context.Context, _ []byte) (any, error) {
@@ -54,6 +63,13 @@ func (d *daemon) ctlStatus(ctx context.Context, _ []byte) (any, error) {
 	}
 	for _, h := range d.cfg.Hot {
 		r.HotTrees = append(r.HotTrees, h.Path)
+	}
+	if it := d.stages.interceptor; it != nil {
+		r.RecallRules, r.RecallStorms = it.RuleStats(), it.Storms()
+	}
+	if d.stages != nil && d.stages.modwatch != nil {
+		ws := d.stages.modwatch.Stats()
+		r.WriteWatcher = &ws
 	}
 	cs, err := d.cat.Stats()
 	if err != nil {
@@ -167,6 +183,23 @@ func (c *statusCmd) Run(ctx context.Context, e *env, g *globals) error {
 	fmt.Fprintf(w, "objects\t%d (%d copies, %d corrupt)\n", r.Catalog.Objects, r.Catalog.Copies, r.Catalog.CorruptCopies)
 	for _, h := range r.HotTrees {
 		fmt.Fprintf(w, "hot tree\t%s\n", h)
+	}
+	for _, rs := range r.RecallRules {
+		fmt.Fprintf(w, "recall rule %s\t%s: %d events, %d denied", rs.Name, rs.Action, rs.Events, rs.Denied)
+		if rs.Action == interceptor.ActionHeadOnly {
+			fmt.Fprintf(w, ", %d served from resident bytes", rs.Served)
+		}
+		if rs.Action == interceptor.ActionThrottle {
+			fmt.Fprintf(w, ", %d waits (%s), %s fetched", rs.Throttled, rs.Waited.Round(time.Millisecond), progress.Bytes(int64(rs.Bytes)))
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "recall storms\t%d since start\n", r.RecallStorms)
+	switch {
+	case r.WriteWatcher != nil:
+		fmt.Fprintf(w, "write watcher\t%d archived files watched; %d writes reported as file.modified\n", r.WriteWatcher.Watched, r.WriteWatcher.Reported)
+	case len(r.HotTrees) > 0:
+		fmt.Fprintf(w, "write watcher\tOFF: writes into archived files are found at the next scan (see the log)\n")
 	}
 	for _, t := range r.TierState {
 		reach := "reachable"

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,6 +23,7 @@ import (
 	"github.com/strata-hsm/strata/workers/pruner"
 	"github.com/strata-hsm/strata/workers/scanner"
 	"github.com/strata-hsm/strata/workers/scrubber"
+	"github.com/strata-hsm/strata/workers/tape/bundle"
 	"github.com/strata-hsm/strata/workers/tier"
 	"github.com/strata-hsm/strata/workers/tier/dir"
 	"github.com/strata-hsm/strata/workers/tier/rclone"
@@ -210,6 +212,30 @@ type InterceptorConfig struct {
 	// is recalled whole for its retry), "log" (only logged and recalled),
 	// "off" (not loaded: such a program copies a large stub as zeros).
 	ProbeGuard string `toml:"probe_guard"`
+	// Rules: what programs may do with stubs ([[interceptor.rule]]; see
+	// workers/interceptor/rules.go). The first rule that matches a process
+	// decides; a process none matches recalls.
+	Rules []RuleConfig `toml:"rule"`
+	// StormRecalls within StormWindow started by one process is a recall
+	// storm: logged and published as recall.storm. Unset: 50 in 1s; a
+	// negative storm_recalls turns detection off.
+	StormRecalls int      `toml:"storm_recalls"`
+	StormWindow  duration `toml:"storm_window"`
+}
+
+// RuleConfig is one [[interceptor.rule]]: which processes (every key
+// given must match; a list matches if one item does) and what they may do.
+type RuleConfig struct {
+	Name   string   `toml:"name"`
+	Exe    []string `toml:"exe"`    // executable paths ("/usr/bin/tar", "/opt/backup/**") or base names ("tar")
+	Comm   []string `toml:"comm"`   // process names (/proc/PID/comm), path.Match patterns
+	UID    []int64  `toml:"uid"`    // effective uids
+	Cgroup []string `toml:"cgroup"` // cgroup v2 paths, each with the cgroups below it
+	Action string   `toml:"action"` // recall (default), deny, throttle, head-only
+	Errno  string   `toml:"errno"`  // deny, head-only: default EPERM
+	// BytesPerSec, RecallsPerMin: the budget of a throttle rule.
+	BytesPerSec   size  `toml:"bytes_per_sec"`
+	RecallsPerMin int64 `toml:"recalls_per_min"`
 }
 
 // interceptor.probe_guard values.
@@ -239,8 +265,17 @@ func NewConfig() Config {
 // LoadConfig reads a TOML file. Unknown keys are errors (a typo must not
 // silently fall back to a default).
 func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return parseConfig(path, data)
+}
+
+// parseConfig decodes the TOML text of the file named path.
+func parseConfig(path string, data []byte) (Config, error) {
 	var c Config
-	md, err := toml.DecodeFile(path, &c)
+	md, err := toml.Decode(string(data), &c)
 	if err != nil {
 		var perr toml.ParseError
 		if errors.As(err, &perr) {
@@ -309,6 +344,8 @@ func (c *Config) EnsureDefaults() {
 	if c.Interceptor.WholeFilePrograms == nil {
 		c.Interceptor.WholeFilePrograms = interceptor.DefaultWholeFilePrograms()
 	}
+	c.Interceptor.StormRecalls = cmp.Or(c.Interceptor.StormRecalls, interceptor.DefaultStormRecalls)
+	c.Interceptor.StormWindow = cmp.Or(c.Interceptor.StormWindow, duration(interceptor.DefaultStormWindow))
 }
 
 func defaultCost(kind string) int {
@@ -498,11 +535,16 @@ func (c *Config) validateTier(t *TierConfig) error {
 		if !events.ValidToken(t.Pool) {
 			return bad("pool", t.Pool, "want letters, digits, '-' or '_'")
 		}
-		if t.BlockSize < 16<<10 || t.BlockSize > 8<<20 || t.BlockSize%512 != 0 {
-			return bad("block_size", int64(t.BlockSize), "want a multiple of 512 from 16 KiB to 8 MiB")
+		// The tape format's limits (bundle): a block size the tier would
+		// refuse at start must be refused here, naming the key.
+		if t.BlockSize < bundle.MinBlockSize || t.BlockSize > bundle.MaxBlockSize || t.BlockSize%512 != 0 {
+			return bad("block_size", int64(t.BlockSize), "want a multiple of 512 from 256 KiB to 1 MiB")
 		}
-		if t.BundleSize < 0 || t.BundleAge < 0 {
-			return bad("bundle_size", nil, "negative")
+		if t.BundleSize != 0 && t.BundleSize < bundle.MaxBlockSize {
+			return bad("bundle_size", int64(t.BundleSize), "want at least 1 MiB (0: the default)")
+		}
+		if t.BundleAge < 0 {
+			return bad("bundle_age", time.Duration(t.BundleAge), "negative")
 		}
 	}
 	if t.Cost < 0 {
@@ -565,6 +607,11 @@ func (c *Config) interceptorConfig() interceptor.Config {
 	if g := c.Interceptor.StoppedGrace; g != nil {
 		ic.HolderGrace = cmp.Or(time.Duration(*g), -1) // 0: deny at once
 	}
+	ic.StormRecalls, ic.StormWindow = c.Interceptor.StormRecalls, time.Duration(c.Interceptor.StormWindow)
+	for _, r := range c.Interceptor.Rules {
+		ic.Rules = append(ic.Rules, interceptor.Rule{Name: r.Name, Exe: r.Exe, Comm: r.Comm, UID: r.UID, Cgroup: r.Cgroup,
+			Action: interceptor.Action(r.Action), Errno: r.Errno, BytesPerSec: int64(r.BytesPerSec), RecallsPerMin: r.RecallsPerMin})
+	}
 	return ic
 }
 
@@ -605,12 +652,18 @@ func (c *Config) tierNames() []string {
 // duration is a time.Duration written as "10m", "36h" or "30d" in TOML.
 type duration time.Duration
 
+// maxDays is the longest duration in days that a time.Duration holds
+// (about 292 years), rounded down.
+const maxDays = float64(math.MaxInt64/int64(24*time.Hour)) - 1
+
 func (d *duration) UnmarshalText(b []byte) error {
 	s := string(b)
 	if n, ok := strings.CutSuffix(s, "d"); ok {
 		days, err := strconv.ParseFloat(n, 64)
-		if err != nil || days < 0 {
-			return fmt.Errorf("duration %q: want e.g. 30d, 12h, 10m", s)
+		// !(days >= 0) also refuses NaN; past maxDays the nanoseconds
+		// overflow (they became a negative duration).
+		if err != nil || !(days >= 0) || days > maxDays {
+			return fmt.Errorf("duration %q: want e.g. 30d, 12h, 10m (at most %.0fd)", s, maxDays)
 		}
 		*d = duration(days * float64(24*time.Hour))
 		return nil

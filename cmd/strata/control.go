@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/interceptor"
 	"github.com/strata-hsm/strata/workers/recall"
@@ -44,7 +45,7 @@ func (d *daemon) controlHandlers() map[string]pipeline.ControlHandler {
 		"status":       d.ctlStatus,
 		"verify":       d.ctlVerify,
 		"export":       d.ctlExport,
-		"recall":       interceptor.RecallVerb(pipeline.NewEmitter(d.js, d.cfg.Host, "recall"), d.cfg.hotRoots()),
+		"recall":       interceptor.RecallVerb(pipeline.NewEmitter(d.js, d.cfg.Host, "recall"), d.cfg.hotRoots(), d.placer()),
 		"restore":      recall.RestoreVerb(d.stages.reader, d.cat),
 		"tape-rebuild": d.ctlTapeRebuild,
 		"doctor":       d.ctlDoctor,
@@ -56,6 +57,14 @@ func (d *daemon) controlHandlers() map[string]pipeline.ControlHandler {
 	maps.Copy(h, pipeline.ConsumerVerbs(d.js, d.srv.OwnerToken(), d.cfg.NATS.ReaderDurables))
 	d.refuseWhenFull(h, "archive", "pin") // not recall: reading stubs must go on
 	return h
+}
+
+// placer tells the recall verb where each object is read from.
+func (d *daemon) placer() interceptor.Placer {
+	return func(objectID string) (string, int, *events.TapePosition, error) {
+		p, err := d.stages.reader.Placement(objectID)
+		return p.Tier, p.Cost, p.Tape, err
+	}
 }
 
 // errDaemonRunning is returned by commands that need the data directory to

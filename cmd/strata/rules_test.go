@@ -25,7 +25,7 @@ const module = "github.com/strata-hsm/strata/"
 // through subjects.
 var stagePackages = []string{
 	"workers/scanner", "workers/compressor", "workers/store", "workers/tapewriter",
-	"workers/releaser", "workers/interceptor", "workers/pruner", "workers/scrubber",
+	"workers/releaser", "workers/interceptor", "workers/pruner", "workers/scrubber", "workers/modwatch",
 }
 
 type listedPackage struct {

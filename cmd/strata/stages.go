@@ -19,6 +19,7 @@ import (
 	"github.com/strata-hsm/strata/workers/compressor"
 	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/interceptor"
+	"github.com/strata-hsm/strata/workers/modwatch"
 	"github.com/strata-hsm/strata/workers/pruner"
 	"github.com/strata-hsm/strata/workers/recall"
 	"github.com/strata-hsm/strata/workers/releaser"
@@ -46,6 +47,7 @@ type stages struct {
 	tapeTiers   map[string]*tapewriter.Tier // tape tiers bring their own store stage
 	reader      *recall.Reader
 	interceptor *interceptor.Interceptor
+	modwatch    *modwatch.Watcher // nil without hot trees
 	scanner     *scanner.Loop
 	pipeline    []pipeline.Stage
 	validator   *schemas.Validator
@@ -220,6 +222,11 @@ func (d *daemon) buildStages() (*stages, error) {
 		Logger: d.logger.With("stage", releaser.StageName),
 	}))
 	if roots := d.cfg.hotRoots(); len(roots) > 0 {
+		s.modwatch, err = modwatch.Open(modwatch.Config{Host: host, JS: d.js, Emitter: pipeline.NewEmitter(d.js, host, "modwatch"),
+			Catalog: d.cat, Roots: roots, Logger: d.logger.With("stage", "modwatch")})
+		if err != nil {
+			d.logger.Error("no modification watcher: writes into archived files are found at the next scan", "err", err)
+		}
 		em, logger := pipeline.NewEmitter(d.js, host, "scanner"), d.logger.With("stage", "scanner")
 		s.scanner = scanner.NewLoop(scanner.LoopConfig{
 			Policy: d.cfg.scanPolicy(), Interval: time.Duration(cfg.Policy.ScanInterval), Emitter: em, Catalog: d.cat,
@@ -252,6 +259,9 @@ func (d *daemon) runStages(ctx context.Context, s *stages, g interface{ Go(func(
 	}
 	if s.scanner != nil {
 		g.Go(func() error { return s.scanner.Run(ctx) })
+	}
+	if s.modwatch != nil {
+		g.Go(func() error { return s.modwatch.Run(ctx) })
 	}
 	scrubs := &scrubber.Service{Schedule: d.cfg.scrubSchedule(), Targets: s.targets, Catalog: d.cat, Repairer: s.reader,
 		Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, "scrub"), Logger: d.logger.With("component", "scrub")}

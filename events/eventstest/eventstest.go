@@ -52,11 +52,14 @@ func Sample(k events.Kind) events.Event {
 	case events.KindFileUnpinned:
 		return &events.FileUnpinned{Path: "/hot/a"}
 	case events.KindRecallRequested:
-		return &events.RecallRequested{FileID: fid, Path: path, ObjectID: oid, Offset: 4096, Length: 8192, PID: 42, Process: "cat", Reason: events.RecallAccess}
+		return &events.RecallRequested{FileID: fid, Path: path, ObjectID: oid, Offset: 4096, Length: 8192, PID: 42, Process: "cat", Exe: "/usr/bin/cat", Reason: events.RecallAccess}
 	case events.KindRecallCompleted:
-		return &events.RecallCompleted{FileID: fid, Path: path, ObjectID: oid, Bytes: 1 << 20, DurationNS: 3_000_000, SourceTier: "hdd", PID: 42, Process: "cat"}
+		return &events.RecallCompleted{FileID: fid, Path: path, ObjectID: oid, Bytes: 1 << 20, DurationNS: 3_000_000, SourceTier: "hdd", PID: 42, Process: "cat", Exe: "/usr/bin/cat"}
 	case events.KindRecallFailed:
-		return &events.RecallFailed{FileID: fid, Path: path, ObjectID: oid, Tier: "s3", Reason: "object missing", PID: 42, Process: "cat"}
+		return &events.RecallFailed{FileID: fid, Path: path, ObjectID: oid, Tier: "s3", Reason: "object missing", PID: 42, Process: "cat", Exe: "/usr/bin/cat"}
+	case events.KindRecallStorm:
+		return &events.RecallStorm{PID: 42, Process: "tar", Exe: "/usr/bin/tar", UID: 34, Cgroup: "/system.slice/backup.service",
+			Recalls: 50, WithinNS: 400_000_000, WindowNS: 1_000_000_000, Total: 61, Rule: "backup", Action: events.RuleRecall, Path: path}
 	case events.KindObjectVerified:
 		return &events.ObjectVerified{ObjectID: oid, Tier: "hdd"}
 	case events.KindObjectCorrupt:

@@ -466,6 +466,11 @@ func (a *applier) apply(env *events.Envelope, ev events.Event) error {
 	case *events.RecallFailed:
 		return a.updateFile(env, e.FileID, false, func(f *File) { f.Path = e.Path; f.RecallFailures++ })
 
+	case *events.RecallStorm:
+		// About a process, not a file: nothing to record, and nothing
+		// skipped either (the sequence advances like any event's).
+		return nil
+
 	case *events.RecallCompleted:
 		return a.updateFile(env, e.FileID, false, func(f *File) {
 			f.Path = e.Path

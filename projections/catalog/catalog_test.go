@@ -638,3 +638,41 @@ func TestConcurrentReaders(t *testing.T) {
 		}
 	}
 }
+
+// TestRecallStormIgnored: recall.storm is about a process, not a file. A
+// log with storms interleaved gives the same catalog as the log without
+// them (but for the sequence), nothing is counted as skipped, and a
+// redelivery of the storms changes nothing.
+func TestRecallStormIgnored(t *testing.T) {
+	with, without := &stream{t: t, c: open(t, "")}, &stream{t: t, c: open(t, "")}
+	storm := &events.RecallStorm{PID: 4242, Process: "tar", Exe: "/usr/bin/tar", UID: 34, Recalls: 50,
+		WithinNS: 300e6, WindowNS: 1e9, Total: 50, Rule: "backup", Action: events.RuleRecall, Path: "/d/a"}
+	evs := []events.Event{packed(fid, "/d/a", obj1, 100), stored(obj1, "hdd"),
+		&events.FileReleased{FileID: fid, Path: "/d/a", ObjectID: obj1, Stat: stat(100), Copies: 1},
+		&events.RecallRequested{FileID: fid, Path: "/d/a", ObjectID: obj1, Length: 100, PID: 4242, Process: "tar", Reason: events.RecallAccess}}
+	for _, ev := range evs {
+		with.apply(ev, storm)
+		without.apply(ev)
+		without.seq++ // the storm's sequence: both logs end at the same one
+	}
+	if with.c.LastSeq() != without.seq || without.c.LastSeq() != without.seq-1 {
+		t.Fatalf("sequences %d and %d", with.c.LastSeq(), without.c.LastSeq())
+	}
+	st, err := with.c.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Skipped != 0 {
+		t.Fatalf("%d events skipped: a storm must not count as an unknown event", st.Skipped)
+	}
+	// Bring the other catalog to the same sequence with an event that
+	// changes nothing, then compare every key.
+	without.seq--
+	without.apply(storm)
+	if d, err := Diff(with.c, without.c); err != nil || d != "" {
+		t.Fatalf("catalog with storms differs from the one without: %q %v", d, err)
+	}
+	if f := with.file(fid); f.State != StateReleased || f.Recalls != 1 {
+		t.Fatalf("file %+v", f)
+	}
+}

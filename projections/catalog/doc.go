@@ -32,6 +32,7 @@
 //	file.modified          → dirty
 //	file.deleted           → deleted (path index removed; record and versions kept)
 //	recall.requested/failed→ counters only
+//	recall.storm           → nothing (it is about a process; not counted as skipped)
 //	file.pinned/unpinned   → pin of a path (and everything under it)
 //
 // object.packed and file.released create a file record they have not seen

@@ -77,6 +77,20 @@ type Config struct {
 	// register each one before its hole is punched, and a recall that
 	// makes a stub whole unregisters it. workers/kernelguard implements it.
 	Guard ProbeGuard
+	// Rules say what programs may do with stubs (rules.go): the first
+	// that matches the process of an event decides; a process none
+	// matches recalls. Nil: none.
+	Rules []Rule
+	// StormRecalls: a process that starts this many recalls within
+	// StormWindow is a recall storm: logged, published as recall.storm
+	// and passed to OnStorm (at most once a minute per process). Zero:
+	// DefaultStormRecalls; negative: no storm detection.
+	StormRecalls int
+	// StormWindow: see StormRecalls. Zero: DefaultStormWindow.
+	StormWindow time.Duration
+	// OnStorm is called for each storm reported. Same rules as
+	// OnComplete.
+	OnStorm func(Storm)
 	// Emitter publishes the recall events (see stage.go); nil publishes
 	// none (tests).
 	Emitter *pipeline.Emitter
@@ -160,6 +174,8 @@ func (c *Config) EnsureDefaults() {
 	c.WholeFileBelow = cmp.Or(c.WholeFileBelow, DefaultWholeFileBelow)
 	c.RecoverTimeout = cmp.Or(c.RecoverTimeout, DefaultRecoverTimeout)
 	c.HolderGrace = cmp.Or(c.HolderGrace, DefaultHolderGrace)
+	c.StormRecalls = cmp.Or(c.StormRecalls, DefaultStormRecalls)
+	c.StormWindow = cmp.Or(c.StormWindow, DefaultStormWindow)
 	if c.WholeFilePrograms == nil {
 		c.WholeFilePrograms = DefaultWholeFilePrograms()
 	}
@@ -192,6 +208,9 @@ func (c *Config) Validate() error {
 				return pipeline.NewConfigError(key, list, fmt.Errorf("%q: want a program's name, without a directory", p))
 			}
 		}
+	}
+	if err := c.validateRules(); err != nil {
+		return err
 	}
 	if c.HolderSocket != "" && c.JournalDir == "" {
 		return pipeline.NewConfigError("journal_dir", c.JournalDir, fmt.Errorf("required with HolderSocket: events a crashed daemon read could never be answered"))

@@ -91,4 +91,13 @@
 // read (after filling their ranges) and re-fills chunks it left half
 // written. See recover.go for what the kernel allows, and README.md for
 // what is covered and what remains (holder and daemon both dead: zeros).
+//
+// # Recall rules
+//
+// Config.Rules say per program (executable, process name, uid, cgroup)
+// what an access to a stub does: recall, deny (EPERM, nothing recalled),
+// throttle (recalls per minute, bytes per second from the Source) or
+// head-only (resident bytes only). A process that starts many recalls in a
+// short time is a storm, published as recall.storm. They are evaluated
+// only for events, so only for stubs; see rules.go.
 package interceptor

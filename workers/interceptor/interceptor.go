@@ -47,6 +47,7 @@ type Completion struct {
 	Tier             string        // tier of the last fill ("" if nothing had to be filled)
 	PID              int32         // pid of the first program that touched the stub
 	Process          string        // its /proc/<pid>/comm, read at that event
+	Exe              string        // its executable (/proc/<pid>/exe), read at that event
 }
 
 // Failure describes an access that was denied, or a background fill that
@@ -91,6 +92,9 @@ type Interceptor struct {
 	jr   *journal    // nil without Config.JournalDir
 	hc   *holderConn // nil without Config.HolderSocket
 	pub  *publisher  // nil without Config.Emitter
+	// rules: Config.Rules and the storm detector (rules.go); nil when
+	// there is neither.
+	rules *rules
 
 	// orph holds the orphaned events of a crashed predecessor until each is
 	// answered (see recover.go).
@@ -157,6 +161,9 @@ func Open(cfg Config, src Source, logger *slog.Logger) (*Interceptor, error) {
 	if cfg.WholeFileBelow > 0 || len(cfg.WholeFilePrograms) > 0 || len(cfg.MtimeCheckPrograms) > 0 {
 		mask |= unix.FAN_OPEN_PERM
 	}
+	if len(cfg.Rules) > 0 {
+		mask |= unix.FAN_OPEN_PERM // a rule may deny the open itself
+	}
 	if mode == ModeOpenPerm {
 		mask = unix.FAN_OPEN_PERM
 	}
@@ -186,6 +193,8 @@ func Open(cfg Config, src Source, logger *slog.Logger) (*Interceptor, error) {
 		bgSem:      make(chan struct{}, cfg.BackgroundFills),
 		readerDone: make(chan struct{}),
 	}
+	i.rules = newRules(&i.cfg)
+	i.src = i.rules.source(src)
 	i.bufs.New = func() any { b := make([]byte, cfg.ChunkSize); return &b }
 	i.mu.recalls = map[inodeKey]*recall{}
 	i.mu.releasing = map[inodeKey]chan struct{}{}
@@ -741,6 +750,9 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		r = i.mu.recalls[key]
 		i.mu.Unlock()
 	}
+	if errno, done := i.programRule(ev, &st, key, r); done {
+		return errno
+	}
 	if r == nil {
 		info, err := stub.Read(ev.fd)
 		switch {
@@ -837,7 +849,9 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		}
 		return 0
 	}
-	r.kick(hi)
+	if !i.rules.throttled(r.info) {
+		r.kick(hi)
+	}
 	return 0
 }
 

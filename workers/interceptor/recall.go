@@ -36,6 +36,11 @@ const (
 type fillOp struct {
 	done chan struct{}
 	err  error
+	// first: the part fillChunkFirst stores before the rest of the chunk
+	// (nil otherwise). Set before the fill starts, under recall.mu; once
+	// signalled its pages are verified data that stays (head-only serves
+	// them, rules.go).
+	first *firstPart
 }
 
 // fillError says which bytes a failed fill was for.
@@ -63,6 +68,7 @@ type recall struct {
 	path    string
 	pid     int32
 	process string
+	exe     string // the executable of pid, read at the first event
 	start   time.Time
 	chunk   int64
 	// blk is the filesystem's block size: holes, and so punches, are
@@ -134,7 +140,7 @@ func newRecall(in *Interceptor, ev event, key inodeKey, st *unix.Stat_t, info st
 	}
 	r := &recall{
 		in: in, key: key, info: info, fd: fd, path: fdPath(fd), pid: ev.pid, process: comm(ev.pid),
-		start: time.Now(), chunk: in.cfg.ChunkSize, nocm: -1,
+		exe: exePath(ev.pid), start: time.Now(), chunk: in.cfg.ChunkSize, nocm: -1,
 	}
 	r.fdIdle = sync.NewCond(&r.mu.Mutex)
 	var sfs unix.Statfs_t
@@ -448,6 +454,7 @@ func (r *recall) fillChunkFirst(ctx context.Context, k int64, op *fillOp, lo, hi
 	fp := &firstPart{lo: plo, hi: phi, stored: make(chan struct{})}
 	r.mu.Lock()
 	r.mu.fdUsers++ // useFD: the caller (ensure) holds a use, so it is open
+	op.first = fp
 	r.mu.Unlock()
 	r.in.work.Add(1)
 	go func() {
@@ -1130,7 +1137,7 @@ func (r *recall) finish() {
 	c := Completion{
 		FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path,
 		Bytes: r.mu.bytes, Size: r.mu.limit, Truncated: r.mu.truncated, Modified: pr.modified,
-		Duration: time.Since(r.start), Proof: proofTime, Tier: r.mu.tier, PID: r.pid, Process: r.process,
+		Duration: time.Since(r.start), Proof: proofTime, Tier: r.mu.tier, PID: r.pid, Process: r.process, Exe: r.exe,
 	}
 	r.mu.Unlock()
 	r.in.stats.completed.Add(1)

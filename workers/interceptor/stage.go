@@ -12,6 +12,7 @@ package interceptor
 //	          strata.<host>.recall.completed  the whole content back, verified
 //	          strata.<host>.recall.failed     an access denied, or a fill that failed
 //	          strata.<host>.file.modified     a stub truncated during its recall
+//	          strata.<host>.recall.storm      a process started many recalls in a short time (rules.go)
 //
 // Message ids are deterministic, so a publish retried (or repeated by a
 // restarted daemon) is recorded once: a recall is named by its file,
@@ -32,6 +33,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -175,7 +177,7 @@ func (p *publisher) close(timeout time.Duration) {
 // requested records a program's first access to a stub.
 func (p *publisher) requested(info stub.Info, path string, off, n int64, pid int32, process string) {
 	p.send(&events.RecallRequested{FileID: info.FileID, Path: path, ObjectID: info.ObjectID, Offset: off, Length: n,
-		PID: pid, Process: process, Reason: events.RecallAccess}, info.FileID, info.ObjectID, info.ReleaseID)
+		PID: pid, Process: process, Exe: exePath(pid), Reason: events.RecallAccess}, info.FileID, info.ObjectID, info.ReleaseID)
 }
 
 // completed records a finished recall: recall.completed, or file.modified
@@ -191,17 +193,27 @@ func (p *publisher) completed(c Completion) {
 			p.log.Warn("stat of a file changed during its recall", "path", c.Path, "err", err)
 			return
 		}
-		why := "truncated-during-recall"
-		if !c.Truncated {
-			why = "modified-during-recall"
-		}
-		p.send(&events.FileModified{FileID: c.FileID, Path: c.Path, ObjectID: c.ObjectID, Stat: st},
-			c.FileID, c.ObjectID, c.ReleaseID, why)
+		ev, id := stub.Modified(c.FileID, c.ObjectID, c.Path, st)
+		p.send(ev, id...)
 		return
 	}
 	p.send(&events.RecallCompleted{FileID: c.FileID, Path: c.Path, ObjectID: c.ObjectID, Bytes: c.Bytes,
-		DurationNS: c.Duration.Nanoseconds(), SourceTier: cmp.Or(c.Tier, tierNone), PID: c.PID, Process: c.Process},
+		DurationNS: c.Duration.Nanoseconds(), SourceTier: cmp.Or(c.Tier, tierNone), PID: c.PID, Process: c.Process, Exe: c.Exe},
 		c.FileID, c.ObjectID, c.ReleaseID)
+}
+
+// exePath is the executable of process pid ("" once it is gone, or for
+// a kernel thread): with its comm (which any program can set) it names
+// the program that touched a stub.
+func exePath(pid int32) string {
+	if pid <= 0 {
+		return ""
+	}
+	p, err := os.Readlink("/proc/" + strconv.Itoa(int(pid)) + "/exe")
+	if err != nil {
+		return ""
+	}
+	return p
 }
 
 // failed records a denied access or a failed fill of a known stub.
@@ -210,7 +222,7 @@ func (p *publisher) failed(f Failure) {
 		return
 	}
 	p.send(&events.RecallFailed{FileID: f.FileID, Path: f.Path, ObjectID: f.ObjectID, Reason: f.Err.Error(),
-		PID: f.PID, Process: f.Process}, f.FileID, f.ObjectID, f.ReleaseID, p.boot, strconv.FormatUint(p.nth.Add(1), 10))
+		PID: f.PID, Process: f.Process, Exe: exePath(f.PID)}, f.FileID, f.ObjectID, f.ReleaseID, p.boot, strconv.FormatUint(p.nth.Add(1), 10))
 }
 
 // FinishedBeforeCrash records the completion of a recall that finished
@@ -254,27 +266,48 @@ func PrefetchStage(host string, logger *slog.Logger) pipeline.Stage {
 type RecallRequest struct {
 	Paths []string `json:"paths"`
 	// Background: publish a prefetch request per stub (PrefetchStage
-	// reads them); otherwise only list them (the CLI reads them itself,
-	// with a progress bar).
+	// reads them), in the order of the reply; otherwise only list them
+	// (the CLI reads them itself, with a progress bar).
 	Background bool `json:"background"`
+	// Ordered: a bulk recall (`strata recall --from-list`): the reply
+	// names where each stub is read from and lists the stubs in that
+	// order (OrderRecalls); a path that does not exist is listed in
+	// Missing instead of failing the request.
+	Ordered bool `json:"ordered,omitempty"`
 }
 
 // RecallFile is one stub a recall request found.
 type RecallFile struct {
 	Path string `json:"path"`
 	Size int64  `json:"size"`
+	// Ordered requests: the object, and the copy a recall reads first
+	// (tier, its cost, a tape copy's position), or why none can be read.
+	ObjectID string               `json:"object_id,omitempty"`
+	Tier     string               `json:"tier,omitempty"`
+	Cost     int                  `json:"cost,omitempty"`
+	Tape     *events.TapePosition `json:"tape,omitempty"`
+	NoCopy   string               `json:"no_copy,omitempty"`
 }
 
 // RecallReply answers RecallRequest.
 type RecallReply struct {
-	Stubs []RecallFile `json:"stubs"`
+	Stubs   []RecallFile `json:"stubs"`
+	Missing []string     `json:"missing,omitempty"` // Ordered: paths that do not exist
 }
 
-// RecallVerb answers the control verb "recall" for the hot trees roots.
-func RecallVerb(em *pipeline.Emitter, roots []string) pipeline.ControlHandler {
+// Placer tells where a recall of an object reads it (recall.Reader's
+// Placement, adapted): the tier, its cost and, on tape, the position.
+type Placer func(objectID string) (tier string, cost int, tape *events.TapePosition, err error)
+
+// RecallVerb answers the control verb "recall" for the hot trees roots;
+// place orders the stubs of Ordered requests (nil: they are refused).
+func RecallVerb(em *pipeline.Emitter, roots []string, place Placer) pipeline.ControlHandler {
 	return pipeline.Verb("recall", func(ctx context.Context, req RecallRequest) (any, error) {
 		if len(req.Paths) == 0 {
 			return nil, errors.New("recall: no path given")
+		}
+		if req.Ordered && place == nil {
+			return nil, errors.New("recall: this daemon cannot order recalls")
 		}
 		rep := RecallReply{Stubs: []RecallFile{}}
 		type found struct {
@@ -287,6 +320,10 @@ func RecallVerb(em *pipeline.Emitter, roots []string) pipeline.ControlHandler {
 				return nil, fmt.Errorf("recall: %s is not inside a configured hot tree", p)
 			}
 			err := filepath.WalkDir(p, func(path string, de fs.DirEntry, err error) error {
+				if err != nil && req.Ordered && path == p && errors.Is(err, fs.ErrNotExist) {
+					rep.Missing = append(rep.Missing, p)
+					return nil
+				}
 				if err != nil || !de.Type().IsRegular() {
 					return err
 				}
@@ -299,18 +336,66 @@ func RecallVerb(em *pipeline.Emitter, roots []string) pipeline.ControlHandler {
 				return nil, fmt.Errorf("recall: %w", err)
 			}
 		}
+		infos := map[string]stub.Info{}
 		for _, s := range stubs {
-			if req.Background {
-				_, err := em.Emit(ctx, &events.RecallRequested{FileID: s.info.FileID, Path: s.path, ObjectID: s.info.ObjectID,
-					Length: s.info.Size, Reason: events.RecallPrefetch}, s.info.FileID, s.info.ObjectID, s.info.ReleaseID, events.RecallPrefetch)
+			f := RecallFile{Path: s.path, Size: s.info.Size}
+			if req.Ordered {
+				f.ObjectID = s.info.ObjectID
+				var err error
+				if f.Tier, f.Cost, f.Tape, err = place(s.info.ObjectID); err != nil {
+					f.NoCopy = err.Error()
+				}
+			}
+			infos[s.path] = s.info
+			rep.Stubs = append(rep.Stubs, f)
+		}
+		if req.Ordered {
+			rep.Stubs = OrderRecalls(rep.Stubs)
+		}
+		if req.Background {
+			for _, f := range rep.Stubs {
+				info := infos[f.Path]
+				_, err := em.Emit(ctx, &events.RecallRequested{FileID: info.FileID, Path: f.Path, ObjectID: info.ObjectID,
+					Length: info.Size, Reason: events.RecallPrefetch}, info.FileID, info.ObjectID, info.ReleaseID, events.RecallPrefetch)
 				if err != nil {
 					return nil, err
 				}
 			}
-			rep.Stubs = append(rep.Stubs, RecallFile{Path: s.path, Size: s.info.Size})
 		}
 		return rep, nil
 	})
+}
+
+// OrderRecalls returns files without repeated paths, in the order a bulk
+// recall reads them: by the copy each is read from — tier (cost, then
+// name), then on tape volume, tape file, block and offset (one pass along
+// each cartridge, no seeking back), elsewhere object id (the copies of
+// one object together), then path — and stubs no tier can serve last.
+func OrderRecalls(files []RecallFile) []RecallFile {
+	seen := make(map[string]bool, len(files))
+	out := make([]RecallFile, 0, len(files))
+	for _, f := range files {
+		if !seen[f.Path] {
+			seen[f.Path] = true
+			out = append(out, f)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b RecallFile) int {
+		if (a.NoCopy == "") != (b.NoCopy == "") {
+			return cmp.Compare(len(a.NoCopy), len(b.NoCopy)) // readable first
+		}
+		if c := cmp.Or(cmp.Compare(a.Cost, b.Cost), strings.Compare(a.Tier, b.Tier)); c != 0 {
+			return c
+		}
+		if a.Tape != nil && b.Tape != nil {
+			if c := cmp.Or(strings.Compare(a.Tape.Volume, b.Tape.Volume), cmp.Compare(a.Tape.TapeFile, b.Tape.TapeFile),
+				cmp.Compare(a.Tape.Block, b.Tape.Block), cmp.Compare(a.Tape.Offset, b.Tape.Offset)); c != 0 {
+				return c
+			}
+		}
+		return cmp.Or(strings.Compare(a.ObjectID, b.ObjectID), strings.Compare(a.Path, b.Path))
+	})
+	return out
 }
 
 // within reports whether p (absolute, clean) is one of roots or below one.

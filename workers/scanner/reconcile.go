@@ -140,12 +140,12 @@ func (r *Reconciler) findModified(ctx context.Context) {
 				return nil
 			}
 			st, err := stub.Lstat(f.Path)
-			if err != nil || (st.Size == info.Size && st.MtimeNS == info.MtimeNS) {
+			if err != nil || info.Unchanged(st.Size, st.MtimeNS) {
 				return nil
 			}
 			r.Logger.Info("archived file modified", "path", f.Path, "file_id", f.ID)
-			_, err = r.Emitter.Emit(ctx, &events.FileModified{FileID: f.ID, Path: f.Path, ObjectID: f.ObjectID, Stat: st},
-				f.ID, fmt.Sprint(st.Size), fmt.Sprint(st.MtimeNS), fmt.Sprint(st.CtimeNS))
+			ev, id := stub.Modified(f.ID, f.ObjectID, f.Path, st)
+			_, err = r.Emitter.Emit(ctx, ev, id...)
 			return err
 		})
 		if err != nil {

@@ -687,7 +687,7 @@ func candidateAt(dirfd int, name, path, root string, fsid [8]byte, pre *unix.Sta
 	if managed {
 		c.FileID, c.ObjectID = info.FileID, info.ObjectID
 		c.State = StateDirty
-		if info.Size == st.Size && info.MtimeNS == st.Mtim.Nano() {
+		if info.Unchanged(st.Size, st.Mtim.Nano()) {
 			c.State = StateArchivedClean
 		}
 	} else {

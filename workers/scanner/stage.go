@@ -7,7 +7,9 @@ package scanner
 //	emits     strata.<host>.file.selected   a file the policy archives now
 //	          strata.<host>.file.moved      a stub found at a new path  (Reconciler)
 //	          strata.<host>.file.deleted    a stub gone from every hot tree (Reconciler)
-//	          strata.<host>.file.modified   an archived-clean file written since (Reconciler)
+//	          strata.<host>.file.modified   an archived-clean file written since (Reconciler;
+//	                                        the backstop of workers/modwatch, which reports
+//	                                        writes as they happen, for writes it cannot see)
 //
 // Its control verbs (verbs.go) select files now (strata archive), record
 // pins and preview the policy.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/workers/tier"
 	"github.com/strata-hsm/strata/workers/tier/dir"
+	"github.com/strata-hsm/strata/workers/tier/s3"
 	"github.com/strata-hsm/strata/workers/tier/tiertest"
 )
 
@@ -381,4 +383,41 @@ func TestStoreFilter(t *testing.T) {
 		}
 	}
 	r.wantNoDeadLetters()
+}
+
+// TestStoreRedeliveryLocationS3: when the staged object is gone and the
+// S3 target already holds a good copy, object.stored records the copy
+// where it is — s3://bucket/prefix/objects/… — as a first store does
+// (regression: it recorded "<tier>:objects/…", without bucket or prefix,
+// and a restore from the export's location could not find the object).
+func TestStoreRedeliveryLocationS3(t *testing.T) {
+	srv := tiertest.StartS3(t)
+	r := newRig(t)
+	tgt, err := s3.Open(s3.Config{Name: "s3", Endpoint: srv.Endpoint, Bucket: srv.NewBucket(t), Prefix: "pre/fix",
+		AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, NoTLS: true}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	first := r.stage(20, 300<<10, 20, "/hot/first.dat")
+	again := r.stage(21, 200<<10, 21, "/hot/again.dat")
+	if _, err := tgt.Put(ctx, again.object()); err != nil {
+		t.Fatal(err)
+	}
+	r.unstageFiles(again)
+	r.publish(first)
+	r.publish(again)
+	r.run(r.storeStage(tgt, nil))
+	r.waitDrained(tier.StageName("s3"))
+	r.wantNoDeadLetters()
+	for _, s := range []staged{first, again} {
+		got := r.storedOn(s.ev.ObjectID, "s3")
+		if len(got) != 1 {
+			t.Fatalf("%d object.stored of %s", len(got), s.ev.ObjectID[:8])
+		}
+		want := "s3://" + tgt.Bucket() + "/pre/fix/" + tier.ObjectKey(s.ev.ObjectID)
+		if got[0].Location != want || tgt.Location(s.ev.ObjectID) != want {
+			t.Fatalf("%s: location %q (target says %q), want %q", s.ev.ObjectID[:8], got[0].Location, tgt.Location(s.ev.ObjectID), want)
+		}
+	}
 }

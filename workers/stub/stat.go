@@ -1,6 +1,8 @@
 package stub
 
 import (
+	"strconv"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/events"
@@ -22,4 +24,17 @@ func Lstat(path string) (events.FileStat, error) {
 		return events.FileStat{}, err
 	}
 	return FileStat(&st, 0), nil
+}
+
+// Modified is the file.modified event of the managed file fileID (archived
+// as objectID) whose content changed, as Strata observed it (st, at path),
+// with its message id parts. Every stage that finds a modification builds
+// the event here — the modification watcher at the write, the interceptor
+// when a program wrote a stub during its recall, the reconciler after a
+// scan — so that the same observation, reported by two of them, is
+// recorded once (the ids name the file, the object and the observed size,
+// mtime and ctime).
+func Modified(fileID, objectID, path string, st events.FileStat) (*events.FileModified, []string) {
+	return &events.FileModified{FileID: fileID, Path: path, ObjectID: objectID, Stat: st},
+		[]string{fileID, objectID, strconv.FormatInt(st.Size, 10), strconv.FormatInt(st.MtimeNS, 10), strconv.FormatInt(st.CtimeNS, 10)}
 }

@@ -57,6 +57,14 @@ type Info struct {
 	ReleaseID string
 }
 
+// Unchanged reports whether a file of size bytes and mtime mtimeNS still
+// looks like the archived content in describes. Releasing and recalling
+// keep both; a write moves at least the mtime (a write that put it back,
+// or a write through a mapping never unmapped, is not seen here).
+func (in Info) Unchanged(size, mtimeNS int64) bool {
+	return size == in.Size && mtimeNS == in.MtimeNS
+}
+
 // Read returns the xattrs of the file at fd. A file without them gives
 // ErrNotManaged.
 func Read(fd int) (Info, error) {

@@ -29,9 +29,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/zeebo/blake3"
+
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/workers/tape"
-	"github.com/zeebo/blake3"
 )
 
 // Format constants.
@@ -390,7 +391,21 @@ func ReadLabel(d tape.Drive) (Label, error) {
 		return Label{}, fmt.Errorf("read label: %w", err)
 	}
 	fr := NewFileReader(d)
-	tr := tar.NewReader(fr)
+	l, err := DecodeLabel(fr)
+	if err != nil {
+		return Label{}, err
+	}
+	if err := fr.Skip(); err != nil {
+		return Label{}, fmt.Errorf("read label: %w", err)
+	}
+	return l, nil
+}
+
+// DecodeLabel reads a label from r, the bytes of tape file 0 (a pax tar
+// whose first member is VOLUME.json), and checks its BLAKE3 and fields.
+// It reads r only up to the end of that member.
+func DecodeLabel(r io.Reader) (Label, error) {
+	tr := tar.NewReader(r)
 	h, err := tr.Next()
 	if err != nil {
 		return Label{}, fmt.Errorf("read label: %w: %w", ErrFormat, err)
@@ -411,9 +426,6 @@ func ReadLabel(d tape.Drive) (Label, error) {
 		return Label{}, fmt.Errorf("read label: %w: %w", ErrFormat, err)
 	}
 	if err := l.Validate(); err != nil {
-		return Label{}, fmt.Errorf("read label: %w", err)
-	}
-	if err := fr.Skip(); err != nil {
 		return Label{}, fmt.Errorf("read label: %w", err)
 	}
 	return l, nil

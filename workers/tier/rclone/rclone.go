@@ -107,6 +107,11 @@ func (t *Target) Name() string { return t.cfg.Name }
 // Kind implements tier.Target.
 func (t *Target) Kind() string { return events.TierRclone }
 
+// Location returns where the tier keeps object id: its rclone path
+// (remote:path/objects/<aa>/<id>.zst). The store stage records it in
+// object.stored (also for a copy it found already there).
+func (t *Target) Location(id string) string { return t.Path(tier.ObjectKey(id)) }
+
 // Path returns the rclone path of key (relative to the tier's root).
 func (t *Target) Path(key string) string {
 	if strings.HasSuffix(t.cfg.Remote, ":") {
@@ -206,7 +211,7 @@ func (t *Target) Put(ctx context.Context, o tier.Object) (string, error) {
 	if err := o.Validate(); err != nil {
 		return "", fmt.Errorf("rclone tier %s: put: %w", t.cfg.Name, err)
 	}
-	final := t.Path(tier.ObjectKey(o.ID))
+	final := t.Location(o.ID)
 	info, err := t.Verify(ctx, o.ID)
 	switch {
 	case err == nil && info.PackedSum == o.PackedSum:

@@ -148,7 +148,10 @@ func (t *Target) Bucket() string { return t.cfg.Bucket }
 // Key returns the key of an object's packed bytes.
 func (t *Target) Key(id string) string { return t.cfg.Prefix + tier.ObjectKey(id) }
 
-func (t *Target) location(id string) string {
+// Location returns where the tier keeps object id: s3://bucket/key. The
+// store stage records it in object.stored (also for a copy it found
+// already there), and the export's location column carries it.
+func (t *Target) Location(id string) string {
 	return "s3://" + t.cfg.Bucket + "/" + t.Key(id)
 }
 
@@ -192,7 +195,7 @@ func (t *Target) Put(ctx context.Context, o tier.Object) (string, error) {
 		if err := t.ensureManifest(ctx, o); err != nil {
 			return "", err
 		}
-		return t.location(o.ID), nil
+		return t.Location(o.ID), nil
 	case err == nil || errors.Is(err, tier.ErrNotFound):
 	case errors.Is(err, tier.ErrCorrupt):
 		t.log.Warn("replacing corrupt copy", "object", o.ID, "err", err)
@@ -214,7 +217,7 @@ func (t *Target) Put(ctx context.Context, o tier.Object) (string, error) {
 	if info.PackedSum != o.PackedSum {
 		return "", fmt.Errorf("s3 tier %s: put %s: replaced concurrently by a copy with packed sum %s", t.cfg.Name, o.ID, info.PackedSum)
 	}
-	return t.location(o.ID), nil
+	return t.Location(o.ID), nil
 }
 
 // upload streams o's packed bytes to its key. The source is checked on
