@@ -55,3 +55,17 @@ func TestReport(t *testing.T) {
 		}
 	}
 }
+
+// TestNATS: a client listener off loopback is a problem (no TLS on the
+// client port); loopback with a daemon answering is ok.
+func TestNATS(t *testing.T) {
+	if f := NATS("0.0.0.0", 4250, "", false); f.Status != Problem || !strings.Contains(f.Fix, "127.0.0.1") {
+		t.Errorf("0.0.0.0: %+v", f)
+	}
+	if f := NATS("192.0.2.7", 4250, "nats://192.0.2.7:4250", true); f.Status != Problem {
+		t.Errorf("192.0.2.7 with a daemon: %+v", f)
+	}
+	if f := NATS("127.0.0.1", 4250, "nats://127.0.0.1:4250", true); f.Status != OK {
+		t.Errorf("loopback: %+v", f)
+	}
+}
