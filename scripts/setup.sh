@@ -5,7 +5,7 @@
 set -euo pipefail
 
 need_pkgs=()
-for pair in mkfs.xfs:xfsprogs mkfs.ext4:e2fsprogs b3sum:b3sum rclone:rclone zstd:zstd tar:tar getfattr:attr mt:mt-st du:coreutils zsh:zsh fish:fish systemd-analyze:systemd; do
+for pair in mkfs.xfs:xfsprogs mkfs.ext4:e2fsprogs b3sum:b3sum rclone:rclone zstd:zstd tar:tar getfattr:attr mt:mt-st du:coreutils zsh:zsh fish:fish systemd-analyze:systemd man:man-db dpkg-deb:dpkg; do
   cmd=${pair%%:*} pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done

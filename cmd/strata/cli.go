@@ -46,7 +46,7 @@ type commandLine struct {
 	Prune   pruneCmd   `cmd:"" help:"Remove objects that retention lets go (dry run unless --apply)."`
 	Tape    tapeCmd    `cmd:"" help:"Tape volumes: label, ls, verify, rebuild the catalog from tapes."`
 	Tier    tierCmds   `cmd:"" help:"Tiers: drain one before removing it from the configuration."`
-	Doctor  doctorCmd  `cmd:"" help:"Check the kernel and the hot trees' filesystems."`
+	Doctor  doctorCmd  `cmd:"" help:"Check what breaks in practice: daemon, tiers, space, secrets, kernel, clock (exit 1 on a problem)."`
 	Events  eventsCmd  `cmd:"" help:"Print events from the log (and follow new ones)."`
 	Replay  replayCmd  `cmd:"" help:"Rebuild the catalog from the event log (or verify it)."`
 	Export  exportCmd  `cmd:"" help:"Export the catalog to Parquet."`
@@ -56,6 +56,7 @@ type commandLine struct {
 	Version   versionCmd   `cmd:"" help:"Print the version."`
 
 	Completion completionCmd `cmd:"" help:"Print a shell completion script (bash, zsh or fish)."`
+	Manpages   manpagesCmd   `cmd:"" hidden:"" help:"Write the man pages into a directory (for packaging)."`
 }
 
 // globals are the flags every command takes.
@@ -126,7 +127,7 @@ func newParser(e *env) (*kong.Kong, *commandLine, error) {
 		kong.Name("strata"),
 		kong.Description("Strata — a transparent hierarchical storage manager.\n\n"+
 			"Flags may stand anywhere on the line, before or after arguments; -- ends them. "+
-			"Every command takes --help, --data DIR and, where it prints, --json."),
+			"Every command takes --help, --data DIR and, where it prints, --json. strata --version prints the version."),
 		kong.NoDefaultHelp(),
 		kong.Help(printHelp),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true, NoExpandSubcommands: true}),
@@ -155,6 +156,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return fmt.Errorf("%w: no command given (see strata --help)", errUsage)
+	case len(args) == 1 && args[0] == "--version":
+		// Only as the whole line: restore has a --version N of its own.
+		fmt.Fprintln(stdout, "strata", version)
+		return nil
 	case args[0] == "help": // strata help [COMMAND...]
 		args = append(args[1:len(args):len(args)], "--help")
 	}

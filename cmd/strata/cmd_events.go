@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -50,8 +51,8 @@ func (c *eventsCmd) Run(ctx context.Context, e *env, g *globals) error {
 				}
 				fmt.Fprintf(e.stdout, "%s\n", b)
 			} else {
-				fmt.Fprintf(e.stdout, "%d\t%s\t%s\t%s\n", env.Seq, env.Time.Local().Format("2006-01-02 15:04:05.000"),
-					shortType(env.Type), summary(env))
+				fmt.Fprintf(e.stdout, "%d\t%s\t%s\t%s\t%s\n", env.Seq, env.Time.Local().Format("2006-01-02 15:04:05.000"),
+					sourceOf(env), shortType(env.Type), summary(env))
 			}
 			if !c.Follow && env.Seq >= last {
 				return pipeline.ErrStop
@@ -98,4 +99,18 @@ func shortType(typ string) string {
 		return k.Aggregate + "." + k.Name
 	}
 	return typ
+}
+
+// sourceOf is where an event comes from as a person reads it: the host and
+// the program (the stage or command) that published it, "nas1/scanner",
+// from its CloudEvents source (/strata/<host>/<stage>); an event from
+// another publisher shows its source as it is.
+func sourceOf(env events.Envelope) string {
+	if rest, ok := strings.CutPrefix(env.Source, "/strata/"); ok && strings.Count(rest, "/") == 1 {
+		return rest
+	}
+	if env.Source == "" {
+		return "?"
+	}
+	return env.Source
 }

@@ -8,12 +8,14 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/strata-hsm/strata/cmd/internal/progress"
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/scanner"
 )
 
 type lsCmd struct {
 	JSON  bool     `name:"json" help:"Print JSON."`
+	Bytes bool     `help:"Print sizes in bytes (default: human sizes, 1.5 MiB)."`
 	Limit int      `default:"${ls_limit}" placeholder:"N" help:"List at most this many files (default ${default})."`
 	Paths []string `arg:"" name:"path" complete:"file" help:"Files or directories (recursively) to list."`
 }
@@ -47,7 +49,11 @@ func (c *lsCmd) Run(ctx context.Context, e *env, g *globals) error {
 		if len(f.Copies) > 0 {
 			copies = fmt.Sprint(len(f.Copies), " ", f.Copies)
 		}
-		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", lsState(f.State), f.Size, lsResident(f), obj, copies, f.Path)
+		size := progress.Bytes(f.Size)
+		if c.Bytes {
+			size = strconv.FormatInt(f.Size, 10)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", lsState(f.State), size, lsResident(f), obj, copies, f.Path)
 		for _, why := range f.Failures {
 			fmt.Fprintf(w, "\t\t\t\t\t  no copy on %s\n", why)
 		}

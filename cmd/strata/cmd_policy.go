@@ -56,7 +56,43 @@ func writePreview(w io.Writer, r scanner.Report) error {
 		}
 		fmt.Fprintln(w)
 	}
-	_, err := fmt.Fprintf(w, "would archive %d files, %s, freeing %s (scanned %d files in %d directories in %v; %d errors)\n",
-		r.Files, progress.Bytes(r.Bytes), progress.Bytes(r.Freed), r.Summary.Files, r.Summary.Dirs, r.Summary.Duration.Round(time.Millisecond), r.Summary.Errors)
-	return err
+	if _, err := fmt.Fprintf(w, "would archive %d files, %s, freeing %s (scanned %d files in %d directories in %v; %d errors)\n",
+		r.Files, progress.Bytes(r.Bytes), progress.Bytes(r.Freed), r.Summary.Files, r.Summary.Dirs, r.Summary.Duration.Round(time.Millisecond), r.Summary.Errors); err != nil {
+		return err
+	}
+	return writeNotChosen(w, r.Summary)
+}
+
+// writeNotChosen says why the files that are not candidates were not
+// chosen, one count per reason (nothing when every file was chosen).
+func writeNotChosen(w io.Writer, s scanner.Summary) error {
+	reasons := []struct {
+		n    int64
+		what string
+	}{
+		{s.TooYoung, "too young (policy.min_age, policy.age_by)"},
+		{s.TooSmall, "too small (policy.min_size)"},
+		{s.Excluded, "excluded (policy.include, policy.exclude)"},
+		{s.Pinned, "pinned (strata pin, policy.pinned)"},
+		{s.Released, "already released (stubs)"},
+		{s.NoBlocks, "hold no blocks (empty or sparse: releasing frees nothing)"},
+		{s.OtherFS, "on another filesystem (cross_mounts = false)"},
+	}
+	var total int64
+	for _, r := range reasons {
+		total += r.n
+	}
+	if total == 0 {
+		return nil
+	}
+	if _, err := fmt.Fprintln(w, "not chosen:"); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', tabwriter.AlignRight)
+	for _, r := range reasons {
+		if r.n > 0 {
+			fmt.Fprintf(tw, "  %d\t %s\n", r.n, r.what)
+		}
+	}
+	return tw.Flush()
 }

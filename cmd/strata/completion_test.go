@@ -2,12 +2,17 @@ package main
 
 import (
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/strata-hsm/strata/workers/stratatest"
 )
 
 // completionCases are command lines (completed at their end) and words
@@ -160,4 +165,61 @@ func TestCompletionFish(t *testing.T) {
 		}
 		return strings.Join(words, "\n")
 	})
+}
+
+// TestManpages: strata manpages writes strata.1 and one page per visible
+// command (none for hidden ones), each naming its flags, and man(1)
+// formats every page without a warning.
+func TestManpages(t *testing.T) {
+	dir := t.TempDir()
+	if out, errs, code := cli(t, "manpages", "--dir", dir, "--date", "2026-12-03"); code != 0 {
+		t.Fatalf("manpages: exit %d %s%s", code, out, errs)
+	}
+	k, _, err := newParser(&env{stdout: io.Discard, stderr: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var visible []string
+	var walk func(n *kong.Node)
+	walk = func(n *kong.Node) {
+		for _, c := range n.Children {
+			if c.Type == kong.CommandNode && !c.Hidden {
+				visible = append(visible, strings.ReplaceAll(c.FullPath(), " ", "-"))
+				walk(c)
+			}
+		}
+	}
+	walk(k.Model.Node)
+	if len(visible) < 20 {
+		t.Fatalf("only %d visible commands: %v", len(visible), visible)
+	}
+	for _, name := range visible {
+		page := filepath.Join(dir, name+".1")
+		b, err := os.ReadFile(page)
+		if err != nil {
+			t.Errorf("no page for %s: %v", name, err)
+			continue
+		}
+		for _, want := range []string{".TH STRATA\\-", ".SH NAME", ".SH SYNOPSIS", ".SH FLAGS", "\\-\\-help", ".SH EXIT STATUS"} {
+			if !strings.Contains(string(b), want) {
+				t.Errorf("%s lacks %q", page, want)
+			}
+		}
+	}
+	mainPage, err := os.ReadFile(filepath.Join(dir, "strata.1"))
+	if err != nil || !strings.Contains(string(mainPage), ".SS strata archive") || strings.Contains(string(mainPage), "interceptor\\-holder") {
+		t.Errorf("strata.1: %v (want every command, not the hidden holder)", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "strata-manpages.1")); err == nil {
+		t.Error("a page for the hidden manpages command")
+	}
+	man := stratatest.NeedTool(t, "man")
+	pages, _ := filepath.Glob(filepath.Join(dir, "*.1"))
+	cmd := exec.Command(man, append([]string{"--warnings", "-l"}, pages...)...)
+	cmd.Env = append(os.Environ(), "MANPAGER=cat", "MANWIDTH=80")
+	var stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = io.Discard, &stderr
+	if err := cmd.Run(); err != nil || stderr.Len() > 0 {
+		t.Errorf("man --warnings: %v\n%s", err, stderr.String())
+	}
 }

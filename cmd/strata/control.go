@@ -48,6 +48,7 @@ func (d *daemon) controlHandlers() map[string]pipeline.ControlHandler {
 		"recall":       interceptor.RecallVerb(pipeline.NewEmitter(d.js, d.cfg.Host, "recall"), d.cfg.hotRoots(), d.placer()),
 		"restore":      recall.RestoreVerb(d.stages.reader, d.cat),
 		"tape-rebuild": d.ctlTapeRebuild,
+		"doctor":       d.ctlDoctor,
 	}
 	pol := d.cfg.scanPolicy()
 	pol.Pinned = scanner.PinnedByCatalog(d.cat)

@@ -86,9 +86,32 @@ type Result struct {
 	Copies int    // rows in copies.parquet
 }
 
+// Progress is how far an export is, as Options.Progress is told.
+type Progress struct {
+	Step string `json:"step"` // "reading the catalog", "writing files.parquet", "writing copies.parquet"
+	Rows int64  `json:"rows"` // rows appended so far (files and copies)
+}
+
+// Options of ParquetWith.
+type Options struct {
+	// Progress, if set, is called from the exporting goroutine at each
+	// step and every 4096 rows; it must return quickly.
+	Progress func(Progress)
+}
+
 // Parquet writes files.parquet and copies.parquet of one consistent
 // snapshot of cat into dir (created if missing), replacing earlier exports.
 func Parquet(ctx context.Context, cat *catalog.Catalog, dir string) (Result, error) {
+	return ParquetWith(ctx, cat, dir, Options{})
+}
+
+// ParquetWith is Parquet, telling opts.Progress how it advances.
+func ParquetWith(ctx context.Context, cat *catalog.Catalog, dir string, opts Options) (Result, error) {
+	report := func(p Progress) {
+		if opts.Progress != nil {
+			opts.Progress(p)
+		}
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return Result{}, fmt.Errorf("export: %w", err)
 	}
@@ -112,7 +135,8 @@ func Parquet(ctx context.Context, cat *catalog.Catalog, dir string) (Result, err
 			return Result{}, fmt.Errorf("export: %w", err)
 		}
 	}
-	res, err := fill(ctx, connector, cat)
+	report(Progress{Step: "reading the catalog"})
+	res, err := fill(ctx, connector, cat, report)
 	if err != nil {
 		return Result{}, err
 	}
@@ -122,6 +146,7 @@ func Parquet(ctx context.Context, cat *catalog.Catalog, dir string) (Result, err
 		{"files", tmpFiles, filepath.Join(dir, FilesName)},
 		{"copies", tmpCopies, filepath.Join(dir, CopiesName)},
 	} {
+		report(Progress{Step: "writing " + filepath.Base(w.final), Rows: int64(res.Files + res.Copies)})
 		// No ORDER BY: sorting 1M rows cost ~10 % of the export; rows
 		// come in file id (files) and object id (copies) order.
 		q := fmt.Sprintf("COPY %s TO %s (FORMAT parquet, COMPRESSION zstd, %s)", w.table, quote(w.tmp), meta)
@@ -141,7 +166,7 @@ func Parquet(ctx context.Context, cat *catalog.Catalog, dir string) (Result, err
 
 // fill appends the catalog's rows to the two tables, each through its own
 // connection and appender, concurrently.
-func fill(ctx context.Context, connector *duckdb.Connector, cat *catalog.Catalog) (Result, error) {
+func fill(ctx context.Context, connector *duckdb.Connector, cat *catalog.Catalog, report func(Progress)) (Result, error) {
 	files, closeFiles, err := appender(ctx, connector, "files")
 	if err != nil {
 		return Result{}, err
@@ -155,16 +180,22 @@ func fill(ctx context.Context, connector *duckdb.Connector, cat *catalog.Catalog
 	fp, cp := newPipe(files, filesColumns), newPipe(copies, copiesColumns)
 	seq, err := cat.Scan(catalog.ScanFuncs{
 		File: func(f *catalog.File, versions []catalog.Version) error {
-			if res.Files++; res.Files%4096 == 0 && ctx.Err() != nil {
-				return ctx.Err()
+			if res.Files++; res.Files%4096 == 0 {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				report(Progress{Step: "reading the catalog", Rows: int64(res.Files + res.Copies)})
 			}
 			res.Files += max(len(versions), 1) - 1
 			appendFile(fp, f, versions)
 			return nil
 		},
 		Copy: func(c *catalog.Copy) error {
-			if res.Copies++; res.Copies%4096 == 0 && ctx.Err() != nil {
-				return ctx.Err()
+			if res.Copies++; res.Copies%4096 == 0 {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				report(Progress{Step: "reading the catalog", Rows: int64(res.Files + res.Copies)})
 			}
 			appendCopy(cp, c)
 			return nil

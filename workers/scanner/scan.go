@@ -81,22 +81,29 @@ type FSUsage struct {
 
 // Summary counts what a scan saw.
 type Summary struct {
-	Dirs          int64         `json:"dirs"`     // directories read
-	Files         int64         `json:"files"`    // regular files seen
-	Bytes         int64         `json:"bytes"`    // their total size
-	Selected      int64         `json:"selected"` // candidates passed to fn
-	SelectedBytes int64         `json:"selected_bytes"`
-	Freed         int64         `json:"freed"` // sum of Candidate.Freed
-	Symlinks      int64         `json:"symlinks"`
-	Special       int64         `json:"special"`  // FIFOs, sockets, devices
-	OtherFS       int64         `json:"other_fs"` // entries on another filesystem, not entered
-	Released      int64         `json:"released"` // stubs, skipped
-	Pinned        int64         `json:"pinned"`   // pinned files and directories, skipped
-	Excluded      int64         `json:"excluded"` // by the globs
-	Errors        int64         `json:"errors"`
-	FirstErrors   []string      `json:"first_errors,omitempty"` // at most maxErrors
-	Filesystems   []FSUsage     `json:"filesystems"`
-	Duration      time.Duration `json:"duration_ns"`
+	Dirs          int64 `json:"dirs"`     // directories read
+	Files         int64 `json:"files"`    // regular files seen
+	Bytes         int64 `json:"bytes"`    // their total size
+	Selected      int64 `json:"selected"` // candidates passed to fn
+	SelectedBytes int64 `json:"selected_bytes"`
+	Freed         int64 `json:"freed"` // sum of Candidate.Freed
+	Symlinks      int64 `json:"symlinks"`
+	Special       int64 `json:"special"`  // FIFOs, sockets, devices
+	OtherFS       int64 `json:"other_fs"` // entries on another filesystem, not entered
+	Released      int64 `json:"released"` // stubs, skipped
+	Pinned        int64 `json:"pinned"`   // pinned files and directories, skipped
+	Excluded      int64 `json:"excluded"` // by the globs
+	// Why the other regular files were not chosen (each counted once, by
+	// the first test it failed): smaller than MinSize, holding no blocks
+	// (empty, sparse or inline: releasing frees nothing), younger than
+	// the policy's age (and not taken by a watermark).
+	TooSmall    int64         `json:"too_small"`
+	NoBlocks    int64         `json:"no_blocks"`
+	TooYoung    int64         `json:"too_young"`
+	Errors      int64         `json:"errors"`
+	FirstErrors []string      `json:"first_errors,omitempty"` // at most maxErrors
+	Filesystems []FSUsage     `json:"filesystems"`
+	Duration    time.Duration `json:"duration_ns"`
 }
 
 const maxErrors = 20
@@ -224,6 +231,7 @@ type walker struct {
 		dirs, files, bytes, selected, selectedBytes, freed atomic.Int64
 		symlinks, special, otherFS, released, pinned       atomic.Int64
 		excluded, errors                                   atomic.Int64
+		tooSmall, noBlocks, tooYoung                       atomic.Int64
 	}
 }
 
@@ -323,6 +331,7 @@ func (w *walker) summary(start time.Time) Summary {
 		Symlinks: w.n.symlinks.Load(), Special: w.n.special.Load(), OtherFS: w.n.otherFS.Load(),
 		Released: w.n.released.Load(), Pinned: w.n.pinned.Load(), Excluded: w.n.excluded.Load(),
 		Errors: w.n.errors.Load(), Duration: time.Since(start),
+		TooSmall: w.n.tooSmall.Load(), NoBlocks: w.n.noBlocks.Load(), TooYoung: w.n.tooYoung.Load(),
 	}
 	w.emu.Lock()
 	s.FirstErrors = slices.Clone(w.emu.first)
@@ -548,12 +557,18 @@ func (w *walker) entry(dirfd int, j dirJob, name string) {
 	if w.p.OnStub != nil && st.Size > 0 && (st.Blocks*512 < st.Size || st.Blocks*512 <= stubSlack) {
 		w.reportStub(join(j.path, name))
 	}
-	if st.Size < w.p.MinSize || st.Blocks == 0 {
+	if st.Size < w.p.MinSize {
+		w.n.tooSmall.Add(1)
+		return
+	}
+	if st.Blocks == 0 {
+		w.n.noBlocks.Add(1)
 		return
 	}
 	fs := j.root.fs
 	ageOK := w.p.ageOK(w.now, st.Atim.Nano(), st.Mtim.Nano())
 	if !ageOK && !fs.usage.AboveHigh {
+		w.n.tooYoung.Add(1)
 		return
 	}
 	rel := joinRel(j.rel, name)
@@ -574,6 +589,7 @@ func (w *walker) entry(dirfd int, j dirJob, name string) {
 	key := max(st.Atim.Nano(), st.Mtim.Nano())
 	freed := st.Blocks * 512
 	if !ageOK && !fs.wouldTake(key) {
+		w.n.tooYoung.Add(1) // the watermark is met by older files
 		return
 	}
 	info, managed, ok := w.xattrs(path)

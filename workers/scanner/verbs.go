@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -96,6 +97,18 @@ func (v *Verbs) archive(ctx context.Context, req ArchiveRequest) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A path outside every hot tree is a mistake (a typo, the wrong
+	// machine), not a file to skip: refuse the request before selecting
+	// anything, as every other verb does.
+	for _, p := range req.Paths {
+		if v.Policy.RootOf(p) == "" {
+			trees := "none is configured"
+			if len(v.Policy.Roots) > 0 {
+				trees = "hot trees: " + strings.Join(v.Policy.Roots, ", ")
+			}
+			return nil, fmt.Errorf("archive: %s is not inside a configured hot tree (%s)", p, trees)
+		}
+	}
 	rep := ArchiveReply{Seq: seq, Host: v.Host, Selected: []ArchivedFile{}, Skipped: []ArchiveSkip{}}
 	em := pipeline.NewEmitter(v.JS, v.Host, "archive")
 	token := fmt.Sprint("manual@", seq, "@", time.Now().UnixNano())
@@ -105,10 +118,6 @@ func (v *Verbs) archive(ctx context.Context, req ArchiveRequest) (any, error) {
 	var cands []Candidate
 	for _, p := range req.Paths {
 		root := v.Policy.RootOf(p)
-		if root == "" {
-			rep.Skipped = append(rep.Skipped, ArchiveSkip{p, "not inside a configured hot tree"})
-			continue
-		}
 		if pinned(p) {
 			rep.Skipped = append(rep.Skipped, ArchiveSkip{p, "pinned"})
 			continue

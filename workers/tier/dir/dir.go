@@ -92,13 +92,14 @@ type Target struct {
 // mount point, with RequireMount) does not fail Open: the tier is
 // unavailable (every call returns an error wrapping tier.ErrUnavailable
 // that says why) until the root is there; then <root>/objects is created
-// if needed.
+// if needed. logger is the caller's, naming the tier already (the daemon
+// passes logger.With("tier", name)).
 func Open(cfg Config, logger *slog.Logger) (*Target, error) {
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	t := &Target{cfg: cfg, objects: filepath.Join(cfg.Root, "objects"), log: logger.With("tier", cfg.Name),
+	t := &Target{cfg: cfg, objects: filepath.Join(cfg.Root, "objects"), log: logger,
 		fp: failpoint.New()} // armed only by STRATA_FAILPOINTS, in crash tests
 	if err := t.available(); err != nil {
 		if !errors.Is(err, tier.ErrUnavailable) {

@@ -80,7 +80,8 @@ type Target struct {
 }
 
 // Open checks cfg and finds the rclone binary. It does not contact the
-// remote.
+// remote. logger is the caller's, naming the tier already
+// (the daemon passes logger.With("tier", name)).
 func Open(cfg Config, logger *slog.Logger) (*Target, error) {
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -97,7 +98,7 @@ func Open(cfg Config, logger *slog.Logger) (*Target, error) {
 		}
 	}
 	env = append(env, cfg.Env...)
-	return &Target{cfg: cfg, bin: bin, env: env, log: logger.With("tier", cfg.Name)}, nil
+	return &Target{cfg: cfg, bin: bin, env: env, log: logger}, nil
 }
 
 // Name implements tier.Target.

@@ -116,7 +116,8 @@ type Target struct {
 }
 
 // Open checks cfg and returns the tier. It does not contact the server: an
-// unreachable server shows as ErrUnavailable on each call.
+// unreachable server shows as ErrUnavailable on each call. logger is the caller's, naming the tier already
+// (the daemon passes logger.With("tier", name)).
 func Open(cfg Config, logger *slog.Logger) (*Target, error) {
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -132,7 +133,7 @@ func Open(cfg Config, logger *slog.Logger) (*Target, error) {
 	if err != nil {
 		return nil, fmt.Errorf("s3 tier %s: %w", cfg.Name, err)
 	}
-	return &Target{cfg: cfg, cl: cl, core: minio.Core{Client: cl}, log: logger.With("tier", cfg.Name)}, nil
+	return &Target{cfg: cfg, cl: cl, core: minio.Core{Client: cl}, log: logger}, nil
 }
 
 // Name implements tier.Target.
