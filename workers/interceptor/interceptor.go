@@ -869,6 +869,8 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 	}
 	if !i.rules.throttled(r.info) {
 		r.accessed(lo, hi)
+	} else {
+		r.idleLater() // no background fill; dropped once idle all the same
 	}
 	return 0
 }

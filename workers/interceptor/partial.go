@@ -127,6 +127,15 @@ func (r *recall) accessed(lo, hi int64) {
 	}
 }
 
+// idleLater records an access that starts no background fill (a
+// throttled recall): the recall is dropped IdleAfter after the last one.
+func (r *recall) idleLater() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.mu.part.last = time.Now()
+	r.armReapLocked()
+}
+
 // nextBackgroundLocked returns the next chunk the background fills: the
 // first empty one from the cursor on (wrapping around when the whole file
 // is filled, up to the read-ahead's end otherwise), or -1.
