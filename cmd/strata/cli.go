@@ -37,6 +37,7 @@ type commandLine struct {
 	Ls      lsCmd      `cmd:"" help:"List managed files and their state."`
 	Archive archiveCmd `cmd:"" help:"Archive files now, whatever their age (--wait: until released)."`
 	Recall  recallCmd  `cmd:"" help:"Bring stubs back now (--wait: until every byte is back)."`
+	Release releaseCmd `cmd:"" help:"Free the resident ranges of partially recalled stubs again (verified, no upload)."`
 	Restore restoreCmd `cmd:"" help:"Write an archived version of a file to a new path."`
 	Pin     pinCmd     `cmd:"" help:"Never archive these paths."`
 	Unpin   unpinCmd   `cmd:"" help:"Allow these paths to be archived again."`

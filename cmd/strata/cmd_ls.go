@@ -39,7 +39,7 @@ func (c *lsCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return printJSON(e, rep)
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "STATE\tSIZE\tOBJECT\tCOPIES\tPATH")
+	fmt.Fprintln(w, "STATE\tSIZE\tRESIDENT\tOBJECT\tCOPIES\tPATH")
 	for _, f := range rep.Files {
 		obj := "-"
 		if f.ObjectID != "" {
@@ -53,15 +53,27 @@ func (c *lsCmd) Run(ctx context.Context, e *env, g *globals) error {
 		if c.Bytes {
 			size = strconv.FormatInt(f.Size, 10)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", lsState(f.State), size, obj, copies, f.Path)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", lsState(f.State), size, lsResident(f), obj, copies, f.Path)
 		for _, why := range f.Failures {
-			fmt.Fprintf(w, "\t\t\t\t  no copy on %s\n", why)
+			fmt.Fprintf(w, "\t\t\t\t\t  no copy on %s\n", why)
 		}
 	}
 	if rep.Truncated {
 		fmt.Fprintf(w, "… truncated at %d files (--limit)\n", len(rep.Files))
 	}
 	return w.Flush()
+}
+
+// lsResident says how much of a stub is on the hot tier, as a percentage
+// ("-" for other files: they are resident).
+func lsResident(f scanner.LsEntry) string {
+	if f.State != catalog.StateReleased.String() {
+		return "-"
+	}
+	if f.Size == 0 {
+		return "0%"
+	}
+	return strconv.FormatFloat(100*float64(f.Resident)/float64(f.Size), 'f', 1, 64) + "%"
 }
 
 // lsState names a state the way users know it.

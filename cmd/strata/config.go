@@ -153,6 +153,13 @@ type RetentionConfig struct {
 type ReleaseConfig struct {
 	Copies int      `toml:"copies"` // verified copies required before release (default 1)
 	From   []string `toml:"from"`   // tiers that count (default: all)
+	// ResidentHead and ResidentTail: bytes at the start and at the end of
+	// every released file that stay resident (rounded to whole blocks;
+	// with either, the block at EOF stays too), so that `file`,
+	// thumbnailers and media probes answer without a recall. Default 0:
+	// the whole file is punched.
+	ResidentHead size `toml:"resident_head"`
+	ResidentTail size `toml:"resident_tail"`
 }
 
 // PolicyConfig: which files the scanner selects.
@@ -206,6 +213,16 @@ type InterceptorConfig struct {
 	// a stub of any size opened by one of these programs is recalled whole
 	// before its open returns. Unset: rclone; [] for none.
 	MtimeCheckPrograms []string `toml:"mtime_check_programs"`
+	// ReadAhead: after an access to a stub that is not filled whole, the
+	// next read_ahead bytes are filled in the background (default 4 MiB).
+	ReadAhead size `toml:"read_ahead"`
+	// SequentialAfter: once this many bytes of a stub were read in
+	// sequence, the rest of it is filled in the background (default 8 MiB).
+	SequentialAfter size `toml:"sequential_after"`
+	// FillWholeBelow: a stub smaller than this is filled whole in the
+	// background after its first access (default 64 MiB). Larger stubs
+	// stay partially resident unless read sequentially.
+	FillWholeBelow size `toml:"fill_whole_below"`
 	// ProbeGuard: what the probe guard (workers/kernelguard) does to a
 	// program that asks a stub where its data is (SEEK_DATA, FIEMAP):
 	// "kill" (default: SIGKILL before it acts on the answer, and the stub
@@ -338,6 +355,9 @@ func (c *Config) EnsureDefaults() {
 		c.Interceptor.Holder = &on
 	}
 	c.Interceptor.WholeFileBelow = cmp.Or(c.Interceptor.WholeFileBelow, size(interceptor.DefaultWholeFileBelow))
+	c.Interceptor.ReadAhead = cmp.Or(c.Interceptor.ReadAhead, size(interceptor.DefaultReadAhead))
+	c.Interceptor.SequentialAfter = cmp.Or(c.Interceptor.SequentialAfter, size(interceptor.DefaultSequentialAfter))
+	c.Interceptor.FillWholeBelow = cmp.Or(c.Interceptor.FillWholeBelow, size(interceptor.DefaultFillWholeBelow))
 	if c.Interceptor.MtimeCheckPrograms == nil {
 		c.Interceptor.MtimeCheckPrograms = interceptor.DefaultMtimeCheckPrograms()
 	}
@@ -453,6 +473,11 @@ func (c *Config) Validate() error {
 	ic.EnsureDefaults()
 	if err := ic.Validate(); err != nil {
 		return pipeline.Within("interceptor", err)
+	}
+	for key, v := range map[string]size{"release.resident_head": c.Release.ResidentHead, "release.resident_tail": c.Release.ResidentTail} {
+		if v < 0 || v > 1<<30 {
+			return bad(key, v, "want a size from 0 (none) to 1GiB")
+		}
 	}
 	if c.Interceptor.WholeFileBelow < 0 {
 		return bad("interceptor.whole_file_below", c.Interceptor.WholeFileBelow, "want a size (1 disables)")
@@ -603,7 +628,10 @@ func (c *Config) compressorConfig(stagingDir string) compressor.Config {
 // daemon's: see buildStages).
 func (c *Config) interceptorConfig() interceptor.Config {
 	ic := interceptor.Config{Mode: interceptor.Mode(c.Interceptor.Mode), WholeFileBelow: int64(c.Interceptor.WholeFileBelow),
-		WholeFilePrograms: c.Interceptor.WholeFilePrograms, MtimeCheckPrograms: c.Interceptor.MtimeCheckPrograms}
+		WholeFilePrograms: c.Interceptor.WholeFilePrograms, MtimeCheckPrograms: c.Interceptor.MtimeCheckPrograms,
+		ReadAhead: int64(c.Interceptor.ReadAhead), SequentialAfter: int64(c.Interceptor.SequentialAfter),
+		FillWholeBelow: int64(c.Interceptor.FillWholeBelow),
+		ResidentHead:   int64(c.Release.ResidentHead), ResidentTail: int64(c.Release.ResidentTail)}
 	if g := c.Interceptor.StoppedGrace; g != nil {
 		ic.HolderGrace = cmp.Or(time.Duration(*g), -1) // 0: deny at once
 	}

@@ -219,6 +219,7 @@ func (d *daemon) buildStages() (*stages, error) {
 		Catalog: d.cat, Emitter: pipeline.NewEmitter(d.js, host, releaser.StageName),
 		Roots: d.cfg.hotRoots(), Copies: cfg.Release.Copies, CountingTiers: cfg.Release.From, Draining: s.draining, AllTiers: allTiers,
 		StagingDir: s.stagingDir, Mark: s.interceptor.Hold, Unhold: s.interceptor.Unhold, Guard: s.interceptor.GuardStub, Failpoints: s.failpoints,
+		ResidentHead: int64(cfg.Release.ResidentHead), ResidentTail: int64(cfg.Release.ResidentTail),
 		Logger: d.logger.With("stage", releaser.StageName),
 	}))
 	if roots := d.cfg.hotRoots(); len(roots) > 0 {
@@ -272,7 +273,10 @@ func (d *daemon) runStages(ctx context.Context, s *stages, g interface{ Go(func(
 	drains := &store.Drainer{Catalog: d.cat, Copier: s.reader, Targets: s.targets, Filters: s.filters, Roots: d.cfg.hotRoots(),
 		Counting: d.cfg.Release.From, Copies: d.cfg.Release.Copies, Draining: s.draining,
 		Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, "drain"), Logger: d.logger.With("component", "drain")}
+	repunch := &releaser.Repuncher{Roots: d.cfg.hotRoots(), ResidentHead: int64(d.cfg.Release.ResidentHead), ResidentTail: int64(d.cfg.Release.ResidentTail),
+		Manifest: s.reader.Manifest, Hold: s.interceptor.Hold, Unhold: s.interceptor.Unhold, Logger: d.logger.With("component", "repunch")}
 	verbs := scrubs.Handlers(ctx)
+	maps.Copy(verbs, repunch.Handlers())
 	maps.Copy(verbs, prunes.Handlers())
 	maps.Copy(verbs, drains.Handlers(ctx))
 	g.Go(func() error {

@@ -31,6 +31,10 @@ const (
 	DefaultWholeFileBelow   = 64 << 20
 	DefaultRecoverTimeout   = 2 * time.Minute
 	DefaultHolderSubcommand = "interceptor-holder"
+	DefaultReadAhead        = 4 << 20
+	DefaultSequentialAfter  = 8 << 20
+	DefaultFillWholeBelow   = 64 << 20
+	DefaultIdleAfter        = 30 * time.Second
 )
 
 // Config of an Interceptor.
@@ -73,6 +77,34 @@ type Config struct {
 	// updated"). Matched as WholeFilePrograms. Nil:
 	// DefaultMtimeCheckPrograms(); empty: none.
 	MtimeCheckPrograms []string
+	// ReadAhead: after an access to a stub that is not filled whole (see
+	// FillWholeBelow and SequentialAfter), the chunks of the next
+	// ReadAhead bytes past it are filled in the background; the rest of
+	// the file stays holes, and the stub stays partially resident. Default
+	// 4 MiB; negative: none.
+	ReadAhead int64
+	// SequentialAfter: once accesses to a stub have read this many bytes
+	// in sequence (each one starting where an earlier one ended; a few
+	// streams at once are followed, so a multi-threaded copy counts), the
+	// access looks sequential and the rest of the file is filled in the
+	// background, as a program reading it all will want it. Default 8 MiB;
+	// negative: never.
+	SequentialAfter int64
+	// FillWholeBelow: after the first access to a stub smaller than this,
+	// the rest of it is filled in the background (small files are cheap
+	// to recall, and a partial small file saves little). Larger stubs are
+	// filled whole only when accessed sequentially. Default 64 MiB;
+	// negative: none.
+	FillWholeBelow int64
+	// ResidentHead and ResidentTail: Release keeps this many bytes at the
+	// start and at the end of the file resident (see stub.LayoutOf); the
+	// releaser's release.resident_head and release.resident_tail. Accesses
+	// that touch only resident bytes are answered at once, with no recall.
+	ResidentHead, ResidentTail int64
+	// IdleAfter: a recall of a partially resident stub with nothing in
+	// flight for this long is dropped (its fd closed); the next access
+	// starts another, which finds the filled chunks on disk. Default 30s.
+	IdleAfter time.Duration
 	// Guard, if set, is told which files are stubs: Mark and Release
 	// register each one before its hole is punched, and a recall that
 	// makes a stub whole unregisters it. workers/kernelguard implements it.
@@ -174,6 +206,10 @@ func (c *Config) EnsureDefaults() {
 	c.WholeFileBelow = cmp.Or(c.WholeFileBelow, DefaultWholeFileBelow)
 	c.RecoverTimeout = cmp.Or(c.RecoverTimeout, DefaultRecoverTimeout)
 	c.HolderGrace = cmp.Or(c.HolderGrace, DefaultHolderGrace)
+	c.ReadAhead = cmp.Or(c.ReadAhead, DefaultReadAhead)
+	c.SequentialAfter = cmp.Or(c.SequentialAfter, DefaultSequentialAfter)
+	c.FillWholeBelow = cmp.Or(c.FillWholeBelow, DefaultFillWholeBelow)
+	c.IdleAfter = cmp.Or(c.IdleAfter, DefaultIdleAfter)
 	c.StormRecalls = cmp.Or(c.StormRecalls, DefaultStormRecalls)
 	c.StormWindow = cmp.Or(c.StormWindow, DefaultStormWindow)
 	if c.WholeFilePrograms == nil {
@@ -217,6 +253,12 @@ func (c *Config) Validate() error {
 	}
 	if c.RecoverTimeout < 0 {
 		return pipeline.NewConfigError("recover_timeout", c.RecoverTimeout, fmt.Errorf("want a non-negative duration"))
+	}
+	if c.ResidentHead < 0 || c.ResidentTail < 0 {
+		return pipeline.NewConfigError("resident_head", c.ResidentHead, fmt.Errorf("want a non-negative size"))
+	}
+	if c.IdleAfter < 0 {
+		return pipeline.NewConfigError("idle_after", c.IdleAfter, fmt.Errorf("want a non-negative duration"))
 	}
 	if c.StopTimeout < 0 {
 		return pipeline.NewConfigError("stop_timeout", c.StopTimeout, fmt.Errorf("want a non-negative duration"))

@@ -21,8 +21,13 @@
 // pwrite) and only then answers FAN_ALLOW. When the range covers only part
 // of a chunk, the whole chunk is verified, the pages the program waits for
 // are stored first and the program is let go; the rest of the chunk is
-// stored right after. Background fills then fetch the remaining chunks,
-// starting right after the last access (the read-ahead), up to
+// stored right after. Background fills then fetch the chunks of the next
+// Config.ReadAhead bytes after the access, and the remaining chunks of the
+// file only when the stub is smaller than Config.FillWholeBelow or its
+// accesses look sequential (Config.SequentialAfter): otherwise the stub
+// stays partially resident (partial.go), and an access that touches only
+// resident bytes (a head the release kept, chunks filled earlier) is
+// allowed with no recall. Background fills run up to
 // BackgroundFills at once across all stubs (one at a time per stub on XFS,
 // where concurrent stores into one file were measured slower). Fills keep
 // the file's mtime: a recall is not a modification. On XFS they store

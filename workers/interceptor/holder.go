@@ -361,11 +361,15 @@ func startDenier(groupFD int, denied *atomic.Uint64, log *slog.Logger) *denier {
 				// Close first, as closeAndRespond does: a program held at
 				// exec must not find a writer when it resumes.
 				unix.Close(ev.fd)
+				// Counted before the answer: the program it releases may
+				// be done, and the count asked for, before this goroutine
+				// runs again.
+				denied.Add(1)
 				if err := writeResponse(groupFD, ev.fd, unix.EIO); err != nil {
+					denied.Add(^uint64(0))
 					log.Error("deny an event while no daemon runs", "path", path, "err", err)
 					return
 				}
-				denied.Add(1)
 				if sinceLog++; sinceLog <= 10 || time.Since(lastLog) > 10*time.Second {
 					log.Warn("denied a program access to a stub: no daemon runs", "path", path, "pid", ev.pid, "denied_total", denied.Load())
 					if time.Since(lastLog) > 10*time.Second {

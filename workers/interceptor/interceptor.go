@@ -38,7 +38,7 @@ type Completion struct {
 	FileID, ObjectID string
 	ReleaseID        string        // stub.Info.ReleaseID of the stub
 	Path             string        // path of the file when its recall began
-	Bytes            int64         // bytes written by fills
+	Bytes            int64         // bytes written by this recall's fills (not by earlier recalls of a partially resident stub, dropped while idle)
 	Size             int64         // bytes of archived content now resident
 	Truncated        bool          // the file was truncated below its archived size: its content is no longer the object
 	Modified         bool          // a program wrote the file during (or before) its recall: its content is no longer the object
@@ -74,6 +74,7 @@ type Stats struct {
 	Completed   uint64
 	Orphans     uint64 // events of a crashed predecessor answered at Open
 	Filling     uint64 // chunk fills in flight now (claimed, not yet filled or given back)
+	Recalls     uint64 // recalls held now (in progress, or of partially resident stubs not yet idle)
 }
 
 type inodeKey struct{ dev, ino uint64 }
@@ -265,6 +266,7 @@ func (i *Interceptor) Stats() Stats {
 		Overflows: i.stats.overflows.Load(), Fills: i.stats.fills.Load(),
 		FilledBytes: i.stats.filledBytes.Load(), Completed: i.stats.completed.Load(),
 		Orphans: i.stats.orphans.Load(), Filling: uint64(max(i.stats.filling.Load(), 0)),
+		Recalls: i.recallCount(),
 	}
 }
 
@@ -367,6 +369,7 @@ func (i *Interceptor) Hold(path string) error {
 		return fmt.Errorf("mark %s: %w", path, err)
 	}
 	key := inodeKey{st.Dev, st.Ino}
+	i.dropIdle(key) // a partially resident stub's: its state is on disk
 	i.dropStale(key)
 	i.mu.Lock()
 	if r := i.mu.recalls[key]; r != nil {
@@ -432,6 +435,7 @@ func (i *Interceptor) Release(path string) (retErr error) {
 		return fmt.Errorf("release %s: not a regular file", path)
 	}
 	key := inodeKey{st.Dev, st.Ino}
+	i.dropIdle(key)
 	i.dropStale(key)
 	i.mu.Lock()
 	if r := i.mu.recalls[key]; r != nil {
@@ -482,19 +486,20 @@ func (i *Interceptor) Release(path string) (retErr error) {
 		// finds every chunk full and clears the state.
 		return fmt.Errorf("release %s: register with the probe guard: %w", path, err)
 	}
+	// Whole blocks up to past EOF, or all but the resident head and tail
+	// (Config.ResidentHead, ResidentTail): a punch that ends inside the
+	// last block only zeroes its tail and keeps the block as data, and
+	// data is what fills never overwrite.
+	l := stub.LayoutOf(fst.Size, i.cfg.ResidentHead, i.cfg.ResidentTail, int64(fst.Blksize))
 	defer func() {
-		// A stub must hold no data at all (see fillRange): check it.
-		if d, err := unix.Seek(fd, 0, unix.SEEK_DATA); err == nil && d < fst.Size && retErr == nil {
+		// A stub must hold no data where it was punched (see fillRange):
+		// check it.
+		if d, err := unix.Seek(fd, l.PunchLo, unix.SEEK_DATA); err == nil && d < min(l.PunchHi, fst.Size) && !l.Empty() && retErr == nil {
 			retErr = fmt.Errorf("release %s: data left at offset %d after punching the hole", path, d)
 		}
 	}()
-	if fst.Size > 0 {
-		// Punch whole blocks up to past EOF: a punch that ends inside the
-		// last block only zeroes its tail and keeps the block as data, and
-		// data is what fills never overwrite.
-		blk := max(int64(fst.Blksize), 4096)
-		end := (fst.Size + blk - 1) / blk * blk
-		if err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, end); err != nil {
+	if !l.Empty() {
+		if err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, l.PunchLo, l.PunchHi-l.PunchLo); err != nil {
 			// The file is intact and marked; its first access recalls
 			// nothing (every chunk holds data) and clears the state.
 			return fmt.Errorf("release %s: punch hole: %w", path, err)
@@ -766,6 +771,10 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		case info.State != stub.Released:
 			_ = i.g.unmarkFD(ev.fd) // resident and archived: nothing to guard
 			return 0
+		case i.mode == ModePreAccess && ev.mask&unix.FAN_PRE_ACCESS != 0 && ev.hasRange && i.servedResident(ev, key, &st, info):
+			return 0 // only resident bytes (a head, filled chunks): no recall (partial.go)
+		case i.openNeedsNoRecall(ev, info):
+			return 0 // recalled by range as it is read
 		}
 		nr, err := newRecall(i, ev, key, &st, info)
 		if err != nil {
@@ -813,6 +822,9 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		// throws it away, a cost only truncate(2) and ftruncate pay:
 		// O_TRUNC raises no event), then no fill may write at or past off.
 		if err := r.ensure(i.fgCtx, ev.off, r.info.Size); err != nil {
+			if errors.Is(err, errDropped) {
+				return i.decide(ev)
+			}
 			i.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path,
 				Offset: ev.off, Length: r.info.Size - ev.off, PID: ev.pid, Process: comm(ev.pid), Err: err})
 			return errnoFor(err)
@@ -826,6 +838,9 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 	err := r.ensure(i.fgCtx, lo, hi)
 	if tlo, thi := r.tail(max(int64(st.Blksize), 4096)); err == nil && thi > 0 {
 		err = r.ensure(i.fgCtx, tlo, thi)
+	}
+	if errors.Is(err, errDropped) {
+		return i.decide(ev) // dropped while idle before this event used it: decide with a new one
 	}
 	if err != nil {
 		var fe *fillError
@@ -843,6 +858,9 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		// close every writable fd before the program goes on (an exec
 		// must not find a writer).
 		if err := r.awaitProof(i.fgCtx); err != nil {
+			if errors.Is(err, errDropped) {
+				return i.decide(ev)
+			}
 			i.fail(Failure{FileID: r.info.FileID, ObjectID: r.info.ObjectID, ReleaseID: r.info.ReleaseID, Path: r.path,
 				Offset: lo, Length: hi - lo, PID: ev.pid, Process: comm(ev.pid), Err: err})
 			return errnoFor(err)
@@ -850,7 +868,9 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		return 0
 	}
 	if !i.rules.throttled(r.info) {
-		r.kick(hi)
+		r.accessed(lo, hi)
+	} else {
+		r.idleLater() // no background fill; dropped once idle all the same
 	}
 	return 0
 }

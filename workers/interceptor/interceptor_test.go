@@ -35,7 +35,7 @@ func forEach(t *testing.T, fn func(t *testing.T, fs string, mode interceptor.Mod
 func TestPrograms(t *testing.T) {
 	helper := buildHelper(t)
 	forEach(t, func(t *testing.T, fs string, mode interceptor.Mode) {
-		e := newEnv(t, fs, mode, nil)
+		e := newEnv(t, fs, mode, fillWhole)
 		p := func(name string) string { return filepath.Join(e.mnt, name) }
 
 		t.Run("cat", func(t *testing.T) {

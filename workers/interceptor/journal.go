@@ -74,6 +74,10 @@ type partialFill struct {
 	slot   int
 	fileID string
 	off, n int64
+	// mtimeNS is the file's mtime before the store began (0: not
+	// recorded): a store stamps it on ext4, and a process killed mid-store
+	// cannot put it back; the next one does.
+	mtimeNS int64
 }
 
 type journal struct {
@@ -142,7 +146,7 @@ func openJournal(dir string) (*journal, error) {
 		key := inodeKey{le.Uint64(b[16:24]), le.Uint64(b[24:32])}
 		idLen := min(int(b[48]), 64)
 		j.mu.partial[key] = append(j.mu.partial[key], partialFill{slot: s, fileID: string(b[56 : 56+idLen]),
-			off: int64(le.Uint64(b[32:40])), n: int64(le.Uint64(b[40:48]))})
+			off: int64(le.Uint64(b[32:40])), n: int64(le.Uint64(b[40:48])), mtimeNS: int64(le.Uint64(b[120:128]))})
 	}
 	// Sequence numbers only tell a slot's writer from a later one: start
 	// past every number in the file.
@@ -323,8 +327,18 @@ func (j *journal) beginFill(key inodeKey, fileID string, off, n int64) (int, err
 	id := fileID[:min(len(fileID), 64)]
 	b[48] = byte(len(id))
 	copy(b[56:120], id)
+	binary.NativeEndian.PutUint64(b[120:128], 0)
 	j.setState(b, slotInFlight)
 	return s, nil
+}
+
+// setFillMtime records in fill slot s the file's mtime before its store
+// (bytes 120-128; 0 in a journal of an older version).
+func (j *journal) setFillMtime(s int, ns int64) {
+	if j == nil || s < 0 {
+		return
+	}
+	binary.NativeEndian.PutUint64(j.fillSlot(s)[120:128], uint64(ns))
 }
 
 // endFill clears a fill slot once its stores are all done (or failed

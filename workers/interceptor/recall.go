@@ -130,6 +130,10 @@ type recall struct {
 		truncated bool
 		fdUsers   int
 		fdClosed  bool
+		// part: how the stub is accessed, what the background fills
+		// (read-ahead or the whole file) and whether this recall was
+		// dropped while idle (partial.go).
+		part partialState
 	}
 }
 
@@ -170,7 +174,14 @@ func newRecall(in *Interceptor, ev event, key inodeKey, st *unix.Stat_t, info st
 				return nil, fmt.Errorf("punch bytes %d-%d left half written by a crash: %w", p.off, p.off+p.n, err)
 			}
 			in.log.Warn("punched bytes a crashed fill left half written", "path", r.path, "off", p.off, "len", p.n)
-			restoreMtime(fd, st.Mtim) // a punch moves mtime; a recall must not look like a modification
+			// A punch moves mtime, and so did the store the crash cut
+			// short (ext4): put back the mtime from before that store; a
+			// recall must not look like a modification.
+			mt := st.Mtim
+			if p.mtimeNS != 0 {
+				mt = unix.NsecToTimespec(p.mtimeNS)
+			}
+			restoreMtime(fd, mt)
 		}
 		in.jr.endFill(p.slot)
 	}
@@ -222,7 +233,7 @@ func (r *recall) nchunks(size int64) int64 { return (size + r.chunk - 1) / r.chu
 func (r *recall) useFD() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.mu.fdClosed {
+	if r.mu.fdClosed || r.mu.part.dropped {
 		return false
 	}
 	r.mu.fdUsers++
@@ -311,7 +322,7 @@ func (r *recall) awaitProof(ctx context.Context) error {
 // with the error of a fill it needed.
 func (r *recall) ensure(ctx context.Context, lo, hi int64) error {
 	if !r.useFD() {
-		return nil
+		return r.droppedErr() // nil: proved whole, nothing to fill
 	}
 	defer r.doneFD()
 	r.reopenHoles(lo, hi)
@@ -328,6 +339,9 @@ func (r *recall) ensure(ctx context.Context, lo, hi int64) error {
 		case chunkFilling:
 			waits = append(waits, r.mu.ops[k])
 		case chunkEmpty:
+			if r.residentLocked(k, lo, hi) {
+				continue // the bytes wanted of it are there (a resident head)
+			}
 			op := r.claimLocked(k)
 			mine, mineOps = append(mine, k), append(mineOps, op)
 		}
@@ -634,17 +648,17 @@ func (r *recall) fillRange(ctx context.Context, k, s, e int64, fp *firstPart) (t
 func (r *recall) storeSegs(k int64, m []byte, s int64, buf []byte, segs [][2]int64) (int64, error) {
 	var wrote int64
 	for i, h := range segs {
+		var before unix.Stat_t
+		if err := unix.Fstat(r.fd, &before); err != nil {
+			r.punchSegs(k, segs[:i])
+			return 0, fmt.Errorf("stat stub: %w", err)
+		}
 		slot, err := r.in.jr.beginFill(r.key, r.info.FileID, h[0], h[1]-h[0])
 		if err != nil {
 			r.punchSegs(k, segs[:i])
 			return 0, err
 		}
-		var before unix.Stat_t
-		if err := unix.Fstat(r.fd, &before); err != nil {
-			r.in.jr.endFill(slot)
-			r.punchSegs(k, segs[:i])
-			return 0, fmt.Errorf("stat stub: %w", err)
-		}
+		r.in.jr.setFillMtime(slot, before.Mtim.Nano()) // a kill mid-store leaves it stamped (ext4): the next recall puts it back
 		for try := 0; ; try++ {
 			// Fault the pages in writable with one call (fewer faults
 			// than the copy would take, measured); a page that cannot be
@@ -874,14 +888,19 @@ func (r *recall) sawSize(size int64) {
 // range. An append (reported at the fd's position, not at EOF) or a write
 // past EOF writes into, or zeroes the rest of, that last block: it must be
 // filled before such a write is allowed, or the fill would later skip the
-// block as data and lose its bytes.
+// block as data and lose its bytes. A last block that is resident already
+// (kept by the release, see stub.Layout) needs nothing.
 func (r *recall) tail(blk int64) (lo, hi int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.mu.limit == 0 || r.mu.limit%blk == 0 {
 		return 0, 0
 	}
-	return (r.mu.limit - 1) / r.chunk * r.chunk, r.mu.limit
+	k := (r.mu.limit - 1) / r.chunk
+	if r.mu.state[k] == chunkEmpty && r.residentLocked(k, r.mu.limit/blk*blk, r.mu.limit) {
+		return 0, 0
+	}
+	return k * r.chunk, r.mu.limit
 }
 
 // truncate handles a truncate to size x: once it returns, no fill writes at
@@ -942,14 +961,10 @@ func (r *recall) background() {
 		r.mu.Lock()
 		k, op := int64(-1), (*fillOp)(nil)
 		n := r.nchunks(r.mu.limit)
-		if !r.mu.done && !r.mu.fdClosed && !stop.Load() {
-			for j := range n {
-				c := (r.mu.cursor + j) % n
-				if r.mu.state[c] == chunkEmpty {
-					k, op = c, r.claimLocked(c)
-					r.mu.cursor = c + 1
-					break
-				}
+		if !r.mu.done && !r.mu.fdClosed && !r.mu.part.dropped && !stop.Load() {
+			if c := r.nextBackgroundLocked(n); c >= 0 {
+				k, op = c, r.claimLocked(c)
+				r.mu.cursor = c + 1
 			}
 		}
 		if k < 0 {

@@ -31,7 +31,9 @@
 //     program's access until the release ends) — failpoint
 //     release.after-mark — the lease is handed over to the mark (ErrBusy
 //     if anyone opened the file meanwhile; see handOver) —
-//     fallocate(PUNCH_HOLE|KEEP_SIZE, 0, size) — fsync — failpoint
+//     fallocate(PUNCH_HOLE|KEEP_SIZE) of what stub.LayoutOf says (the
+//     whole file, or all but a resident head and the block at EOF:
+//     Request.ResidentHead) — fsync — failpoint
 //     release.after-punch — futimens(atime, mtime) — fsync.
 //
 // If Mark fails the state goes back to archived (the content is intact and
@@ -50,7 +52,8 @@
 // A release can be interrupted at any step and the request redelivered. If
 // the xattrs already say released with the same object and file id, the
 // previous attempt got past its check, and Release finishes the job:
-//   - no data extent is left (SEEK_DATA): the punch happened; Mark is
+//   - no data extent is left where the release punches (SEEK_DATA; a
+//     resident head is not looked at): the punch happened; Mark is
 //     called again, atime/mtime restored, Result.AlreadyReleased set;
 //   - data is left: the daemon died before the punch (our own xattr write
 //     moved ctime, so the stat can no longer prove the content unchanged),
@@ -151,6 +154,15 @@ type Request struct {
 	// which stops programs that ask a stub where its data is. If it fails
 	// nothing is punched.
 	Guard func(fd int) error
+	// ResidentHead keeps the first ResidentHead bytes of the file (rounded
+	// up to whole blocks) resident, and the block that holds EOF with them
+	// (see stub.Layout): `file`, thumbnailers and media probes read them
+	// without a recall. 0: the whole file is punched.
+	ResidentHead int64
+	// ResidentTail keeps the last ResidentTail bytes resident too (`file`
+	// reads as much at the end as at the start). 0: only the block at EOF,
+	// when a head is kept.
+	ResidentTail int64
 	// Failpoints armed for crash tests; the zero value arms none.
 	Failpoints failpoint.Set
 }
@@ -276,7 +288,7 @@ func Release(ctx context.Context, req Request) (Result, error) {
 		if cur.Size != info.Size {
 			return Result{}, fmt.Errorf("%w: %s no longer matches its xattrs", ErrChanged, req.Path)
 		}
-		data, err := hasData(fd, cur.Size)
+		data, err := hasDataIn(fd, stub.LayoutOf(cur.Size, req.ResidentHead, req.ResidentTail, int64(st.Blksize)))
 		if err != nil {
 			return Result{}, fmt.Errorf("look for data in %s: %w", req.Path, err)
 		}
@@ -395,14 +407,13 @@ func Release(ctx context.Context, req Request) (Result, error) {
 		return Result{}, fmt.Errorf("stat %s: %w", req.Path, err)
 	}
 	before = st.Blocks
-	if cur.Size > 0 {
+	if l := stub.LayoutOf(cur.Size, req.ResidentHead, req.ResidentTail, int64(st.Blksize)); !l.Empty() {
 		// On error the state stays released and the mark stays: a partly
 		// punched file is recalled on access, never read as zeros.
-		// Whole blocks only are freed: round up so the partial block at
-		// EOF goes too (KEEP_SIZE: the size does not change).
-		bs := max(int64(st.Blksize), 4096)
-		n := (cur.Size + bs - 1) / bs * bs
-		if err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, n); err != nil {
+		// Whole blocks only are freed (KEEP_SIZE: the size does not
+		// change): without a head, up past EOF so the partial block at
+		// EOF goes too; with one, the head and the block at EOF stay.
+		if err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, l.PunchLo, l.PunchHi-l.PunchLo); err != nil {
 			return Result{}, fmt.Errorf("punch hole in %s: %w", req.Path, err)
 		}
 	}
@@ -456,16 +467,21 @@ func finish(fd int, path string, cur events.FileStat) (unix.Stat_t, error) {
 	return st, nil
 }
 
-// hasData reports whether any byte of the file is backed by a data extent.
-func hasData(fd int, size int64) (bool, error) {
-	if size == 0 {
+// hasDataIn reports whether any byte that a release of layout l punches
+// is backed by a data extent (the head and last block it keeps are not
+// looked at).
+func hasDataIn(fd int, l stub.Layout) (bool, error) {
+	if l.Empty() {
 		return false, nil
 	}
-	_, err := unix.Seek(fd, 0, unix.SEEK_DATA)
+	d, err := unix.Seek(fd, l.PunchLo, unix.SEEK_DATA)
 	if errors.Is(err, unix.ENXIO) {
 		return false, nil
 	}
-	return err == nil, err
+	if err != nil {
+		return false, err
+	}
+	return d < min(l.PunchHi, l.Size), nil
 }
 
 func (r Request) validate() error {

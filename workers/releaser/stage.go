@@ -62,11 +62,14 @@ type StageConfig struct {
 	StagingDir string
 	// Mark puts the interceptor's mark on a file before its hole is
 	// punched.
-	Mark       func(path string) error
-	Unhold     func(path string)  // see Request.Unhold
-	Guard      func(fd int) error // see Request.Guard
-	Failpoints failpoint.Set
-	Logger     *slog.Logger
+	Mark   func(path string) error
+	Unhold func(path string)  // see Request.Unhold
+	Guard  func(fd int) error // see Request.Guard
+	// ResidentHead and ResidentTail: see Request (release.resident_head,
+	// release.resident_tail).
+	ResidentHead, ResidentTail int64
+	Failpoints                 failpoint.Set
+	Logger                     *slog.Logger
 }
 
 // Stage returns the releaser stage. It wakes on every object.stored (from
@@ -239,6 +242,7 @@ func (h *releaseHandler) release(ctx context.Context, env events.Envelope, f cat
 		Path: f.Path, FileID: f.ID, ObjectID: f.ObjectID, Expect: expect, Reread: true,
 		ReleaseID: strconv.FormatUint(env.Seq, 10),
 		Roots:     h.cfg.Roots, Mark: h.cfg.Mark, Unhold: h.cfg.Unhold, Guard: h.cfg.Guard, Failpoints: h.cfg.Failpoints,
+		ResidentHead: h.cfg.ResidentHead, ResidentTail: h.cfg.ResidentTail,
 	}
 	res, err := Release(ctx, req)
 	if errors.Is(err, ErrBusy) && !errors.Is(err, ErrOpenedDuring) && pipeline.Deliveries(ctx) < busyTries {

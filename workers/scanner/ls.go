@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"syscall"
 
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/stub"
@@ -24,9 +25,14 @@ type LsRequest struct {
 
 // LsEntry is one file as `strata ls` shows it.
 type LsEntry struct {
-	Path     string   `json:"path"`
-	State    string   `json:"state"`
-	Size     int64    `json:"size"`
+	Path  string `json:"path"`
+	State string `json:"state"`
+	Size  int64  `json:"size"`
+	// Resident is how many bytes of the file are on the hot tier: its
+	// allocated blocks (st_blocks), at most Size. For a stub it says how
+	// much is partially resident (a resident head, ranges recalled); an
+	// extended attribute block can add up to one block of its own.
+	Resident int64    `json:"resident"`
 	FileID   string   `json:"file_id,omitempty"`
 	ObjectID string   `json:"object_id,omitempty"`
 	Version  uint32   `json:"version,omitempty"`
@@ -86,7 +92,11 @@ func (v *Verbs) ls(ctx context.Context, req LsRequest) (any, error) {
 			if err != nil {
 				return nil // vanished
 			}
-			rep.Files = append(rep.Files, v.lsEntry(path, fi.Size()))
+			e := v.lsEntry(path, fi.Size())
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				e.Resident = min(st.Blocks*512, fi.Size())
+			}
+			rep.Files = append(rep.Files, e)
 			return nil
 		})
 		if errors.Is(err, errFull) {
