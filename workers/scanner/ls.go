@@ -7,7 +7,9 @@ import (
 	"io/fs"
 	"path/filepath"
 	"syscall"
+	"time"
 
+	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/stub"
 )
@@ -48,6 +50,10 @@ type LsReply struct {
 	Truncated bool      `json:"truncated,omitempty"`
 }
 
+// lsCatchUp is how long ls waits for the catalog to apply what the log
+// held when the request came.
+const lsCatchUp = 5 * time.Second
+
 // lsCatalog is what ls reads of the catalog.
 type lsCatalog interface {
 	File(fileID string) (catalog.File, error)
@@ -69,6 +75,17 @@ func (v *Verbs) ls(ctx context.Context, req LsRequest) (any, error) {
 	for _, p := range req.Paths {
 		if v.Policy.RootOf(p) == "" {
 			return nil, fmt.Errorf("ls: %s is not inside a configured hot tree", p)
+		}
+	}
+	// Read your writes: what the log held when the request came (a
+	// file.released that archive --wait just saw) is in the catalog before
+	// it is read, unless the catalog is far behind (then ls shows what it
+	// has rather than nothing).
+	if v.JS != nil {
+		if seq, err := pipeline.LastSeq(ctx, v.JS); err == nil {
+			wctx, cancel := context.WithTimeout(ctx, lsCatchUp)
+			_ = v.Catalog.WaitSeq(wctx, seq)
+			cancel()
 		}
 	}
 	rep := LsReply{Files: []LsEntry{}}
