@@ -13,8 +13,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+    # Another apt (a helper, unattended-upgrades) may hold the lock: wait.
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need_pkgs[@]}" >/dev/null
   else
     echo "setup: not root or no apt-get; missing ${need_pkgs[*]} (tests needing them will skip)"
   fi

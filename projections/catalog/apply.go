@@ -474,7 +474,11 @@ func (a *applier) apply(env *events.Envelope, ev events.Event) error {
 	case *events.RecallCompleted:
 		return a.updateFile(env, e.FileID, false, func(f *File) {
 			f.Path = e.Path
-			if f.State != StateDeleted {
+			// A write into a stub is let through once its range is
+			// filled, and the rest of the fill completes after it: a
+			// file.modified already in the log stays the truth (the
+			// content is no longer the object's).
+			if f.State != StateDeleted && f.State != StateDirty {
 				f.State = StateArchived
 			}
 		})

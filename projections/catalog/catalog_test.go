@@ -210,6 +210,10 @@ func TestTransitions(t *testing.T) {
 	if f := wantState(fid, StateDirty); f.Stat.Size != 200 {
 		t.Fatalf("size %d after modified", f.Stat.Size)
 	}
+	// A fill that completes after a write into the stub (the write went
+	// through once its range was filled) does not make the file clean.
+	s.apply(&events.RecallCompleted{FileID: fid, Path: "/d/a", ObjectID: obj1, Bytes: 100, SourceTier: "disk"})
+	wantState(fid, StateDirty)
 	// A skipped release keeps a dirty file dirty.
 	s.apply(&events.FileReleaseSkipped{FileID: fid, Path: "/d/a", ObjectID: obj1, Reason: "changed"})
 	wantState(fid, StateDirty)
