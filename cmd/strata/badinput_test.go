@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -72,6 +73,7 @@ func loggedDaemon(t *testing.T, cfg Config) (*daemon, *logBuffer) {
 	}
 	cfg.Host = "badhost"
 	cfg.NATS.Port = pipeline.RandomPort
+	cfg.Metrics.Listen = cmp.Or(cfg.Metrics.Listen, "127.0.0.1:0")
 	noMountNeeded(&cfg)
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {

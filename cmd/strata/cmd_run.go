@@ -14,6 +14,7 @@ type runCmd struct {
 	Cold    string   `placeholder:"DIR" complete:"dir" help:"Directory used as the cold tier (default DATA/cold)."`
 	Host    string   `placeholder:"NAME" help:"This host's name in event subjects (default: the hostname)."`
 	Port    int      `placeholder:"N" help:"NATS client port on 127.0.0.1 for the CLI and subscribers (default 4250; -1: none)."`
+	Metrics string   `placeholder:"ADDR" help:"Serve metrics, /healthz, /readyz and the status page on ADDR (host:port; default 127.0.0.1:9750; off: none)."`
 	LogJSON bool     `name:"log-json" help:"Log as JSON lines."`
 	Debug   bool     `help:"Log debug messages."`
 }
@@ -21,7 +22,7 @@ type runCmd struct {
 func (*runCmd) Example() string { return "strata run --hot /srv/projects --cold /mnt/archive" }
 
 func (c *runCmd) Run(ctx context.Context, g *globals) error {
-	cfg, err := runConfig(c.Config, g.dataDir(), g.Data != "", c.Hot, c.Cold, c.Host, c.Port)
+	cfg, err := runConfig(c.Config, g.dataDir(), g.Data != "", c.Hot, c.Cold, c.Host, c.Port, c.Metrics)
 	if err != nil {
 		return err
 	}
@@ -46,7 +47,7 @@ func (c *runCmd) Run(ctx context.Context, g *globals) error {
 // validates the result. dataSet says --data was given: it overrides the
 // file's data_dir, while the default (STRATA_DATA or /var/lib/strata) does
 // not.
-func runConfig(configPath, data string, dataSet bool, hot []string, cold, host string, port int) (Config, error) {
+func runConfig(configPath, data string, dataSet bool, hot []string, cold, host string, port int, metricsAddr string) (Config, error) {
 	var cfg Config
 	if configPath != "" {
 		var err error
@@ -81,6 +82,9 @@ func runConfig(configPath, data string, dataSet bool, hot []string, cold, host s
 	}
 	if port != 0 {
 		cfg.NATS.Port = port
+	}
+	if metricsAddr != "" {
+		cfg.Metrics.Listen = metricsAddr
 	}
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/strata-hsm/strata/cmd/internal/metrics"
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/compressor"
@@ -46,7 +48,23 @@ type Config struct {
 	Interceptor InterceptorConfig `toml:"interceptor"`
 	Scrub       ScrubConfig       `toml:"scrub"`
 	Retention   RetentionConfig   `toml:"retention"`
+	Metrics     MetricsConfig     `toml:"metrics"`
 }
+
+// MetricsConfig is the [metrics] section: where the Prometheus metrics,
+// /healthz, /readyz and the status page are served (docs/METRICS.md).
+type MetricsConfig struct {
+	// Listen is host:port (default 127.0.0.1:9750); "off" (or an empty
+	// string written in the file) serves nothing.
+	Listen string `toml:"listen"`
+	// Public must be true to listen on an address other than loopback:
+	// the page and the metrics have no authentication, so serving them
+	// on the network is an explicit choice.
+	Public bool `toml:"public"`
+}
+
+// metricsOff is the metrics.listen value that serves nothing.
+const metricsOff = "off"
 
 // NATSConfig: the embedded server's client listener.
 type NATSConfig struct {
@@ -310,6 +328,9 @@ func parseConfig(path string, data []byte) (Config, error) {
 		}
 		return Config{}, fmt.Errorf("config %s: %w", path, pipeline.NewConfigError(keys[0], nil, errors.New("unknown key")))
 	}
+	if md.IsDefined("metrics", "listen") && c.Metrics.Listen == "" {
+		c.Metrics.Listen = metricsOff // written empty: none, not the default
+	}
 	return c, nil
 }
 
@@ -322,6 +343,7 @@ func (c *Config) EnsureDefaults() {
 	}
 	c.NATS.Listen = cmp.Or(c.NATS.Listen, "127.0.0.1")
 	c.NATS.Port = cmp.Or(c.NATS.Port, defaultPort)
+	c.Metrics.Listen = cmp.Or(c.Metrics.Listen, metrics.DefaultListen)
 	if len(c.Tiers) == 0 {
 		c.Tiers = []TierConfig{{Name: "cold", Kind: events.TierDirectory, Path: filepath.Join(c.DataDir, "cold")}}
 	}
@@ -486,6 +508,18 @@ func (c *Config) Validate() error {
 	case probeGuardKill, probeGuardLog, probeGuardOff:
 	default:
 		return bad("interceptor.probe_guard", c.Interceptor.ProbeGuard, `want "kill", "log" or "off"`)
+	}
+	if l := c.Metrics.Listen; l != metricsOff {
+		host, port, err := net.SplitHostPort(l)
+		if err != nil {
+			return bad("metrics.listen", l, `want host:port (e.g. "127.0.0.1:9750") or "off"`)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			return bad("metrics.listen", l, "want a port 0-65535")
+		}
+		if !metrics.IsLoopback(l) && !c.Metrics.Public {
+			return bad("metrics.listen", l, "%q is not a loopback address: metrics and the status page have no authentication; set metrics.public = true to serve them on the network, or listen on 127.0.0.1", host)
+		}
 	}
 	if g := c.Interceptor.StoppedGrace; g != nil && *g < 0 {
 		return bad("interceptor.stopped_grace", *g, "want a duration >= 0 (0: deny at once)")

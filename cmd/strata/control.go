@@ -27,12 +27,15 @@ type daemonInfo struct {
 	Host    string    `json:"host"`
 	PID     int       `json:"pid"`
 	Started time.Time `json:"started"`
+	// Metrics is the address of the metrics and status page listener
+	// (empty: none).
+	Metrics string `json:"metrics,omitempty"`
 }
 
 // serveControl writes the daemon info file, subscribes the control verbs
 // and returns a function that stops answering.
 func (d *daemon) serveControl(ctx context.Context) (func(), error) {
-	info, _ := json.Marshal(daemonInfo{Host: d.cfg.Host, PID: os.Getpid(), Started: d.started})
+	info, _ := json.Marshal(daemonInfo{Host: d.cfg.Host, PID: os.Getpid(), Started: d.started, Metrics: d.metricsAddr})
 	if err := writeFileAtomic(filepath.Join(d.cfg.DataDir, daemonInfoFile), info, 0o600); err != nil {
 		return nil, err
 	}

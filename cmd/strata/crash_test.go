@@ -271,11 +271,19 @@ func strataEnv(failpoints string) []string {
 // test failed.
 func startStrata(t *testing.T, bin, data, hot, cold, failpoints string, extra ...string) *strataProc {
 	t.Helper()
+	args := append([]string{"--hot", hot, "--cold", cold, "--host", "crash"}, extra...)
+	return startStrataArgs(t, bin, data, failpoints, args...)
+}
+
+// startStrataArgs is startStrata with only --data, a random NATS port and
+// a random metrics port given: args say the rest (a --config, say).
+func startStrataArgs(t *testing.T, bin, data, failpoints string, args ...string) *strataProc {
+	t.Helper()
 	logf, err := os.CreateTemp(t.TempDir(), "daemon-*.log")
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"run", "--data", data, "--hot", hot, "--cold", cold, "--port", "-2", "--host", "crash"}, extra...)
+	args = append([]string{"run", "--data", data, "--port", "-2", "--metrics", "127.0.0.1:0"}, args...)
 	cmd := exec.Command(bin, args...)
 	cmd.Env = strataEnv(failpoints)
 	cmd.Stdout, cmd.Stderr = logf, logf

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
+	"github.com/strata-hsm/strata/cmd/internal/metrics"
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
@@ -53,6 +54,12 @@ type daemon struct {
 	stopSpaces func()
 
 	unclaim func() // releases the hot trees (scanner.Claim)
+
+	// metrics is served on metricsAddr (empty: not served) until
+	// stopMetrics (metrics.go).
+	metrics     *metrics.Metrics
+	metricsAddr string
+	stopMetrics func()
 }
 
 // catalogDir is where the live catalog lives under the data directory.
@@ -81,6 +88,7 @@ func startDaemon(ctx context.Context, cfg Config, logger *slog.Logger) (_ *daemo
 		return nil, err
 	}
 	d.guard = d.loadProbeGuard()
+	d.metrics = d.newMetrics()
 	if d.stages, err = d.buildStages(); err != nil {
 		return nil, err
 	}
@@ -176,6 +184,7 @@ func (d *daemon) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	d.serveMetrics(ctx, last+1) // /healthz from now on; /readyz once ready
 	if d.cat.LastSeq() < last {
 		d.logger.Info("catalog catching up", "from", d.cat.LastSeq()+1, "to", last)
 	}
@@ -199,11 +208,13 @@ func (d *daemon) run(ctx context.Context) error {
 	defer stop()
 	d.logger.Info("strata ready", "host", d.cfg.Host, "data", d.cfg.DataDir, "nats", d.srv.ClientURL(),
 		"catalog_seq", d.cat.LastSeq())
+	d.metrics.SetReady()
 	done := make(chan error, 1)
 	go func() { done <- g.Wait() }()
 	select {
 	case err = <-done:
 	case <-ctx.Done():
+		d.metrics.SetNotReady("stopping")
 		// Stages drain for up to their DrainTimeout; a component stuck
 		// in a write that cannot finish (a disk that cannot take it)
 		// must not keep the daemon from stopping.
@@ -259,6 +270,14 @@ func (d *daemon) close() {
 		name string
 		fn   func()
 	}{
+		{"metrics", func() {
+			if d.metrics != nil {
+				d.metrics.SetNotReady("stopping")
+			}
+			if d.stopMetrics != nil {
+				d.stopMetrics() // before the interceptor closes: a scrape reads its group
+			}
+		}},
 		{"stages", func() { d.stages.close(d.logger) }},
 		{"probe guard", func() {
 			if d.guard != nil {

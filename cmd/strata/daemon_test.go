@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -37,6 +38,7 @@ func testDaemon(t *testing.T, cfg Config) (*daemon, context.CancelFunc) {
 		cfg.Host = "testhost"
 	}
 	cfg.NATS.Port = pipeline.RandomPort
+	cfg.Metrics.Listen = cmp.Or(cfg.Metrics.Listen, "127.0.0.1:0") // tests run side by side
 	noMountNeeded(&cfg)
 	cfg.EnsureDefaults()
 	if err := cfg.Validate(); err != nil {

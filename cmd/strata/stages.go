@@ -153,6 +153,9 @@ func (d *daemon) buildStages() (*stages, error) {
 		d.logger.Warn("interceptor.holder = false: while this daemon is stopped or dead, stubs read as zeros, with no error")
 	}
 	icfg.Emitter = pipeline.NewEmitter(d.js, cfg.Host, "interceptor")
+	if d.metrics != nil {
+		icfg.OnAnswer, icfg.OnFirstByte = d.metrics.Answered, d.metrics.FirstByte
+	}
 	if d.guard != nil {
 		icfg.Guard = d.guard
 	}

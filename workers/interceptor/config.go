@@ -136,6 +136,16 @@ type Config struct {
 	// FAN_Q_OVERFLOW: events may have been lost, and the caller should
 	// mark every stub again (Mark is idempotent).
 	OnOverflow func()
+	// OnAnswer is called for each permission event answered, with the
+	// time from reading it to answering it and whether it was denied
+	// (metrics). Same rules as OnComplete; it must be cheap: it runs for
+	// every event.
+	OnAnswer func(latency time.Duration, denied bool)
+	// OnFirstByte is called once per recall, when the access that started
+	// it is answered: the tier its first bytes came from ("" when they
+	// were resident already), the time from the access to the answer, and
+	// whether the access was denied. Same rules as OnComplete.
+	OnFirstByte func(tier string, latency time.Duration, denied bool)
 
 	// JournalDir holds the journal of events and fills in flight (one
 	// file, "inflight"). With it, a restarted daemon answers the events a

@@ -32,6 +32,7 @@ type event struct {
 	hasRange bool
 	off      int64
 	count    int64
+	at       time.Time // when it was read (set by dispatch)
 }
 
 // parseEvents decodes a buffer filled by read(2) on the group fd. It calls

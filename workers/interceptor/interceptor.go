@@ -656,7 +656,9 @@ func (i *Interceptor) readLoop() {
 
 // dispatch starts one handler per event. It does no file I/O.
 func (i *Interceptor) dispatch(b []byte) {
+	now := time.Now()
 	err := parseEvents(b, func(ev event, bad error) {
+		ev.at = now
 		i.stats.events.Add(1)
 		if ev.mask&unix.FAN_Q_OVERFLOW != 0 || ev.fd < 0 {
 			// With FAN_UNLIMITED_QUEUE this should not happen; permission
@@ -715,11 +717,30 @@ func (i *Interceptor) answer(ev event, errno unix.Errno, seq uint64) {
 	if err != nil {
 		i.log.Error("answer fanotify event", "err", err)
 	}
+	if i.cfg.OnAnswer != nil && !ev.at.IsZero() {
+		i.cfg.OnAnswer(time.Since(ev.at), errno != 0)
+	}
+}
+
+// firstAnswer reports, once per recall, the answer to the access that
+// started it (Config.OnFirstByte).
+func (i *Interceptor) firstAnswer(r *recall, ev event, errno unix.Errno) {
+	if r == nil || i.cfg.OnFirstByte == nil || ev.pid == i.pid || !r.firstAnswered.CompareAndSwap(false, true) {
+		return
+	}
+	r.mu.Lock()
+	tier := r.mu.tier
+	r.mu.Unlock()
+	start := ev.at
+	if start.IsZero() {
+		start = r.start
+	}
+	i.cfg.OnFirstByte(tier, time.Since(start), errno != 0)
 }
 
 // decide handles one permission event and returns 0 to allow or the errno
 // to deny with.
-func (i *Interceptor) decide(ev event) unix.Errno {
+func (i *Interceptor) decide(ev event) (errno unix.Errno) {
 	i.log.Debug("event", "mask", ev.mask, "pid", ev.pid, "has_range", ev.hasRange, "off", ev.off, "count", ev.count)
 	if ev.pid == i.pid && i.isSelf(ev) {
 		return 0 // a store of this process through a fd that raises events
@@ -802,6 +823,14 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		}
 	}
 
+	// The answer to the first access of r that needs bytes is its
+	// time to first byte (an open of a large stub needs none).
+	needsBytes := false
+	defer func() {
+		if needsBytes {
+			i.firstAnswer(r, ev, errno)
+		}
+	}()
 	r.sawSize(st.Size)
 	var lo, hi int64
 	whole := false
@@ -821,6 +850,7 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		// Fill everything from off on first (a clone reads it; a truncate
 		// throws it away, a cost only truncate(2) and ftruncate pay:
 		// O_TRUNC raises no event), then no fill may write at or past off.
+		needsBytes = true
 		if err := r.ensure(i.fgCtx, ev.off, r.info.Size); err != nil {
 			if errors.Is(err, errDropped) {
 				return i.decide(ev)
@@ -835,6 +865,7 @@ func (i *Interceptor) decide(ev event) unix.Errno {
 		lo, hi = ev.off, ev.off+ev.count
 	}
 	i.failpoint(FailAfterEvent, ev.pid)
+	needsBytes = true
 	err := r.ensure(i.fgCtx, lo, hi)
 	if tlo, thi := r.tail(max(int64(st.Blksize), 4096)); err == nil && thi > 0 {
 		err = r.ensure(i.fgCtx, tlo, thi)

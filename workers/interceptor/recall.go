@@ -71,6 +71,9 @@ type recall struct {
 	exe     string // the executable of pid, read at the first event
 	start   time.Time
 	chunk   int64
+	// firstAnswered: the first program access of this recall was
+	// answered (Config.OnFirstByte reported it).
+	firstAnswered atomic.Bool
 	// blk is the filesystem's block size: holes, and so punches, are
 	// whole blocks.
 	blk int64
