@@ -36,7 +36,7 @@ func s3Rig(t *testing.T) rig {
 	p := faulttest.Start(t, srv.Endpoint)
 	open := func(endpoint string) tier.Target {
 		tgt, err := s3.Open(s3.Config{Name: "cloud", Endpoint: endpoint, Bucket: bucket,
-			AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, NoTLS: true, PartSize: 5 << 20, MaxRetries: 2,
+			AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, NoTLS: true, PartSize: 5 << 20, MaxRetries: 1,
 			IdleTimeout: 2 * time.Second,
 		}, slog.New(slog.DiscardHandler))
 		if err != nil {
@@ -65,9 +65,13 @@ func webdavRig(t *testing.T) rig {
 }
 
 func rigs(t *testing.T, fn func(t *testing.T, r rig)) {
-	for _, mk := range []func(*testing.T) rig{s3Rig, webdavRig} {
-		r := mk(t)
-		t.Run(r.Kind, func(t *testing.T) { fn(t, r) })
+	// The rigs wait on servers and child processes, not the CPU: in
+	// parallel.
+	for kind, mk := range map[string]func(*testing.T) rig{"s3": s3Rig, "webdav": webdavRig} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			fn(t, mk(t))
+		})
 	}
 }
 
