@@ -191,19 +191,21 @@ func New(cfg Config) (*Reader, error) {
 }
 
 // goodCopies lists the copies of id that the catalog believes good, with
-// their cost.
-func (r *Reader) goodCopies(id string) ([]Copy, error) {
+// their cost, and those it holds corrupt.
+func (r *Reader) goodCopies(id string) (good, bad []Copy, err error) {
 	cps, err := r.cfg.Catalog.Copies(id)
 	if err != nil && !errors.Is(err, catalog.ErrNotFound) {
-		return nil, err
+		return nil, nil, err
 	}
-	var out []Copy
 	for _, c := range cps {
-		if c.State == catalog.CopyGood {
-			out = append(out, Copy{Tier: c.Tier, Cost: r.cfg.Costs[c.Tier]})
+		switch c.State {
+		case catalog.CopyGood:
+			good = append(good, Copy{Tier: c.Tier, Cost: r.cfg.Costs[c.Tier]})
+		case catalog.CopyCorrupt:
+			bad = append(bad, Copy{Tier: c.Tier, Cost: r.cfg.Costs[c.Tier]})
 		}
 	}
-	return out, nil
+	return good, bad, nil
 }
 
 // source is a copy this host can read.
@@ -218,15 +220,17 @@ func (r *Reader) plan(id string) (srcs []source, skipped []string, err error) {
 	if err := tier.ValidateID(id); err != nil {
 		return nil, nil, fmt.Errorf("recall: %w", err)
 	}
-	copies, err := r.goodCopies(id)
+	copies, bad, err := r.goodCopies(id)
 	if err != nil {
 		return nil, nil, fmt.Errorf("recall %s: list copies: %w", id, err)
 	}
-	slices.SortStableFunc(copies, func(a, b Copy) int {
+	byCost := func(a, b Copy) int {
 		return cmp.Or(cmp.Compare(a.Cost, b.Cost), strings.Compare(a.Tier, b.Tier))
-	})
+	}
+	slices.SortStableFunc(copies, byCost)
+	slices.SortStableFunc(bad, byCost)
 	seen := make(map[string]bool, len(copies))
-	var late []source
+	var late, last []source
 	for _, c := range copies {
 		if seen[c.Tier] {
 			continue
@@ -243,7 +247,22 @@ func (r *Reader) plan(id string) (srcs []source, skipped []string, err error) {
 		}
 		srcs = append(srcs, source{c.Tier, t})
 	}
-	return append(srcs, late...), skipped, nil
+	// Copies the catalog holds corrupt come last of all, as a last resort:
+	// "corrupt" may mean that one read of a good copy was damaged on the
+	// way (a bit flipped in transit), and every byte a copy serves is
+	// verified per frame anyway, so trying it can only give right bytes
+	// or an error — and otherwise a transient fault on every copy would
+	// leave the file unrecallable until a scrub.
+	for _, c := range bad {
+		if seen[c.Tier] {
+			continue
+		}
+		seen[c.Tier] = true
+		if t, ok := r.cfg.Targets[c.Tier]; ok {
+			last = append(last, source{c.Tier, t})
+		}
+	}
+	return append(append(srcs, late...), last...), skipped, nil
 }
 
 func (r *Reader) penalized(tier, id string) bool {

@@ -189,8 +189,16 @@ func (h *storeHandler) handle(ctx context.Context, env events.Envelope, p *event
 		})
 		if err != nil {
 			if errors.Is(err, tier.ErrCorrupt) {
-				// The staged bytes do not match their sum: never store them.
-				return pipeline.Permanent(fmt.Errorf("store %s on %s: %w", p.ObjectID, t.Name(), err))
+				// Either the staged bytes do not match their sum (never
+				// store them: give up), or the tier's copy was damaged on
+				// the way, up or back (its read-back caught it): retry.
+				switch serr := checkStaged(ctx, p); {
+				case errors.Is(serr, tier.ErrCorrupt):
+					return pipeline.Permanent(fmt.Errorf("store %s on %s: %w (staged copy: %w)", p.ObjectID, t.Name(), err, serr))
+				case serr != nil:
+					return fmt.Errorf("store %s on %s: %w (staged copy not checked: %w)", p.ObjectID, t.Name(), err, serr)
+				}
+				return fmt.Errorf("store %s on %s: the tier's copy failed its read-back, the staged copy is good; retrying: %w", p.ObjectID, t.Name(), err)
 			}
 			return fmt.Errorf("store %s on %s: %w", p.ObjectID, t.Name(), err)
 		}
@@ -213,6 +221,17 @@ func (h *storeHandler) handle(ctx context.Context, env events.Envelope, p *event
 		h.cfg.Logger.Debug("stored", "object", p.ObjectID, "tier", t.Name(), "location", loc)
 	}
 	return err
+}
+
+// checkStaged reads the staged object and checks it against the size and
+// sum the compressor recorded: nil when the staged copy is good.
+func checkStaged(ctx context.Context, p *events.ObjectPacked) error {
+	f, err := os.Open(p.Staging)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return tier.Check(ctx, f, p.PackedSize, p.PackedSum)
 }
 
 // fits refuses, for good, an object larger than the whole target: every

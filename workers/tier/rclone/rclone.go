@@ -168,7 +168,11 @@ func (t *Target) classify(ctx context.Context, op, id string, err error, stderr 
 
 func networkError(stderr string) bool {
 	for _, s := range []string{"connection refused", "dial tcp", "couldn't connect", "no such host",
-		"i/o timeout", "connection reset", "network is unreachable", "broken pipe", "EOF"} {
+		"i/o timeout", "connection reset", "network is unreachable", "broken pipe", "EOF",
+		// Server-side failures (HTTP remotes): the server is there but
+		// cannot serve now; a later try may succeed.
+		"500 Internal Server Error", "502 Bad Gateway", "503 Service Unavailable", "504 Gateway Timeout",
+		"429 Too Many Requests", "timeout awaiting response headers"} {
 		if strings.Contains(stderr, s) {
 			return true
 		}
@@ -300,7 +304,17 @@ func (t *Target) upload(ctx context.Context, o tier.Object, tmp string) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("rclone tier %s: put %s: %w", t.cfg.Name, o.ID, err)
 	}
-	_, cerr := io.CopyBuffer(stdin, tier.NewVerifyingReader(src, o.PackedSize, o.PackedSum), make([]byte, 1<<20))
+	sink := &pipeWriter{w: stdin}
+	_, cerr := io.CopyBuffer(sink, tier.NewVerifyingReader(src, o.PackedSize, o.PackedSum), make([]byte, 1<<20))
+	if cerr != nil && sink.err != nil {
+		// rclone stopped reading: it failed (the remote refused or broke
+		// the upload). Its exit and stderr say why, not the broken pipe.
+		stdin.Close()
+		if werr := cmd.Wait(); werr != nil {
+			return t.classify(ctx, "upload", o.ID, werr, stderr.String())
+		}
+		return fmt.Errorf("rclone tier %s: put %s: rclone stopped reading its input: %w", t.cfg.Name, o.ID, cerr)
+	}
 	if cerr != nil {
 		kill() // before closing stdin: rclone must not see a clean end of input
 		_ = cmd.Wait()
@@ -319,6 +333,21 @@ func (t *Target) upload(ctx context.Context, o tier.Object, tmp string) error {
 		return t.classify(ctx, "upload", o.ID, err, stderr.String())
 	}
 	return nil
+}
+
+// pipeWriter remembers the error of a write to rclone's stdin, so that a
+// failed upload is told apart from a failed source.
+type pipeWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (p *pipeWriter) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	if err != nil && p.err == nil {
+		p.err = err
+	}
+	return n, err
 }
 
 // checkRemote reads path back from the remote (streaming) and checks it

@@ -28,6 +28,7 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -49,6 +50,9 @@ const (
 	DefaultPartSize   = 16 << 20
 	minPartSize       = 5 << 20 // the S3 minimum for all parts but the last
 	DefaultMaxRetries = 3
+	// DefaultIdleTimeout is Config.IdleTimeout's default: above minio-go's
+	// one minute for response headers, so a slow server is waited for.
+	DefaultIdleTimeout = 2 * time.Minute
 )
 
 // Config configures an S3 tier.
@@ -66,6 +70,11 @@ type Config struct {
 	NoTLS        bool  // plain HTTP (loopback or a trusted network only)
 	PartSize     int64 // multipart part size, also the upload memory per Put; default 16 MiB, min 5 MiB
 	MaxRetries   int   // retries of one request by minio-go; default 3
+	// IdleTimeout bounds how long a request may make no progress at all
+	// (no byte sent or received: a server that hangs mid-body, which
+	// minio-go's own timeouts do not cover) before it fails as
+	// ErrUnavailable; default DefaultIdleTimeout. Ignored with Transport.
+	IdleTimeout time.Duration
 	// Transport overrides the HTTP transport (tests, custom CAs); optional.
 	Transport http.RoundTripper
 }
@@ -84,6 +93,7 @@ func (c *Config) EnsureDefaults() {
 	}
 	c.PartSize = cmp.Or(c.PartSize, DefaultPartSize)
 	c.MaxRetries = cmp.Or(c.MaxRetries, DefaultMaxRetries)
+	c.IdleTimeout = cmp.Or(c.IdleTimeout, DefaultIdleTimeout)
 }
 
 // Validate checks the config.
@@ -103,6 +113,8 @@ func (c *Config) Validate() error {
 		return pipeline.NewConfigError("part_size", c.PartSize, fmt.Errorf("want at least %d", minPartSize))
 	case c.MaxRetries < 1:
 		return pipeline.NewConfigError("max_retries", c.MaxRetries, errors.New("want at least 1"))
+	case c.IdleTimeout < 100*time.Millisecond:
+		return pipeline.NewConfigError("timeout", c.IdleTimeout, errors.New("want at least 100ms"))
 	}
 	return nil
 }
@@ -123,11 +135,20 @@ func Open(cfg Config, logger *slog.Logger) (*Target, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	transport := cfg.Transport
+	if transport == nil {
+		tr, err := minio.DefaultTransport(!cfg.NoTLS)
+		if err != nil {
+			return nil, fmt.Errorf("s3 tier %s: %w", cfg.Name, err)
+		}
+		tr.DialContext = idleDialer(tr.DialContext, cfg.IdleTimeout)
+		transport = tr
+	}
 	cl, err := minio.New(cfg.Endpoint, &minio.Options{
 		Creds:      credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, cfg.SessionToken),
 		Secure:     !cfg.NoTLS,
 		Region:     cfg.Region,
-		Transport:  cfg.Transport,
+		Transport:  transport,
 		MaxRetries: cfg.MaxRetries,
 	})
 	if err != nil {
