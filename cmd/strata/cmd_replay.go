@@ -11,7 +11,16 @@ import (
 	"github.com/strata-hsm/strata/cmd/internal/progress"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/failpoint"
 )
+
+// Failpoints of strata replay (offline), one per durable step of
+// catalog.Replace.
+var replayFailpoints = map[string]string{
+	catalog.ReplaceRebuilt:    failpoint.Define("replay.after-rebuild", "the new catalog is complete beside the live one; nothing swapped"),
+	catalog.ReplaceMovedAside: failpoint.Define("replay.after-move-aside", "the live catalog renamed aside; the new one not yet in its place"),
+	catalog.ReplaceSwapped:    failpoint.Define("replay.after-swap", "the new catalog in place; the old one not yet removed"),
+}
 
 type replayCmd struct {
 	Verify bool `help:"Rebuild beside the live catalog and exit 3 naming the first difference, if any."`
@@ -64,7 +73,9 @@ func (c *replayCmd) Run(ctx context.Context, e *env, g *globals) error {
 				return err
 			}
 		} else {
-			err := catalog.Replace(ctx, srv.JetStream(), catalogDir(dataDir), last, catalog.Options{Logger: logger}, catalogProgress(prog))
+			fp := failpoint.New()
+			opts := catalog.Options{Logger: logger, ReplaceStep: func(step string) { fp.Hit(replayFailpoints[step]) }}
+			err := catalog.Replace(ctx, srv.JetStream(), catalogDir(dataDir), last, opts, catalogProgress(prog))
 			prog.Finish()
 			if err != nil {
 				return err

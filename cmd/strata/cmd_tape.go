@@ -15,6 +15,7 @@ import (
 	"github.com/strata-hsm/strata/cmd/internal/progress"
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/store"
 	"github.com/strata-hsm/strata/workers/tape"
 	"github.com/strata-hsm/strata/workers/tape/volume"
@@ -48,6 +49,8 @@ func (d *daemon) tapeTierDeps(name string) tapewriter.TierDeps {
 		Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, tier.StageName(name)),
 		Logger:  d.logger.With("stage", tier.StageName(name)),
 		Copy:    tapewriter.CatalogCopy(d.cat, name),
+		// Armed only by STRATA_FAILPOINTS, in crash tests.
+		Failpoints: failpoint.New(),
 	}
 }
 

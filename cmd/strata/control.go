@@ -14,6 +14,7 @@ import (
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/interceptor"
 	"github.com/strata-hsm/strata/workers/recall"
 	"github.com/strata-hsm/strata/workers/scanner"
@@ -55,7 +56,7 @@ func (d *daemon) controlHandlers() map[string]pipeline.ControlHandler {
 	}
 	pol := d.cfg.scanPolicy()
 	pol.Pinned = scanner.PinnedByCatalog(d.cat)
-	verbs := scanner.Verbs{Policy: pol, Catalog: d.cat, JS: d.js, Host: d.cfg.Host}
+	verbs := scanner.Verbs{Policy: pol, Catalog: d.cat, JS: d.js, Host: d.cfg.Host, Failpoints: failpoint.New()}
 	maps.Copy(h, verbs.Handlers())
 	maps.Copy(h, pipeline.ConsumerVerbs(d.js, d.srv.OwnerToken(), d.cfg.NATS.ReaderDurables))
 	d.refuseWhenFull(h, "archive", "pin") // not recall: reading stubs must go on

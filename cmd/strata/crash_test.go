@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -12,208 +11,18 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/zeebo/blake3"
 
-	"github.com/strata-hsm/strata/workers/compressor"
 	"github.com/strata-hsm/strata/workers/failpoint"
-	"github.com/strata-hsm/strata/workers/releaser"
 	"github.com/strata-hsm/strata/workers/scanner"
-	"github.com/strata-hsm/strata/workers/store"
-	"github.com/strata-hsm/strata/workers/stratatest"
-	"github.com/strata-hsm/strata/workers/stub"
-	"github.com/strata-hsm/strata/workers/tier/dir"
 )
 
-// crashPoints are every failpoint of the archive path, in the order a file
-// reaches them: compress → store (temp, sum, rename, put, publish) →
-// release (xattr, mark, punch, publish).
-var crashPoints = []string{
-	compressor.FailAfterPack,
-	compressor.FailAfterPublish,
-	dir.FailAfterTemp,
-	dir.FailAfterSum,
-	dir.FailAfterRename,
-	store.FailAfterPut,
-	store.FailAfterPublish,
-	releaser.FailAfterXattr,
-	releaser.FailAfterMark,
-	releaser.FailAfterPunch,
-	releaser.FailBeforePublish,
-}
-
-// TestCrashAtEveryFailpoint kills the daemon (a real subprocess, SIGKILL
-// from the failpoint itself) at each step of the archive path, restarts it
-// without the failpoint, lets the pipeline finish and proves DESIGN §6.1
-// and §6.3: no byte lost or changed, no file released without a verified
-// copy (at the moment of the crash and at the end), the catalog equal to a
-// replay of the log, no dead letters, no temporary file left in the tier.
-//
-// A killed daemon leaves its in-flight message unacknowledged: the server
-// redelivers it after the stage's ack wait (30 s), so the cases run at the
-// same time (t.Run from goroutines, not limited by -parallel).
-func TestCrashAtEveryFailpoint(t *testing.T) {
-	stratatest.NeedRoot(t)
-	stratatest.NeedTool(t, "zstd")
-	stratatest.NeedTool(t, "cat")
-	bin := buildStrata(t)
-	type crashCase struct{ fstype, point string }
-	var cases []crashCase
-	for _, p := range crashPoints {
-		cases = append(cases, crashCase{"ext4", p})
-	}
-	// XFS once, where the hole is punched: its extents and generations
-	// differ from ext4's.
-	cases = append(cases, crashCase{"xfs", releaser.FailAfterPunch}, crashCase{"xfs", releaser.FailAfterXattr})
-	var wg sync.WaitGroup
-	for i, c := range cases {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			t.Run(c.fstype+"/"+c.point, func(t *testing.T) { crashAndRecover(t, bin, c.fstype, c.point, uint64(i)) })
-		}()
-	}
-	wg.Wait()
-}
-
-func crashAndRecover(t *testing.T, bin, fstype, point string, seed uint64) {
-	size := int64(64 << 20)
-	if fstype == "xfs" {
-		size = 320 << 20 // mkfs.xfs refuses less than 300 MiB
-	}
-	hot := stratatest.LoopMount(t, fstype, size)
-	data := t.TempDir()
-	cold := filepath.Join(data, "cold") // inside the data directory: created, no mount required
-	files := crashFiles(t, hot, seed)
-
-	// 1. Run with the failpoint armed until the daemon kills itself.
-	d1 := startStrata(t, bin, data, hot, cold, point)
-	arch := exec.Command(bin, "archive", "--data", data, hot)
-	arch.Env = strataEnv("")
-	if err := arch.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { arch.Process.Kill(); arch.Wait() })
-	state := d1.wait(t, time.Minute)
-	ws, ok := state.Sys().(syscall.WaitStatus)
-	if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Fatalf("daemon with failpoint %s ended with %v, want killed by SIGKILL\n%s", point, state, d1.logs())
-	}
-	if !strings.Contains(d1.logs(), "failpoint "+point+": killing process") {
-		t.Fatalf("daemon died but not at failpoint %s:\n%s", point, d1.logs())
-	}
-	arch.Process.Kill() // it may still wait for a reply that will never come
-
-	// 2. At the moment of the crash: a file is either untouched (its bytes
-	// read directly, without any daemon, equal the original) or its
-	// xattrs say released and the tier holds a verified copy.
-	released := 0
-	for p, want := range files {
-		info, err := stub.ReadPath(p)
-		switch {
-		case errors.Is(err, stub.ErrNotManaged):
-			got, err := os.ReadFile(p)
-			if err != nil || !bytes.Equal(got, want) {
-				t.Errorf("after the crash, %s (not a stub) differs from the original: %v", p, err)
-			}
-		case err != nil:
-			t.Errorf("after the crash, xattrs of %s: %v", p, err)
-		case info.State == stub.Released:
-			released++
-			checkTierCopy(t, cold, p, info.ObjectID, want)
-		default:
-			t.Errorf("after the crash, %s has unexpected xattrs %+v", p, info)
-		}
-	}
-	t.Logf("crash at %s: %d of %d files marked released", point, released, len(files))
-
-	// 3. Restart without failpoints; archive again and let it finish. A
-	// message the dead daemon held is redelivered after the ack wait.
-	d2 := startStrata(t, bin, data, hot, cold, "")
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("daemon log before the crash:\n%s\nafter:\n%s", d1.logs(), d2.logs())
-		}
-	})
-	var sum archiveSummary
-	cliJSON(t, &sum, "archive", "--wait", "--timeout", "2m", "--json", "--data", data, hot)
-	for _, s := range sum.Skipped {
-		// The only acceptable skip: this second selection made the
-		// compressor read a file while the releaser, finishing the work of
-		// the first, wanted its write lease. The file stays hot and whole.
-		// (Or a recall caused by that read moved the state of a file
-		// between two looks of the releaser.)
-		if !strings.Contains(s.Reason, "open by another process") && !strings.Contains(s.Reason, "changed while being opened") {
-			t.Errorf("archive after restart skipped %s: %s", s.Path, s.Reason)
-		}
-	}
-	// Let redelivery finish what the dead daemon held (every stage idle),
-	// then archive what a busy skip left hot: everything must end up
-	// released.
-	waitFor(t, 100*time.Second, func() error { return stagesIdle(data) })
-	var sum2 archiveSummary
-	cliJSON(t, &sum2, "archive", "--wait", "--timeout", "2m", "--json", "--data", data, hot)
-	for _, s := range sum2.Skipped {
-		t.Errorf("archive with every stage idle skipped %s: %s", s.Path, s.Reason)
-	}
-	if len(sum.Skipped) > 0 || sum2.Selected > 0 {
-		t.Logf("after restart: first archive %d selected, %d released, skipped %v; second archive %d selected, %d released",
-			sum.Selected, sum.Released, sum.Skipped, sum2.Selected, sum2.Released)
-	}
-	var ls scanner.LsReply
-	waitFor(t, 30*time.Second, func() error {
-		ls = scanner.LsReply{}
-		cliJSON(t, &ls, "ls", "--json", "--data", data, hot)
-		if waiting := notReleased(ls, files); len(waiting) > 0 {
-			return fmt.Errorf("after restart, not released: %v", waiting)
-		}
-		return nil
-	})
-
-	// (b) every released file: xattrs, catalog copy and tier object agree
-	// with the original bytes (checked with the real zstd CLI).
-	for _, f := range ls.Files {
-		want, ok := files[f.Path]
-		if !ok {
-			continue
-		}
-		oid := blake3Hex(want)
-		if f.ObjectID != oid || len(f.Copies) != 1 || f.Copies[0] != "cold" {
-			t.Errorf("ls %s: %+v, want object %s with a copy on cold", f.Path, f, oid)
-		}
-		info, err := stub.ReadPath(f.Path)
-		if err != nil || info.State != stub.Released || info.ObjectID != oid || info.Size != int64(len(want)) {
-			t.Errorf("xattrs of %s: %+v %v", f.Path, info, err)
-		}
-		checkTierCopy(t, cold, f.Path, oid, want)
-	}
-	// (a) real programs read every stub: bytes equal the originals.
-	for p, want := range files {
-		got, err := exec.Command("cat", p).Output()
-		if err != nil {
-			t.Fatalf("cat %s: %v\n%s", p, err, d2.logs())
-		}
-		if sha256.Sum256(got) != sha256.Sum256(want) {
-			t.Fatalf("cat %s: %d bytes differ from the original %d bytes", p, len(got), len(want))
-		}
-	}
-	// (c) the catalog is a projection of the log.
-	if out, errs, code := cli(t, "replay", "--verify", "--data", data); code != 0 {
-		t.Fatalf("replay --verify: exit %d: %s%s", code, out, errs)
-	}
-	// (d) nothing was given up on.
-	var st statusReply
-	cliJSON(t, &st, "status", "--json", "--data", data)
-	if st.Stream.DeadLetters != 0 {
-		t.Fatalf("dead letters after recovery from %s: %+v\n%s", point, st.Stream, d2.logs())
-	}
-	// (e) no temporary file left visible in the tier.
-	checkTierClean(t, cold)
-}
+// The crash tests of the archive path are cells of the crash matrix
+// (crashmatrix_test.go); this file holds what every crash test shares.
 
 // crashFiles writes a small mix (text and random, 3 KiB to 9 MiB, one
 // identical pair) and returns the contents by path.
@@ -271,19 +80,18 @@ func strataEnv(failpoints string) []string {
 // test failed.
 func startStrata(t *testing.T, bin, data, hot, cold, failpoints string, extra ...string) *strataProc {
 	t.Helper()
-	args := append([]string{"--hot", hot, "--cold", cold, "--host", "crash"}, extra...)
-	return startStrataArgs(t, bin, data, failpoints, args...)
+	return startStrataArgs(t, bin, data, failpoints, append([]string{"--hot", hot, "--cold", cold, "--host", "crash"}, extra...)...)
 }
 
-// startStrataArgs is startStrata with only --data, a random NATS port and
-// a random metrics port given: args say the rest (a --config, say).
-func startStrataArgs(t *testing.T, bin, data, failpoints string, args ...string) *strataProc {
+// startStrataArgs is startStrata with only the data directory, port and
+// host given: the rest of the configuration comes from args (a --config).
+func startStrataArgs(t *testing.T, bin, data, failpoints string, extra ...string) *strataProc {
 	t.Helper()
 	logf, err := os.CreateTemp(t.TempDir(), "daemon-*.log")
 	if err != nil {
 		t.Fatal(err)
 	}
-	args = append([]string{"run", "--data", data, "--port", "-2", "--metrics", "127.0.0.1:0"}, args...)
+	args := append([]string{"run", "--data", data, "--port", "-2", "--metrics", "127.0.0.1:0"}, extra...)
 	cmd := exec.Command(bin, args...)
 	cmd.Env = strataEnv(failpoints)
 	cmd.Stdout, cmd.Stderr = logf, logf

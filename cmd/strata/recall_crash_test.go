@@ -129,7 +129,7 @@ func recallCrashes(t *testing.T, bin, fstype string, seed uint64) {
 		if len(waiting) == 0 {
 			break
 		}
-		// The only acceptable skip (as in TestCrashAtEveryFailpoint): the
+		// The only acceptable skip (as in the crash matrix): the
 		// file was open elsewhere when the compressor wanted its lease.
 		// It stays hot and whole; archive it again.
 		for _, s := range sum.Skipped {

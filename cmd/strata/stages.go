@@ -87,6 +87,9 @@ func (d *daemon) buildStages() (*stages, error) {
 		guard:      pruner.NewGuard(),
 		tapeTiers:  map[string]*tapewriter.Tier{},
 	}
+	if unknown := s.failpoints.Unknown(); len(unknown) > 0 {
+		d.logger.Warn("STRATA_FAILPOINTS names failpoints no stage defines: they never fire", "unknown", unknown)
+	}
 	var err error
 	if s.validator, err = schemas.NewValidator(); err != nil {
 		return nil, err
@@ -235,7 +238,7 @@ func (d *daemon) buildStages() (*stages, error) {
 		s.scanner = scanner.NewLoop(scanner.LoopConfig{
 			Policy: d.cfg.scanPolicy(), Interval: time.Duration(cfg.Policy.ScanInterval), Emitter: em, Catalog: d.cat,
 			Reconciler: &scanner.Reconciler{Policy: d.cfg.scanPolicy(), Catalog: d.cat, Marker: s.interceptor, Emitter: em, Logger: logger},
-			Logger:     logger,
+			Logger:     logger, Failpoints: s.failpoints,
 		})
 	}
 	return s, nil
@@ -268,11 +271,11 @@ func (d *daemon) runStages(ctx context.Context, s *stages, g interface{ Go(func(
 		g.Go(func() error { return s.modwatch.Run(ctx) })
 	}
 	scrubs := &scrubber.Service{Schedule: d.cfg.scrubSchedule(), Targets: s.targets, Catalog: d.cat, Repairer: s.reader,
-		Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, "scrub"), Logger: d.logger.With("component", "scrub")}
+		Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, "scrub"), Logger: d.logger.With("component", "scrub"), Failpoints: s.failpoints}
 	prunes := &pruner.Service{Catalog: d.cat, JS: d.js, Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, "prune"),
 		Targets: s.targets, Guard: s.guard, StagingDir: s.stagingDir,
 		KeepDeleted: time.Duration(d.cfg.Retention.KeepDeleted), KeepVersions: d.cfg.Retention.KeepVersions,
-		Logger: d.logger.With("component", "prune")}
+		Logger: d.logger.With("component", "prune"), Failpoints: s.failpoints}
 	drains := &store.Drainer{Catalog: d.cat, Copier: s.reader, Targets: s.targets, Filters: s.filters, Roots: d.cfg.hotRoots(),
 		Counting: d.cfg.Release.From, Copies: d.cfg.Release.Copies, Draining: s.draining,
 		Emitter: pipeline.NewEmitter(d.js, d.cfg.Host, "drain"), Logger: d.logger.With("component", "drain")}

@@ -70,6 +70,10 @@ type Options struct {
 	BlockCacheBytes int64
 	// MemTableBytes is Pebble's memtable size (0: 64 MiB).
 	MemTableBytes uint64
+	// ReplaceStep, if set, is called by Replace after each of its durable
+	// steps (ReplaceRebuilt, ReplaceMovedAside, ReplaceSwapped): crash
+	// tests kill the process there (cmd/strata arms it with failpoints).
+	ReplaceStep func(step string)
 	// Space, if set, is the filesystem of the catalog (see Space).
 	Space Space
 }
@@ -150,6 +154,9 @@ type Catalog struct {
 func Open(dir string, opts Options) (*Catalog, error) {
 	opts.EnsureDefaults()
 	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if err := RecoverReplace(dir); err != nil {
 		return nil, err
 	}
 	c := &Catalog{dir: dir, opts: opts, log: opts.Logger, wo: pebble.NoSync, waitCh: make(chan struct{}),

@@ -193,15 +193,26 @@ func (c *Catalog) Verify(ctx context.Context, js jetstream.JetStream, tmpParent 
 	return seq, diff, err
 }
 
+// The durable steps of Replace, in order (Options.ReplaceStep).
+const (
+	ReplaceRebuilt    = "rebuilt"     // the new catalog is complete beside dir; dir untouched
+	ReplaceMovedAside = "moved-aside" // the old catalog renamed to dir.old; the new one not yet at dir
+	ReplaceSwapped    = "swapped"     // the new catalog at dir; dir.old not yet removed
+)
+
 // Replace rebuilds the catalog of dir from the log (up to upTo) into a new
-// directory beside it and swaps it in. A crash at any point leaves either
-// the old or the new catalog at dir (and a leftover directory that the
-// next Replace removes). No catalog may be open on dir.
+// directory beside it and swaps it in. A crash at any point leaves the old
+// or the new catalog at dir, or the old one at dir.old for a moment, which
+// the next Open (RecoverReplace) puts back; leftover directories are
+// removed by the next Open or Replace. No catalog may be open on dir.
 func Replace(ctx context.Context, js jetstream.JetStream, dir string, upTo uint64, opts Options, progress Progress) error {
+	if err := RecoverReplace(dir); err != nil {
+		return err
+	}
 	next, old := dir+".replay", dir+".old"
-	for _, p := range []string{next, old} {
-		if err := os.RemoveAll(p); err != nil {
-			return err
+	step := func(s string) {
+		if opts.ReplaceStep != nil {
+			opts.ReplaceStep(s)
 		}
 	}
 	cat, err := Rebuild(ctx, js, next, upTo, opts, progress)
@@ -212,16 +223,46 @@ func Replace(ctx context.Context, js jetstream.JetStream, dir string, upTo uint6
 	if err := cat.Close(); err != nil {
 		return err
 	}
+	if err := syncDir(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	step(ReplaceRebuilt)
 	if err := os.Rename(dir, old); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
+	step(ReplaceMovedAside)
 	if err := os.Rename(next, dir); err != nil {
 		return err
 	}
 	if err := syncDir(filepath.Dir(dir)); err != nil {
 		return err
 	}
+	step(ReplaceSwapped)
 	return os.RemoveAll(old)
+}
+
+// RecoverReplace finishes or undoes a Replace that a crash interrupted:
+// with no catalog at dir but one at dir.old (killed between the two
+// renames), it puts the old one back, which then catches up with the log
+// like any catalog; then it removes dir.replay and dir.old. Open calls it.
+func RecoverReplace(dir string) error {
+	next, old := dir+".replay", dir+".old"
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(old); err == nil {
+			if err := os.Rename(old, dir); err != nil {
+				return fmt.Errorf("catalog: put back %s after an interrupted replay: %w", old, err)
+			}
+			if err := syncDir(filepath.Dir(dir)); err != nil {
+				return err
+			}
+		}
+	}
+	for _, p := range []string{next, old} {
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("catalog: remove %s left by an interrupted replay: %w", p, err)
+		}
+	}
+	return nil
 }
 
 func syncDir(dir string) error {

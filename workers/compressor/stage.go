@@ -25,9 +25,9 @@ import (
 const StageName = "compressor"
 
 // Failpoints of the compressor stage.
-const (
-	FailAfterPack    = "compress.after-pack"    // object staged, object.packed not yet published
-	FailAfterPublish = "compress.after-publish" // object.packed published, message not yet acked
+var (
+	FailAfterPack    = failpoint.Define("compress.after-pack", "object staged, object.packed not yet published")
+	FailAfterPublish = failpoint.Define("compress.after-publish", "object.packed published, message not yet acked")
 )
 
 // StageConfig wires the compressor to the event log.

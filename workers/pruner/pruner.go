@@ -37,6 +37,7 @@ import (
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/tier"
 )
 
@@ -215,7 +216,15 @@ type ApplyConfig struct {
 	// Emit publishes an event with a deterministic id built from parts.
 	Emit   func(ctx context.Context, ev events.Event, idParts ...string) error
 	Logger *slog.Logger
+	// Failpoints: crash tests arm FailAfterDelete and FailAfterPublish.
+	Failpoints failpoint.Set
 }
+
+// Failpoints of a prune, in the order a copy reaches them.
+var (
+	FailAfterDelete  = failpoint.Define("prune.after-delete", "a copy is deleted from its tier, object.deleted not yet published")
+	FailAfterPublish = failpoint.Define("prune.after-publish", "object.deleted published, the next copy not yet deleted")
+)
 
 // Apply removes each candidate's copies from every tier, after re-checking
 // under the object's lock that nothing references it, and publishes
@@ -275,6 +284,7 @@ func applyOne(ctx context.Context, cfg ApplyConfig, c Candidate) Candidate {
 			fail(cp.Tier, err)
 			continue
 		}
+		cfg.Failpoints.Hit(FailAfterDelete)
 		// The copy's sequence makes the id unique per stored copy: a copy
 		// stored again later and pruned again gets a new event.
 		if err := cfg.Emit(ctx, &events.ObjectDeleted{ObjectID: c.ObjectID, Tier: cp.Tier, Reason: "retention: " + c.Reason},
@@ -282,6 +292,7 @@ func applyOne(ctx context.Context, cfg ApplyConfig, c Candidate) Candidate {
 			fail(cp.Tier, fmt.Errorf("deleted, but object.deleted not published: %w", err))
 			continue
 		}
+		cfg.Failpoints.Hit(FailAfterPublish)
 		c.Deleted = append(c.Deleted, cp.Tier)
 		cfg.Logger.Info("pruned", "object", c.ObjectID, "tier", cp.Tier, "reason", c.Reason)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/tier"
 )
 
@@ -56,6 +57,7 @@ type Service struct {
 	KeepDeleted  time.Duration
 	KeepVersions int
 	Logger       *slog.Logger
+	Failpoints   failpoint.Set
 }
 
 // Handlers returns the verb prune.
@@ -99,7 +101,7 @@ func (s *Service) prune(ctx context.Context, req Request) (any, error) {
 				_, err := s.Emitter.Emit(ctx, ev, parts...)
 				return err
 			},
-			Logger: s.Logger,
+			Logger: s.Logger, Failpoints: s.Failpoints,
 		}, plan)
 		if err != nil {
 			return nil, err

@@ -85,10 +85,10 @@ import (
 )
 
 // Failpoints, in the order a release reaches them.
-const (
-	FailAfterXattr = "release.after-xattr"
-	FailAfterMark  = "release.after-mark"
-	FailAfterPunch = "release.after-punch"
+var (
+	FailAfterXattr = failpoint.Define("release.after-xattr", "xattrs say released (set before the punch), no byte punched yet")
+	FailAfterMark  = failpoint.Define("release.after-mark", "the stub is marked (guarded), no byte punched yet")
+	FailAfterPunch = failpoint.Define("release.after-punch", "the hole is punched, times not yet restored")
 )
 
 // Errors. ErrChanged and ErrBusy mean "not released, nothing changed, try

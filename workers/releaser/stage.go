@@ -32,7 +32,7 @@ const StageName = "releaser"
 
 // FailBeforePublish is the failpoint between a finished release (hole
 // punched, times restored) and the publication of file.released.
-const FailBeforePublish = "release.before-publish"
+var FailBeforePublish = failpoint.Define("release.before-publish", "hole punched and times restored, file.released not yet published")
 
 // catalogView is what the releaser reads from the catalog.
 type catalogView interface {

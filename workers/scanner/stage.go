@@ -27,6 +27,7 @@ import (
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/failpoint"
 )
 
 // ErrPathNotUTF8: a file whose name is not valid UTF-8 cannot be named in
@@ -45,7 +46,13 @@ type LoopConfig struct {
 	// Reconciler, if set, runs after every scan that ended without error.
 	Reconciler *Reconciler
 	Logger     *slog.Logger
+	// Failpoints: crash tests arm FailAfterSelect (package failpoint).
+	Failpoints failpoint.Set
 }
+
+// FailAfterSelect fires after a file.selected is published and before the
+// next one: a scan or an archive request half done.
+var FailAfterSelect = failpoint.Define("scan.after-select", "one file.selected published, the rest of the scan or archive request not")
 
 // scanCatalog is what the scanner stage reads of the catalog.
 type scanCatalog interface {
@@ -147,6 +154,9 @@ func (l *Loop) ScanOnce(ctx context.Context) (Summary, error) {
 			return nil
 		}
 		err := Select(ctx, l.cfg.Emitter, c)
+		if err == nil {
+			l.cfg.Failpoints.Hit(FailAfterSelect)
+		}
 		if errors.Is(err, ErrPathNotUTF8) {
 			l.cfg.Logger.Warn("not archiving a file whose name is not valid UTF-8", "path", c.Path)
 			return nil

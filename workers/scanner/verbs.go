@@ -18,6 +18,7 @@ import (
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/workers/beneath"
+	"github.com/strata-hsm/strata/workers/failpoint"
 )
 
 // MaxArchiveFiles bounds one archive request: its reply lists every
@@ -77,6 +78,8 @@ type Verbs struct {
 	Catalog verbCatalog
 	JS      jetstream.JetStream
 	Host    string
+	// Failpoints: crash tests arm FailAfterSelect.
+	Failpoints failpoint.Set
 }
 
 // Handlers returns the verbs archive, ls, pin and preview.
@@ -159,6 +162,9 @@ func (v *Verbs) archive(ctx context.Context, req ArchiveRequest) (any, error) {
 	for _, c := range cands {
 		g.Go(func() error {
 			err := Select(gctx, em, c, token)
+			if err == nil {
+				v.Failpoints.Hit(FailAfterSelect)
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			switch {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/tier"
 )
 
@@ -57,7 +58,16 @@ type Config struct {
 	// Progress, if set, is called after each copy with the totals so far.
 	Progress func(Result)
 	Logger   *slog.Logger
+	// Failpoints: crash tests arm the scrub failpoints.
+	Failpoints failpoint.Set
 }
+
+// Failpoints of a scrub, in the order a bad copy reaches them.
+var (
+	FailAfterVerify  = failpoint.Define("scrub.after-verify", "a good copy re-read, object.verified not yet published")
+	FailAfterCorrupt = failpoint.Define("scrub.after-corrupt", "object.corrupt published, the copy not yet repaired")
+	FailAfterRepair  = failpoint.Define("scrub.after-repair", "the copy re-created on its tier from a good one, object.stored not yet published")
+)
 
 // Result counts what a run did.
 type Result struct {
@@ -185,6 +195,7 @@ func scrubOne(ctx context.Context, cfg Config, c Copy, res *Result) error {
 	switch {
 	case err == nil:
 		res.Verified++
+		cfg.Failpoints.Hit(FailAfterVerify)
 		if err := cfg.Emit(ctx, &events.ObjectVerified{ObjectID: c.ObjectID, Tier: c.Tier}, c.ObjectID, c.Tier, cfg.RunID); err != nil {
 			return stop(ctx, err, func() { fail("publish object.verified: %v", err) })
 		}
@@ -207,10 +218,12 @@ func scrubOne(ctx context.Context, cfg Config, c Copy, res *Result) error {
 		c.ObjectID, c.Tier, cfg.RunID); perr != nil {
 		return stop(ctx, perr, func() { fail("publish object.corrupt: %v", perr) })
 	}
+	cfg.Failpoints.Hit(FailAfterCorrupt)
 	from, loc, rerr := cfg.Repair(ctx, c.ObjectID, t)
 	if rerr != nil {
 		return stop(ctx, rerr, func() { fail("corrupt (%v), not repaired: %v", err, rerr) })
 	}
+	cfg.Failpoints.Hit(FailAfterRepair)
 	ev, serr := tier.StoredEvent(ctx, t, c.ObjectID, c.Size, loc)
 	if serr != nil {
 		return stop(ctx, serr, func() { fail("repaired from %s, but: %v", from, serr) })

@@ -20,6 +20,7 @@ import (
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/tier"
 )
 
@@ -85,6 +86,8 @@ type Service struct {
 	Repairer repairer
 	Emitter  *pipeline.Emitter
 	Logger   *slog.Logger
+	// Failpoints: crash tests arm the scrub failpoints.
+	Failpoints failpoint.Set
 
 	jobs *Jobs
 }
@@ -156,7 +159,7 @@ func (s *Service) Start(ctx context.Context, req StartRequest) (Started, error) 
 			return err
 		},
 		Tier: req.Tier, Sample: sample / 100, Rate: rate, RunID: runID,
-		Logger: s.Logger.With("run", runID),
+		Logger: s.Logger.With("run", runID), Failpoints: s.Failpoints,
 	})
 	if isNew {
 		s.Logger.Info("scrub started", "run", id, "tier", req.Tier, "sample", sample, "rate", rate)

@@ -45,9 +45,9 @@ import (
 )
 
 // Failpoints of the store stage.
-const (
-	FailAfterPut     = "store.after-put"     // verified Put done, object.stored not yet published
-	FailAfterPublish = "store.after-publish" // object.stored published, message not yet acked
+var (
+	FailAfterPut     = failpoint.Define("store.after-put", "verified Put done, object.stored not yet published")
+	FailAfterPublish = failpoint.Define("store.after-publish", "object.stored published, message not yet acked")
 )
 
 // StageConfig wires one target to the event log.

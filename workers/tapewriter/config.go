@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/tape"
 	"github.com/strata-hsm/strata/workers/tape/bundle"
 )
@@ -67,6 +68,8 @@ type Config struct {
 	// Stored is called once per object, after a flushing filemark made
 	// the bundle holding it durable.
 	Stored func(obj Object, pos events.TapePosition)
+	// Failpoints: crash tests arm FailBeforeFilemark and FailAfterFilemark.
+	Failpoints failpoint.Set
 	// Event reports volume events (optional).
 	Event  func(VolumeEvent)
 	Logger *slog.Logger

@@ -11,6 +11,7 @@ import (
 
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/tier"
 )
 
@@ -33,6 +34,13 @@ import (
 // wait at once (Concurrency) while their objects fill a bundle, which is
 // closed at BundleBytes, at BundleAge, when Concurrency objects wait, or
 // when a recall needs the drive.
+// Failpoints of writing to tape, in the order an object reaches them.
+var (
+	FailBeforeFilemark = failpoint.Define("tape.before-filemark", "the bundle's blocks are written, its flushing filemark not (nothing durable on tape)")
+	FailAfterFilemark  = failpoint.Define("tape.after-filemark", "a flushing filemark made the bundle durable; its objects not reported, object.stored not published")
+	FailAfterPublish   = failpoint.Define("tape.after-publish", "object.stored (tape position) published, message not yet acked")
+)
+
 func (t *Tier) Stage() pipeline.Stage {
 	return pipeline.Stage{
 		Name:        tier.StageName(t.cfg.Name),
@@ -85,7 +93,11 @@ func (t *Tier) handle(ctx context.Context, env events.Envelope, p *events.Object
 		}
 		return err
 	}
-	return t.emitStored(ctx, p, res.pos)
+	if err := t.emitStored(ctx, p, res.pos); err != nil {
+		return err
+	}
+	t.deps.Failpoints.Hit(FailAfterPublish)
+	return nil
 }
 
 // Location is the human-readable location of a tape copy: "volume/file".

@@ -15,6 +15,7 @@ import (
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
+	"github.com/strata-hsm/strata/workers/failpoint"
 	"github.com/strata-hsm/strata/workers/tape"
 	"github.com/strata-hsm/strata/workers/tape/bundle"
 	"github.com/strata-hsm/strata/workers/tier"
@@ -162,6 +163,8 @@ type TierDeps struct {
 	// Event, optional, receives volume events (full, write protected,
 	// label mismatch, mounted, …) after they are logged.
 	Event func(VolumeEvent)
+	// Failpoints: crash tests arm the tape failpoints (package failpoint).
+	Failpoints failpoint.Set
 }
 
 // VolumeState is the last event of a volume, for status and `strata tape
@@ -619,7 +622,7 @@ func (t *Tier) newWriter(ctx context.Context) (*Writer, error) {
 		Pool: t.cfg.Pool, Volumes: vols, Changer: t.dev,
 		BundleSize: t.cfg.BundleBytes, BundleAge: t.cfg.BundleAge, FlushEvery: 1,
 		RingSize: t.cfg.RingBytes, MinRate: t.cfg.MinRate, SpoolDir: filepath.Join(t.cfg.StateDir, "spool"),
-		Stored: t.stored, Event: t.volumeEvent, Logger: t.log,
+		Stored: t.stored, Event: t.volumeEvent, Logger: t.log, Failpoints: t.deps.Failpoints,
 	})
 }
 

@@ -541,6 +541,9 @@ func (w *Writer) writeItem(it item) error {
 	for attempt := 0; ; attempt++ {
 		var err error
 		if it.filemark {
+			if it.flush && attempt == 0 {
+				w.cfg.Failpoints.Hit(FailBeforeFilemark)
+			}
 			err = w.vol.d.WriteFilemarks(it.count, it.flush)
 		} else {
 			err = w.vol.d.WriteBlock(it.block)
@@ -558,6 +561,7 @@ func (w *Writer) writeItem(it item) error {
 		return fmt.Errorf("%w: %s: %w", errVolumeLost, w.vol.id, err)
 	}
 	if it.filemark && it.flush {
+		w.cfg.Failpoints.Hit(FailAfterFilemark)
 		w.report()
 	}
 	return nil

@@ -36,10 +36,10 @@ import (
 )
 
 // Failpoints of Put, in the order it reaches them (see package failpoint).
-const (
-	FailAfterTemp   = "store.dir-after-temp"   // packed bytes in a verified temp file; manifest and sum not written
-	FailAfterSum    = "store.dir-after-sum"    // manifest and sum in place; object not yet renamed
-	FailAfterRename = "store.dir-after-rename" // object renamed; directory not yet fsynced
+var (
+	FailAfterTemp   = failpoint.Define("store.dir-after-temp", "packed bytes in a verified, fsynced temp file; manifest and sum not written")
+	FailAfterSum    = failpoint.Define("store.dir-after-sum", "manifest and sum in place; object not yet renamed")
+	FailAfterRename = failpoint.Define("store.dir-after-rename", "object renamed; directory not yet fsynced")
 )
 
 var _ tier.Target = (*Target)(nil)
