@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -75,7 +76,7 @@ func (c *archiveCmd) Run(ctx context.Context, e *env, g *globals) error {
 		if err != nil {
 			return err
 		}
-		if err := waitArchived(ctx, e, js, rep, &sum); err != nil {
+		if err := waitArchived(ctx, e, js, rep, &sum, func() string { return conditionsNote(nc, g.dataDir()) }); err != nil {
 			if errors.Is(err, context.DeadlineExceeded) {
 				return fmt.Errorf("archive: %d of %d files still in progress after %s (see strata ls)%s", sum.Selected-sum.Released-len(sum.Skipped)+len(rep.Skipped), sum.Selected, c.Timeout, conditionsNote(nc, g.dataDir()))
 			}
@@ -114,19 +115,24 @@ func conditionsNote(nc *nats.Conn, dataDir string) string {
 		fmt.Fprintf(&b, "; %s %s since %s: %s", c.Title(), c.Path, c.Since.Local().Format(time.TimeOnly), c.Hint)
 	}
 	for _, t := range r.TierState {
-		if note := t.stuckNote(); note != "" {
-			fmt.Fprintf(&b, "; tier %s: %s", t.Name, note)
-		}
+		// An unreachable tier's failures say the same again.
 		if !t.Reachable {
 			fmt.Fprintf(&b, "; tier %s is unreachable: %s", t.Name, t.Probe)
+		} else if note := t.stuckNote(); note != "" {
+			fmt.Fprintf(&b, "; tier %s: %s", t.Name, note)
 		}
 	}
 	return b.String()
 }
 
+// stallCheck is how long an archive wait goes without a file released
+// before its progress line says why (the daemon's conditions and tiers).
+const stallCheck = 15 * time.Second
+
 // waitArchived follows the log until every selected file is released or
-// skipped.
-func waitArchived(ctx context.Context, e *env, js jetstream.JetStream, rep scanner.ArchiveReply, sum *archiveSummary) error {
+// skipped. While nothing moves for stallCheck, the progress line carries
+// why(): a tier that does not answer, a full disk.
+func waitArchived(ctx context.Context, e *env, js jetstream.JetStream, rep scanner.ArchiveReply, sum *archiveSummary, why func() string) error {
 	pending := map[string]scanner.ArchivedFile{}
 	var total int64
 	for _, f := range rep.Selected {
@@ -134,9 +140,36 @@ func waitArchived(ctx context.Context, e *env, js jetstream.JetStream, rep scann
 		total += f.Size
 	}
 	prog := progress.New(e.stderr, "archive", "bytes", total)
+	var mu sync.Mutex // protects done and files, shared with the stall check
 	var done int64
+	files := fmt.Sprintf("0/%d files", len(rep.Selected))
+	stalled := make(chan struct{})
+	defer close(stalled)
+	go func() {
+		t := time.NewTicker(stallCheck)
+		defer t.Stop()
+		var last int64 // nothing done at the start counts as stalled
+		for {
+			select {
+			case <-stalled:
+				return
+			case <-t.C:
+			}
+			mu.Lock()
+			d, f := done, files
+			mu.Unlock()
+			if d == last {
+				if note := strings.TrimPrefix(why(), "; "); note != "" {
+					prog.Set(d, 0, f+", waiting: "+note)
+				}
+			}
+			last = d
+		}
+	}()
 	filter := []string{events.Subject(rep.Host, events.KindFileReleased), events.Subject(rep.Host, events.KindFileReleaseSkipped)}
 	err := pipeline.FollowWith(ctx, js, rep.Seq+1, pipeline.FollowOptions{Filter: filter}, func(batch []events.Envelope) error {
+		mu.Lock()
+		defer mu.Unlock()
 		for _, env := range batch {
 			ev, err := events.DecodeData(env.Type, env.Data)
 			if err != nil {
@@ -160,7 +193,8 @@ func waitArchived(ctx context.Context, e *env, js jetstream.JetStream, rep scann
 				}
 			}
 		}
-		prog.Set(done, total, fmt.Sprintf("%d/%d files", len(rep.Selected)-len(pending), len(rep.Selected)))
+		files = fmt.Sprintf("%d/%d files", len(rep.Selected)-len(pending), len(rep.Selected))
+		prog.Set(done, total, files)
 		if len(pending) == 0 {
 			return pipeline.ErrStop
 		}

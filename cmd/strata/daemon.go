@@ -209,6 +209,7 @@ func (d *daemon) run(ctx context.Context) error {
 	d.logger.Info("strata ready", "host", d.cfg.Host, "data", d.cfg.DataDir, "nats", d.srv.ClientURL(),
 		"catalog_seq", d.cat.LastSeq())
 	d.metrics.SetReady()
+	go d.warnUnreachableTiers(ctx)
 	done := make(chan error, 1)
 	go func() { done <- g.Wait() }()
 	select {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"os"
@@ -139,7 +140,7 @@ func TestStartLogNoDuplicateKeys(t *testing.T) {
 	data, hot, cold := t.TempDir(), t.TempDir(), t.TempDir()
 	p := startStrata(t, bin, data, hot, cold, "")
 	waitFor(t, 10*time.Second, func() error {
-		if !strings.Contains(p.logs(), "directory tier unavailable") {
+		if !strings.Contains(p.logs(), "tier unreachable: nothing is stored there until it answers") {
 			return errors.New("no tier warning yet")
 		}
 		return nil
@@ -152,9 +153,35 @@ func TestStartLogNoDuplicateKeys(t *testing.T) {
 			}
 			seen[k] = true
 		}
-		if strings.Contains(line, "level=WARN") && !strings.Contains(line, "directory tier unavailable") {
+		if strings.Contains(line, "level=WARN") && !strings.Contains(line, "tier unreachable: nothing is stored there until it answers") {
 			t.Errorf("warning at start: %s", line)
 		}
+	}
+}
+
+// TestArchiveWaitSaysWhy: `archive --wait` on a tier whose disk is not
+// mounted does not sit at 0% in silence: once nothing moves for
+// stallCheck, its progress says which tier does not answer and why, and
+// the timeout's error says it again.
+func TestArchiveWaitSaysWhy(t *testing.T) {
+	stratatest.NeedRoot(t)
+	bin := buildStrata(t)
+	data, hot, cold := t.TempDir(), t.TempDir(), t.TempDir()
+	f := filepath.Join(hot, "a.bin")
+	if err := os.WriteFile(f, bytes.Repeat([]byte("strata"), 50000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	startStrata(t, bin, data, hot, cold, "")
+	_, stderr, code := cli(t, "archive", "--wait", "--timeout", (stallCheck + 10*time.Second).String(), "--data", data, f)
+	if code == 0 {
+		t.Fatalf("archive --wait to an unmounted tier exited 0; stderr:\n%s", stderr)
+	}
+	want := "waiting: tier cold is unreachable: " // the progress line, during the wait
+	if !strings.Contains(stderr, want) || !strings.Contains(stderr, "is not a mount point") {
+		t.Errorf("stderr does not say why the archive waits (want %q and the reason):\n%s", want, stderr)
+	}
+	if !strings.Contains(stderr, "still in progress after") {
+		t.Errorf("no timeout error:\n%s", stderr)
 	}
 }
 

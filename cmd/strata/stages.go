@@ -422,18 +422,42 @@ func (d *daemon) tierStatuses(ctx context.Context, st pipeline.Status) []tierSta
 			continue
 		}
 		wg.Go(func() {
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			defer cancel()
-			_, err := tg.Stat(pctx, probeID)
-			if err == nil || errors.Is(err, tier.ErrNotFound) {
-				out[i].Reachable = true
-			} else {
+			if err := answers(ctx, tg); err != nil {
 				out[i].Probe = err.Error()
+			} else {
+				out[i].Reachable = true
 			}
 		})
 	}
 	wg.Wait()
 	return out
+}
+
+// warnUnreachableTiers says at start, as a warning, which tiers do not
+// answer: archiving to them waits (their store stages retry quietly) until
+// they do, and a user who started the daemon should not have to find that
+// in `strata status`.
+func (d *daemon) warnUnreachableTiers(ctx context.Context) {
+	for _, t := range d.cfg.Tiers {
+		tg := d.stages.targets[t.Name]
+		if tg == nil {
+			continue
+		}
+		if err := answers(ctx, tg); err != nil && ctx.Err() == nil {
+			d.logger.Warn("tier unreachable: nothing is stored there until it answers (strata status, strata doctor)",
+				"tier", t.Name, "kind", t.Kind, "err", err)
+		}
+	}
+}
+
+// answers asks a tier for an object no tier has: nil if it answers.
+func answers(ctx context.Context, tg tier.Target) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := tg.Stat(ctx, probeID); err != nil && !errors.Is(err, tier.ErrNotFound) {
+		return err
+	}
+	return nil
 }
 
 // closeStages releases what buildStages opened. The interceptor closes

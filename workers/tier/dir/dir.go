@@ -101,11 +101,10 @@ func Open(cfg Config, logger *slog.Logger) (*Target, error) {
 	}
 	t := &Target{cfg: cfg, objects: filepath.Join(cfg.Root, "objects"), log: logger,
 		fp: failpoint.New()} // armed only by STRATA_FAILPOINTS, in crash tests
-	if err := t.available(); err != nil {
-		if !errors.Is(err, tier.ErrUnavailable) {
-			return nil, err
-		}
-		t.log.Warn("directory tier unavailable", "err", err)
+	// An unavailable root is the daemon's to report (it warns for every
+	// tier kind that does not answer at start), not a failure of Open.
+	if err := t.available(); err != nil && !errors.Is(err, tier.ErrUnavailable) {
+		return nil, err
 	}
 	return t, nil
 }
