@@ -16,8 +16,8 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/strata-hsm/strata/events"
-	"github.com/strata-hsm/strata/pipeline/cluster"
 	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/pipeline/cluster"
 	"github.com/strata-hsm/strata/workers/compressor"
 	"github.com/strata-hsm/strata/workers/interceptor"
 	"github.com/strata-hsm/strata/workers/object"
