@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -116,6 +117,20 @@ func New(id, source string, at time.Time, ev Event) (Envelope, error) {
 
 // Source returns the CloudEvents source of a stage on a host.
 func Source(host, stage string) string { return "/strata/" + host + "/" + stage }
+
+// SourceHost returns the host of a source made by Source ("" for any
+// other source).
+func SourceHost(source string) string {
+	rest, ok := strings.CutPrefix(source, "/strata/")
+	if !ok {
+		return ""
+	}
+	host, _, ok := strings.Cut(rest, "/")
+	if !ok || !ValidToken(host) {
+		return ""
+	}
+	return host
+}
 
 // Encode returns the structured-mode JSON of env.
 func Encode(env Envelope) ([]byte, error) {
