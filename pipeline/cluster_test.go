@@ -147,8 +147,14 @@ func TestClusterR3(t *testing.T) {
 	if err != nil || !strings.HasPrefix(m.Subject(), "strata.h0.") {
 		t.Fatalf("reader of h2: %v, %v; want h0's event", m, err)
 	}
-	if _, err := js.Publish(ctx, "strata.h2.file.pinned", []byte("{}")); err == nil {
+	pctx, pcancel := context.WithTimeout(ctx, 3*time.Second) // a denied publish gets no acknowledgement
+	defer pcancel()
+	if _, err := js.Publish(pctx, "strata.h2.file.pinned", []byte("{}")); err == nil {
 		t.Fatal("reader published to strata.>: want refused")
+	}
+	permissionError(t, nc, "strata.h2.file.pinned")
+	if last, err := pipeline.LastSeq(ctx, srvs[2].JetStream()); err != nil || last != seq {
+		t.Fatalf("last seq %d, %v after the reader's refused publish; want %d", last, err, seq)
 	}
 
 	creds, err := pipeline.LoadCredentials(dir2)

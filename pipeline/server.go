@@ -170,21 +170,43 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err 
 // ensureStreams creates or updates the streams. In a cluster it waits (up
 // to ClusterWait) for JetStream to have a leader and enough peers for
 // the replicas: the other hosts may still be starting.
+//
+// Two behaviours of nats-server shape the wait (TestClusterR3 took 20 s
+// and more to form on loopback without them):
+//   - until a server knows the meta leader, its stream API requests go
+//     unanswered (for the first seconds after start not even "temporarily
+//     unavailable" comes back): a request sent then only ends with its
+//     timeout. So no request is sent before JetStreamIsCurrent.
+//   - when hosts that start together create the same stream at once, the
+//     meta leader accepts every equal create but answers only one: the
+//     others wait for a reply that never comes. Their retry is an update
+//     of the stream that now exists, which is answered. So an attempt
+//     waits clusterAttempt at first, doubling up to clusterAttemptMax for
+//     a slow machine or a large stream being scaled to R3.
 func (s *Server) ensureStreams(ctx context.Context) error {
 	if !s.cfg.Clustered() {
 		return ensureStreams(ctx, s.raw, s.cfg.DedupWindow, s.cfg.maxConsumers(), 1)
 	}
 	deadline := time.Now().Add(s.cfg.ClusterWait)
+	attempt := clusterAttempt
 	logged := false
 	for {
-		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := ensureStreams(actx, s.raw, s.cfg.DedupWindow, s.cfg.maxConsumers(), s.cfg.replicas())
-		cancel()
-		if err == nil {
-			return nil
+		var err error
+		if !s.ns.JetStreamIsCurrent() {
+			err = errors.New("no JetStream meta leader yet")
+		} else {
+			actx, cancel := context.WithTimeout(ctx, attempt)
+			err = ensureStreams(actx, s.raw, s.cfg.DedupWindow, s.cfg.maxConsumers(), s.cfg.replicas())
+			cancel()
+			if err == nil {
+				return nil
+			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				attempt = min(2*attempt, clusterAttemptMax)
+			}
 		}
 		if ctx.Err() != nil {
-			return err
+			return errors.Join(ctx.Err(), err)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the cluster's JetStream did not form within %s (%d of its hosts must run, reachable on their cluster.routes with certificates from the same CA): %w",
@@ -197,10 +219,18 @@ func (s *Server) ensureStreams(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(clusterPoll):
 		}
 	}
 }
+
+// How ensureStreams waits for a cluster: the first attempt's bound, the
+// largest, and the pause between attempts.
+const (
+	clusterAttempt    = 2 * time.Second
+	clusterAttemptMax = 10 * time.Second
+	clusterPoll       = 250 * time.Millisecond
+)
 
 // OwnerToken marks the daemon's own durable consumers (Runner.Owner,
 // SweepConsumers). It is kept in the credentials file; no NATS user can
