@@ -22,6 +22,10 @@ type clusterInitCmd struct {
 	Name string `default:"strata" help:"The cluster's name."`
 }
 
+func (*clusterInitCmd) Example() string {
+	return "strata cluster init --dir /root/strata-ca --name strata"
+}
+
 func (c *clusterInitCmd) Run(_ context.Context, e *env, _ *globals) error {
 	info, err := cluster.Init(c.Dir, c.Name)
 	if err != nil {
@@ -37,6 +41,11 @@ type clusterAddCmd struct {
 	IP   []string `name:"ip" help:"IP addresses the other hosts reach it by (127.0.0.1 and ::1 are always included)."`
 	DNS  []string `name:"dns" help:"DNS names the other hosts reach it by (the host name and localhost are always included)."`
 	Out  string   `type:"path" help:"Bundle directory (default DIR/hosts/HOST)."`
+}
+
+func (*clusterAddCmd) Example() string {
+	return "strata cluster add nas2 --dir /root/strata-ca --ip 10.0.0.2\n" +
+		"strata cluster add nas3 --dir /root/strata-ca --ip 10.0.0.3 --dns nas3.example.net --out /mnt/usb/nas3"
 }
 
 func (c *clusterAddCmd) Run(_ context.Context, e *env, _ *globals) error {
