@@ -216,6 +216,20 @@ func TestClusterConfigErrors(t *testing.T) {
 			t.Fatalf("%s: mode %04o, want 0600", p, fi.Mode().Perm())
 		}
 	}
+	// A bundle written elsewhere (--out) is private; the directory it is
+	// written in keeps its mode.
+	shared := filepath.Join(t.TempDir(), "usb")
+	if err := os.Mkdir(shared, 0o700); err != nil || os.Chmod(shared, 0o755) != nil { // whatever the umask
+		t.Fatal(err)
+	}
+	if out, err := cluster.Add(caDir, "nas3", cluster.AddOptions{Out: filepath.Join(shared, "nas3")}); err != nil {
+		t.Fatal(err)
+	} else if fi, _ := os.Stat(out); fi.Mode().Perm() != 0o700 {
+		t.Fatalf("%s: mode %04o, want 0700", out, fi.Mode().Perm())
+	}
+	if fi, _ := os.Stat(shared); fi.Mode().Perm() != 0o755 {
+		t.Fatalf("%s (the parent of --out): mode %04o, want 0755 as it was", shared, fi.Mode().Perm())
+	}
 	for _, tc := range []struct {
 		name, key, fix string
 		cfg            pipeline.Config

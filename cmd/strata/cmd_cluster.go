@@ -40,7 +40,7 @@ type clusterAddCmd struct {
 	Dir  string   `required:"" type:"path" help:"Directory of the CA (strata cluster init)."`
 	IP   []string `name:"ip" help:"IP addresses the other hosts reach it by (127.0.0.1 and ::1 are always included)."`
 	DNS  []string `name:"dns" help:"DNS names the other hosts reach it by (the host name and localhost are always included)."`
-	Out  string   `type:"path" help:"Bundle directory (default DIR/hosts/HOST)."`
+	Out  string   `type:"path" help:"Bundle directory (default DIR/hosts/HOST; made 0700, its parent is left as it is)."`
 }
 
 func (*clusterAddCmd) Example() string {

@@ -131,9 +131,13 @@ func Add(caDir, host string, opts AddOptions) (string, error) {
 	out := opts.Out
 	if out == "" {
 		out = filepath.Join(caDir, HostsDir, host)
-	}
-	if err := mkdirPrivate(filepath.Dir(out)); err != nil {
-		return "", err
+		if err := mkdirPrivate(filepath.Dir(out)); err != nil {
+			return "", err
+		}
+	} else if err := os.MkdirAll(filepath.Dir(out), 0o700); err != nil {
+		// Only the bundle directory is made private: the parent of --out
+		// (a removable disk's mount point, /etc/strata) keeps its mode.
+		return "", fmt.Errorf("create %s: %w", filepath.Dir(out), err)
 	}
 	if err := mkdirPrivate(out); err != nil {
 		return "", err
