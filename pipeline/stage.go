@@ -435,7 +435,7 @@ func (sr *stageRun) process(ctx, hctx context.Context, msg jetstream.Msg) {
 		sr.deadLetter(hctx, msg, meta, log, err.Error())
 		return
 	}
-	env.Seq = meta.Sequence.Stream
+	env.Seq, env.Host = meta.Sequence.Stream, events.SubjectHost(msg.Subject())
 
 	hc := context.WithValue(hctx, deliveriesKey{}, deliveries)
 	err = sr.handle(hc, msg, env, ev)

@@ -312,7 +312,7 @@ func (a *applier) updateFile(env *events.Envelope, id string, create bool, fn fu
 		if !create {
 			return nil
 		}
-		f = &File{ID: id, Host: events.SourceHost(env.Source)}
+		f = &File{ID: id, Host: eventHost(env)}
 	} else {
 		before = *f
 		a.st.addFile(f, -1)
@@ -347,6 +347,19 @@ func (a *applier) updateFile(env *events.Envelope, id string, create bool, fn fu
 		}
 	}
 	return nil
+}
+
+// eventHost is the host an event belongs to: the host of the subject it
+// was read from, as for the stages, whose filters go by the subject (a
+// file.selected on strata.nas1.… is packed, stored and released by
+// nas1's stages, so it must be nas1's file here too, whatever source its
+// publisher wrote). An envelope not read from the stream has no subject;
+// then the host of its source.
+func eventHost(env *events.Envelope) string {
+	if env.Host != "" {
+		return env.Host
+	}
+	return events.SourceHost(env.Source)
 }
 
 // indexedPath is the path index key of f ("" when it has none).
@@ -503,7 +516,7 @@ func (a *applier) apply(env *events.Envelope, ev events.Event) error {
 		})
 
 	case *events.FilePinned:
-		key := pinKey(events.SourceHost(env.Source), e.Path)
+		key := pinKey(eventHost(env), e.Path)
 		on, err := a.pinned(key)
 		if err != nil || on {
 			return err
@@ -513,7 +526,7 @@ func (a *applier) apply(env *events.Envelope, ev events.Event) error {
 		return nil
 
 	case *events.FileUnpinned:
-		key := pinKey(events.SourceHost(env.Source), e.Path)
+		key := pinKey(eventHost(env), e.Path)
 		on, err := a.pinned(key)
 		if err != nil || !on {
 			return err

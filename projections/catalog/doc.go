@@ -57,8 +57,11 @@
 //	stub/<file id>                      empty: the file is released
 //	pin/<path>\x00<host>                empty: the path and everything under it is pinned on that host
 //
-// A file's host is the host in the source (events.Source) of the event
-// that created its record; a pin's is the host of its file.pinned. Every
+// A file's host is the host of the subject (strata.<host>.…) of the
+// event that created its record, the host whose stages handle it; a
+// pin's is the host of its file.pinned. (Only an envelope applied
+// without a subject, not read from the stream, goes by the host in its
+// source, events.Source.) Every
 // host's catalog projects the whole log, so two hosts may hold the same
 // path: queries for a host's own files take Options.Host (see there).
 //

@@ -109,6 +109,48 @@ func TestSamePathOnTwoHosts(t *testing.T) {
 	}
 }
 
+// TestHostIsTheSubjects: a file's host is the host of the subject its
+// file.selected was published on (the host whose stages pack, store and
+// release it), whatever source the publisher wrote: a source naming no
+// host, or another host.
+func TestHostIsTheSubjects(t *testing.T) {
+	srv := pipelinetest.RunServer(t)
+	js := srv.JetStream()
+	var envs []events.Envelope
+	for i, src := range []string{"strata/test", events.Source("nas2", "scanner")} {
+		ev := &events.FileSelected{FileID: fmt.Sprintf("%032x", i+1), Path: fmt.Sprintf("/data/%d", i), Root: "/data",
+			Stat: events.FileStat{Size: 10, Mode: 0o100644, Inode: uint64(i + 1)}, Reason: events.ReasonManual}
+		env, err := events.New(events.NewID(ev.Kind(), src), src, catalogtest.Base, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		envs = append(envs, env)
+	}
+	pin := &events.FilePinned{Path: "/data/0"}
+	env, err := events.New(events.NewID(pin.Kind(), "nas1"), "strata/test", catalogtest.Base, pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := catalogtest.Publish(js, "nas1", append(envs, env)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := catalog.Rebuild(ctx, js, filepath.Join(t.TempDir(), "cat"), 3, catalog.Options{Host: "nas1"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, p := range []string{"/data/0", "/data/1"} {
+		if f, err := c.FileByPath(p); err != nil || f.Host != "nas1" {
+			t.Errorf("FileByPath(%s) = %+v, %v; want nas1's file (published on strata.nas1)", p, f, err)
+		}
+	}
+	if pinned, err := c.Pinned("/data/0"); err != nil || !pinned {
+		t.Errorf("Pinned(/data/0) on nas1 = %v, %v; want true", pinned, err)
+	}
+}
+
 // TestOlderFormatRebuilt: a catalog of format 1 (paths without hosts) is
 // refused by Open and rebuilt from the log by OpenOrRebuild, equal to a
 // fresh replay.

@@ -82,8 +82,8 @@ func (s CopyState) MarshalText() ([]byte, error) { return []byte(s.String()), ni
 // File is the catalog's record of one file, keyed by its stable file id.
 type File struct {
 	ID string
-	// Host is the host whose hot tree holds the file: the host in the
-	// source of the event that created the record.
+	// Host is the host whose hot tree holds the file: the host of the
+	// subject of the event that created the record (strata.<host>.…).
 	Host  string
 	Path  string // last known path (kept after deletion)
 	Root  string // managed tree it belongs to ("" if never selected)
