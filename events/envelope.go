@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -46,6 +47,11 @@ type Envelope struct {
 	// Seq is the stream sequence the event was read at (0 when not read
 	// from the stream). It is not part of the wire format.
 	Seq uint64 `json:"-"`
+	// Host is the host token of the subject the event was read from
+	// (strata.<host>.…; "" when not read from the stream): the host that
+	// published it, the one every stage's subject filter goes by. It is
+	// not part of the wire format.
+	Host string `json:"-"`
 }
 
 // Event is the payload of one event type.
@@ -116,6 +122,24 @@ func New(id, source string, at time.Time, ev Event) (Envelope, error) {
 
 // Source returns the CloudEvents source of a stage on a host.
 func Source(host, stage string) string { return "/strata/" + host + "/" + stage }
+
+// SourceHost returns the host of a source made by Source ("" for any
+// other source).
+//
+// Where an event was read from the stream, its subject's host
+// (Envelope.Host) is the one to go by: Source is whatever the publisher
+// wrote, and nothing checks it against the subject.
+func SourceHost(source string) string {
+	rest, ok := strings.CutPrefix(source, "/strata/")
+	if !ok {
+		return ""
+	}
+	host, _, ok := strings.Cut(rest, "/")
+	if !ok || !ValidToken(host) {
+		return ""
+	}
+	return host
+}
 
 // Encode returns the structured-mode JSON of env.
 func Encode(env Envelope) ([]byte, error) {

@@ -222,6 +222,12 @@ func TestSubjects(t *testing.T) {
 	if _, _, err := events.ParseSubject("strata.nas1.file"); err == nil {
 		t.Fatal("short subject accepted")
 	}
+	for in, want := range map[string]string{"strata.nas1.file.selected": "nas1", "strata.*.file.selected": "", "strata.nas1.file": "",
+		"strata_dlq.nas1.compressor": "", "strata_ctl.nas1.ls.x": ""} {
+		if got := events.SubjectHost(in); got != want {
+			t.Errorf("SubjectHost(%q) = %q, want %q", in, got, want)
+		}
+	}
 	for in, want := range map[string]string{"NAS-1.example.com": "nas-1", "a b*c>": "a-b-c-", "": "localhost"} {
 		if got := events.HostToken(in); got != want || !events.ValidToken(got) {
 			t.Errorf("HostToken(%q) = %q, want %q", in, got, want)

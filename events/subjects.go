@@ -50,6 +50,16 @@ func ParseSubject(subject string) (host string, k Kind, err error) {
 	return parts[1], Kind{Aggregate: parts[2], Name: parts[3]}, nil
 }
 
+// SubjectHost returns the host token of an event subject
+// (strata.<host>.<aggregate>.<event>), or "" if subject is not one.
+func SubjectHost(subject string) string {
+	host, _, err := ParseSubject(subject)
+	if err != nil || !ValidToken(host) {
+		return ""
+	}
+	return host
+}
+
 // DeadLetterSubject is where stage on host puts messages it cannot process.
 func DeadLetterSubject(host, stage string) string {
 	return deadLetterPrefix + "." + host + "." + stage

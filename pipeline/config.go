@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline/cluster"
 )
 
 // Defaults of Config.
@@ -62,6 +63,36 @@ type Config struct {
 	// subscribers may keep; any other durable the daemon did not create
 	// is removed (SweepConsumers). Ephemeral consumers are always allowed.
 	ReaderDurables []string
+	// Cluster, when Enabled, joins a NATS cluster: routes with mutual TLS
+	// from its bundle, streams (and so the stage consumers) at
+	// ClusterReplicas replicas, one owner token for the whole cluster.
+	Cluster *cluster.Config
+	// ClientTLS makes the client listener TLS with client certificates
+	// from the cluster bundle (Cluster.Bundle). Required for a listener
+	// off loopback.
+	ClientTLS bool
+	// ClusterWait bounds how long Open waits for the cluster to form
+	// (the other hosts to start and elect a JetStream leader); default
+	// DefaultClusterWait.
+	ClusterWait time.Duration
+}
+
+// DefaultClusterWait is how long Open waits for a cluster's JetStream.
+const DefaultClusterWait = 2 * time.Minute
+
+// ClusterReplicas is the number of replicas of the streams in a cluster:
+// a majority (2 of 3) survives the loss of any one host.
+const ClusterReplicas = 3
+
+// Clustered reports whether c joins a cluster.
+func (c *Config) Clustered() bool { return c.Cluster.Enabled() }
+
+// replicas is the streams' replica count.
+func (c *Config) replicas() int {
+	if c.Clustered() {
+		return ClusterReplicas
+	}
+	return 1
 }
 
 // ownReaders is how many consumers the daemon and the CLI may hold at once
@@ -85,6 +116,7 @@ func (c *Config) EnsureDefaults() {
 	c.DedupWindow = cmp.Or(c.DedupWindow, DefaultDedupWindow)
 	c.ReadyWait = cmp.Or(c.ReadyWait, DefaultReadyWait)
 	c.ReaderConsumers = cmp.Or(c.ReaderConsumers, DefaultReaderConsumers)
+	c.ClusterWait = cmp.Or(c.ClusterWait, DefaultClusterWait)
 }
 
 // Validate checks c; call EnsureDefaults first. The error is a
@@ -99,10 +131,12 @@ func (c *Config) Validate() error {
 		return &ConfigError{"host", c.Host, errors.New("want letters, digits, '-' or '_' (at most 64)")}
 	case net.ParseIP(c.ListenHost) == nil && c.ListenHost != "localhost":
 		return &ConfigError{"nats.listen", c.ListenHost, errors.New("want an IP address")}
-	case c.ListenHost != "localhost" && !net.ParseIP(c.ListenHost).IsLoopback() && c.Port != NoListener:
-		// Passwords would cross the network in clear: TLS with client
-		// certificates comes with several hosts; until then, loopback.
-		return &ConfigError{"nats.listen", c.ListenHost, errors.New("not a loopback address: the client port carries credentials in clear without TLS; listen on 127.0.0.1 (or ::1)")}
+	case c.ListenHost != "localhost" && !net.ParseIP(c.ListenHost).IsLoopback() && c.Port != NoListener && !c.ClientTLS:
+		// Passwords would cross the network in clear.
+		return &ConfigError{"nats.listen", c.ListenHost, errors.New("not a loopback address, and the client port has no TLS: clients would send their passwords in clear; " +
+			"either listen on 127.0.0.1 (or ::1), or set nats.tls = true with a [cluster] bundle (strata cluster init, then strata cluster add HOST)")}
+	case c.ClientTLS && (c.Cluster == nil || c.Cluster.Bundle == ""):
+		return &ConfigError{"nats.tls", c.ClientTLS, errors.New("needs certificates: set [cluster] bundle to the directory strata cluster add HOST wrote")}
 	case c.Port < RandomPort || c.Port > 65535:
 		return &ConfigError{"nats.port", c.Port, errors.New("want 1-65535, -1 (no listener) or -2 (random)")}
 	case c.DedupWindow < time.Second:
@@ -111,6 +145,18 @@ func (c *Config) Validate() error {
 		return &ConfigError{"ready_wait", c.ReadyWait, errors.New("want > 0")}
 	case c.ReaderConsumers < 1 || c.ReaderConsumers > 10000:
 		return &ConfigError{"nats.reader_consumers", c.ReaderConsumers, errors.New("want 1-10000")}
+	}
+	if c.Cluster != nil {
+		if err := c.Cluster.Validate(); err != nil {
+			var fe *cluster.FieldError
+			if errors.As(err, &fe) {
+				return &ConfigError{fe.Field, fe.Value, fe.Err}
+			}
+			return err
+		}
+	}
+	if c.ClusterWait <= 0 {
+		return &ConfigError{"cluster_wait", c.ClusterWait, errors.New("want > 0")}
 	}
 	for _, d := range c.Durables {
 		if !events.ValidToken(d) {

@@ -49,6 +49,25 @@ type Credentials struct {
 	// by someone else (a reader may create consumers) and is replaced,
 	// never adopted. No NATS user can read it.
 	Owner string `json:"owner_token"`
+	// TLS names the certificate a local client presents when the client
+	// listener is TLS (nats.tls): the host's own, from its cluster bundle.
+	TLS *ClientTLSFiles `json:"tls,omitempty"`
+}
+
+// ClientTLSFiles are the PEM files of a TLS client.
+type ClientTLSFiles struct {
+	CA   string `json:"ca"`
+	Cert string `json:"cert"`
+	Key  string `json:"key"`
+}
+
+// same reports whether c and o are equal.
+func (c Credentials) same(o Credentials) bool {
+	if (c.TLS == nil) != (o.TLS == nil) || c.TLS != nil && *c.TLS != *o.TLS {
+		return false
+	}
+	c.TLS, o.TLS = nil, nil
+	return c == o
 }
 
 // User is a NATS user name and password.
@@ -219,6 +238,9 @@ func dial(ctx context.Context, dataDir, user string, extra []nats.Option) (*nats
 		nats.MaxReconnects(0),
 		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}),
 	}, extra...)
+	if creds.TLS != nil {
+		opts = append([]nats.Option{nats.ClientCert(creds.TLS.Cert, creds.TLS.Key), nats.RootCAs(creds.TLS.CA)}, opts...)
+	}
 	nc, err := nats.Connect(creds.URL, opts...)
 	if errors.Is(err, nats.ErrNoServers) {
 		return nil, fmt.Errorf("%w: %w", noDaemon, err)

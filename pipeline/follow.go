@@ -121,7 +121,7 @@ func follow[T any](ctx context.Context, js jetstream.JetStream, fromSeq uint64, 
 			opt.Logger.Warn("skipping undecodable event", "seq", meta.Sequence.Stream, "subject", msg.Subject(), "err", err)
 			env, ev = events.Envelope{}, nil
 		}
-		env.Seq = meta.Sequence.Stream
+		env.Seq, env.Host = meta.Sequence.Stream, events.SubjectHost(msg.Subject())
 		batch = append(batch, conv(Record{Envelope: env, Event: ev}))
 		if len(batch) == cap(batch) || meta.NumPending == 0 {
 			if err := flush(); err != nil {

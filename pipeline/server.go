@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/events"
+	"github.com/strata-hsm/strata/pipeline/cluster"
 )
 
 // Server is the daemon's embedded NATS server with JetStream, its streams,
@@ -40,6 +41,8 @@ type Server struct {
 	raw   jetstream.JetStream
 	js    jetstream.JetStream
 	creds Credentials
+	// bundle is the host's cluster bundle (nil without one).
+	bundle *cluster.Bundle
 
 	// conds holds the daemon's conditions; space watches the data
 	// directory (the JetStream store, the catalog and staging live there)
@@ -99,8 +102,30 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err 
 	if s.creds, err = loadOrCreateCredentials(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	if cfg.Cluster != nil && cfg.Cluster.Bundle != "" {
+		if s.bundle, err = cluster.LoadBundle(cfg.Cluster.Bundle, cfg.Host); err != nil {
+			return nil, err
+		}
+		// One token for the whole cluster: each host's sweep must know
+		// every host's stage durables for the daemon's.
+		s.creds.Owner = s.bundle.Info.OwnerToken
+		if cfg.ClientTLS {
+			ca, cert, key := s.bundle.Files()
+			s.creds.TLS = &ClientTLSFiles{CA: ca, Cert: cert, Key: key}
+		}
+	}
+	if cfg.Clustered() {
+		h, p, _ := net.SplitHostPort(cfg.Cluster.Listen)
+		port, _ := strconv.Atoi(p)
+		if err := checkPort(h, port); err != nil {
+			return nil, fmt.Errorf("cluster.listen %s: %w", cfg.Cluster.Listen, err)
+		}
+	}
 
-	opts := s.serverOptions()
+	opts, err := s.serverOptions()
+	if err != nil {
+		return nil, err
+	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("start nats server: %w", err)
@@ -123,7 +148,7 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err 
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	s.js = &spaceJS{JetStream: s.raw, space: s.space}
-	if err := ensureStreams(ctx, s.raw, cfg.DedupWindow, cfg.maxConsumers()); err != nil {
+	if err := s.ensureStreams(ctx); err != nil {
 		return nil, err
 	}
 
@@ -131,16 +156,81 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Server, err 
 	if cfg.Port != NoListener {
 		url = ns.ClientURL()
 	}
-	if old, err := LoadCredentials(cfg.DataDir); err != nil || old != (Credentials{URL: url, CLI: s.creds.CLI, Reader: s.creds.Reader, Owner: s.creds.Owner}) {
+	if old, err := LoadCredentials(cfg.DataDir); err != nil || !old.same(Credentials{URL: url, CLI: s.creds.CLI, Reader: s.creds.Reader, Owner: s.creds.Owner, TLS: s.creds.TLS}) {
 		s.creds.URL = url
 		if err := writeCredentials(cfg.DataDir, s.creds); err != nil {
 			return nil, err
 		}
 	}
 	s.creds.URL = url
-	logger.Info("event server ready", "data", cfg.DataDir, "url", url, "host", cfg.Host)
+	logger.Info("event server ready", "data", cfg.DataDir, "url", url, "host", cfg.Host, "clustered", cfg.Clustered())
 	return s, nil
 }
+
+// ensureStreams creates or updates the streams. In a cluster it waits (up
+// to ClusterWait) for JetStream to have a leader and enough peers for
+// the replicas: the other hosts may still be starting.
+//
+// Two behaviours of nats-server shape the wait (TestClusterR3 took 20 s
+// and more to form on loopback without them):
+//   - until a server knows the meta leader, its stream API requests go
+//     unanswered (for the first seconds after start not even "temporarily
+//     unavailable" comes back): a request sent then only ends with its
+//     timeout. So no request is sent before JetStreamIsCurrent.
+//   - when hosts that start together create the same stream at once, the
+//     meta leader accepts every equal create but answers only one: the
+//     others wait for a reply that never comes. Their retry is an update
+//     of the stream that now exists, which is answered. So an attempt
+//     waits clusterAttempt at first, doubling up to clusterAttemptMax for
+//     a slow machine or a large stream being scaled to R3.
+func (s *Server) ensureStreams(ctx context.Context) error {
+	if !s.cfg.Clustered() {
+		return ensureStreams(ctx, s.raw, s.cfg.DedupWindow, s.cfg.maxConsumers(), 1)
+	}
+	deadline := time.Now().Add(s.cfg.ClusterWait)
+	attempt := clusterAttempt
+	logged := false
+	for {
+		var err error
+		if !s.ns.JetStreamIsCurrent() {
+			err = errors.New("no JetStream meta leader yet")
+		} else {
+			actx, cancel := context.WithTimeout(ctx, attempt)
+			err = ensureStreams(actx, s.raw, s.cfg.DedupWindow, s.cfg.maxConsumers(), s.cfg.replicas())
+			cancel()
+			if err == nil {
+				return nil
+			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				attempt = min(2*attempt, clusterAttemptMax)
+			}
+		}
+		if ctx.Err() != nil {
+			return errors.Join(ctx.Err(), err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the cluster's JetStream did not form within %s (%d of its hosts must run, reachable on their cluster.routes with certificates from the same CA): %w",
+				s.cfg.ClusterWait, ClusterReplicas/2+1, err)
+		}
+		if !logged {
+			s.logger.Info("waiting for the cluster's other hosts", "routes", s.cfg.Cluster.Routes, "err", err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(clusterPoll):
+		}
+	}
+}
+
+// How ensureStreams waits for a cluster: the first attempt's bound, the
+// largest, and the pause between attempts.
+const (
+	clusterAttempt    = 2 * time.Second
+	clusterAttemptMax = 10 * time.Second
+	clusterPoll       = 250 * time.Millisecond
+)
 
 // OwnerToken marks the daemon's own durable consumers (Runner.Owner,
 // SweepConsumers). It is kept in the credentials file; no NATS user can
@@ -165,7 +255,7 @@ const jetStreamMaxStore = 1 << 50
 // DataSpaceKey is the condition key of the data directory's Space.
 const DataSpaceKey = "space:data"
 
-func (s *Server) serverOptions() *server.Options {
+func (s *Server) serverOptions() (*server.Options, error) {
 	cfg := s.cfg
 	opts := &server.Options{
 		ServerName:            "strata-" + cfg.Host,
@@ -205,7 +295,15 @@ func (s *Server) serverOptions() *server.Options {
 	case RandomPort:
 		opts.Port = server.RANDOM_PORT
 	}
-	return opts
+	if cfg.Clustered() {
+		if err := cluster.Apply(opts, cfg.Cluster, s.bundle); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.ClientTLS {
+		cluster.ApplyClientTLS(opts, s.bundle)
+	}
+	return opts, nil
 }
 
 // readAPI returns the JetStream API subjects a read-only client publishes
@@ -427,7 +525,7 @@ func (s *Server) recoverJetStream(ctx context.Context) error {
 	}
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := ensureStreams(rctx, s.raw, s.cfg.DedupWindow, s.cfg.maxConsumers()); err != nil {
+	if err := ensureStreams(rctx, s.raw, s.cfg.DedupWindow, s.cfg.maxConsumers(), s.cfg.replicas()); err != nil {
 		s.jsBroken.Store(true)
 		return fmt.Errorf("restart jetstream: %w", err)
 	}
@@ -440,6 +538,17 @@ func (s *Server) recoverJetStream(ctx context.Context) error {
 
 // Conn returns the daemon's shared in-process connection.
 func (s *Server) Conn() *nats.Conn { return s.nc }
+
+// Clustered reports whether the server joined a cluster.
+func (s *Server) Clustered() bool { return s.cfg.Clustered() }
+
+// ClusterAddr is host:port of the route listener ("" alone).
+func (s *Server) ClusterAddr() string {
+	if !s.cfg.Clustered() {
+		return ""
+	}
+	return s.cfg.Cluster.Listen
+}
 
 // Host returns the subject token of this host.
 func (s *Server) Host() string { return s.cfg.Host }

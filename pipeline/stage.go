@@ -51,8 +51,13 @@ const (
 // each.
 type Stage struct {
 	// Name names the durable consumer (and the dead-letter subject); a
-	// subject token. Two runners with the same Name share the work.
+	// subject token. Two runners with the same Name share the work. In a
+	// cluster the durable is Durable(Name, host, true, Shared).
 	Name string
+	// Shared says any host can do the stage's work (one durable for the
+	// cluster); false, the safe default, keeps it on the host (one
+	// durable per host). See Durable.
+	Shared bool
 	// Filter lists the subjects the stage consumes (default
 	// events.AllEvents), e.g. events.Subject(events.AnyHost,
 	// events.KindFileSelected).
@@ -176,6 +181,8 @@ type Runner struct {
 	// name that does not is replaced, never adopted (see ownConsumer).
 	// Empty: no check (tests).
 	Owner string
+	// Clustered gives host-local stages a durable per host (Durable).
+	Clustered bool
 	// Spaces are the places every stage writes to (the data directory:
 	// each handler's events go to the log, and the compressor stages
 	// there). While one is out of space a stage fetches nothing new; a
@@ -269,6 +276,7 @@ func (r *Runner) Run(ctx context.Context, st Stage) error {
 	if r.JS == nil || r.Logger == nil || !events.ValidToken(r.Host) {
 		return &ConfigError{"runner", r.Host, errors.New("JS, Logger and a valid Host are required")}
 	}
+	st.Name = Durable(st.Name, r.Host, r.Clustered, st.Shared)
 	cons, err := r.ownConsumer(ctx, st)
 	if err != nil {
 		return fmt.Errorf("stage %s: create consumer: %w", st.Name, err)
@@ -427,7 +435,7 @@ func (sr *stageRun) process(ctx, hctx context.Context, msg jetstream.Msg) {
 		sr.deadLetter(hctx, msg, meta, log, err.Error())
 		return
 	}
-	env.Seq = meta.Sequence.Stream
+	env.Seq, env.Host = meta.Sequence.Stream, events.SubjectHost(msg.Subject())
 
 	hc := context.WithValue(hctx, deliveriesKey{}, deliveries)
 	err = sr.handle(hc, msg, env, ev)

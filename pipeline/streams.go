@@ -25,7 +25,7 @@ const (
 // streamConfigs returns the configuration of both streams; maxConsumers
 // bounds the consumers of each (the daemon's, its own readers' and those
 // of outside subscribers).
-func streamConfigs(dedup time.Duration, maxConsumers int) []jetstream.StreamConfig {
+func streamConfigs(dedup time.Duration, maxConsumers, replicas int) []jetstream.StreamConfig {
 	return []jetstream.StreamConfig{
 		{
 			Name:         StreamEvents,
@@ -38,7 +38,7 @@ func streamConfigs(dedup time.Duration, maxConsumers int) []jetstream.StreamConf
 			MaxMsgs:      -1,
 			MaxBytes:     -1,
 			Duplicates:   dedup,
-			Replicas:     1,
+			Replicas:     replicas,
 			MaxConsumers: maxConsumers,
 		},
 		{
@@ -51,15 +51,17 @@ func streamConfigs(dedup time.Duration, maxConsumers int) []jetstream.StreamConf
 			MaxMsgs:      -1,
 			MaxBytes:     -1,
 			Duplicates:   dedup,
-			Replicas:     1,
+			Replicas:     replicas,
 			MaxConsumers: maxConsumers,
 		},
 	}
 }
 
-// ensureStreams creates or updates both streams; it is idempotent.
-func ensureStreams(ctx context.Context, js jetstream.JetStream, dedup time.Duration, maxConsumers int) error {
-	for _, cfg := range streamConfigs(dedup, maxConsumers) {
+// ensureStreams creates or updates both streams; it is idempotent. The
+// stage consumers take the streams' replica count (their Replicas is
+// left 0).
+func ensureStreams(ctx context.Context, js jetstream.JetStream, dedup time.Duration, maxConsumers, replicas int) error {
+	for _, cfg := range streamConfigs(dedup, maxConsumers, replicas) {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("create stream %s: %w", cfg.Name, err)
 		}

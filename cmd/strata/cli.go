@@ -52,6 +52,7 @@ type commandLine struct {
 	Export  exportCmd  `cmd:"" help:"Export the catalog to Parquet."`
 
 	Consumers consumersCmd `cmd:"" help:"List and remove the consumers of the event streams (readers', strays)."`
+	Cluster   clusterCmds  `cmd:"" help:"Several hosts: create the cluster's CA, issue a host's certificate and bundle."`
 	Holder    holderCmds   `cmd:"" help:"The holder that guards stubs while no daemon runs: status, stop."`
 	Version   versionCmd   `cmd:"" help:"Print the version."`
 

@@ -17,13 +17,14 @@ type lsCmd struct {
 	JSON  bool     `name:"json" help:"Print JSON."`
 	Bytes bool     `help:"Print sizes in bytes (default: human sizes, 1.5 MiB)."`
 	Limit int      `default:"${ls_limit}" placeholder:"N" help:"List at most this many files (default ${default})."`
+	All   bool     `name:"all" help:"Also list other hosts' files under the paths (from the catalog, which every host of a cluster keeps whole)."`
 	Paths []string `arg:"" name:"path" complete:"file" help:"Files or directories (recursively) to list."`
 }
 
 func (*lsCmd) Example() string { return "strata ls /srv/projects/2019" }
 
 func (c *lsCmd) Run(ctx context.Context, e *env, g *globals) error {
-	req := scanner.LsRequest{Limit: c.Limit}
+	req := scanner.LsRequest{Limit: c.Limit, AllHosts: c.All}
 	for _, p := range c.Paths {
 		abs, err := filepath.Abs(p)
 		if err != nil {
@@ -39,7 +40,7 @@ func (c *lsCmd) Run(ctx context.Context, e *env, g *globals) error {
 		return printJSON(e, rep)
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "STATE\tSIZE\tRESIDENT\tOBJECT\tCOPIES\tPATH")
+	fmt.Fprintln(w, "HOST\tSTATE\tSIZE\tRESIDENT\tOBJECT\tCOPIES\tPATH")
 	for _, f := range rep.Files {
 		obj := "-"
 		if f.ObjectID != "" {
@@ -53,9 +54,9 @@ func (c *lsCmd) Run(ctx context.Context, e *env, g *globals) error {
 		if c.Bytes {
 			size = strconv.FormatInt(f.Size, 10)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", lsState(f.State), size, lsResident(f), obj, copies, f.Path)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Host, lsState(f.State), size, lsResident(f), obj, copies, f.Path)
 		for _, why := range f.Failures {
-			fmt.Fprintf(w, "\t\t\t\t\t  no copy on %s\n", why)
+			fmt.Fprintf(w, "\t\t\t\t\t\t  no copy on %s\n", why)
 		}
 	}
 	if rep.Truncated {

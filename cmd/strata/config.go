@@ -19,6 +19,7 @@ import (
 	"github.com/strata-hsm/strata/cmd/internal/metrics"
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
+	"github.com/strata-hsm/strata/pipeline/cluster"
 	"github.com/strata-hsm/strata/workers/compressor"
 	"github.com/strata-hsm/strata/workers/interceptor"
 	"github.com/strata-hsm/strata/workers/object"
@@ -40,6 +41,7 @@ type Config struct {
 	Host    string `toml:"host"`
 
 	NATS        NATSConfig        `toml:"nats"`
+	Cluster     cluster.Config    `toml:"cluster"`
 	Hot         []HotConfig       `toml:"hot"`
 	Tiers       []TierConfig      `toml:"tier"`
 	Release     ReleaseConfig     `toml:"release"`
@@ -76,6 +78,9 @@ type NATSConfig struct {
 	// is removed at start and every 10 minutes).
 	ReaderConsumers int      `toml:"reader_consumers"`
 	ReaderDurables  []string `toml:"reader_durables"`
+	// TLS makes the client listener TLS with client certificates from
+	// the [cluster] bundle; required to listen off loopback.
+	TLS bool `toml:"tls"`
 }
 
 // HotConfig is one hot tree.
@@ -617,8 +622,14 @@ func (c *Config) validateTier(t *TierConfig) error {
 
 // pipelineConfig is the event log's configuration.
 func (c *Config) pipelineConfig() pipeline.Config {
-	return pipeline.Config{DataDir: c.DataDir, Host: c.Host, ListenHost: c.NATS.Listen, Port: c.NATS.Port,
-		Durables: stageNamesFor(*c), ReaderConsumers: c.NATS.ReaderConsumers, ReaderDurables: c.NATS.ReaderDurables}
+	pc := pipeline.Config{DataDir: c.DataDir, Host: c.Host, ListenHost: c.NATS.Listen, Port: c.NATS.Port,
+		Durables: stageNamesFor(*c), ReaderConsumers: c.NATS.ReaderConsumers, ReaderDurables: c.NATS.ReaderDurables,
+		ClientTLS: c.NATS.TLS}
+	if c.Cluster.Listen != "" || c.Cluster.Bundle != "" || len(c.Cluster.Routes) > 0 || c.Cluster.Name != "" {
+		cl := c.Cluster
+		pc.Cluster = &cl
+	}
+	return pc
 }
 
 func dirConfig(t *TierConfig) dir.Config {

@@ -83,8 +83,8 @@ func startDaemon(ctx context.Context, cfg Config, logger *slog.Logger) (_ *daemo
 	}
 	d.js = d.srv.JetStream()
 	d.nc = d.srv.Conn()
-	d.cat, err = catalog.Open(catalogDir(cfg.DataDir), catalog.Options{Logger: logger.With("component", "catalog"), Sync: true, Space: d.srv.Space()})
-	if err != nil {
+	copts := catalog.Options{Logger: logger.With("component", "catalog"), Sync: true, Space: d.srv.Space(), Host: d.srv.Host()}
+	if d.cat, err = catalog.OpenOrRebuild(ctx, d.js, catalogDir(cfg.DataDir), copts); err != nil {
 		return nil, err
 	}
 	d.guard = d.loadProbeGuard()

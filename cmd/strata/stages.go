@@ -66,6 +66,11 @@ func stageNamesFor(cfg Config) []string {
 	if anyFiltered(cfg) {
 		names = append(names, store.UnstageName)
 	}
+	// Every stage is host-local today (each reads this host's hot tree or
+	// staging): in a cluster its durable is per host.
+	for i, n := range names {
+		names[i] = pipeline.Durable(n, cfg.Host, cfg.Cluster.Enabled(), false)
+	}
 	return names
 }
 
@@ -246,7 +251,8 @@ func (d *daemon) buildStages() (*stages, error) {
 
 // runStages runs every stage until ctx ends; the first failure stops all.
 func (d *daemon) runStages(ctx context.Context, s *stages, g interface{ Go(func() error) }) {
-	runner := &pipeline.Runner{JS: d.js, Host: d.cfg.Host, Logger: d.logger, Validate: s.validator.Validate, Owner: d.srv.OwnerToken(), Spaces: d.spaces}
+	runner := &pipeline.Runner{JS: d.js, Host: d.cfg.Host, Logger: d.logger, Validate: s.validator.Validate, Owner: d.srv.OwnerToken(), Spaces: d.spaces,
+		Clustered: d.srv.Clustered()}
 	// Durables nobody may keep (a reader's, not in nats.reader_durables)
 	// are removed before the stages start and every 10 minutes.
 	g.Go(func() error {
@@ -408,7 +414,7 @@ func (d *daemon) tierStatuses(ctx context.Context, st pipeline.Status) []tierSta
 			ts.Failing, ts.GaveUp, ts.LastFailure = f.Failing, f.GaveUp, f.LastFailure
 		}
 		for _, c := range st.Consumers {
-			if c.Name == tier.StageName(t.Name) {
+			if c.Name == pipeline.Durable(tier.StageName(t.Name), d.cfg.Host, d.srv.Clustered(), false) {
 				ts.Lag, ts.Pending = c.Lag, c.AckPending
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,6 +27,23 @@ const (
 	pfxPin     = "pin/"
 	pfxFail    = "storefail/" // <object>/<tier>: why the tier has no copy yet
 )
+
+// hostSep ends the path in path and pin keys, before the host: it sorts
+// before every byte a path may hold, so keys stay in path order, and a
+// path never contains it.
+const hostSep = "\x00"
+
+// pathKey is the path index key of path p on host.
+func pathKey(host, p string) string { return pfxPath + p + hostSep + host }
+
+// pinKey is the key of a pin of path p on host.
+func pinKey(host, p string) string { return pfxPin + p + hostSep + host }
+
+// splitHost splits what follows a path or pin prefix into path and host.
+func splitHost(rest string) (p, host string) {
+	p, host, _ = strings.Cut(rest, hostSep)
+	return p, host
+}
 
 func versionKey(fileID string, n uint32) string {
 	return fmt.Sprintf("%s%s/%010d", pfxVersion, fileID, n)
@@ -267,17 +285,17 @@ func (a *applier) copyOf(objectID, tier string) (*Copy, error) {
 	return v.(*Copy), nil
 }
 
-// pathOwner returns the file id the path index holds for p ("" if none).
-func (a *applier) pathOwner(p string) (string, error) {
-	v, err := a.lookup(pfxPath+p, func(k string, b []byte) (any, error) { return string(b), nil })
+// pathOwner returns the file id the path index holds at key ("" if none).
+func (a *applier) pathOwner(key string) (string, error) {
+	v, err := a.lookup(key, func(k string, b []byte) (any, error) { return string(b), nil })
 	if err != nil || v == absent {
 		return "", err
 	}
 	return v.(string), nil
 }
 
-func (a *applier) pinned(p string) (bool, error) {
-	v, err := a.lookup(pfxPin+p, func(string, []byte) (any, error) { return present, nil })
+func (a *applier) pinned(key string) (bool, error) {
+	v, err := a.lookup(key, func(string, []byte) (any, error) { return present, nil })
 	return v == present, err
 }
 
@@ -294,7 +312,7 @@ func (a *applier) updateFile(env *events.Envelope, id string, create bool, fn fu
 		if !create {
 			return nil
 		}
-		f = &File{ID: id}
+		f = &File{ID: id, Host: eventHost(env)}
 	} else {
 		before = *f
 		a.st.addFile(f, -1)
@@ -313,11 +331,11 @@ func (a *applier) updateFile(env *events.Envelope, id string, create bool, fn fu
 				return err
 			}
 			if owner == id {
-				a.set(pfxPath+oldPath, absent)
+				a.set(oldPath, absent)
 			}
 		}
 		if newPath != "" {
-			a.set(pfxPath+newPath, id)
+			a.set(newPath, id)
 		}
 	}
 	// Stub index.
@@ -331,11 +349,25 @@ func (a *applier) updateFile(env *events.Envelope, id string, create bool, fn fu
 	return nil
 }
 
+// eventHost is the host an event belongs to: the host of the subject it
+// was read from, as for the stages, whose filters go by the subject (a
+// file.selected on strata.nas1.… is packed, stored and released by
+// nas1's stages, so it must be nas1's file here too, whatever source its
+// publisher wrote). An envelope not read from the stream has no subject;
+// then the host of its source.
+func eventHost(env *events.Envelope) string {
+	if env.Host != "" {
+		return env.Host
+	}
+	return events.SourceHost(env.Source)
+}
+
+// indexedPath is the path index key of f ("" when it has none).
 func indexedPath(f *File) string {
 	if f.State == 0 || f.State == StateDeleted {
 		return ""
 	}
-	return f.Path
+	return pathKey(f.Host, f.Path)
 }
 
 // apply applies one decoded event.
@@ -484,21 +516,23 @@ func (a *applier) apply(env *events.Envelope, ev events.Event) error {
 		})
 
 	case *events.FilePinned:
-		on, err := a.pinned(e.Path)
+		key := pinKey(eventHost(env), e.Path)
+		on, err := a.pinned(key)
 		if err != nil || on {
 			return err
 		}
 		a.st.pins++
-		a.set(pfxPin+e.Path, present)
+		a.set(key, present)
 		return nil
 
 	case *events.FileUnpinned:
-		on, err := a.pinned(e.Path)
+		key := pinKey(eventHost(env), e.Path)
+		on, err := a.pinned(key)
 		if err != nil || !on {
 			return err
 		}
 		a.st.pins--
-		a.set(pfxPin+e.Path, absent)
+		a.set(key, absent)
 		return nil
 	}
 	// A type that events knows but the catalog does not: counted, like an

@@ -20,7 +20,10 @@ import (
 )
 
 // FormatVersion is the on-disk format this package reads and writes.
-const FormatVersion = 1
+// Format 2 keys paths and pins by host (several hosts project one log);
+// format 1 did not. An older catalog is refused with ErrFormat, which the
+// daemon answers by rebuilding it from the log (Replace).
+const FormatVersion = 2
 
 // Errors.
 var (
@@ -76,6 +79,14 @@ type Options struct {
 	ReplaceStep func(step string)
 	// Space, if set, is the filesystem of the catalog (see Space).
 	Space Space
+	// Host is the local host's token: the queries that a host asks of
+	// its own files (FileByPath, Files, Stubs, Pinned, Pins,
+	// FilesByObject) answer for it alone, since every host's catalog
+	// projects every host's events. "" answers for every host (a
+	// catalog read by tools, tests of one host). The projection itself
+	// does not depend on it: catalogs of any two hosts that applied the
+	// same log are equal.
+	Host string
 }
 
 // EnsureDefaults fills in zero fields.

@@ -45,18 +45,27 @@
 // All keys are ASCII prefixes followed by ids or paths. Values are a record
 // version byte and fields in a fixed binary order (see record.go).
 //
-//	meta/format                         on-disk format version, decimal ("1")
+//	meta/format                         on-disk format version, decimal ("2")
 //	meta/seq                            last applied stream sequence, 8 bytes big-endian
 //	meta/stats                          Stats counters
 //	file/<file id>                      File
-//	path/<path>                         file id of the file at that path (not for deleted files)
+//	path/<path>\x00<host>               file id of the file at that path on that host (not for deleted files)
 //	version/<file id>/<%010d number>    Version (numbers start at 1)
 //	objfile/<object id>/<file id>       empty: the file has a version with that object
 //	object/<object id>                  Object (from the first object.packed)
 //	copy/<object id>/<tier>             Copy
 //	stub/<file id>                      empty: the file is released
-//	pin/<path>                          empty: the path and everything under it is pinned
+//	pin/<path>\x00<host>                empty: the path and everything under it is pinned on that host
 //
-// A database of another format version is refused with ErrFormat: rebuild it
-// with `strata replay`.
+// A file's host is the host of the subject (strata.<host>.…) of the
+// event that created its record, the host whose stages handle it; a
+// pin's is the host of its file.pinned. (Only an envelope applied
+// without a subject, not read from the stream, goes by the host in its
+// source, events.Source.) Every
+// host's catalog projects the whole log, so two hosts may hold the same
+// path: queries for a host's own files take Options.Host (see there).
+//
+// A database of another format version is refused with ErrFormat: the
+// daemon rebuilds it from the log at start (format 1 had no host in path
+// and pin keys); `strata replay` does the same by hand.
 package catalog

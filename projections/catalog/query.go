@@ -35,24 +35,55 @@ func readFile(db pebble.Reader, fileID string) (*File, error) {
 	return decodeFile(fileID, v)
 }
 
-// FileByPath returns the file at path p (deleted files are not found by
-// path), or ErrNotFound.
+// FileByPath returns the file at path p on the local host (Options.Host;
+// with none, on any host), or ErrNotFound. Deleted files are not found by
+// path.
 func (c *Catalog) FileByPath(p string) (File, error) {
+	return c.FileOn(c.opts.Host, p)
+}
+
+// FileOn returns the file at path p on host ("": any host), or
+// ErrNotFound.
+func (c *Catalog) FileOn(host, p string) (File, error) {
 	db, err := c.rlock()
 	if err != nil {
 		return File{}, err
 	}
 	defer c.mu.RUnlock()
-	id, err := get(db, []byte(pfxPath+p))
+	id, err := lookupPath(db, host, p)
 	if err != nil {
 		return File{}, fmt.Errorf("path %s: %w", p, err)
 	}
-	f, err := readFile(db, string(id))
+	f, err := readFile(db, id)
 	if err != nil {
 		return File{}, err
 	}
 	return *f, nil
 }
+
+// lookupPath returns the file id at path p on host; with host "" the
+// first host that has one.
+func lookupPath(db pebble.Reader, host, p string) (string, error) {
+	if host != "" {
+		id, err := get(db, []byte(pathKey(host, p)))
+		return string(id), err
+	}
+	id := ""
+	err := scan(db, pfxPath+p+hostSep, func(_, v []byte) error {
+		id = string(v)
+		return errStop
+	})
+	if err != nil && !errors.Is(err, errStop) {
+		return "", err
+	}
+	if id == "" {
+		return "", ErrNotFound
+	}
+	return id, nil
+}
+
+// errStop ends a scan early.
+var errStop = errors.New("stop")
 
 // Versions returns the versions of a file, oldest first, or ErrNotFound if
 // the file is unknown.
@@ -174,11 +205,18 @@ func (c *Catalog) EachStoreFailure(fn func(StoreFailure) error) error {
 	})
 }
 
-// Files calls fn for every file (not deleted) at or under the directory
+// Files calls fn for every file (not deleted) of the local host
+// (Options.Host; with none, of every host) at or under the directory
 // prefix (e.g. "/data" matches /data and /data/x but not /data2), in path
 // order. "/" or "" means every file. An error from fn stops the walk and is
 // returned.
 func (c *Catalog) Files(prefix string, fn func(File) error) error {
+	return c.FilesOn(c.opts.Host, prefix, fn)
+}
+
+// FilesOn is Files for the files of host; host "" means every host (in
+// path order, then host order for one path).
+func (c *Catalog) FilesOn(host, prefix string, fn func(File) error) error {
 	db, err := c.rlock()
 	if err != nil {
 		return err
@@ -187,6 +225,11 @@ func (c *Catalog) Files(prefix string, fn func(File) error) error {
 	snap := db.NewSnapshot() // one consistent view for the walk and the lookups
 	defer snap.Close()
 	visit := func(k, v []byte) error {
+		if host != "" {
+			if _, h := splitHost(string(k[len(pfxPath):])); h != host {
+				return nil
+			}
+		}
 		f, err := readFile(snap, string(v))
 		if err != nil {
 			return err
@@ -199,18 +242,15 @@ func (c *Catalog) Files(prefix string, fn func(File) error) error {
 	}
 	// The file at prefix itself, then everything under prefix/ (paths
 	// like "prefix.txt" sort between them and are not wanted).
-	if id, err := get(snap, []byte(pfxPath+prefix)); err == nil {
-		if err := visit(nil, id); err != nil {
-			return err
-		}
-	} else if !errors.Is(err, ErrNotFound) {
+	if err := scan(snap, pfxPath+prefix+hostSep, visit); err != nil {
 		return err
 	}
 	return scan(snap, pfxPath+prefix+"/", visit)
 }
 
-// Stubs calls fn for every released file, in file id order (the daemon
-// re-marks them at start).
+// Stubs calls fn for every released file of the local host (Options.Host;
+// with none, of every host), in file id order (the daemon re-marks them
+// at start).
 func (c *Catalog) Stubs(fn func(File) error) error {
 	db, err := c.rlock()
 	if err != nil {
@@ -224,11 +264,15 @@ func (c *Catalog) Stubs(fn func(File) error) error {
 		if err != nil {
 			return err
 		}
+		if c.opts.Host != "" && f.Host != c.opts.Host {
+			return nil
+		}
 		return fn(*f)
 	})
 }
 
-// Pinned reports whether p or one of its ancestors is pinned.
+// Pinned reports whether p or one of its ancestors is pinned on the local
+// host (Options.Host; with none, on any host).
 func (c *Catalog) Pinned(p string) (bool, error) {
 	db, err := c.rlock()
 	if err != nil {
@@ -236,7 +280,17 @@ func (c *Catalog) Pinned(p string) (bool, error) {
 	}
 	defer c.mu.RUnlock()
 	for p = path.Clean(p); ; p = path.Dir(p) {
-		_, err := get(db, []byte(pfxPin+p))
+		var err error
+		if c.opts.Host != "" {
+			_, err = get(db, []byte(pinKey(c.opts.Host, p)))
+		} else {
+			err = ErrNotFound
+			if serr := scan(db, pfxPin+p+hostSep, func(_, _ []byte) error { return errStop }); errors.Is(serr, errStop) {
+				err = nil
+			} else if serr != nil {
+				err = serr
+			}
+		}
 		if err == nil {
 			return true, nil
 		}
@@ -249,14 +303,21 @@ func (c *Catalog) Pinned(p string) (bool, error) {
 	}
 }
 
-// Pins calls fn for every pinned path, in order.
+// Pins calls fn for every path pinned on the local host (Options.Host;
+// with none, on any host), in order.
 func (c *Catalog) Pins(fn func(path string) error) error {
 	db, err := c.rlock()
 	if err != nil {
 		return err
 	}
 	defer c.mu.RUnlock()
-	return scan(db, pfxPin, func(k, _ []byte) error { return fn(string(k[len(pfxPin):])) })
+	return scan(db, pfxPin, func(k, _ []byte) error {
+		p, host := splitHost(string(k[len(pfxPin):]))
+		if c.opts.Host != "" && host != c.opts.Host {
+			return nil
+		}
+		return fn(p)
+	})
 }
 
 // Stats returns the counters as of the last applied batch.

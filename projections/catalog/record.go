@@ -81,7 +81,10 @@ func (s CopyState) MarshalText() ([]byte, error) { return []byte(s.String()), ni
 
 // File is the catalog's record of one file, keyed by its stable file id.
 type File struct {
-	ID    string
+	ID string
+	// Host is the host whose hot tree holds the file: the host of the
+	// subject of the event that created the record (strata.<host>.…).
+	Host  string
 	Path  string // last known path (kept after deletion)
 	Root  string // managed tree it belongs to ("" if never selected)
 	State State
@@ -391,14 +394,14 @@ func (d *dec) done(what, key string) error {
 }
 
 func (f *File) encode(e enc) enc {
-	e = e.b(recordV1).s(f.Path).s(f.Root).b(byte(f.State)).stat(&f.Stat)
+	e = e.b(recordV1).s(f.Host).s(f.Path).s(f.Root).b(byte(f.State)).stat(&f.Stat)
 	return e.s(f.ObjectID).u(uint64(f.Version)).u(f.Recalls).u(f.RecallFailures).u(f.Seq).t(f.Updated)
 }
 
 func decodeFile(id string, b []byte) (*File, error) {
 	d := dec{b: b}
 	d.start()
-	f := &File{ID: id, Path: d.s(), Root: d.s(), State: State(d.byte())}
+	f := &File{ID: id, Host: d.s(), Path: d.s(), Root: d.s(), State: State(d.byte())}
 	d.stat(&f.Stat)
 	f.ObjectID, f.Version, f.Recalls, f.RecallFailures, f.Seq, f.Updated = d.s(), d.u32(), d.u(), d.u(), d.u(), d.t()
 	if f.State == 0 || int(f.State) >= numStates {

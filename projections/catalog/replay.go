@@ -265,6 +265,29 @@ func RecoverReplace(dir string) error {
 	return nil
 }
 
+// OpenOrRebuild opens the catalog in dir; one of another format version
+// (ErrFormat: written by an older Strata) is rebuilt from the log first
+// (Replace, up to the log's last sequence; the projection follows the
+// rest), since the log alone is the truth and the catalog a projection.
+func OpenOrRebuild(ctx context.Context, js jetstream.JetStream, dir string, opts Options) (*Catalog, error) {
+	cat, err := Open(dir, opts)
+	if !errors.Is(err, ErrFormat) {
+		return cat, err
+	}
+	opts.EnsureDefaults()
+	opts.Logger.Warn("catalog is of another format: rebuilding it from the event log", "dir", dir, "err", err)
+	last, err := pipeline.LastSeq(ctx, js)
+	if err != nil {
+		return nil, fmt.Errorf("rebuild catalog %s: %w", dir, err)
+	}
+	ropts := opts
+	ropts.Sync = false // Replace syncs the directory swap; the tail is replayed again if lost
+	if err := Replace(ctx, js, dir, last, ropts, nil); err != nil {
+		return nil, fmt.Errorf("rebuild catalog %s of another format from the log: %w", dir, err)
+	}
+	return Open(dir, opts)
+}
+
 func syncDir(dir string) error {
 	f, err := os.Open(dir)
 	if err != nil {

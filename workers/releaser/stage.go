@@ -155,7 +155,7 @@ func (h *releaseHandler) givenUp(ctx context.Context, env events.Envelope, ev *e
 	}
 	reason := fmt.Sprintf("cannot have the %d verified copies release.copies asks for: tier %s gave up: %s", h.cfg.Copies, ev.Tier, ev.Reason)
 	for _, f := range files {
-		if f.State != catalog.StateArchiving || f.ObjectID != ev.ObjectID || !h.inRoots(f.Path) {
+		if f.State != catalog.StateArchiving || f.ObjectID != ev.ObjectID || !h.mine(f) {
 			continue
 		}
 		h.cfg.Logger.Warn("release skipped", "path", f.Path, "reason", reason)
@@ -188,7 +188,7 @@ func (h *releaseHandler) handle(ctx context.Context, env events.Envelope, ev eve
 			return err
 		}
 		for _, f := range files {
-			if f.State != catalog.StateArchiving || f.ObjectID != oid || !h.inRoots(f.Path) {
+			if f.State != catalog.StateArchiving || f.ObjectID != oid || !h.mine(f) {
 				continue
 			}
 			err := h.release(ctx, env, f, good)
@@ -320,6 +320,13 @@ func isStub(path string) bool {
 		return false
 	}
 	return err != nil || info.State == stub.Released
+}
+
+// mine reports whether f is a file of this host's hot trees: every host's
+// catalog holds every host's files, and another host may have the same
+// path.
+func (h *releaseHandler) mine(f catalog.File) bool {
+	return f.Host == h.cfg.Emitter.Host() && h.inRoots(f.Path)
 }
 
 func (h *releaseHandler) inRoots(p string) bool {

@@ -23,10 +23,16 @@ const LsLimit = 100000
 type LsRequest struct {
 	Paths []string `json:"paths"`
 	Limit int      `json:"limit"` // 0 or above LsLimit: LsLimit
+	// AllHosts adds the files the catalog knows on other hosts under
+	// Paths (from the log; those paths need not be in this host's hot
+	// trees).
+	AllHosts bool `json:"all_hosts,omitempty"`
 }
 
 // LsEntry is one file as `strata ls` shows it.
 type LsEntry struct {
+	// Host is the host whose hot tree holds the file.
+	Host  string `json:"host"`
 	Path  string `json:"path"`
 	State string `json:"state"`
 	Size  int64  `json:"size"`
@@ -58,6 +64,7 @@ const lsCatchUp = 5 * time.Second
 type lsCatalog interface {
 	File(fileID string) (catalog.File, error)
 	FileByPath(path string) (catalog.File, error)
+	FilesOn(host, prefix string, fn func(catalog.File) error) error
 	Copies(objectID string) ([]catalog.Copy, error)
 	StoreFailures(objectID string) ([]catalog.StoreFailure, error)
 }
@@ -73,8 +80,8 @@ func (v *Verbs) ls(ctx context.Context, req LsRequest) (any, error) {
 		req.Limit = LsLimit
 	}
 	for _, p := range req.Paths {
-		if v.Policy.RootOf(p) == "" {
-			return nil, fmt.Errorf("ls: %s is not inside a configured hot tree", p)
+		if v.Policy.RootOf(p) == "" && !req.AllHosts {
+			return nil, fmt.Errorf("ls: %s is not inside a configured hot tree (ls --all lists other hosts' files there)", p)
 		}
 	}
 	// Read your writes: what the log held when the request came (a
@@ -91,6 +98,9 @@ func (v *Verbs) ls(ctx context.Context, req LsRequest) (any, error) {
 	rep := LsReply{Files: []LsEntry{}}
 	errFull := errors.New("full")
 	for _, p := range req.Paths {
+		if v.Policy.RootOf(p) == "" {
+			continue // another host's tree (AllHosts): the catalog alone knows it
+		}
 		err := filepath.WalkDir(p, func(path string, de fs.DirEntry, err error) error {
 			if err != nil {
 				return err
@@ -123,16 +133,57 @@ func (v *Verbs) ls(ctx context.Context, req LsRequest) (any, error) {
 			return nil, fmt.Errorf("ls: %w", err)
 		}
 	}
+	if req.AllHosts && !rep.Truncated {
+		if err := v.lsOtherHosts(req, &rep); err != nil {
+			return nil, err
+		}
+	}
 	return rep, nil
+}
+
+// lsOtherHosts appends the catalog's files of other hosts under req.Paths.
+func (v *Verbs) lsOtherHosts(req LsRequest, rep *LsReply) error {
+	errFull := errors.New("full")
+	for _, p := range req.Paths {
+		err := v.Catalog.FilesOn("", p, func(f catalog.File) error {
+			if f.Host == v.Host {
+				return nil // walked above
+			}
+			if len(rep.Files) >= req.Limit {
+				rep.Truncated = true
+				return errFull
+			}
+			e := LsEntry{Host: f.Host, Path: f.Path, Size: f.Stat.Size, Copies: []string{}}
+			v.describe(&e, f)
+			if f.State != catalog.StateReleased {
+				e.Resident = f.Stat.Size // as its host last reported it
+			}
+			rep.Files = append(rep.Files, e)
+			return nil
+		})
+		if errors.Is(err, errFull) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("ls: %w", err)
+		}
+	}
+	return nil
 }
 
 // lsEntry joins what the filesystem says with what the catalog knows.
 func (v *Verbs) lsEntry(path string, size int64) LsEntry {
-	e := LsEntry{Path: path, State: catalog.StateResident.String(), Size: size, Copies: []string{}}
+	e := LsEntry{Host: v.Host, Path: path, State: catalog.StateResident.String(), Size: size, Copies: []string{}}
 	f, err := stub.Find(v.Catalog, path)
 	if err != nil || f.State == catalog.StateDeleted {
 		return e
 	}
+	v.describe(&e, f)
+	return e
+}
+
+// describe fills in what the catalog knows of f.
+func (v *Verbs) describe(e *LsEntry, f catalog.File) {
 	e.State, e.FileID, e.ObjectID, e.Version = f.State.String(), f.ID, f.ObjectID, f.Version
 	if f.ObjectID != "" {
 		if cps, err := v.Catalog.Copies(f.ObjectID); err == nil {
@@ -148,7 +199,6 @@ func (v *Verbs) lsEntry(path string, size int64) LsEntry {
 			}
 		}
 	}
-	return e
 }
 
 // DescribeStoreFailure says why a tier has no copy, and what happens next.
