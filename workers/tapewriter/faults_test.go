@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/object"
 	"github.com/strata-hsm/strata/workers/recall"
 	"github.com/strata-hsm/strata/workers/stub"
@@ -18,16 +17,6 @@ import (
 	"github.com/strata-hsm/strata/workers/tier/dir"
 	"github.com/strata-hsm/strata/workers/tier/tiertest"
 )
-
-type goodCopies []string
-
-func (g goodCopies) Copies(id string) ([]catalog.Copy, error) {
-	var out []catalog.Copy
-	for _, n := range g {
-		out = append(out, catalog.Copy{ObjectID: id, Tier: n, State: catalog.CopyGood})
-	}
-	return out, nil
-}
 
 // TestRecallThroughTapeReadError: a medium error (EIO) at a block inside
 // an object's bytes makes a recall from tape fall over to the copy on a
@@ -67,7 +56,7 @@ func TestRecallThroughTapeReadError(t *testing.T) {
 	}
 	bad := c.Pos.Block + (c.Pos.Offset+c.PackedSize/2)/int64(bundle.MinBlockSize)
 	st := stub.Info{FileID: "f", ObjectID: o.ID, State: stub.Released, Size: m.Size}
-	for _, cps := range []goodCopies{{tgt.Name(), "hdd"}, {tgt.Name()}} {
+	for _, cps := range []tiertest.GoodCopies{{tgt.Name(), "hdd"}, {tgt.Name()}} {
 		rd, err := recall.New(recall.Config{Targets: map[string]tier.Target{tgt.Name(): tgt, "hdd": hdd},
 			Catalog: cps, Costs: map[string]int{tgt.Name(): 1, "hdd": 2}, FailureBackoff: -1})
 		if err != nil {
@@ -87,7 +76,7 @@ func TestRecallThroughTapeReadError(t *testing.T) {
 		}
 	}
 	// The block reads again: the same copy serves the right bytes.
-	rd, err := recall.New(recall.Config{Targets: map[string]tier.Target{tgt.Name(): tgt}, Catalog: goodCopies{tgt.Name()}, FailureBackoff: -1})
+	rd, err := recall.New(recall.Config{Targets: map[string]tier.Target{tgt.Name(): tgt}, Catalog: tiertest.GoodCopies{tgt.Name()}, FailureBackoff: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

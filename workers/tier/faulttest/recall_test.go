@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/object"
 	"github.com/strata-hsm/strata/workers/recall"
 	"github.com/strata-hsm/strata/workers/stub"
@@ -18,18 +17,6 @@ import (
 	"github.com/strata-hsm/strata/workers/tier/faulttest"
 	"github.com/strata-hsm/strata/workers/tier/tiertest"
 )
-
-// copies is the catalog's answer to "which copies of this object are
-// good": every tier named holds one.
-type copies []string
-
-func (c copies) Copies(id string) ([]catalog.Copy, error) {
-	var out []catalog.Copy
-	for _, name := range c {
-		out = append(out, catalog.Copy{ObjectID: id, Tier: name, State: catalog.CopyGood})
-	}
-	return out, nil
-}
 
 type packed struct {
 	data, packed, manifest []byte
@@ -79,9 +66,9 @@ func TestRecallThroughFaults(t *testing.T) {
 		for _, f := range getFaults {
 			for _, alone := range []bool{false, true} {
 				name := f.Fault.String() + "/with-second-copy"
-				cps := copies{r.Faulty.Name(), "hdd"}
+				cps := tiertest.GoodCopies{r.Faulty.Name(), "hdd"}
 				if alone {
-					name, cps = f.Fault.String()+"/alone", copies{r.Faulty.Name()}
+					name, cps = f.Fault.String()+"/alone", tiertest.GoodCopies{r.Faulty.Name()}
 				}
 				t.Run(name, func(t *testing.T) {
 					rd, err := recall.New(recall.Config{

@@ -20,6 +20,7 @@ import (
 
 	"github.com/zeebo/blake3"
 
+	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/tier"
 )
 
@@ -507,4 +508,17 @@ func CheckUnavailable(t *testing.T, tgt tier.Target) {
 	wantErr(t, "list", err, tier.ErrUnavailable)
 	err = tgt.Delete(ctx(t), o.ID)
 	wantErr(t, "delete", err, tier.ErrUnavailable)
+}
+
+// GoodCopies answers a recall's question "which copies of this object are
+// good" with one good copy on each tier named.
+type GoodCopies []string
+
+// Copies implements recall's catalog lookup.
+func (g GoodCopies) Copies(id string) ([]catalog.Copy, error) {
+	out := make([]catalog.Copy, 0, len(g))
+	for _, name := range g {
+		out = append(out, catalog.Copy{ObjectID: id, Tier: name, State: catalog.CopyGood})
+	}
+	return out, nil
 }
