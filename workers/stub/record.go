@@ -27,6 +27,9 @@ const (
 	recordVersion = 1
 	recordFixed   = 57
 	recordMax     = recordFixed + 2*binary.MaxVarintLen64
+	// maxSize is the largest size a record holds; encode refuses what
+	// decode would, so every record Write sets reads back.
+	maxSize = 1 << 62
 )
 
 var stateCodes = map[State]byte{Released: 1, Archived: 2}
@@ -48,8 +51,8 @@ func encode(in Info) ([]byte, error) {
 	if err := hexInto(rec[17:49], in.ObjectID, "object id"); err != nil {
 		return nil, err
 	}
-	if in.Size < 0 {
-		return nil, fmt.Errorf("stub: negative size %d", in.Size)
+	if in.Size < 0 || in.Size > maxSize {
+		return nil, fmt.Errorf("stub: size %d out of range", in.Size)
 	}
 	binary.LittleEndian.PutUint64(rec[49:57], uint64(in.MtimeNS))
 	rec = binary.AppendUvarint(rec, uint64(in.Size))
@@ -99,7 +102,7 @@ func decode(rec []byte) (Info, error) {
 	in.ObjectID = hex.EncodeToString(rec[17:49])
 	in.MtimeNS = int64(binary.LittleEndian.Uint64(rec[49:57]))
 	size, n := binary.Uvarint(rec[recordFixed:])
-	if n <= 0 || size > 1<<62 || n != uvarintLen(size) {
+	if n <= 0 || size > maxSize || n != uvarintLen(size) {
 		return bad("bad size")
 	}
 	in.Size = int64(size)

@@ -1,5 +1,6 @@
 // Package stub reads and writes the on-disk marks of a managed file:
-// Strata's extended attributes in the trusted.strata.* namespace.
+// one binary record in the trusted.strata xattr (record.go); files
+// marked in the first format (trusted.strata.* xattrs) are still read.
 //
 // A file with State Released is a stub: same path, inode, size, mode, owner
 // and times as before, no data blocks; its content is the object ObjectID

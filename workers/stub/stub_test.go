@@ -22,6 +22,7 @@ func TestRecordRoundTrip(t *testing.T) {
 		{FileID: testFileID, ObjectID: testObjectID, State: Released, Size: 4096, MtimeNS: 1_764_000_000_123_456_789, ReleaseID: "123456"},
 		{FileID: testFileID, ObjectID: testObjectID, State: Archived, Size: 0, MtimeNS: -5},
 		{FileID: testFileID, ObjectID: testObjectID, State: Released, Size: 1 << 40, MtimeNS: 0, ReleaseID: "18446744073709551615"},
+		{FileID: testFileID, ObjectID: testObjectID, State: Archived, Size: maxSize, MtimeNS: -1 << 63},
 	} {
 		rec, err := encode(in)
 		if err != nil {
@@ -47,6 +48,7 @@ func TestRecordRejects(t *testing.T) {
 		"upper case":    {FileID: strings.ToUpper(testFileID), ObjectID: testObjectID, State: Released},
 		"object id":     {FileID: testFileID, ObjectID: "zz" + testObjectID[2:], State: Released},
 		"size":          {FileID: testFileID, ObjectID: testObjectID, State: Released, Size: -1},
+		"huge size":     {FileID: testFileID, ObjectID: testObjectID, State: Released, Size: maxSize + 1},
 		"release":       {FileID: testFileID, ObjectID: testObjectID, State: Released, ReleaseID: "r1"},
 	} {
 		if _, err := encode(in); err == nil {
