@@ -260,7 +260,7 @@ func (b *benchFS) setupResident(t testing.TB) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = stub.Write(fd, stub.Info{FileID: "s" + strconv.Itoa(i), ObjectID: "none", State: stub.Released, Size: 4096})
+		err = stub.Write(fd, stub.Info{FileID: testFileID("s" + strconv.Itoa(i)), ObjectID: testFileID("none") + testFileID("none"), State: stub.Released, Size: 4096})
 		unix.Close(fd)
 		if err != nil {
 			t.Fatal(err)

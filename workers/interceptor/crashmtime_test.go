@@ -51,7 +51,7 @@ func TestJournalPutsBackMtime(t *testing.T) {
 	var st unix.Stat_t
 	unix.Fstat(int(f.Fd()), &st)
 	sum := blake3.Sum256(data)
-	err = stub.Write(int(f.Fd()), stub.Info{FileID: "file-f", ObjectID: hex.EncodeToString(sum[:]), State: stub.Released,
+	err = stub.Write(int(f.Fd()), stub.Info{FileID: "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f", ObjectID: hex.EncodeToString(sum[:]), State: stub.Released,
 		Size: int64(len(data)), MtimeNS: archived.UnixNano()})
 	f.Close()
 	if err != nil {
@@ -81,7 +81,7 @@ func TestJournalPutsBackMtime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	slot, err := j.beginFill(inodeKey{st.Dev, st.Ino}, "file-f", 4<<20, 4<<20)
+	slot, err := j.beginFill(inodeKey{st.Dev, st.Ino}, "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f", 4<<20, 4<<20)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -157,7 +157,7 @@ func makeStub(t *testing.T, it *interceptor.Interceptor, src *testSource, path s
 		t.Fatal(err)
 	}
 	fi, _ := f.Stat()
-	err = stub.Write(int(f.Fd()), stub.Info{FileID: "file-" + filepath.Base(path), ObjectID: id,
+	err = stub.Write(int(f.Fd()), stub.Info{FileID: testFileID(filepath.Base(path)), ObjectID: id,
 		State: stub.Released, Size: int64(len(data)), MtimeNS: fi.ModTime().UnixNano()})
 	f.Close()
 	if err != nil {
@@ -359,4 +359,10 @@ func logOut() io.Writer {
 		return os.Stderr
 	}
 	return io.Discard
+}
+
+// testFileID is a well-formed file id (32 hex digits) named after name.
+func testFileID(name string) string {
+	sum := sha256.Sum256([]byte(name))
+	return hex.EncodeToString(sum[:16])
 }

@@ -60,7 +60,7 @@ func TestJournalPunchesHalfWrittenChunk(t *testing.T) {
 	var st unix.Stat_t
 	unix.Fstat(int(f.Fd()), &st)
 	sum := blake3.Sum256(data)
-	err = stub.Write(int(f.Fd()), stub.Info{FileID: "file-f", ObjectID: hex.EncodeToString(sum[:]), State: stub.Released, Size: int64(len(data))})
+	err = stub.Write(int(f.Fd()), stub.Info{FileID: "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f", ObjectID: hex.EncodeToString(sum[:]), State: stub.Released, Size: int64(len(data))})
 	f.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +96,7 @@ func TestJournalPunchesHalfWrittenChunk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := j.beginFill(inodeKey{st.Dev, st.Ino}, "file-f", 4<<20, 4<<20); err != nil {
+	if _, err := j.beginFill(inodeKey{st.Dev, st.Ino}, "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f", 4<<20, 4<<20); err != nil {
 		t.Fatal(err)
 	}
 	j.close() // the "crash": the slot stays set

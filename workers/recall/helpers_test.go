@@ -38,7 +38,7 @@ type testObject struct {
 func (o *testObject) id() string { return o.m.ObjectID }
 
 func (o *testObject) stub() stub.Info {
-	return stub.Info{FileID: "f1", ObjectID: o.m.ObjectID, State: stub.Released, Size: o.m.Size}
+	return stub.Info{FileID: "0123456789abcdef0123456789abcdef", ObjectID: o.m.ObjectID, State: stub.Released, Size: o.m.Size}
 }
 
 // pack packs data with frames of frameSize bytes.

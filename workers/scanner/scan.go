@@ -54,7 +54,7 @@ const (
 type Candidate struct {
 	Path string `json:"path"`
 	Root string `json:"root"`
-	// FileID is the stable id: from the trusted.strata.file_id xattr when
+	// FileID is the stable id: from the trusted.strata record when
 	// present, else derived (see DeriveFileID).
 	FileID string          `json:"file_id"`
 	Stat   events.FileStat `json:"stat"`

@@ -58,8 +58,9 @@ var FSTypes = []string{"ext4", "xfs"}
 // LoopMount creates a sparse image of size bytes, makes a filesystem of
 // fstype ("ext4" or "xfs") on it, mounts it on a fresh directory and returns
 // that directory. The mount is unmounted and the image removed in t.Cleanup,
-// even when the test fails.
-func LoopMount(t testing.TB, fstype string, size int64) string {
+// even when the test fails. mkfsArgs go to mkfs before the image (e.g.
+// "-b", "4096": images under 512 MiB get 1 KiB ext4 blocks otherwise).
+func LoopMount(t testing.TB, fstype string, size int64, mkfsArgs ...string) string {
 	t.Helper()
 	NeedRoot(t)
 	var mkfs []string
@@ -87,7 +88,7 @@ func LoopMount(t testing.TB, fstype string, size int64) string {
 		t.Fatal(err)
 	}
 	f.Close()
-	run(t, append(mkfs, img)...)
+	run(t, append(append(mkfs, mkfsArgs...), img)...)
 	run(t, "mount", "-o", "loop", img, mnt)
 	t.Cleanup(func() { Unmount(t, mnt) })
 	return mnt

@@ -1,5 +1,6 @@
 // Package stub reads and writes the on-disk marks of a managed file:
-// Strata's extended attributes in the trusted.strata.* namespace.
+// one binary record in the trusted.strata xattr (record.go); files
+// marked in the first format (trusted.strata.* xattrs) are still read.
 //
 // A file with State Released is a stub: same path, inode, size, mode, owner
 // and times as before, no data blocks; its content is the object ObjectID
@@ -11,12 +12,21 @@ package stub
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
 
-// Extended attribute names.
+// Xattr is the one extended attribute of a managed file: a compact binary
+// record (see encode) small enough to live inside the inode on ext4 with
+// 256-byte inodes and on XFS, so that a released small file costs no
+// block. Its layout is in docs/DESIGN.md ("The stub's record").
+const Xattr = "trusted.strata"
+
+// The names of the first format, one xattr per field (decimal text). Read
+// still understands them; Write replaces them with Xattr.
 const (
 	XattrFileID   = "trusted.strata.file_id"
 	XattrObjectID = "trusted.strata.object_id"
@@ -29,6 +39,8 @@ const (
 	// its events are published, and the next release's recall is another.
 	XattrRelease = "trusted.strata.release"
 )
+
+var legacyXattrs = []string{XattrState, XattrFileID, XattrObjectID, XattrSize, XattrMtime, XattrRelease}
 
 // State of a managed file.
 type State string
@@ -65,35 +77,43 @@ func (in Info) Unchanged(size, mtimeNS int64) bool {
 	return size == in.Size && mtimeNS == in.MtimeNS
 }
 
-// Read returns the xattrs of the file at fd. A file without them gives
+// Read returns the record of the file at fd. A file without one gives
 // ErrNotManaged.
 func Read(fd int) (Info, error) {
-	get := func(name string) (string, error) {
-		buf := make([]byte, 128)
-		n, err := unix.Fgetxattr(fd, name, buf)
-		if err != nil {
-			return "", err
-		}
-		return string(buf[:n]), nil
-	}
-	return read(get)
+	return read(func(name string, buf []byte) (int, error) { return unix.Fgetxattr(fd, name, buf) })
 }
 
 // ReadPath is Read for a path, without opening the file (so it raises no
 // fanotify event on a stub). Symlinks are not followed.
 func ReadPath(path string) (Info, error) {
-	get := func(name string) (string, error) {
-		buf := make([]byte, 128)
-		n, err := unix.Lgetxattr(path, name, buf)
+	return read(func(name string, buf []byte) (int, error) { return unix.Lgetxattr(path, name, buf) })
+}
+
+func read(getx func(name string, buf []byte) (int, error)) (Info, error) {
+	var buf [recordMax]byte
+	n, err := getx(Xattr, buf[:])
+	switch {
+	case err == nil:
+		return decode(buf[:n])
+	case errors.Is(err, unix.EOPNOTSUPP):
+		return Info{}, ErrNoXattr
+	case errors.Is(err, unix.ERANGE):
+		return Info{}, fmt.Errorf("%s: record longer than %d bytes: not one Strata wrote", Xattr, recordMax)
+	case !errors.Is(err, unix.ENODATA):
+		return Info{}, fmt.Errorf("read %s: %w", Xattr, err)
+	}
+	return readLegacy(func(name string) (string, error) {
+		b := make([]byte, 128)
+		n, err := getx(name, b)
 		if err != nil {
 			return "", err
 		}
-		return string(buf[:n]), nil
-	}
-	return read(get)
+		return string(b[:n]), nil
+	})
 }
 
-func read(get func(string) (string, error)) (Info, error) {
+// readLegacy reads the first format's xattrs.
+func readLegacy(get func(string) (string, error)) (Info, error) {
 	var in Info
 	var err error
 	if in.FileID, err = get(XattrFileID); err != nil {
@@ -137,31 +157,23 @@ func read(get func(string) (string, error)) (Info, error) {
 	return in, nil
 }
 
-// Write sets every xattr of in on the file at fd and fsyncs it, so the
-// marks are durable before the caller frees any block. The state is written
-// last: a reader that sees a state sees every other field.
+// Write sets the record of in on the file at fd and fsyncs it, so the
+// mark is durable before the caller frees any block. One xattr, set in
+// one call: a reader sees all of it or none. The first format's xattrs, if
+// the file has them, are removed after it.
 func Write(fd int, in Info) error {
-	if in.State != Released && in.State != Archived {
-		return fmt.Errorf("stub: invalid state %q", in.State)
+	rec, err := encode(in)
+	if err != nil {
+		return err
 	}
-	set := []struct{ name, val string }{
-		{XattrFileID, in.FileID},
-		{XattrObjectID, in.ObjectID},
-		{XattrSize, strconv.FormatInt(in.Size, 10)},
-		{XattrMtime, strconv.FormatInt(in.MtimeNS, 10)},
-		{XattrRelease, in.ReleaseID},
-		{XattrState, string(in.State)},
+	if err := unix.Fsetxattr(fd, Xattr, rec, 0); err != nil {
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			return ErrNoXattr
+		}
+		return fmt.Errorf("set %s: %w", Xattr, err)
 	}
-	for _, x := range set {
-		if x.val == "" && x.name == XattrRelease {
-			continue
-		}
-		if err := unix.Fsetxattr(fd, x.name, []byte(x.val), 0); err != nil {
-			if errors.Is(err, unix.EOPNOTSUPP) {
-				return ErrNoXattr
-			}
-			return fmt.Errorf("set %s: %w", x.name, err)
-		}
+	if err := removeLegacy(fd); err != nil {
+		return err
 	}
 	if err := unix.Fsync(fd); err != nil {
 		return fmt.Errorf("fsync after setting xattrs: %w", err)
@@ -169,21 +181,50 @@ func Write(fd int, in Info) error {
 	return nil
 }
 
-// SetState changes only the state xattr and fsyncs.
+// SetState changes only the state of the record and fsyncs.
 func SetState(fd int, s State) error {
-	if err := unix.Fsetxattr(fd, XattrState, []byte(s), 0); err != nil {
-		return fmt.Errorf("set %s: %w", XattrState, err)
+	in, err := Read(fd)
+	if err != nil {
+		return err
 	}
-	return unix.Fsync(fd)
+	in.State = s
+	return Write(fd, in)
 }
 
 // Clear removes every Strata xattr (the file is no longer managed, e.g. it
 // was replaced by new content).
 func Clear(fd int) error {
-	for _, name := range []string{XattrState, XattrFileID, XattrObjectID, XattrSize, XattrMtime, XattrRelease} {
-		if err := unix.Fremovexattr(fd, name); err != nil && !errors.Is(err, unix.ENODATA) {
-			return fmt.Errorf("remove %s: %w", name, err)
-		}
+	if err := unix.Fremovexattr(fd, Xattr); err != nil && !errors.Is(err, unix.ENODATA) {
+		return fmt.Errorf("remove %s: %w", Xattr, err)
+	}
+	if err := removeLegacy(fd); err != nil {
+		return err
 	}
 	return unix.Fsync(fd)
+}
+
+// removeLegacy removes the first format's xattrs where the file has any
+// (one listxattr when it has none).
+func removeLegacy(fd int) error {
+	var buf [1024]byte
+	n, err := unix.Flistxattr(fd, buf[:])
+	if errors.Is(err, unix.ERANGE) {
+		n, err = 0, nil // more names than Strata ever sets: remove each
+		for _, name := range legacyXattrs {
+			if err := unix.Fremovexattr(fd, name); err != nil && !errors.Is(err, unix.ENODATA) {
+				return fmt.Errorf("remove %s: %w", name, err)
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("list xattrs: %w", err)
+	}
+	for _, name := range strings.Split(string(buf[:n]), "\x00") {
+		if slices.Contains(legacyXattrs, name) {
+			if err := unix.Fremovexattr(fd, name); err != nil && !errors.Is(err, unix.ENODATA) {
+				return fmt.Errorf("remove %s: %w", name, err)
+			}
+		}
+	}
+	return nil
 }
