@@ -295,7 +295,9 @@ func TestDeletedStub(t *testing.T) {
 	os.WriteFile(gone, bytes.Repeat([]byte("gone "), 50000), 0o644)
 	os.WriteFile(moved, bytes.Repeat([]byte("moved "), 50000), 0o644)
 	os.WriteFile(downMoved, bytes.Repeat([]byte("renamed while down "), 50000), 0o644)
-	// A stub this small owns more blocks (its xattrs') than its size.
+	// A stub this small may own more blocks than its size (its record in
+	// an xattr block where the inode has no room): the scanner must not
+	// tell stubs from resident files by their blocks.
 	tiny, tinyData := filepath.Join(hot, "tiny.bin"), []byte("a tiny file, renamed while the daemon is down\n")
 	os.WriteFile(tiny, tinyData, 0o644)
 	cfg := Config{DataDir: data, Hot: []HotConfig{{Path: hot}},
