@@ -128,6 +128,11 @@ type TierConfig struct {
 	BundleSize size     `toml:"bundle_size"` // default 16 GiB
 	BundleAge  duration `toml:"bundle_age"`  // default 5m
 
+	// s3, rclone: a request that moves no byte for this long fails, and
+	// the tier counts as unavailable (store retries, recall falls over).
+	// Default 2m (s3), 5m (rclone's own --timeout).
+	Timeout duration `toml:"timeout"`
+
 	// Which files this tier takes (replication policy); default: all.
 	Include []string `toml:"include"` // globs relative to the hot tree
 	Exclude []string `toml:"exclude"`
@@ -536,8 +541,8 @@ func (c *Config) Validate() error {
 // typo or a copy-paste error, never ignored.
 var tierKeys = map[string][]string{
 	events.TierDirectory: {"path", "require_mount"},
-	events.TierS3:        {"endpoint", "region", "bucket", "prefix", "access_key", "secret_key", "tls"},
-	events.TierRclone:    {"remote", "binary", "env"},
+	events.TierS3:        {"endpoint", "region", "bucket", "prefix", "access_key", "secret_key", "tls", "timeout"},
+	events.TierRclone:    {"remote", "binary", "env", "timeout"},
 	events.TierTape:      {"device", "pool", "block_size", "bundle_size", "bundle_age"},
 }
 
@@ -549,7 +554,7 @@ func (c *Config) validateTier(t *TierConfig) error {
 		"prefix": t.Prefix != "", "access_key": t.AccessKey != "", "secret_key": t.SecretKey != "", "tls": t.TLS != nil,
 		"remote": t.Remote != "", "binary": t.Binary != "", "env": len(t.Env) > 0,
 		"device": t.Device != "", "pool": t.Pool != "", "block_size": t.BlockSize != 0 && t.Kind != events.TierTape,
-		"bundle_size": t.BundleSize != 0, "bundle_age": t.BundleAge != 0,
+		"bundle_size": t.BundleSize != 0, "bundle_age": t.BundleAge != 0, "timeout": t.Timeout != 0,
 	}
 	own, ok := tierKeys[t.Kind]
 	if !ok {
@@ -614,6 +619,9 @@ func (c *Config) validateTier(t *TierConfig) error {
 	if t.Cost < 0 {
 		return bad("cost", t.Cost, "want >= 0")
 	}
+	if t.Timeout != 0 && time.Duration(t.Timeout) < time.Second {
+		return bad("timeout", time.Duration(t.Timeout), "want at least 1s (unset: the tier's default)")
+	}
 	_, err := tier.NewFilter(t.Include, t.Exclude, int64(t.MinSize), int64(t.MaxSize))
 	return err
 }
@@ -638,11 +646,18 @@ func dirConfig(t *TierConfig) dir.Config {
 
 func s3Config(t *TierConfig) s3.Config {
 	return s3.Config{Name: t.Name, Endpoint: t.Endpoint, Region: t.Region, Bucket: t.Bucket,
-		Prefix: t.Prefix, AccessKey: t.AccessKey, SecretKey: t.SecretKey, NoTLS: !t.useTLS()}
+		Prefix: t.Prefix, AccessKey: t.AccessKey, SecretKey: t.SecretKey, NoTLS: !t.useTLS(),
+		IdleTimeout: time.Duration(t.Timeout)}
 }
 
 func rcloneConfig(t *TierConfig) rclone.Config {
-	return rclone.Config{Name: t.Name, Remote: t.Remote, Binary: t.Binary, Env: t.envList()}
+	c := rclone.Config{Name: t.Name, Remote: t.Remote, Binary: t.Binary, Env: t.envList()}
+	if t.Timeout > 0 {
+		// rclone's I/O idle timeout, and its connect timeout no longer.
+		d := time.Duration(t.Timeout)
+		c.Flags = []string{"--timeout=" + d.String(), "--contimeout=" + min(d, time.Minute).String()}
+	}
+	return c
 }
 
 // scrubSchedule is the [scrub] section.

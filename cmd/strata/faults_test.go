@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -90,5 +91,85 @@ func TestFaultyS3Tier(t *testing.T) {
 	got, err = exec.Command("cat", p).Output()
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("cat once S3 reads right: %v: %s", err, firstDiff(got, want))
+	}
+}
+
+// TestHungS3Tier: the same daemon with `timeout = "2s"` on the S3 tier,
+// and an S3 that answers nothing. An upload that hangs fails after the
+// timeout and is retried: the file stays resident until it lands. A
+// recall whose only good copy sits on the hung tier ends with EIO within
+// a bounded time — never a reader held for ever, never wrong bytes — and
+// once S3 answers again, cat gets the original bytes.
+func TestHungS3Tier(t *testing.T) {
+	stratatest.NeedRoot(t)
+	srv := tiertest.StartS3(t)
+	bucket := srv.NewBucket(t)
+	proxy := faulttest.Start(t, srv.Endpoint)
+	hot := stratatest.LoopMount(t, "ext4", 64<<20)
+	data, cold := t.TempDir(), t.TempDir()
+	files := randomFiles(t, hot, 16, map[string]int{"f.bin": 3<<20 + 7})
+	p := filepath.Join(hot, "f.bin")
+	want := files[p]
+	noTLS := false
+	// Uploads hang (HEAD, the existence check, answers: the daemon's
+	// status probe is a HEAD too).
+	proxy.Set(faulttest.Rule{Method: "PUT", Path: ".zst", Fault: faulttest.Hang})
+	d, _ := testDaemon(t, Config{DataDir: data, Hot: []HotConfig{{Path: hot}},
+		Tiers: []TierConfig{
+			{Name: "hdd", Kind: "directory", Path: cold},
+			{Name: "s3", Kind: "s3", Endpoint: proxy.Addr, Bucket: bucket, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, TLS: &noTLS,
+				Timeout: duration(2 * time.Second)},
+		},
+		Release: ReleaseConfig{Copies: 2}})
+	var sum archiveSummary
+	cliJSON(t, &sum, "archive", "--json", "--data", data, hot)
+	waitFor(t, 30*time.Second, func() error {
+		if n := proxy.Hits(faulttest.Hang); n < 2 { // the first try timed out, the retry hangs too
+			return fmt.Errorf("%d hung requests", n)
+		}
+		return nil
+	})
+	if info, err := stub.ReadPath(p); err == nil && info.State == stub.Released {
+		t.Fatal("released while the S3 upload hung")
+	}
+	proxy.Clear()
+	waitFor(t, 60*time.Second, func() error {
+		if f, err := d.cat.FileByPath(p); err != nil || f.State != catalog.StateReleased {
+			return fmt.Errorf("not released yet (%v, %s)", err, f.State)
+		}
+		return nil
+	})
+	f, _ := d.cat.FileByPath(p)
+	if !goodCopyOn(d.cat, f.ObjectID, "s3") || !goodCopyOn(d.cat, f.ObjectID, "hdd") {
+		t.Fatal("released without both copies")
+	}
+
+	// The cheap copy damaged, S3 hung: the reader gets EIO, in bounded time.
+	zp := objectPath(cold, f.ObjectID)
+	b, err := os.ReadFile(zp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(zp, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Set(faulttest.Rule{Method: "GET", Path: ".zst", Fault: faulttest.Hang})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	start := time.Now()
+	got, err := exec.CommandContext(ctx, "cat", p).Output()
+	took := time.Since(start)
+	if ctx.Err() != nil {
+		t.Fatalf("cat through a hung tier still blocked after %s", took.Round(time.Second))
+	}
+	if err == nil || len(got) > 0 && !bytes.Equal(got, want[:min(len(got), len(want))]) {
+		t.Fatalf("cat through a hung tier: %v, %d bytes; want EIO and no wrong bytes", err, len(got))
+	}
+	t.Logf("cat through a hung tier: %v after %s, %d good bytes", err, took.Round(time.Millisecond), len(got))
+	proxy.Clear()
+	got, err = exec.Command("cat", p).Output()
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("cat once S3 answers: %v: %s", err, firstDiff(got, want))
 	}
 }
