@@ -229,6 +229,12 @@ func TestStatusPage(t *testing.T) {
 		t.Errorf("hot-tree fill chart: %d points, then %d after 5 s (want a point every 2 s)", points, v.Points)
 	}
 
+	// STRATA_STATUS_SHOT=FILE.png keeps a picture of the page, to look at.
+	if shot := os.Getenv("STRATA_STATUS_SHOT"); shot != "" {
+		if png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot()); err == nil {
+			os.WriteFile(shot, png, 0o644)
+		}
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	for _, p := range problems {
