@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what Strata's tests use: filesystem tools, CLIs the tests compare
-# against or drive (zstd, b3sum, tar, rclone), the S3 test server (versitygw)
-# and the NATS CLI. Idempotent; quiet when everything is there.
+# against or drive (zstd, b3sum, tar, rclone), the S3 test server (versitygw),
+# the NATS CLI, chromium (the status page test), systemd-analyze and setpriv
+# (the unit tests). Idempotent; quiet when everything is there.
 set -euo pipefail
 
 need_pkgs=()
-for pair in mkfs.xfs:xfsprogs mkfs.ext4:e2fsprogs b3sum:b3sum rclone:rclone zstd:zstd tar:tar getfattr:attr mt:mt-st du:coreutils zsh:zsh fish:fish systemd-analyze:systemd man:man-db dpkg-deb:dpkg; do
+for pair in mkfs.xfs:xfsprogs mkfs.ext4:e2fsprogs b3sum:b3sum rclone:rclone zstd:zstd tar:tar getfattr:attr mt:mt-st du:coreutils zsh:zsh fish:fish systemd-analyze:systemd setpriv:util-linux chromium:chromium man:man-db dpkg-deb:dpkg; do
   cmd=${pair%%:*} pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done

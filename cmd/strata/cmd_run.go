@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"path/filepath"
 
+	"github.com/strata-hsm/strata/cmd/internal/sdnotify"
 	"github.com/strata-hsm/strata/events"
 )
 
@@ -21,7 +22,15 @@ type runCmd struct {
 
 func (*runCmd) Example() string { return "strata run --hot /srv/projects --cold /mnt/archive" }
 
-func (c *runCmd) Run(ctx context.Context, g *globals) error {
+func (c *runCmd) Run(ctx context.Context, g *globals) (err error) {
+	// Taken from the environment before anything starts a process that
+	// would inherit it (the holder, rclone).
+	notify, nerr := sdnotify.FromEnv()
+	defer func() {
+		if err != nil {
+			_ = notify.Notify("STATUS=failed: " + err.Error())
+		}
+	}()
 	cfg, err := runConfig(c.Config, g.dataDir(), g.Data != "", c.Hot, c.Cold, c.Host, c.Port, c.Metrics)
 	if err != nil {
 		return err
@@ -31,11 +40,16 @@ func (c *runCmd) Run(ctx context.Context, g *globals) error {
 		level = slog.LevelDebug
 	}
 	logger := newLogger(c.LogJSON, level)
+	if nerr != nil {
+		logger.Warn("not telling systemd how the daemon starts", "err", nerr)
+	}
 	d, err := startDaemon(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
+	d.notify = notify
 	defer func() {
+		d.notifyStopping()
 		logger.Info("strata stopping")
 		d.close()
 		logger.Info("strata stopped")

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-hsm/strata/cmd/internal/metrics"
+	"github.com/strata-hsm/strata/cmd/internal/sdnotify"
 	"github.com/strata-hsm/strata/events"
 	"github.com/strata-hsm/strata/pipeline"
 	"github.com/strata-hsm/strata/projections/catalog"
@@ -60,6 +65,12 @@ type daemon struct {
 	metrics     *metrics.Metrics
 	metricsAddr string
 	stopMetrics func()
+
+	// notify tells systemd (Type=notify) how starting goes, READY=1 once
+	// every stub is marked, STOPPING=1, and WATCHDOG=1 (nil: not under
+	// systemd; sdnotify.go).
+	notify   *sdnotify.Notifier
+	stopOnce sync.Once // STOPPING=1 is sent once
 }
 
 // catalogDir is where the live catalog lives under the data directory.
@@ -185,13 +196,17 @@ func (d *daemon) run(ctx context.Context) error {
 		return err
 	}
 	d.serveMetrics(ctx, last+1) // /healthz from now on; /readyz once ready
+	stopWatchdog := d.watchdog()
+	defer stopWatchdog()
 	if d.cat.LastSeq() < last {
 		d.logger.Info("catalog catching up", "from", d.cat.LastSeq()+1, "to", last)
+		d.status(fmt.Sprintf("catalog catching up: event %d to %d", d.cat.LastSeq()+1, last))
 	}
 	if err := d.cat.CatchUp(ctx, d.js, last, nil); err != nil {
 		return err
 	}
 	d.checkRemovedTiers()
+	d.status("marking stubs")
 	if err := d.markStubs(ctx, d.stages); err != nil {
 		return err
 	}
@@ -209,6 +224,7 @@ func (d *daemon) run(ctx context.Context) error {
 	d.logger.Info("strata ready", "host", d.cfg.Host, "data", d.cfg.DataDir, "nats", d.srv.ClientURL(),
 		"catalog_seq", d.cat.LastSeq())
 	d.metrics.SetReady()
+	d.notifyReady()
 	go d.warnUnreachableTiers(ctx)
 	done := make(chan error, 1)
 	go func() { done <- g.Wait() }()
@@ -216,6 +232,7 @@ func (d *daemon) run(ctx context.Context) error {
 	case err = <-done:
 	case <-ctx.Done():
 		d.metrics.SetNotReady("stopping")
+		d.notifyStopping()
 		// Stages drain for up to their DrainTimeout; a component stuck
 		// in a write that cannot finish (a disk that cannot take it)
 		// must not keep the daemon from stopping.
@@ -322,11 +339,72 @@ func (d *daemon) close() {
 	}
 }
 
-// newLogger returns the daemon's logger: text on stderr, or JSON.
+// newLogger returns the daemon's logger: text on stderr, or JSON. Under
+// journald (stderr is the stream $JOURNAL_STREAM names) it writes no time
+// of its own, since the journal stamps every line, and starts each line
+// with its syslog priority (<3> error, <4> warning, <6> info, <7> debug),
+// which journald reads as the entry's priority (journalctl -p).
 func newLogger(jsonLogs bool, level slog.Level) *slog.Logger {
+	return newLoggerTo(os.Stderr, jsonLogs, level)
+}
+
+func newLoggerTo(f *os.File, jsonLogs bool, level slog.Level) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: level}
-	if jsonLogs {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	var w io.Writer = f
+	if journalStream(f) {
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}
+		w = priorityWriter{f}
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	if jsonLogs {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// journalStream reports whether f is the journald stream systemd connected
+// this process to: $JOURNAL_STREAM is "DEV:INODE" of it (inherited by
+// children whose stderr is elsewhere, such as a holder logging to a file,
+// hence the comparison).
+func journalStream(f *os.File) bool {
+	dev, ino, ok := strings.Cut(os.Getenv("JOURNAL_STREAM"), ":")
+	if !ok {
+		return false
+	}
+	var st unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &st) != nil {
+		return false
+	}
+	return dev == strconv.FormatUint(st.Dev, 10) && ino == strconv.FormatUint(st.Ino, 10)
+}
+
+// priorityWriter prefixes each record (one Write per record, as slog's
+// handlers do) with the syslog priority of its level.
+type priorityWriter struct{ w io.Writer }
+
+func (p priorityWriter) Write(b []byte) (int, error) {
+	// The level is the first attribute once the time is gone:
+	// "level=WARN msg=…" or {"level":"WARN",…}; custom levels read
+	// "WARN+2" and the like.
+	lvl, ok := bytes.CutPrefix(b, []byte("level="))
+	if !ok {
+		lvl, _ = bytes.CutPrefix(b, []byte(`{"level":"`))
+	}
+	prio := "<6>"
+	switch {
+	case bytes.HasPrefix(lvl, []byte("ERROR")):
+		prio = "<3>"
+	case bytes.HasPrefix(lvl, []byte("WARN")):
+		prio = "<4>"
+	case bytes.HasPrefix(lvl, []byte("DEBUG")):
+		prio = "<7>"
+	}
+	if _, err := p.w.Write(append([]byte(prio), b...)); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }

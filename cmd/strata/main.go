@@ -14,9 +14,11 @@ import (
 	"os/signal"
 	"runtime"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/strata-hsm/strata/cmd/internal/sdnotify"
 	"github.com/strata-hsm/strata/workers/interceptor"
 )
 
@@ -122,5 +124,25 @@ func (c *holderCmd) Run(ctx context.Context) error {
 	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0); err != nil {
 		logger.Warn("cannot keep the OOM killer away from the holder (needs CAP_SYS_RESOURCE)", "err", err)
 	}
-	return interceptor.HolderMain(hctx, c.Socket, logger)
+	// Under systemd (strata-holder.service, Type=notify): ready once this
+	// process answers on its socket, so that strata.service, ordered
+	// after it, finds it instead of starting a holder of its own.
+	notify, err := sdnotify.FromEnv()
+	if err != nil {
+		logger.Warn("not telling systemd how the holder starts", "err", err)
+	}
+	if notify != nil {
+		go func() {
+			for hctx.Err() == nil {
+				if st, err := interceptor.QueryHolder(c.Socket); err == nil && st.PID == os.Getpid() {
+					_ = notify.Notify("READY=1", "STATUS=listening on "+c.Socket)
+					return
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+	}
+	err = interceptor.HolderMain(hctx, c.Socket, logger)
+	_ = notify.Notify("STOPPING=1")
+	return err
 }

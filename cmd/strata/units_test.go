@@ -40,6 +40,20 @@ func TestSystemdUnits(t *testing.T) {
 			t.Errorf("strata.service lacks %s: stopping it would end the holder with it", want)
 		}
 	}
+	// What the daemon and the holder implement (sdnotify.go; TestNotify
+	// runs both with these settings' environment and bounds).
+	for name, wants := range map[string][]string{
+		"strata.service": {"Type=notify", "NotifyAccess=main", "WatchdogSec=", "Restart=on-failure",
+			// a holder the daemon started itself must outlive it (README)
+			"KillMode=process", "CapabilityBoundingSet=", "NoNewPrivileges=yes"},
+		"strata-holder.service": {"Type=notify", "NotifyAccess=main", "Restart=on-failure", "CapabilityBoundingSet=", "NoNewPrivileges=yes"},
+	} {
+		for _, want := range wants {
+			if !strings.Contains("\n"+units[name], "\n"+want) {
+				t.Errorf("%s lacks %s", name, want)
+			}
+		}
+	}
 	for name, u := range units {
 		for _, line := range strings.Split(u, "\n") {
 			args, ok := strings.CutPrefix(line, "ExecStart=/usr/local/bin/strata ")
