@@ -380,6 +380,8 @@ func TestCLIAgainstDaemon(t *testing.T) {
 		t.Fatalf("status (text): %d %q", code, out)
 	}
 
+	// The catalog keys files by host: ls shows this host's file "a" as
+	// the disk has it; --all adds otherhost's record of the same path.
 	out, errs, code = cli(t, "ls", "--json", "--data", data, hot)
 	if code != 0 {
 		t.Fatalf("ls: %d %s", code, errs)
@@ -388,9 +390,26 @@ func TestCLIAgainstDaemon(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &ls); err != nil {
 		t.Fatal(err)
 	}
-	if len(ls.Files) != 1 || ls.Files[0].State != "archiving" || ls.Files[0].ObjectID != eventstest.ObjectID(5) ||
-		len(ls.Files[0].Copies) != 1 || ls.Files[0].Copies[0] != "cold" || ls.Files[0].Size != 5 {
+	if len(ls.Files) != 1 || ls.Files[0].Host != "testhost" || ls.Files[0].State != "resident" || ls.Files[0].Size != 5 {
 		t.Fatalf("ls: %+v", ls)
+	}
+	out, errs, code = cli(t, "ls", "--all", "--json", "--data", data, hot)
+	if code != 0 {
+		t.Fatalf("ls --all: %d %s", code, errs)
+	}
+	ls = scanner.LsReply{}
+	if err := json.Unmarshal([]byte(out), &ls); err != nil {
+		t.Fatal(err)
+	}
+	var other []scanner.LsEntry
+	for _, f := range ls.Files {
+		if f.Host == "otherhost" {
+			other = append(other, f)
+		}
+	}
+	if len(ls.Files) != 2 || len(other) != 1 || other[0].State != "archiving" || other[0].ObjectID != eventstest.ObjectID(5) ||
+		len(other[0].Copies) != 1 || other[0].Copies[0] != "cold" || other[0].Size != 5 {
+		t.Fatalf("ls --all: %+v", ls)
 	}
 
 	// ls walks as root: a path outside every hot tree is refused, like
