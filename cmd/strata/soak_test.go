@@ -313,7 +313,9 @@ func (s *soak) start() {
 			s.t.FailNow()
 		default:
 		}
-		if err := request(context.Background(), s.data, "status", struct{}{}, nil, time.Second); err == nil {
+		// status probes every tier for up to 5 s: a hanging one makes it
+		// answer that late.
+		if err := request(context.Background(), s.data, "status", struct{}{}, nil, 10*time.Second); err == nil {
 			return
 		} else if time.Now().After(deadline) {
 			s.failf("daemon does not answer 60s after its start: %v", err)
