@@ -318,6 +318,11 @@ func (p *Repuncher) handle(ctx context.Context, b []byte) (any, error) {
 		return nil, fmt.Errorf("%s: no path given", RepunchVerb)
 	}
 	for _, path := range req.Paths {
+		// A hot tree itself is a directory to walk like any other (a
+		// single release refuses it: it is no file).
+		if isRoot(path, p.Roots) {
+			continue
+		}
 		if _, _, err := withinRoot(path, p.Roots); err != nil {
 			return nil, fmt.Errorf("%s: %w", RepunchVerb, err)
 		}
@@ -358,4 +363,14 @@ func (p *Repuncher) handle(ctx context.Context, b []byte) (any, error) {
 		}
 	}
 	return rep, nil
+}
+
+// isRoot reports whether path is one of roots (absolute ones only).
+func isRoot(path string, roots []string) bool {
+	for _, r := range roots {
+		if filepath.IsAbs(r) && filepath.IsAbs(path) && filepath.Clean(r) == filepath.Clean(path) {
+			return true
+		}
+	}
+	return false
 }

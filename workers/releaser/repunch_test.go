@@ -5,8 +5,10 @@ package releaser
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -181,5 +183,45 @@ func TestLayout(t *testing.T) {
 		if kept := l.Kept(); kept != c.size-min(hi, c.size)+lo {
 			t.Errorf("LayoutOf(%d, %d, %d).Kept() = %d", c.size, c.head, c.tail, kept)
 		}
+	}
+}
+
+// TestRepunchVerbHotTree: strata release of a hot tree itself walks it
+// (found by the soak: the tree was refused as "outside every hot tree"),
+// while a path outside every tree is still refused.
+func TestRepunchVerbHotTree(t *testing.T) {
+	for fs, mnt := range mounts(t) {
+		t.Run(fs, func(t *testing.T) {
+			path := filepath.Join(mnt, "d", "partial.bin")
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			data := writeFile(t, path, 3*testFrame)
+			expect, _ := statOf(t, path)
+			if _, err := Release(context.Background(), Request{Path: path, FileID: testFileID, ObjectID: objectID(data), Expect: expect,
+				Roots: []string{mnt}}); err != nil {
+				t.Fatal(err)
+			}
+			fillBack(t, path, data[testFrame:2*testFrame], testFrame)
+			m := manifestOf(data)
+			p := &Repuncher{Roots: []string{mnt}, Logger: slog.New(slog.DiscardHandler),
+				Manifest: func(context.Context, string) (object.Manifest, error) { return m, nil },
+				Hold:     func(string) error { return nil }, Unhold: func(string) {}}
+			for _, root := range []string{mnt, mnt + "/"} {
+				b, _ := json.Marshal(RepunchVerbRequest{Paths: []string{root}})
+				got, err := p.handle(context.Background(), b)
+				if err != nil {
+					t.Fatalf("repunch of the hot tree %s: %v", root, err)
+				}
+				if rep := got.(RepunchReply); len(rep.Files) != 1 || rep.Files[0].Path != path {
+					t.Fatalf("repunch of the hot tree %s: %+v, want the one stub", root, rep)
+				}
+				fillBack(t, path, data[testFrame:2*testFrame], testFrame)
+			}
+			b, _ := json.Marshal(RepunchVerbRequest{Paths: []string{filepath.Dir(mnt)}})
+			if _, err := p.handle(context.Background(), b); !errors.Is(err, ErrOutsideRoot) {
+				t.Fatalf("repunch of the hot tree's parent: %v, want ErrOutsideRoot", err)
+			}
+		})
 	}
 }

@@ -238,6 +238,17 @@ func (h *releaseHandler) release(ctx context.Context, env events.Envelope, f cat
 	if err != nil {
 		return err
 	}
+	if !expect.SameContent(f.Stat) {
+		// The file was selected again since this object was packed for it
+		// (a file with the same content as another, or the file itself
+		// after a recall moved its ctime), and that selection is not
+		// packed yet. Its own object.packed, later in the log, releases it
+		// against the stat it is read with; held to the old packing's
+		// stat now, it would be skipped as changed although nobody
+		// touched it (found by the soak).
+		h.cfg.Logger.Debug("selected again and not packed yet; released by its own packing", "path", f.Path, "object", f.ObjectID)
+		return nil
+	}
 	req := Request{
 		Path: f.Path, FileID: f.ID, ObjectID: f.ObjectID, Expect: expect, Reread: true,
 		ReleaseID: strconv.FormatUint(env.Seq, 10),
