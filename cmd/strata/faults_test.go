@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -60,27 +59,10 @@ func TestFaultyS3Tier(t *testing.T) {
 		t.Fatal("the catalog counts an S3 copy that failed its read-back")
 	}
 	proxy.Clear()
-	waitFor(t, 40*time.Second, func() error {
-		if f, err := d.cat.FileByPath(p); err != nil || f.State != catalog.StateReleased {
-			return fmt.Errorf("not released yet (%v, %s)", err, f.State)
-		}
-		return nil
-	})
-	f, _ := d.cat.FileByPath(p)
-	if !goodCopyOn(d.cat, f.ObjectID, "s3") || !goodCopyOn(d.cat, f.ObjectID, "hdd") {
-		t.Fatal("released without both copies")
-	}
+	f := waitReleasedOnBoth(t, d, p, 40*time.Second)
 
 	// Damage the cheap copy; S3 flips every read: no good copy.
-	zp := objectPath(cold, f.ObjectID)
-	b, err := os.ReadFile(zp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[len(b)/2] ^= 0xff
-	if err := os.WriteFile(zp, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	flipObjectByte(t, cold, f.ObjectID)
 	proxy.Set(flip)
 	got, err := exec.Command("cat", p).Output()
 	if err == nil || len(got) > 0 && !bytes.Equal(got, want[:len(got)]) {
@@ -133,27 +115,10 @@ func TestHungS3Tier(t *testing.T) {
 		t.Fatal("released while the S3 upload hung")
 	}
 	proxy.Clear()
-	waitFor(t, 60*time.Second, func() error {
-		if f, err := d.cat.FileByPath(p); err != nil || f.State != catalog.StateReleased {
-			return fmt.Errorf("not released yet (%v, %s)", err, f.State)
-		}
-		return nil
-	})
-	f, _ := d.cat.FileByPath(p)
-	if !goodCopyOn(d.cat, f.ObjectID, "s3") || !goodCopyOn(d.cat, f.ObjectID, "hdd") {
-		t.Fatal("released without both copies")
-	}
+	f := waitReleasedOnBoth(t, d, p, 60*time.Second)
 
 	// The cheap copy damaged, S3 hung: the reader gets EIO, in bounded time.
-	zp := objectPath(cold, f.ObjectID)
-	b, err := os.ReadFile(zp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[len(b)/2] ^= 0xff
-	if err := os.WriteFile(zp, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	flipObjectByte(t, cold, f.ObjectID)
 	proxy.Set(faulttest.Rule{Method: "GET", Path: ".zst", Fault: faulttest.Hang})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -172,4 +137,21 @@ func TestHungS3Tier(t *testing.T) {
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("cat once S3 answers: %v: %s", err, firstDiff(got, want))
 	}
+}
+
+// waitReleasedOnBoth waits until p is released and checks that it has a
+// good copy on both tiers of these tests, "hdd" and "s3".
+func waitReleasedOnBoth(t *testing.T, d *daemon, p string, within time.Duration) catalog.File {
+	t.Helper()
+	waitFor(t, within, func() error {
+		if f, err := d.cat.FileByPath(p); err != nil || f.State != catalog.StateReleased {
+			return fmt.Errorf("not released yet (%v, %s)", err, f.State)
+		}
+		return nil
+	})
+	f, _ := d.cat.FileByPath(p)
+	if !goodCopyOn(d.cat, f.ObjectID, "s3") || !goodCopyOn(d.cat, f.ObjectID, "hdd") {
+		t.Fatal("released without both copies")
+	}
+	return f
 }

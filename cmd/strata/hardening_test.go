@@ -21,7 +21,6 @@ import (
 	"github.com/strata-hsm/strata/projections/catalog"
 	"github.com/strata-hsm/strata/workers/stratatest"
 	"github.com/strata-hsm/strata/workers/stub"
-	"github.com/strata-hsm/strata/workers/tier"
 	"github.com/strata-hsm/strata/workers/tier/dir"
 )
 
@@ -63,15 +62,7 @@ func TestRearchiveAfterCorruption(t *testing.T) {
 	})
 
 	// Damage the only copy; the scrub finds it and cannot repair it.
-	zst := filepath.Join(cold, tier.ObjectKey(info.ObjectID))
-	b, err := os.ReadFile(zst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[len(b)/2] ^= 0xff
-	if err := os.WriteFile(zst, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	flipObjectByte(t, cold, info.ObjectID)
 	if out, errs, code := cli(t, "scrub", "--json", "--rate", "0", "--data", data); code == 0 || !strings.Contains(errs, "could not be repaired") {
 		t.Fatalf("scrub of the only, corrupt copy: exit %d %s %s", code, out, errs)
 	}

@@ -241,6 +241,21 @@ func TestReleaseWaitsForCopies(t *testing.T) {
 // objectPath is where a directory tier keeps an object's packed bytes.
 func objectPath(root, id string) string { return filepath.Join(root, tier.ObjectKey(id)) }
 
+// flipObjectByte damages the copy of object id on the directory tier at
+// root: one byte in its middle.
+func flipObjectByte(t *testing.T, root, id string) {
+	t.Helper()
+	zp := objectPath(root, id)
+	b, err := os.ReadFile(zp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(zp, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestFallbackAndScrub: a directory tier (cheap) and an rclone webdav
 // remote, copies = 2. A corrupted directory copy: recall falls back to the
 // remote (programs get the right bytes) and object.corrupt is recorded. A
